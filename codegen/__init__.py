@@ -1,0 +1,1 @@
+"""Code generators: IR kernels to LLVM IR (llvmlite) and to CUDA C source."""

@@ -1,0 +1,1 @@
+"""Execution of compiled programs: memory arenas, JIT engines, kernel launch, caches."""

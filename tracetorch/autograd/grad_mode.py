@@ -1,0 +1,68 @@
+"""Grad mode switches (per thread, like PyTorch): usable as context managers and decorators."""
+from __future__ import annotations
+
+import functools
+
+from ..ops.dispatch import STATE
+
+
+def is_grad_enabled() -> bool:
+    return STATE.grad_enabled
+
+
+class _GradMode:
+    mode = True
+
+    def __enter__(self):
+        self.prev = STATE.grad_enabled
+        STATE.grad_enabled = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        STATE.grad_enabled = self.prev
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.__class__():
+                return fn(*args, **kwargs)
+        return wrapper
+
+
+class no_grad(_GradMode):
+    """Disable gradient recording inside the block."""
+    mode = False
+
+
+class enable_grad(_GradMode):
+    """Enable gradient recording inside the block (e.g. inside no_grad)."""
+    mode = True
+
+
+class set_grad_enabled(_GradMode):
+    """Set grad mode to `mode` now (like torch) and restore it when used as a context."""
+
+    def __init__(self, mode: bool):
+        self.prev = STATE.grad_enabled
+        self.mode = bool(mode)
+        STATE.grad_enabled = self.mode
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, fn):
+        STATE.grad_enabled = self.prev
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with set_grad_enabled(self.mode):
+                return fn(*args, **kwargs)
+        return wrapper
+
+
+class inference_mode(no_grad):
+    """Alias of no_grad (tracetorch has no separate inference tensors)."""
+
+    def __init__(self, mode: bool = True):
+        self.mode = not mode

@@ -1,0 +1,189 @@
+"""Tensor creation: tensor/as_tensor/from_numpy and the factory functions."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes as D
+from .device import as_device
+from .ops import REGISTRY as R
+from .ops.dispatch import STATE, apply
+from .tensor import Tensor
+
+FULL, ARANGE, CONSTANT = R["full"], R["arange"], R["constant"]
+
+
+def _sizes(size):
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = size[0]
+    out = []
+    for s in size:
+        s = int(s)
+        if s < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: {list(size)}")
+        out.append(s)
+    return tuple(out)
+
+
+def _finish(t, requires_grad, device=None):
+    as_device(device).check_available() if device is not None and str(device) != "cpu" else None
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _infer_dtype(arr: np.ndarray, data) -> D.DType:
+    kind = arr.dtype.kind
+    if isinstance(data, np.ndarray) or isinstance(data, np.generic):
+        if kind == "f" or kind in "biu":
+            return D.from_numpy_dtype(arr.dtype)
+    if kind == "f":
+        return D.get_default_dtype()
+    if kind in "iu":
+        return D.int64
+    if kind == "b":
+        return D.bool_
+    raise TypeError(f"can't convert data of numpy kind {arr.dtype} to a tensor")
+
+
+def _to_array(data):
+    if isinstance(data, Tensor):
+        return data._data, data._dtype
+    if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
+        data = _lists_of_tensors(data)
+    try:
+        arr = np.asarray(data)
+    except ValueError as e:
+        raise ValueError(f"tensor(): could not build a tensor from ragged nested sequences: {e}") from None
+    if arr.dtype == object:
+        raise TypeError(f"tensor(): could not infer dtype of {type(data).__name__} elements")
+    return arr, _infer_dtype(arr, data)
+
+
+def _flat(seq):
+    for d in seq:
+        if isinstance(d, (list, tuple)):
+            yield from _flat(d)
+        else:
+            yield d
+
+
+def _lists_of_tensors(seq):
+    return [(_lists_of_tensors(d) if isinstance(d, (list, tuple)) else d._data if isinstance(d, Tensor) else d)
+            for d in seq]
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """A new tensor with a copy of `data`; inside a traced region it is a constant."""
+    arr, dt = _to_array(data)
+    if dtype is not None:
+        dt = D.as_dtype(dtype)
+    t = apply(CONSTANT, value=arr, dtype=dt)
+    return _finish(t, requires_grad, device)
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    if isinstance(data, Tensor):
+        return data if dtype is None else data.to(dtype)
+    if isinstance(data, np.ndarray) and (dtype is None or D.as_dtype(dtype).np == data.dtype):
+        return from_numpy(data)
+    return tensor(data, dtype=dtype, device=device)
+
+
+def from_numpy(arr: np.ndarray) -> Tensor:
+    """A tensor sharing memory with `arr` (no copy)."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"expected np.ndarray (got {type(arr).__name__})")
+    return Tensor._make(arr, D.from_numpy_dtype(arr.dtype))
+
+
+def full(size, fill_value, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    size = _sizes((size,) if isinstance(size, int) else (size,))
+    if isinstance(fill_value, Tensor):
+        fill_value = fill_value.item()
+    if dtype is None:
+        dtype = D.scalar_dtype(fill_value)
+    t = apply(FULL, shape=size, value=fill_value, dtype=D.as_dtype(dtype))
+    return _finish(t, requires_grad, device)
+
+
+def zeros(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
+    return _finish(apply(FULL, shape=_sizes(size), value=0, dtype=dt), requires_grad, device)
+
+
+def ones(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
+    return _finish(apply(FULL, shape=_sizes(size), value=1, dtype=dt), requires_grad, device)
+
+
+empty = zeros
+
+
+def _like(x, dtype):
+    return D.as_dtype(dtype) if dtype is not None else x._dtype
+
+
+def zeros_like(x, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return _finish(apply(FULL, shape=x._data.shape, value=0, dtype=_like(x, dtype)), requires_grad, device)
+
+
+def ones_like(x, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return _finish(apply(FULL, shape=x._data.shape, value=1, dtype=_like(x, dtype)), requires_grad, device)
+
+
+empty_like = zeros_like
+
+
+def full_like(x, fill_value, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return _finish(apply(FULL, shape=x._data.shape, value=fill_value, dtype=_like(x, dtype)), requires_grad, device)
+
+
+def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    if end is None:
+        start, end = 0, start
+    vals = [v.item() if isinstance(v, Tensor) else v for v in (start, end, step)]
+    if vals[2] == 0:
+        raise RuntimeError("arange: step must be nonzero")
+    if (vals[1] - vals[0]) * vals[2] < 0:
+        raise RuntimeError(f"arange: upper bound and larger bound inconsistent with step sign "
+                           f"(start={vals[0]}, end={vals[1]}, step={vals[2]})")
+    if dtype is None:
+        dtype = D.get_default_dtype() if any(isinstance(v, float) for v in vals) else D.int64
+    t = apply(ARANGE, start=vals[0], end=vals[1], step=vals[2], dtype=D.as_dtype(dtype))
+    return _finish(t, requires_grad, device)
+
+
+def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    if steps < 0:
+        raise RuntimeError("linspace: number of steps must be non-negative")
+    dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
+    arr = np.linspace(float(start), float(end), int(steps), dtype=np.float64)
+    return _finish(apply(CONSTANT, value=arr, dtype=dt), requires_grad, device)
+
+
+def eye(n, m=None, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    m = n if m is None else m
+    dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
+    r = apply(ARANGE, start=0, end=n, step=1, dtype=D.int64).reshape(n, 1)
+    c = apply(ARANGE, start=0, end=m, step=1, dtype=D.int64).reshape(1, m)
+    return _finish((r == c).to(dt), requires_grad, device)
+
+
+def scalar_tensor(v, dtype=None) -> Tensor:
+    return full((), v, dtype=dtype if dtype is not None else D.get_default_dtype())
+
+
+def is_tensor(x) -> bool:
+    return isinstance(x, Tensor)
+
+
+def numel(x) -> int:
+    return x.numel()
+
+
+def is_grad_tracing() -> bool:
+    return STATE.tracer is not None
+
+
+__all__ = [n for n, v in list(globals().items())
+           if not n.startswith("_") and getattr(v, "__module__", None) == __name__]

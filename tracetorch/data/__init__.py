@@ -1,0 +1,2 @@
+"""Real datasets and augmentation transforms (`tt.data.datasets`, `tt.data.transforms`)."""
+from . import datasets  # noqa: F401

@@ -1,0 +1,612 @@
+"""Math composites: type promotion around the elementwise primitives, the
+reductions users call (sum, mean, var, max with indices, logsumexp, norm),
+matmul with 1-D operands, einsum, and small composites (clamp, softmax).
+"""
+from __future__ import annotations
+
+import builtins
+import collections
+
+import numpy as np
+
+from . import dtypes as D
+from .ops import REGISTRY as R
+from .ops.dispatch import apply
+from .tensor import Tensor, _wrap_dim
+
+_py_max, _py_min, _py_abs, _py_sum = builtins.max, builtins.min, builtins.abs, builtins.sum
+
+ADD, SUB, MUL, DIV, POW = R["add"], R["sub"], R["mul"], R["div"], R["pow"]
+CAST, WHERE, SUM = R["cast"], R["where"], R["sum"]
+
+
+# ---------------------------------------------------------------- promotion
+def _cast(x, dt):
+    if isinstance(x, Tensor):
+        return x if x._dtype is dt else apply(CAST, x, dtype=dt)
+    return x
+
+
+def _pyscalar(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def binary(op, a, b):
+    """Apply a binary primitive after PyTorch type promotion; Python scalars stay scalars."""
+    ta, tb = type(a) is Tensor or isinstance(a, Tensor), type(b) is Tensor or isinstance(b, Tensor)
+    if ta and tb:
+        if a._dtype is not b._dtype:
+            dt = D.result_type(a, b)
+            a, b = _cast(a, dt), _cast(b, dt)
+        return apply(op, a, b)
+    if ta:
+        b = _pyscalar(b)
+        dt = _with_scalar(a._dtype, b)
+        return apply(op, a if dt is a._dtype else apply(CAST, a, dtype=dt), b)
+    if tb:
+        a = _pyscalar(a)
+        dt = _with_scalar(b._dtype, a)
+        return apply(op, a, b if dt is b._dtype else apply(CAST, b, dtype=dt))
+    raise TypeError(f"{op.name}: expected at least one tensor operand, got {type(a).__name__} and "
+                    f"{type(b).__name__}")
+
+
+def _with_scalar(dt, s):
+    """dtype of `tensor(dt) op python_scalar`."""
+    cls = type(s)
+    if cls is float:
+        return dt if dt.category == 2 else D.get_default_dtype()
+    if cls is int:
+        return dt if dt.category >= 1 else D.int64
+    if cls is bool:
+        return dt
+    if isinstance(s, Tensor):
+        return D.result_type(s)
+    raise TypeError(f"unsupported operand type: {cls.__name__}")
+
+
+def compare(op, a, b):
+    return binary(op, a, b)
+
+
+def _float_of(x):
+    """Integer/bool tensors become the default float dtype (true division, sqrt, ...)."""
+    if isinstance(x, Tensor) and x._dtype.category < 2:
+        return apply(CAST, x, dtype=D.get_default_dtype())
+    return x
+
+
+def _tensor_arg(x, like=None):
+    if isinstance(x, Tensor):
+        return x
+    from .creation import tensor
+    return tensor(x, dtype=like._dtype if like is not None and isinstance(x, (int, float)) and
+                  like._dtype.is_floating_point else None)
+
+
+# ---------------------------------------------------------------- arithmetic
+def add(a, b, *, alpha=1):
+    return binary(ADD, a, b if alpha == 1 else b * alpha)
+
+
+def sub(a, b, *, alpha=1):
+    return binary(SUB, a, b if alpha == 1 else b * alpha)
+
+
+subtract = sub
+
+
+def mul(a, b):
+    return binary(MUL, a, b)
+
+
+multiply = mul
+
+
+def div(a, b, *, rounding_mode=None):
+    if rounding_mode is None:
+        if isinstance(a, Tensor) and isinstance(b, Tensor):
+            dt = D.result_type(a, b)
+            if dt.category < 2:
+                dt = D.get_default_dtype()
+            return apply(DIV, _cast(a, dt), _cast(b, dt))
+        t = a if isinstance(a, Tensor) else b
+        other = _pyscalar(b if t is a else a)
+        dt = _with_scalar(t._dtype, other)
+        if dt.category < 2:
+            dt = D.get_default_dtype()
+        t = _cast(t, dt)
+        return apply(DIV, t, other) if t is not b else apply(DIV, other, t)
+    if rounding_mode == "floor":
+        return floor_divide(a, b)
+    if rounding_mode == "trunc":
+        q = binary(R["floor_divide"], a, b)
+        r = binary(R["remainder"], a, b)
+        bb = b
+        fix = (r != 0) & ((q < 0) | ((q == 0) & ((_sign_of(a) * _sign_of(bb)) < 0)))
+        return where(fix, q + 1, q)
+    raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found '{rounding_mode}'")
+
+
+def _sign_of(x):
+    return sign(x) if isinstance(x, Tensor) else (1 if x > 0 else -1 if x < 0 else 0)
+
+
+divide = true_divide = div
+
+
+def floor_divide(a, b):
+    return binary(R["floor_divide"], a, b)
+
+
+def remainder(a, b):
+    return binary(R["remainder"], a, b)
+
+
+def fmod(a, b):
+    r = remainder(a, b)
+    return where((r != 0) & (_sign_of(r) != _sign_of(a)), r - b, r)
+
+
+def pow(a, b):
+    if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        if b == 2 and a._dtype.is_floating_point:
+            return apply(MUL, a, a)
+        if b == 1:
+            return apply(MUL, a, 1)
+    return binary(POW, a, b)
+
+
+def neg(x):
+    if x._dtype is D.bool_:
+        raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported. "
+                           "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead.")
+    return apply(R["neg"], x)
+
+
+negative = neg
+
+
+def abs(x):
+    return apply(R["abs"], x)
+
+
+absolute = abs
+
+
+def sign(x):
+    return apply(R["sign"], x)
+
+
+def bitwise_not(x):
+    if x._dtype.category == 2:
+        raise TypeError(f"bitwise_not: not implemented for floating-point tensors ({x._dtype.name})")
+    return apply(R["logical_not"] if x._dtype is D.bool_ else R["bitwise_not"], x)
+
+
+def logical_not(x):
+    return apply(R["logical_not"], x)
+
+
+def logical_and(a, b):
+    return binary(R["bitwise_and"], _tensor_arg(a).bool(), _tensor_arg(b).bool())
+
+
+def logical_or(a, b):
+    return binary(R["bitwise_or"], _tensor_arg(a).bool(), _tensor_arg(b).bool())
+
+
+def _float_unary(name):
+    op = R[name]
+
+    def f(x):
+        return apply(op, _float_of(x))
+    f.__name__ = name
+    f.__doc__ = f"Elementwise {name}; integer inputs are computed in the default float dtype."
+    return f
+
+
+exp = _float_unary("exp")
+log = _float_unary("log")
+sqrt = _float_unary("sqrt")
+rsqrt = _float_unary("rsqrt")
+sin = _float_unary("sin")
+cos = _float_unary("cos")
+tanh = _float_unary("tanh")
+sigmoid = _float_unary("sigmoid")
+log1p = _float_unary("log1p")
+expm1 = _float_unary("expm1")
+reciprocal = _float_unary("reciprocal")
+
+
+def _int_preserving(name):
+    op = R[name]
+
+    def f(x):
+        return x.clone() if x._dtype.category < 2 else apply(op, x)
+    f.__name__ = name
+    return f
+
+
+floor = _int_preserving("floor")
+ceil = _int_preserving("ceil")
+
+
+def round(x, decimals: int = 0):
+    if x._dtype.category < 2:
+        return x.clone()
+    if decimals == 0:
+        return apply(R["round"], x)
+    scale = 10.0 ** decimals
+    return apply(R["round"], x * scale) / scale
+
+
+def trunc(x):
+    return where(x < 0, ceil(x), floor(x))
+
+
+def square(x):
+    return x * x
+
+
+def isnan(x):
+    return apply(R["isnan"], x) if x._dtype.is_floating_point else _full_bool(x, False)
+
+
+def isfinite(x):
+    return apply(R["isfinite"], x) if x._dtype.is_floating_point else _full_bool(x, True)
+
+
+def isinf(x):
+    return logical_not(isfinite(x) | isnan(x))
+
+
+def _full_bool(x, v):
+    return apply(R["full"], shape=x._data.shape, value=v, dtype=D.bool_)
+
+
+def relu(x):
+    return where(x > 0, x, 0)
+
+
+def maximum(a, b):
+    return binary(R["maximum"], a, b)
+
+
+def minimum(a, b):
+    return binary(R["minimum"], a, b)
+
+
+def clamp(x, min=None, max=None):
+    """Gradient passes where min <= x <= max (inclusive), as in PyTorch."""
+    if min is None and max is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    out = x
+    if min is not None:
+        out = where(out < min, _scalar_like(min, out), out)
+    if max is not None:
+        out = where(out > max, _scalar_like(max, out), out)
+    return out
+
+
+clip = clamp
+
+
+def _scalar_like(v, x):
+    if isinstance(v, Tensor):
+        return v
+    if x._dtype.category < 2 and isinstance(v, float):
+        return v
+    return v
+
+
+def where(condition, input=None, other=None):
+    if input is None and other is None:
+        return nonzero(condition, as_tuple=True)
+    if not isinstance(condition, Tensor):
+        condition = _tensor_arg(condition)
+    if condition._dtype is not D.bool_:
+        condition = condition != 0
+    ti, to = isinstance(input, Tensor), isinstance(other, Tensor)
+    if ti and to:
+        if input._dtype is not other._dtype:
+            dt = D.result_type(input, other)
+            input, other = _cast(input, dt), _cast(other, dt)
+    elif ti:
+        other = _pyscalar(other)
+        dt = _with_scalar(input._dtype, other)
+        input = _cast(input, dt)
+    elif to:
+        input = _pyscalar(input)
+        dt = _with_scalar(other._dtype, input)
+        other = _cast(other, dt)
+    else:
+        dt = D.result_type(_pyscalar(input), _pyscalar(other))
+        from .creation import full
+        input = full((), input, dtype=dt)
+    return apply(WHERE, condition, input, other)
+
+
+def masked_fill(x, mask, value):
+    if isinstance(value, Tensor):
+        if value.dim() != 0:
+            raise RuntimeError(f"masked_fill only supports a 0-dimensional value tensor, but got tensor with "
+                               f"{value.dim()} dimension(s).")
+        value = _cast(value, x._dtype)
+    elif x._dtype.category < 2 and isinstance(value, float):
+        value = int(value) if x._dtype is not D.bool_ else bool(value)
+    if mask._dtype is not D.bool_:
+        raise RuntimeError(f"masked_fill_ only supports boolean masks, but got mask with dtype {mask._dtype.name}")
+    return apply(WHERE, mask, value, x)
+
+
+def lerp(a, b, weight):
+    return a + (b - a) * weight
+
+
+def nonzero(x, *, as_tuple=False):
+    if STATE_tracer():
+        STATE_tracer().on_value(x, "nonzero", None)
+    idx = np.nonzero(x._data)
+    from .creation import from_numpy
+    if as_tuple:
+        return tuple(from_numpy(np.ascontiguousarray(i, dtype=np.int64)) for i in idx)
+    return from_numpy(np.stack(idx, axis=1).astype(np.int64).reshape(-1, x._data.ndim))
+
+
+def STATE_tracer():
+    from .ops.dispatch import STATE
+    return STATE.tracer
+
+
+# ---------------------------------------------------------------- reductions
+def _dims(x, dim):
+    n = x._data.ndim
+    if dim is None:
+        return tuple(range(n))
+    if isinstance(dim, (list, tuple)):
+        if len(dim) == 0:
+            return tuple(range(n))
+        ds = sorted({_wrap_dim(d, n, "reduce") for d in dim})
+        if len(ds) != len(dim):
+            raise RuntimeError(f"dim {list(dim)} appears multiple times in the list of dims")
+        return tuple(ds) if n else ()
+    d = _wrap_dim(dim, n, "reduce")
+    return (d,) if n else ()
+
+
+def sum(x, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        x = _cast(x, D.as_dtype(dtype))
+    return apply(SUM, x, dims=_dims(x, dim), keepdim=keepdim)
+
+
+def sum_to_shape(g, shape):
+    """Sum a broadcast result back down to `shape` (the gradient of broadcasting)."""
+    shape = tuple(shape)
+    gshape = g._data.shape
+    if gshape == shape:
+        return g
+    lead = len(gshape) - len(shape)
+    dims = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and gshape[i + lead] != 1)
+    out = apply(SUM, g, dims=dims, keepdim=True) if dims else g
+    return out.reshape(shape) if out._data.shape != shape else out
+
+
+def mean(x, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        x = _cast(x, D.as_dtype(dtype))
+    if not x._dtype.is_floating_point:
+        raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be either a floating point "
+                           f"or complex dtype. Got: {x._dtype.name}")
+    dims = _dims(x, dim)
+    n = 1
+    for d in dims:
+        n *= x._data.shape[d]
+    s = apply(SUM, x, dims=dims, keepdim=keepdim)
+    return s / n if n else s * float("nan")
+
+
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if isinstance(unbiased, (int, tuple, list)) and not isinstance(unbiased, bool) and dim is None:
+        dim, unbiased = unbiased, None
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    dims = _dims(x, dim)
+    n = 1
+    for d in dims:
+        n *= x._data.shape[d]
+    m = mean(x, dims, keepdim=True)
+    dev = x - m
+    ss = apply(SUM, dev * dev, dims=dims, keepdim=keepdim)
+    denom = n - correction
+    return ss / denom if denom > 0 else ss * float("nan")
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+
+
+def var_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return var(x, dim, unbiased, keepdim, correction=correction), mean(x, dim, keepdim)
+
+
+def std_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return std(x, dim, unbiased, keepdim, correction=correction), mean(x, dim, keepdim)
+
+
+def prod(x, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        x = _cast(x, D.as_dtype(dtype))
+    return apply(R["prod"], x, dims=_dims(x, dim), keepdim=keepdim)
+
+
+def amax(x, dim=None, keepdim=False):
+    return apply(R["amax"], x, dims=_dims(x, dim), keepdim=keepdim)
+
+
+def amin(x, dim=None, keepdim=False):
+    return apply(R["amin"], x, dims=_dims(x, dim), keepdim=keepdim)
+
+
+MinMax = collections.namedtuple("MinMax", ["values", "indices"])
+
+
+def max(x, dim=None, keepdim=False, *, out=None):
+    if isinstance(dim, Tensor):
+        return maximum(x, dim)
+    if dim is None:
+        if x._data.size == 0:
+            raise RuntimeError("max(): Expected reduction dim to be specified for input.numel() == 0.")
+        return amax(x)
+    return MinMax(amax(x, dim, keepdim), argmax(x, dim, keepdim))
+
+
+def min(x, dim=None, keepdim=False, *, out=None):
+    if isinstance(dim, Tensor):
+        return minimum(x, dim)
+    if dim is None:
+        if x._data.size == 0:
+            raise RuntimeError("min(): Expected reduction dim to be specified for input.numel() == 0.")
+        return amin(x)
+    return MinMax(amin(x, dim, keepdim), argmin(x, dim, keepdim))
+
+
+def argmax(x, dim=None, keepdim=False):
+    d = None if dim is None else _wrap_dim(dim, x._data.ndim, "argmax")
+    return apply(R["argmax"], x, dim=d, keepdim=keepdim)
+
+
+def argmin(x, dim=None, keepdim=False):
+    d = None if dim is None else _wrap_dim(dim, x._data.ndim, "argmin")
+    return apply(R["argmin"], x, dim=d, keepdim=keepdim)
+
+
+def logsumexp(x, dim=None, keepdim=False):
+    x = _float_of(x)
+    dims = _dims(x, dim)
+    m = amax(x, dims, keepdim=True).detach()
+    m = where(isfinite(m), m, 0.0)
+    out = log(apply(SUM, exp(x - m), dims=dims, keepdim=True)) + m
+    return out if keepdim else out.reshape(tuple(s for i, s in enumerate(out._data.shape) if i not in dims))
+
+
+def all(x, dim=None, keepdim=False):
+    b = x if x._dtype is D.bool_ else x != 0
+    return apply(SUM, logical_not(b), dims=_dims(x, dim), keepdim=keepdim) == 0
+
+
+def any(x, dim=None, keepdim=False):
+    b = x if x._dtype is D.bool_ else x != 0
+    return apply(SUM, b, dims=_dims(x, dim), keepdim=keepdim) > 0
+
+
+def cumsum(x, dim, *, dtype=None):
+    if dtype is not None:
+        x = _cast(x, D.as_dtype(dtype))
+    return apply(R["cumsum"], x, dim=_wrap_dim(dim, x._data.ndim, "cumsum"))
+
+
+def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        x = _cast(x, D.as_dtype(dtype))
+    x = _float_of(x)
+    if p in ("fro", 2, 2.0):
+        return sqrt(sum(x * x, dim, keepdim))
+    if p in (float("inf"), "inf"):
+        return amax(abs(x), dim, keepdim)
+    if p in (float("-inf"), "-inf"):
+        return amin(abs(x), dim, keepdim)
+    if p == 1:
+        return sum(abs(x), dim, keepdim)
+    if p == 0:
+        return sum((x != 0).to(x._dtype), dim, keepdim)
+    return sum(abs(x) ** p, dim, keepdim) ** (1.0 / p)
+
+
+def softmax(x, dim, dtype=None):
+    if dtype is not None:
+        x = _cast(x, D.as_dtype(dtype))
+    x = _float_of(x)
+    e = exp(x - amax(x, dim, keepdim=True).detach())
+    return e / sum(e, dim, keepdim=True)
+
+
+def log_softmax(x, dim, dtype=None):
+    if dtype is not None:
+        x = _cast(x, D.as_dtype(dtype))
+    x = _float_of(x)
+    shifted = x - amax(x, dim, keepdim=True).detach()
+    return shifted - log(sum(exp(shifted), dim, keepdim=True))
+
+
+# ---------------------------------------------------------------- linear algebra
+def matmul(a, b):
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        raise TypeError(f"matmul: expected Tensor operands, got {type(a).__name__} and {type(b).__name__}")
+    if a._data.ndim == 0 or b._data.ndim == 0:
+        raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a._data.ndim}D and "
+                           f"{b._data.ndim}D")
+    if a._dtype is not b._dtype:
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {a._dtype.name} != "
+                           f"{b._dtype.name}")
+    squeeze_a = a._data.ndim == 1
+    squeeze_b = b._data.ndim == 1
+    if squeeze_a:
+        a = a.reshape(1, -1)
+    if squeeze_b:
+        b = b.reshape(-1, 1)
+    if a._data.shape[-1] != b._data.shape[-2]:
+        sa, sb = a._data.shape, b._data.shape
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({sa[-2]}x{sa[-1]} and {sb[-2]}x{sb[-1]})")
+    out = apply(R["matmul"], a, b)
+    if squeeze_a or squeeze_b:
+        shape = out._data.shape
+        shape = shape[:-2] + (() if squeeze_a else shape[-2:-1]) + (() if squeeze_b else shape[-1:])
+        out = out.reshape(shape)
+    return out
+
+
+def mm(a, b):
+    if a.dim() != 2 or b.dim() != 2:
+        raise RuntimeError(f"mm: expected 2-D tensors, got {a.dim()}-D and {b.dim()}-D")
+    return matmul(a, b)
+
+
+def bmm(a, b):
+    if a.dim() != 3 or b.dim() != 3:
+        raise RuntimeError(f"batch1 must be a 3D tensor, got {a.dim()}-D and {b.dim()}-D")
+    if a.shape[0] != b.shape[0]:
+        raise RuntimeError(f"bmm: batch sizes differ: {a.shape[0]} and {b.shape[0]}")
+    return matmul(a, b)
+
+
+def mv(a, v):
+    return matmul(a, v)
+
+
+def dot(a, b):
+    if a.dim() != 1 or b.dim() != 1:
+        raise RuntimeError("1D tensors expected, but got " f"{a.dim()}D and {b.dim()}D tensors")
+    return matmul(a, b)
+
+
+def outer(a, b):
+    return a.reshape(-1, 1) * b.reshape(1, -1)
+
+
+ger = outer
+
+
+def einsum(equation: str, *operands):
+    """Einstein summation, lowered to permutes, diagonals, sums and batched matmuls."""
+    from .einsum import einsum as _einsum
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    return _einsum(equation, *operands)
+
+
+__all__ = [n for n, v in list(globals().items())
+           if not n.startswith("_") and getattr(v, "__module__", None) == __name__]

@@ -1,0 +1,89 @@
+"""`apply`: the one door every primitive op goes through.
+
+Eager execution, autograd recording and tracing all hook in here, so an op
+added to the registry is immediately runnable, differentiable and traceable.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..dtypes import NP_TO_DTYPE, bfloat16, float32, round_bfloat16
+from .registry import OpDef
+
+
+class _ThreadState(threading.local):
+    """Per-thread switches, as in PyTorch: grad mode and the active tracer."""
+
+    def __init__(self):
+        self.grad_enabled = True
+        self.tracer = None
+
+
+STATE = _ThreadState()
+
+
+class _BOUND:
+    """Classes defined above this layer, bound once at import (avoids import cycles)."""
+    Tensor = None
+    Node = None
+
+
+class OpError(RuntimeError):
+    pass
+
+
+def describe(x) -> str:
+    dt = getattr(x, "_dtype", None)
+    if dt is not None:
+        return f"Tensor(shape={tuple(x._data.shape)}, dtype={dt.name})"
+    return repr(x)
+
+
+def apply(op: OpDef, *inputs, **attrs):
+    """Run primitive `op` eagerly, record it for autograd and for an active tracer."""
+    Tensor = _BOUND.Tensor
+    args = [x._data if isinstance(x, Tensor) else x for x in inputs]
+    try:
+        data = op.eager(*args, **attrs)
+    except (IndexError, ValueError, TypeError, RuntimeError, MemoryError) as e:
+        raise _op_error(op, inputs, attrs, e) from e
+    if type(data) is not np.ndarray:
+        data = np.asarray(data)
+    dtype = NP_TO_DTYPE[data.dtype.type]
+    if dtype is float32:
+        want = attrs.get("dtype")
+        if want is bfloat16 or (want is None and _has_bf16(inputs)):
+            dtype = bfloat16
+            data = round_bfloat16(data)
+    out = Tensor._make(data, dtype)
+    if op.view and inputs and data.base is not None and np.may_share_memory(data, args[0]):
+        src = inputs[0]
+        out._base = src._base if src._base is not None else src
+        out._version = src._version
+        out._view_ops = src._view_ops + ((op, attrs),)
+    state = STATE
+    if state.grad_enabled and op.vjp is not None:
+        for x in inputs:
+            if isinstance(x, Tensor) and x.requires_grad:
+                _BOUND.Node.record(op, inputs, attrs, out)
+                break
+    if state.tracer is not None:
+        state.tracer.record(op, inputs, attrs, out)
+    return out
+
+
+def _has_bf16(inputs) -> bool:
+    for x in inputs:
+        if getattr(x, "_dtype", None) is bfloat16:
+            return True
+    return False
+
+
+def _op_error(op, inputs, attrs, e):
+    kind = type(e) if isinstance(e, (IndexError, ValueError, TypeError, MemoryError)) else RuntimeError
+    shown = ", ".join(describe(x) for x in inputs)
+    extra = ", ".join(f"{k}={v!r}" for k, v in attrs.items() if not isinstance(v, np.ndarray))
+    msg = f"{op.name}({shown}{', ' if extra and shown else ''}{extra}): {e}"
+    return kind(msg)

@@ -1,0 +1,41 @@
+"""Matrix multiply: the one extern contraction (BLAS eagerly; a library call or
+generated tiles when compiled). Inputs are at least 2-D with broadcast batch
+dims; the composite `tt.matmul` handles 1-D operands.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import EXTERN, Aval, register
+
+import tracetorch as tt
+
+
+def _infer_matmul(a, b):
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise RuntimeError("matmul primitive takes tensors of at least 2 dims")
+    if a.shape[-1] != b.shape[-2]:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied "
+                           f"({a.shape[-2]}x{a.shape[-1]} and {b.shape[-2]}x{b.shape[-1]})")
+    if a.dtype is not b.dtype:
+        raise RuntimeError(f"expected both matmul operands to have the same dtype, got {a.dtype.name} "
+                           f"and {b.dtype.name}")
+    batch = np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    return Aval(tuple(batch) + (a.shape[-2], b.shape[-1]), a.dtype)
+
+
+def _matmul_vjp(n, g):
+    a, b = n.x(0), n.x(1)
+    ga = tt.sum_to_shape(g @ b.mT, n.shape(0)) if n.edges[0] is not None else None
+    gb = tt.sum_to_shape(a.mT @ g, n.shape(1)) if n.edges[1] is not None else None
+    return ga, gb
+
+
+def _matmul(a, b):
+    if a.dtype.kind in "biu" and a.size and b.size:
+        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(a.dtype)
+    return np.matmul(a, b)
+
+
+MATMUL = register("matmul", EXTERN, eager=_matmul, infer=_infer_matmul, vjp=_matmul_vjp, saves=(0, 1),
+                  lowering="matmul")

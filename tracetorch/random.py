@@ -1,0 +1,154 @@
+"""Generators and random sampling.
+
+A `Generator` holds its state as two 0-d int64 tensors (seed, offset). Each
+draw reads them and advances the offset in place, so a compiled program sees
+the generator state as an input it updates: fresh numbers each call,
+reproducible under `manual_seed`, identical to eager.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import dtypes as D
+from .ops import REGISTRY as R
+from .ops import random as RNG
+from .ops.dispatch import apply
+from .tensor import Tensor
+
+RAND, RANDPERM = R["rand"], R["randperm"]
+
+
+class Generator:
+    def __init__(self, device="cpu"):
+        self.seed_t = Tensor._make(np.zeros((), "int64"), D.int64)
+        self.offset_t = Tensor._make(np.zeros((), "int64"), D.int64)
+        self.manual_seed(67280421310721)
+
+    def manual_seed(self, seed: int) -> "Generator":
+        seed = int(seed)
+        self.seed_t._data[...] = seed % 2**63
+        self.offset_t._data[...] = 0
+        self.seed_t._version[0] += 1
+        self.offset_t._version[0] += 1
+        self._initial = seed
+        return self
+
+    def seed(self) -> int:
+        s = time.time_ns() % 2**63
+        self.manual_seed(s)
+        return s
+
+    def initial_seed(self) -> int:
+        return self._initial
+
+    def get_state(self) -> Tensor:
+        from .creation import tensor
+        return tensor([int(self.seed_t._data), int(self.offset_t._data)], dtype=D.int64)
+
+    def set_state(self, state: Tensor) -> "Generator":
+        seed, offset = (int(v) for v in state.tolist())
+        self.seed_t._data[...] = seed
+        self.offset_t._data[...] = offset
+        self.seed_t._version[0] += 1
+        self.offset_t._version[0] += 1
+        return self
+
+    def _advance(self, n: int) -> None:
+        self.offset_t.add_(n)
+
+
+default_generator = Generator()
+
+
+def manual_seed(seed: int) -> Generator:
+    return default_generator.manual_seed(seed)
+
+
+def seed() -> int:
+    return default_generator.seed()
+
+
+def initial_seed() -> int:
+    return default_generator.initial_seed()
+
+
+def get_rng_state() -> Tensor:
+    return default_generator.get_state()
+
+
+def set_rng_state(state: Tensor) -> None:
+    default_generator.set_state(state)
+
+
+def _sizes(size):
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = size[0]
+    return tuple(int(s) for s in size)
+
+
+def _draw(shape, dtype, generator, normal):
+    gen = generator if generator is not None else default_generator
+    dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
+    out = apply(RAND, gen.seed_t, gen.offset_t, shape=shape, dtype=dt, normal=normal)
+    gen._advance(RNG.draws(shape, normal))
+    return out
+
+
+def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    out = _draw(_sizes(size), dtype, generator, False)
+    return out.requires_grad_(True) if requires_grad else out
+
+
+def randn(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    out = _draw(_sizes(size), dtype, generator, True)
+    return out.requires_grad_(True) if requires_grad else out
+
+
+def rand_like(x, *, dtype=None, generator=None) -> Tensor:
+    return _draw(x._data.shape, dtype or x._dtype, generator, False)
+
+
+def randn_like(x, *, dtype=None, generator=None) -> Tensor:
+    return _draw(x._data.shape, dtype or x._dtype, generator, True)
+
+
+def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+    if high is None:
+        low, high = 0, low
+    if size is None:
+        raise TypeError("randint() missing required argument 'size'")
+    if high <= low:
+        raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= to={high}")
+    u = _draw(tuple(size), D.float64, generator, False)
+    out = (u * (high - low)).floor() + low
+    return out.to(D.as_dtype(dtype) if dtype is not None else D.int64)
+
+
+def randint_like(x, low, high=None, *, dtype=None, generator=None) -> Tensor:
+    return randint(low, high, x.shape, generator=generator, dtype=dtype or x._dtype)
+
+
+def randperm(n: int, *, generator=None, dtype=None, device=None) -> Tensor:
+    gen = generator if generator is not None else default_generator
+    out = apply(RANDPERM, gen.seed_t, gen.offset_t, n=int(n))
+    gen._advance(int(n))
+    return out if dtype is None else out.to(dtype)
+
+
+def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None) -> Tensor:
+    if size is None:
+        ref = mean if isinstance(mean, Tensor) else std
+        if not isinstance(ref, Tensor):
+            raise TypeError("normal(): give a size, or a tensor mean or std")
+        shape = tuple(np.broadcast_shapes(
+            *(t._data.shape for t in (mean, std) if isinstance(t, Tensor))))
+        dtype = dtype or ref._dtype
+    else:
+        shape = tuple(size)
+    return _draw(shape, dtype, generator, True) * std + mean
+
+
+def bernoulli(p, *, generator=None) -> Tensor:
+    return (_draw(p._data.shape, p._dtype, generator, False) < p).to(p._dtype)
