@@ -11,6 +11,7 @@ from .dtypes import (DType as dtype, bool_ as bool, uint8, int8, int16, int32, i
                      float32, float64, get_default_dtype, set_default_dtype, promote_types)
 from .device import device
 from .tensor import Tensor, Size
+from . import einsum as _einsum_module  # noqa: F401  (load first: the function tt.einsum must shadow it)
 from . import math as _math
 from .math import *  # noqa: F401,F403
 from .math import (abs, all, any, max, min, round, pow, sum)  # noqa: F401  (shadow builtins on purpose)
@@ -23,6 +24,7 @@ from .indexing import index_put, index_select, gather  # noqa: F401
 from . import autograd  # noqa: F401
 from .autograd import no_grad, enable_grad, set_grad_enabled, is_grad_enabled, inference_mode  # noqa: F401
 from . import cuda  # noqa: F401
+from .serialization import save, load  # noqa: F401
 from ._methods import install as _install_methods
 
 _tensor_mod._M = _math

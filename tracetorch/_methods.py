@@ -48,7 +48,7 @@ def _sum_to_size(self, *size):
 
 def _inplace_unary(fn):
     def method(self, *args, **kwargs):
-        return self._assign(fn(self, *args, **kwargs))
+        return self._assign_result(fn(self._as_operand(), *args, **kwargs))
     method.__name__ = fn.__name__ + "_"
     return method
 

@@ -139,6 +139,8 @@ def result_type(*operands) -> DType:
         else:
             s = _scalar_kind(o)
             sc = s if sc is None else promote_types(sc, s)
+    if dim_t is None and zero_t is None and sc is not None:
+        return _scalar_in_category(sc)      # scalars alone: tt.tensor(1.5) is the default float dtype
     result = None
     for group in (dim_t, zero_t, sc):
         if group is None:

@@ -12,14 +12,14 @@ def _parse(equation: str, operands):
     if len(terms) != len(operands):
         raise ValueError(f"einsum(): {len(terms)} operand subscripts for {len(operands)} operands in '{equation}'")
     free = [c for c in string.ascii_uppercase + string.ascii_lowercase if c not in eq]
-    ell = None
+    # one set of letters for the longest ellipsis; shorter ones take its trailing letters (right-aligned)
+    n_ell = max((x.dim() - (len(t) - 3) for t, x in zip(terms, operands) if "..." in t), default=None)
+    ell = "".join(free[:n_ell]) if n_ell is not None else None
     parsed = []
     for term, x in zip(terms, operands):
         if "..." in term:
             n = x.dim() - (len(term) - 3)
-            if ell is None or len(ell) < n:
-                ell = "".join(free[:n]) if ell is None or len(ell) < n else ell
-            term = term.replace("...", ell[len(ell) - n:] if n else "")
+            term = term.replace("...", ell[len(ell) - n:] if n > 0 else "")
         if len(term) != x.dim():
             raise ValueError(f"einsum(): subscript '{term}' has {len(term)} letters for an operand of "
                              f"{x.dim()} dims")
@@ -48,6 +48,16 @@ def _diagonal(x, term):
         x = x.permute(*rest, i, j).reshape(*[x.shape[k] for k in rest], n * n)[..., ::n + 1]
         term = "".join(term[k] for k in rest) + c
     return x, term
+
+
+def _broadcast(xs):
+    """Size-1 dims stretch to the size the same letter has in another operand, as in torch.einsum."""
+    sizes = {c: s for x, t in xs for c, s in zip(t, x.shape) if s != 1}
+    out = []
+    for x, t in xs:
+        want = tuple(sizes.get(c, 1) if s == 1 else s for c, s in zip(t, x.shape))
+        out.append((x.expand(*want) if want != tuple(x.shape) else x, t))
+    return out
 
 
 def _sum_out(x, term, keep):
@@ -87,6 +97,7 @@ def einsum(equation: str, *operands):
     for x, t in zip(operands, terms):
         x, t = _diagonal(x, t)
         xs.append((x, t))
+    xs = _broadcast(xs)
     for k in range(len(xs)):
         keep = set(out) | {c for j, (_, t) in enumerate(xs) if j != k for c in t}
         xs[k] = _sum_out(*xs[k], keep)

@@ -41,6 +41,8 @@ def _normalize(x, key):
     """Expand Ellipsis; return the entries and how many tensor dims they consume."""
     if not isinstance(key, tuple):
         key = (key,)
+    # lists and arrays become index tensors up front, so a list of bools is a mask as in PyTorch
+    key = tuple(_as_index_array(k) if isinstance(k, (list, np.ndarray)) else k for k in key)
     consumed = 0
     for k in key:
         if k is None or k is Ellipsis:
@@ -72,7 +74,6 @@ def _basic(x, key):
     starts, stops, steps = [], [], []
     new_shape = []
     advanced = []           # (dim in the result of the basic step, entry)
-    any_adv = any(isinstance(k, (Tensor, list, np.ndarray)) or isinstance(k, (bool, np.bool_)) for k in key)
     d = 0
     for k in key:
         if k is None:
@@ -123,10 +124,9 @@ def _basic(x, key):
             if not -size <= i < size:
                 raise IndexError(f"index {i} is out of bounds for dimension {d} with size {size}")
             i %= size
+            # an int selects (drops the dim) before advanced indexing, as in PyTorch: for x of shape
+            # (2, 3, 4), x[0, :, [1, 2]] has shape (3, 2) (numpy, which counts the int as advanced: (2, 3))
             starts.append(i), stops.append(i + 1), steps.append(1)
-            if any_adv:
-                new_shape.append(1)
-                advanced.append((len(new_shape) - 1, Tensor._make(np.zeros((), np.int64), D.int64)))
         d += 1
     y = x
     n = len(shape)

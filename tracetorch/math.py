@@ -44,11 +44,11 @@ def binary(op, a, b):
     if ta:
         b = _pyscalar(b)
         dt = _with_scalar(a._dtype, b)
-        return apply(op, a if dt is a._dtype else apply(CAST, a, dtype=dt), b)
+        return apply(op, a if dt is a._dtype else apply(CAST, a, dtype=dt), _wrap_int(b, dt))
     if tb:
         a = _pyscalar(a)
         dt = _with_scalar(b._dtype, a)
-        return apply(op, a, b if dt is b._dtype else apply(CAST, b, dtype=dt))
+        return apply(op, _wrap_int(a, dt), b if dt is b._dtype else apply(CAST, b, dtype=dt))
     raise TypeError(f"{op.name}: expected at least one tensor operand, got {type(a).__name__} and "
                     f"{type(b).__name__}")
 
@@ -65,6 +65,15 @@ def _with_scalar(dt, s):
     if isinstance(s, Tensor):
         return D.result_type(s)
     raise TypeError(f"unsupported operand type: {cls.__name__}")
+
+
+def _wrap_int(s, dt):
+    """A Python int outside an integer dtype's range wraps like PyTorch's cast (uint8 tensor - 1: 0 -> 255)."""
+    if type(s) is int and dt.category == 1:
+        info = np.iinfo(dt.np)
+        if not info.min <= s <= info.max:
+            return int(info.min) + (s - int(info.min)) % 2 ** (8 * dt.itemsize)
+    return s
 
 
 def compare(op, a, b):
@@ -112,13 +121,14 @@ def div(a, b, *, rounding_mode=None):
             if dt.category < 2:
                 dt = D.get_default_dtype()
             return apply(DIV, _cast(a, dt), _cast(b, dt))
-        t = a if isinstance(a, Tensor) else b
-        other = _pyscalar(b if t is a else a)
+        tensor_left = isinstance(a, Tensor)
+        t = a if tensor_left else b
+        other = _pyscalar(b if tensor_left else a)
         dt = _with_scalar(t._dtype, other)
         if dt.category < 2:
             dt = D.get_default_dtype()
         t = _cast(t, dt)
-        return apply(DIV, t, other) if t is not b else apply(DIV, other, t)
+        return apply(DIV, t, other) if tensor_left else apply(DIV, other, t)
     if rounding_mode == "floor":
         return floor_divide(a, b)
     if rounding_mode == "trunc":
@@ -362,25 +372,25 @@ def STATE_tracer():
 
 
 # ---------------------------------------------------------------- reductions
-def _dims(x, dim):
+def _dims(x, dim, what="reduce"):
     n = x._data.ndim
     if dim is None:
         return tuple(range(n))
     if isinstance(dim, (list, tuple)):
         if len(dim) == 0:
             return tuple(range(n))
-        ds = sorted({_wrap_dim(d, n, "reduce") for d in dim})
+        ds = sorted({_wrap_dim(d, n, what) for d in dim})
         if len(ds) != len(dim):
             raise RuntimeError(f"dim {list(dim)} appears multiple times in the list of dims")
         return tuple(ds) if n else ()
-    d = _wrap_dim(dim, n, "reduce")
+    d = _wrap_dim(dim, n, what)
     return (d,) if n else ()
 
 
 def sum(x, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
-    return apply(SUM, x, dims=_dims(x, dim), keepdim=keepdim)
+    return apply(SUM, x, dims=_dims(x, dim, "sum"), keepdim=keepdim)
 
 
 def sum_to_shape(g, shape):
@@ -401,7 +411,7 @@ def mean(x, dim=None, keepdim=False, *, dtype=None):
     if not x._dtype.is_floating_point:
         raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be either a floating point "
                            f"or complex dtype. Got: {x._dtype.name}")
-    dims = _dims(x, dim)
+    dims = _dims(x, dim, "mean")
     n = 1
     for d in dims:
         n *= x._data.shape[d]
@@ -414,7 +424,7 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
         dim, unbiased = unbiased, None
     if correction is None:
         correction = 0 if unbiased is False else 1
-    dims = _dims(x, dim)
+    dims = _dims(x, dim, "var")
     n = 1
     for d in dims:
         n *= x._data.shape[d]
@@ -440,15 +450,15 @@ def std_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 def prod(x, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
-    return apply(R["prod"], x, dims=_dims(x, dim), keepdim=keepdim)
+    return apply(R["prod"], x, dims=_dims(x, dim, "prod"), keepdim=keepdim)
 
 
 def amax(x, dim=None, keepdim=False):
-    return apply(R["amax"], x, dims=_dims(x, dim), keepdim=keepdim)
+    return apply(R["amax"], x, dims=_dims(x, dim, "amax"), keepdim=keepdim)
 
 
 def amin(x, dim=None, keepdim=False):
-    return apply(R["amin"], x, dims=_dims(x, dim), keepdim=keepdim)
+    return apply(R["amin"], x, dims=_dims(x, dim, "amin"), keepdim=keepdim)
 
 
 MinMax = collections.namedtuple("MinMax", ["values", "indices"])
@@ -461,7 +471,7 @@ def max(x, dim=None, keepdim=False, *, out=None):
         if x._data.size == 0:
             raise RuntimeError("max(): Expected reduction dim to be specified for input.numel() == 0.")
         return amax(x)
-    return MinMax(amax(x, dim, keepdim), argmax(x, dim, keepdim))
+    return _select_along(x, dim, keepdim, argmax)
 
 
 def min(x, dim=None, keepdim=False, *, out=None):
@@ -471,7 +481,21 @@ def min(x, dim=None, keepdim=False, *, out=None):
         if x._data.size == 0:
             raise RuntimeError("min(): Expected reduction dim to be specified for input.numel() == 0.")
         return amin(x)
-    return MinMax(amin(x, dim, keepdim), argmin(x, dim, keepdim))
+    return _select_along(x, dim, keepdim, argmin)
+
+
+def _select_along(x, dim, keepdim, arg):
+    """(values, indices) of max/min along `dim`: the values are gathered at the returned indices, so the
+    gradient goes to that one element even with ties, as in PyTorch (amax/amin share it instead)."""
+    idx = arg(x, dim, keepdim=True)
+    if x._data.ndim == 0:
+        return MinMax(apply(R["reshape"], x, shape=()), idx)
+    from .indexing import gather
+    d = _wrap_dim(dim, x._data.ndim, "max")
+    values = gather(x, d, idx)
+    if not keepdim:
+        values, idx = values.squeeze(d), idx.squeeze(d)
+    return MinMax(values, idx)
 
 
 def argmax(x, dim=None, keepdim=False):
@@ -486,7 +510,7 @@ def argmin(x, dim=None, keepdim=False):
 
 def logsumexp(x, dim=None, keepdim=False):
     x = _float_of(x)
-    dims = _dims(x, dim)
+    dims = _dims(x, dim, "logsumexp")
     m = amax(x, dims, keepdim=True).detach()
     m = where(isfinite(m), m, 0.0)
     out = log(apply(SUM, exp(x - m), dims=dims, keepdim=True)) + m
@@ -495,12 +519,12 @@ def logsumexp(x, dim=None, keepdim=False):
 
 def all(x, dim=None, keepdim=False):
     b = x if x._dtype is D.bool_ else x != 0
-    return apply(SUM, logical_not(b), dims=_dims(x, dim), keepdim=keepdim) == 0
+    return apply(SUM, logical_not(b), dims=_dims(x, dim, "all"), keepdim=keepdim) == 0
 
 
 def any(x, dim=None, keepdim=False):
     b = x if x._dtype is D.bool_ else x != 0
-    return apply(SUM, b, dims=_dims(x, dim), keepdim=keepdim) > 0
+    return apply(SUM, b, dims=_dims(x, dim, "any"), keepdim=keepdim) > 0
 
 
 def cumsum(x, dim, *, dtype=None):

@@ -91,6 +91,8 @@ def _sizes(size):
 def _draw(shape, dtype, generator, normal):
     gen = generator if generator is not None else default_generator
     dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
+    if not dt.is_floating_point:
+        raise RuntimeError(f"{'randn' if normal else 'rand'}: expected a floating-point dtype, got {dt.name}")
     out = apply(RAND, gen.seed_t, gen.offset_t, shape=shape, dtype=dt, normal=normal)
     gen._advance(RNG.draws(shape, normal))
     return out
@@ -115,6 +117,8 @@ def randn_like(x, *, dtype=None, generator=None) -> Tensor:
 
 
 def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+    if size is None and isinstance(high, (tuple, list)):
+        low, high, size = 0, low, high      # randint(high, size)
     if high is None:
         low, high = 0, low
     if size is None:

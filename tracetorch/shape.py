@@ -187,7 +187,7 @@ def narrow(x, dim, start, length):
     if start < 0:
         start += size
     if not (0 <= start and start + length <= size and length >= 0):
-        raise IndexError(f"narrow(): start ({start}) + length ({length}) exceeds dimension size ({size}).")
+        raise RuntimeError(f"narrow(): start ({start}) + length ({length}) exceeds dimension size ({size}).")
     starts = [0] * n
     stops = list(x._data.shape)
     starts[d], stops[d] = start, start + length
@@ -282,14 +282,19 @@ def tril(x, diagonal=0):
     if x._data.ndim < 2:
         raise RuntimeError("tril: input tensor must have at least 2 dimensions")
     from .math import where
-    return where(_tri_mask(x, diagonal, False), x, 0)
+    return where(_tri_mask(x, diagonal, False), x, _zero(x))
 
 
 def triu(x, diagonal=0):
     if x._data.ndim < 2:
         raise RuntimeError("triu: input tensor must have at least 2 dimensions")
     from .math import where
-    return where(_tri_mask(x, diagonal, True), x, 0)
+    return where(_tri_mask(x, diagonal, True), x, _zero(x))
+
+
+def _zero(x):
+    """A zero that keeps x's dtype in `where` (a bare 0 would promote a bool tensor to int64)."""
+    return False if x._dtype is D.bool_ else 0
 
 
 def flip(x, dims):

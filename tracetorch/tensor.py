@@ -37,7 +37,8 @@ class Tensor:
     # Defaults live on the class, so making a tensor sets three attributes only.
     requires_grad = False
     grad = None
-    _grad_fn = None
+    _grad_fn_raw = None
+    _history_version = 0
     _base = None
     _view_ops = ()
     _hooks = None
@@ -110,6 +111,31 @@ class Tensor:
     @property
     def grad_fn(self):
         return self._grad_fn
+
+    @property
+    def _grad_fn(self):
+        """The autograd node; a view whose storage was written since (through its base or another view)
+        gets a fresh one, a view of the base's current history, as PyTorch regenerates it."""
+        base = self._base
+        if (base is not None and self._history_version != self._version[0]
+                and (self.requires_grad or base.requires_grad)):
+            self._regenerate_view_history()
+        return self._grad_fn_raw
+
+    @_grad_fn.setter
+    def _grad_fn(self, node):
+        self._grad_fn_raw = node
+        self._history_version = self._version[0]
+
+    def _regenerate_view_history(self):
+        from .autograd.inplace import replay_view
+        prev, tracer = STATE.grad_enabled, STATE.tracer
+        STATE.grad_enabled, STATE.tracer = True, None
+        try:
+            self._grad_fn = replay_view(self._base, self._view_ops)._grad_fn_raw
+        finally:
+            STATE.grad_enabled, STATE.tracer = prev, tracer
+        self.requires_grad = True
 
     @property
     def is_leaf(self) -> bool:
@@ -238,7 +264,8 @@ class Tensor:
 
     def __bool__(self):
         if self._data.size != 1:
-            raise RuntimeError(f"Boolean value of Tensor with {self._data.size} values is ambiguous")
+            raise RuntimeError(f"Boolean value of Tensor with more than one value is ambiguous "
+                               f"(it has {self._data.size} values)")
         return self._scalar("bool", bool)
 
     def __int__(self):
@@ -368,7 +395,18 @@ class Tensor:
             op.eager(self._data, other._data, out=self._data)
             self._version[0] += 1
             return self
-        result = M.binary(op, self, other)
+        result = M.binary(op, self._as_operand() if 0 in op.saves else self, other)
+        return self._assign_result(result)
+
+    def _as_operand(self) -> "Tensor":
+        """self as an input of its own in-place update: a copy while autograd records, because the
+        write would overwrite a value the backward pass saved (PyTorch keeps `original_self` too)."""
+        if STATE.grad_enabled and self.requires_grad:
+            return apply(_op("clone"), self)
+        return self
+
+    def _assign_result(self, result: "Tensor") -> "Tensor":
+        """Write an in-place op's result, refusing a lossy cast (int_t += 1.5) as PyTorch does."""
         if result._dtype is not self._dtype and not _can_cast(result._dtype, self._dtype):
             raise RuntimeError(f"result type {result._dtype.name} can't be cast to the desired output type "
                                f"{self._dtype.name}")
@@ -385,7 +423,7 @@ class Tensor:
 
     def div_(self, other, *, rounding_mode=None):
         from . import math as M
-        return self._assign(M.div(self, other, rounding_mode=rounding_mode))
+        return self._assign_result(M.div(self._as_operand(), other, rounding_mode=rounding_mode))
 
     def pow_(self, other):
         return self._inplace(_op("pow"), other)
@@ -585,7 +623,8 @@ class Tensor:
         if type(self) is not Tensor:
             t.__class__ = type(self)
             t.__dict__.update({k: v for k, v in self.__dict__.items()
-                               if k not in ("_data", "_dtype", "_version", "grad", "_grad_fn")})
+                               if k not in ("_data", "_dtype", "_version", "grad", "_grad_fn_raw",
+                                            "_history_version")})
         if self.grad is not None:
             t.grad = self.grad.__deepcopy__(memo)
         memo[id(self)] = t
@@ -620,8 +659,9 @@ def _wrap_dim(dim, ndim, what=""):
 def _format(t: Tensor) -> str:
     data = t._data
     if t._dtype.is_floating_point:
-        body = np.array2string(np.asarray(data, dtype=np.float64), separator=", ", precision=4,
-                               floatmode="maxprec_equal", threshold=1000, edgeitems=3, prefix="tensor(")
+        vals = np.asarray(data, dtype=np.float64)
+        body = np.array2string(vals, separator=", ", precision=4, floatmode=_float_mode(vals), threshold=1000,
+                               edgeitems=3, prefix="tensor(")
     else:
         body = np.array2string(data, separator=", ", threshold=1000, edgeitems=3, prefix="tensor(")
     extras = []
@@ -630,10 +670,18 @@ def _format(t: Tensor) -> str:
     if t._dtype not in (D.get_default_dtype(), D.int64, D.bool_):
         extras.append(f"dtype={t._dtype!r}")
     if t._grad_fn is not None:
-        extras.append(f"grad_fn=<{t._grad_fn.name}>")
+        extras.append(f"grad_fn=<{t._grad_fn.name()}>")
     elif t.requires_grad:
         extras.append("requires_grad=True")
     return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+
+def _float_mode(vals: np.ndarray) -> str:
+    """PyTorch prints whole numbers as `1.` and everything else with 4 decimals (`1.5000`, `1.0000e-05`)."""
+    finite = np.abs(vals[np.isfinite(vals)])
+    nonzero = finite[finite != 0]
+    sci = nonzero.size and (nonzero.max() >= 1e8 or nonzero.min() < 1e-4 or nonzero.max() / nonzero.min() > 1000)
+    return "maxprec_equal" if np.all(finite == np.floor(finite)) and not sci else "fixed"
 
 
 _BOUND.Tensor = Tensor

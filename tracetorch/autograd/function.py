@@ -84,9 +84,8 @@ class _SelectNode(Node):
         super().__init__(None, {}, (parent,), (meta,))
         self.k, self.n_out = k, n_out
 
-    @property
     def name(self) -> str:
-        return self.edges[0].name
+        return self.edges[0].name()
 
     def free(self):
         pass

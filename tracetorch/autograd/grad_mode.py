@@ -13,6 +13,11 @@ def is_grad_enabled() -> bool:
 class _GradMode:
     mode = True
 
+    def __new__(cls, *args, **kwargs):
+        if len(args) == 1 and callable(args[0]) and not kwargs:     # @no_grad without parentheses
+            return cls()(args[0])
+        return super().__new__(cls)
+
     def __enter__(self):
         self.prev = STATE.grad_enabled
         STATE.grad_enabled = self.mode

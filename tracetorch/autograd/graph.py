@@ -29,12 +29,12 @@ class Node:
         self.hooks = None
         self.freed = False
 
-    @property
     def name(self) -> str:
+        """The node's name, as `grad_fn.name()` in PyTorch."""
         return _pascal(self.op.name) + "Backward"
 
     def __repr__(self) -> str:
-        return f"<{self.name}>"
+        return f"<{self.name()}>"
 
     # --- recording -------------------------------------------------------
     @staticmethod
@@ -129,7 +129,6 @@ class CustomNode(Node):
         self.fn_cls = fn_cls
         self.ctx = ctx
 
-    @property
     def name(self) -> str:
         return self.fn_cls.__name__ + "Backward"
 
@@ -150,7 +149,7 @@ def _modified_error(t, node, expected):
     return RuntimeError(
         "one of the variables needed for gradient computation has been modified by an inplace "
         f"operation: [{t._dtype.name} tensor of shape {list(t._data.shape)}], which is used by "
-        f"{node.name}, is at version {t._version[0]}; expected version {expected} instead.")
+        f"{node.name()}, is at version {t._version[0]}; expected version {expected} instead.")
 
 
 def _topo_order(roots):
@@ -239,9 +238,9 @@ def run_backward(tensors, grads, retain_graph: bool, create_graph: bool, inputs=
                     if hasattr(ig, "grads"):        # GradSlots of a multi-output Function
                         add_grad(edge, ig)
                         continue
-                    raise RuntimeError(f"{node.name} returned a {type(ig).__name__} as a gradient")
+                    raise RuntimeError(f"{node.name()} returned a {type(ig).__name__} as a gradient")
                 if ig._data.shape != meta[0]:
-                    raise RuntimeError(f"Function {node.name} returned an invalid gradient - got shape "
+                    raise RuntimeError(f"Function {node.name()} returned an invalid gradient - got shape "
                                        f"{list(ig._data.shape)} but expected shape compatible with {list(meta[0])}")
                 if ig._dtype is not meta[1]:
                     ig = ig.to(meta[1])

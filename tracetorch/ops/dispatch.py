@@ -9,8 +9,10 @@ import threading
 
 import numpy as np
 
-from ..dtypes import NP_TO_DTYPE, bfloat16, float32, round_bfloat16
-from .registry import OpDef
+from ..dtypes import NP_TO_DTYPE, bfloat16, float16, float32, round_bfloat16
+from .registry import ELEMENTWISE, REDUCE, SCAN, Aval, OpDef
+
+_HALF_IN_FLOAT32 = frozenset((ELEMENTWISE, REDUCE, SCAN))
 
 
 class _ThreadState(threading.local):
@@ -47,7 +49,7 @@ def apply(op: OpDef, *inputs, **attrs):
     args = [x._data if isinstance(x, Tensor) else x for x in inputs]
     try:
         data = op.eager(*args, **attrs)
-    except (IndexError, ValueError, TypeError, RuntimeError, MemoryError) as e:
+    except (IndexError, ValueError, TypeError, RuntimeError, MemoryError, ArithmeticError) as e:
         raise _op_error(op, inputs, attrs, e) from e
     if type(data) is not np.ndarray:
         data = np.asarray(data)
@@ -57,6 +59,8 @@ def apply(op: OpDef, *inputs, **attrs):
         if want is bfloat16 or (want is None and _has_bf16(inputs)):
             dtype = bfloat16
             data = round_bfloat16(data)
+    elif dtype is float16 and op.kind in _HALF_IN_FLOAT32 and "dtype" not in attrs:
+        data = _in_float32(op, args, attrs)
     out = Tensor._make(data, dtype)
     if op.view and inputs and data.base is not None and np.may_share_memory(data, args[0]):
         src = inputs[0]
@@ -64,7 +68,7 @@ def apply(op: OpDef, *inputs, **attrs):
         out._version = src._version
         out._view_ops = src._view_ops + ((op, attrs),)
     state = STATE
-    if state.grad_enabled and op.vjp is not None:
+    if state.grad_enabled and op.vjp is not None and dtype.is_floating_point:   # int results end the graph
         for x in inputs:
             if isinstance(x, Tensor) and x.requires_grad:
                 _BOUND.Node.record(op, inputs, attrs, out)
@@ -72,6 +76,13 @@ def apply(op: OpDef, *inputs, **attrs):
     if state.tracer is not None:
         state.tracer.record(op, inputs, attrs, out)
     return out
+
+
+def _in_float32(op, args, attrs) -> np.ndarray:
+    """A float16 op computed in float32 and rounded once, as PyTorch does ("opmath"): a Python scalar
+    beyond float16's range (x / 1e5) and long accumulations (cumsum) stay accurate."""
+    wide = [a.astype(np.float32) if type(a) is np.ndarray and a.dtype == np.float16 else a for a in args]
+    return np.asarray(op.eager(*wide, **attrs)).astype(np.float16)
 
 
 def _has_bf16(inputs) -> bool:
@@ -82,8 +93,21 @@ def _has_bf16(inputs) -> bool:
 
 
 def _op_error(op, inputs, attrs, e):
+    e = _infer_error(op, inputs, attrs) or e
     kind = type(e) if isinstance(e, (IndexError, ValueError, TypeError, MemoryError)) else RuntimeError
     shown = ", ".join(describe(x) for x in inputs)
     extra = ", ".join(f"{k}={v!r}" for k, v in attrs.items() if not isinstance(v, np.ndarray))
     msg = f"{op.name}({shown}{', ' if extra and shown else ''}{extra}): {e}"
     return kind(msg)
+
+
+def _infer_error(op, inputs, attrs):
+    """The op's shape/dtype inference explains a failed kernel in PyTorch's words (numpy's are obscure)."""
+    avals = [Aval(tuple(x._data.shape), x._dtype) if isinstance(x, _BOUND.Tensor) else x for x in inputs]
+    try:
+        op.infer(*avals, **attrs)
+    except (IndexError, ValueError, TypeError, RuntimeError) as e:
+        return e
+    except Exception:
+        return None
+    return None

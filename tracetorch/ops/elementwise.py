@@ -28,7 +28,19 @@ def _same_dtype(*xs):
 
 
 def _bshape(*xs):
-    return np.broadcast_shapes(*(x.shape for x in xs if isinstance(x, Aval)))
+    shapes = [tuple(x.shape) for x in xs if isinstance(x, Aval)]
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        pass
+    for i in range(1, max(len(s) for s in shapes) + 1):   # PyTorch's wording, from the last dim
+        sizes = [s[-i] for s in shapes if len(s) >= i and s[-i] != 1]
+        if len(set(sizes)) > 1:
+            a, b = sizes[0], next(n for n in sizes if n != sizes[0])
+            dim = max(len(s) for s in shapes) - i
+            raise RuntimeError(f"The size of tensor a ({a}) must match the size of tensor b ({b}) at "
+                               f"non-singleton dimension {dim}")
+    raise RuntimeError(f"shapes {[list(s) for s in shapes]} cannot be broadcast together")
 
 
 def _infer_unary(x):
@@ -47,6 +59,13 @@ def _infer_pred(x):
 
 def _infer_binary(a, b):
     return Aval(tuple(_bshape(a, b)), _same_dtype(a, b))
+
+
+def _infer_bitwise(a, b):
+    out = _infer_binary(a, b)
+    if out.dtype.is_floating_point:
+        raise TypeError(f"bitwise ops are only implemented on integer and bool tensors, got {out.dtype.name}")
+    return out
 
 
 def _infer_compare(a, b):
@@ -87,8 +106,8 @@ LOG = _unary("log", _quiet(np.log), lambda n, g: (g / n.x(0),), (0,), "log(x0)")
 SQRT = _unary("sqrt", _quiet(np.sqrt), lambda n, g: (g / (2 * n.out),), ("out",), "sqrt(x0)")
 RSQRT = _unary("rsqrt", _quiet(lambda x: 1 / np.sqrt(x)), lambda n, g: (g * (-0.5) * n.out ** 3,),
                ("out",), "rsqrt(x0)")
-SIN = _unary("sin", np.sin, lambda n, g: (g * tt.cos(n.x(0)),), (0,), "sin(x0)")
-COS = _unary("cos", np.cos, lambda n, g: (-(g * tt.sin(n.x(0))),), (0,), "cos(x0)")
+SIN = _unary("sin", _quiet(np.sin), lambda n, g: (g * tt.cos(n.x(0)),), (0,), "sin(x0)")
+COS = _unary("cos", _quiet(np.cos), lambda n, g: (-(g * tt.sin(n.x(0))),), (0,), "cos(x0)")
 TANH = _unary("tanh", np.tanh, lambda n, g: (g * (1 - n.out * n.out),), ("out",), "tanh(x0)")
 SIGMOID = _unary("sigmoid", lambda x: (np.tanh(x * x.dtype.type(0.5)) + 1) * x.dtype.type(0.5),
                  lambda n, g: (g * n.out * (1 - n.out),), ("out",), "sigmoid(x0)")
@@ -106,8 +125,8 @@ ISNAN = _unary("isnan", np.isnan, None, (), "isnan(x0)", infer=_infer_pred)
 ISFINITE = _unary("isfinite", np.isfinite, None, (), "isfinite(x0)", infer=_infer_pred)
 LOGICAL_NOT = _unary("logical_not", np.logical_not, None, (), "not x0", infer=_infer_pred)
 BITWISE_NOT = _unary("bitwise_not", np.invert, None, (), "~x0", infer=_infer_unary)
-CLONE = _unary("clone", np.array, lambda n, g: (g,), (), "x0", infer=_infer_unary,
-               doc="a copy in fresh storage (clone, contiguous)")
+CLONE = _unary("clone", lambda x: np.array(x, order="C"), lambda n, g: (g,), (), "x0", infer=_infer_unary,
+               doc="a C-contiguous copy in fresh storage (clone, contiguous)")
 
 
 # ---------------------------------------------------------------- binary
@@ -198,9 +217,9 @@ LT = _binary("lt", np.less, None, (), "x0 < x1", infer=_infer_compare)
 LE = _binary("le", np.less_equal, None, (), "x0 <= x1", infer=_infer_compare)
 GT = _binary("gt", np.greater, None, (), "x0 > x1", infer=_infer_compare)
 GE = _binary("ge", np.greater_equal, None, (), "x0 >= x1", infer=_infer_compare)
-BITWISE_AND = _binary("bitwise_and", np.bitwise_and, None, (), "x0 & x1")
-BITWISE_OR = _binary("bitwise_or", np.bitwise_or, None, (), "x0 | x1")
-BITWISE_XOR = _binary("bitwise_xor", np.bitwise_xor, None, (), "x0 ^ x1")
+BITWISE_AND = _binary("bitwise_and", np.bitwise_and, None, (), "x0 & x1", infer=_infer_bitwise)
+BITWISE_OR = _binary("bitwise_or", np.bitwise_or, None, (), "x0 | x1", infer=_infer_bitwise)
+BITWISE_XOR = _binary("bitwise_xor", np.bitwise_xor, None, (), "x0 ^ x1", infer=_infer_bitwise)
 
 
 # ---------------------------------------------------------------- where, cast

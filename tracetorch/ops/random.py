@@ -46,12 +46,18 @@ def uniform(seed: int, offset: int, n: int, np_dtype) -> np.ndarray:
     return ((bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)).astype(np_dtype)
 
 
+_SHORT_FLOAT_DIGITS = {"float16": 11, "bfloat16": 8}
+
+
 def _rand(seed, offset, shape, dtype, normal):
     seed, offset = int(seed), int(offset)
     n = int(np.prod(shape, dtype=np.int64))
     np_dt = np.float64 if dtype.np == np.float64 else np.float32
     if not normal:
         out = uniform(seed, offset, n, np_dt)
+        digits = _SHORT_FLOAT_DIGITS.get(dtype.name)
+        if digits:      # keep the top bits the dtype holds (like torch), so rounding never yields 1.0
+            out = np.floor(out * np.float32(2.0 ** digits)) * np.float32(2.0 ** -digits)
     else:
         u = uniform(seed, offset, 2 * n, np.float64)
         out = np.sqrt(-2.0 * np.log1p(-u[:n])) * np.cos(2 * np.pi * u[n:])

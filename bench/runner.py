@@ -1,0 +1,472 @@
+"""Runs every case on every system: builds, checks against tracetorch eager, times, reads compiler stats.
+
+A system that cannot run here is recorded as skipped with its reason; one that
+fails is recorded as an error with its traceback. Nothing a workload does can
+stop the suite.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any, Callable
+
+import numpy as np
+
+from . import CACHE_DIR_ENV, STATS_KEYS
+from .workloads import COMPILE_TIME_WORKLOADS, REPO_ROOT, Case, Instance
+
+CHECK_CALLS = 3            # calls compared against eager: the first traces, the later ones run the program
+DEFAULT_BACKENDS = ("interp", "llvm")
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    device: str = "cpu"
+    only: list[str] | None = None            # workload ids (W1, C1) or case names; None runs everything
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    budget_s: float = 1.0                     # time spent on the timed calls of one system on one case
+    min_repeats: int = 7
+    probe_timeout_s: float = 600.0
+
+    @classmethod
+    def for_run(cls, quick: bool, device: str, only=None, backends=None) -> "Options":
+        backends = tuple(backends) if backends else DEFAULT_BACKENDS + (("cuda",) if device == "cuda" else ())
+        if quick:
+            return cls(True, device, only, backends, budget_s=0.15, min_repeats=5, probe_timeout_s=150.0)
+        return cls(False, device, only, backends)
+
+    def selects(self, name: str) -> bool:
+        """Whether `--only` asks for this workload id (W3, C1) or case name ("W3 B=128")."""
+        if not self.only:
+            return True
+        wanted = {token.strip().lower() for token in self.only}
+        return name.lower() in wanted or name.split()[0].lower() in wanted
+
+
+class Skip(Exception):
+    """This system cannot run this case here; the message says why."""
+
+
+@dataclass
+class Systems:
+    """What this process can run. A reason string is set where something is unavailable."""
+    device: str
+    compile: Callable | None
+    compile_reason: str | None
+    backends: tuple[str, ...]
+    torch: Any = None
+    torch_reason: str | None = None
+    torch_compile_reason: str | None = None
+    notes: dict = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return (["tt-eager"] + [f"tt-{b}" for b in self.backends] + ["numpy", "torch-eager", "torch-compile"])
+
+    def describe(self) -> dict:
+        return {"tt.compile": self.compile_reason or "available", "backends": list(self.backends),
+                "torch": self.torch_reason or f"available ({self.torch.__version__})",
+                "torch.compile": self.torch_reason or self.torch_compile_reason or "available"}
+
+
+def find_compiler() -> tuple[Callable | None, str | None]:
+    """`tt.compile` if this checkout has it, else None and why."""
+    import tracetorch as tt
+    try:
+        return tt.compile, None
+    except AttributeError:
+        pass
+    try:
+        from tracetorch.jit import compile as compile_fn
+        return compile_fn, None
+    except Exception as e:
+        return None, f"tt.compile is not available ({type(e).__name__}: {e})"
+
+
+def find_torch(options: Options) -> tuple[Any, str | None, str | None]:
+    """PyTorch (an optional comparison), why it is missing, and why torch.compile is skipped."""
+    try:
+        import torch
+    except ImportError:
+        return None, "PyTorch: not installed (optional; `pip install torch` to compare)", None
+    except Exception as e:
+        return None, f"PyTorch: import failed ({type(e).__name__}: {e})", None
+    if options.device == "cuda" and not torch.cuda.is_available():
+        return None, "PyTorch: no CUDA device visible to torch", None
+    compile_reason = None
+    if options.quick:
+        compile_reason = "torch.compile: not run with --quick (its compiles take 10-20 s per workload)"
+    elif options.device == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        compile_reason = "torch.compile: needs a C++ compiler on the PATH for the CPU, none found"
+    return torch, None, compile_reason
+
+
+def discover_systems(options: Options) -> Systems:
+    compile_fn, compile_reason = find_compiler()
+    torch, torch_reason, torch_compile_reason = find_torch(options)
+    return Systems(options.device, compile_fn, compile_reason, options.backends, torch, torch_reason,
+                   torch_compile_reason)
+
+
+# ---------------------------------------------------------------- timing
+
+@dataclass
+class Timed:
+    """A call to time: `inner` calls make one sample, so that a sample lasts `min_sample_s` at least."""
+    call: Callable
+    sync: Callable
+    estimate_s: float = 0.0
+    inner: int = 1
+
+
+def warm_up(timed: Timed, budget_s: float, min_sample_s: float = 1e-3) -> None:
+    """Two calls at least, more up to a tenth of `budget_s`; the fastest is the per-call estimate."""
+    times = []
+    while len(times) < 2 or (len(times) < 50 and sum(times) < 0.1 * budget_s):
+        t0 = time.perf_counter()
+        timed.call()
+        timed.sync()
+        times.append(time.perf_counter() - t0)
+    timed.estimate_s = max(min(times), 1e-9)
+    timed.inner = max(1, math.ceil(min_sample_s / timed.estimate_s))
+
+
+def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: int,
+                        max_repeats: int = 1000) -> dict[str, dict]:
+    """Median seconds per call of each warmed-up entry, sampled round-robin (one sample of each per
+    round) so that load from elsewhere on a shared machine hits every system alike and the ratios of
+    one run hold. The rounds fit `budget_s` per entry, `min_repeats` at least. A call that raises ends
+    that entry's sampling; its result is the error."""
+    per_round = sum(t.estimate_s * t.inner for t in timed.values()) or 1e-9
+    rounds = int(min(max_repeats, max(min_repeats, budget_s * len(timed) / per_round)))
+    samples: dict[str, list[float]] = {name: [] for name in timed}
+    failed: dict[str, dict] = {}
+    gc.collect()
+    for _ in range(rounds):
+        for name, t in timed.items():
+            if name in failed:
+                continue
+            try:
+                t0 = time.perf_counter()
+                for _ in range(t.inner):
+                    t.call()
+                t.sync()
+            except Exception as e:
+                failed[name] = _error(e, "the timed calls")
+                continue
+            samples[name].append((time.perf_counter() - t0) / t.inner)
+    out = {}
+    for name, values in samples.items():
+        if name in failed:
+            out[name] = failed[name]
+            continue
+        out[name] = {"median_s": median(values), "min_s": min(values), "max_s": max(values),
+                     "repeats": len(values), "inner": timed[name].inner, "samples_s": values}
+    return out
+
+
+def _no_sync():
+    pass
+
+
+# ---------------------------------------------------------------- results as numpy, and checks
+
+def to_numpy(value) -> Any:
+    """A result of any system as numpy arrays (nested tuples/lists/dicts kept), copied."""
+    if isinstance(value, dict):
+        return {k: to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [to_numpy(v) for v in value]
+    if isinstance(value, np.ndarray) or np.isscalar(value):
+        return np.array(value, copy=True)
+    for method in ("detach", "cpu"):
+        if hasattr(value, method):
+            value = getattr(value, method)()
+    return np.array(value.numpy(), copy=True)
+
+
+def _flatten(value, label: str) -> list[tuple[str, np.ndarray]]:
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _flatten(v, f"{label}[{k!r}]")]
+    if isinstance(value, list):
+        return [pair for i, v in enumerate(value) for pair in _flatten(v, f"{label}[{i}]")]
+    return [(label, value)]
+
+
+def compare(record: dict, reference: dict, rtol: float, atol: float) -> dict:
+    """Every call's result and every final state array of `record` against `reference`, allclose."""
+    got = _flatten(record["calls"], "call") + _flatten(record["state"], "state")
+    want = dict(_flatten(reference["calls"], "call") + _flatten(reference["state"], "state"))
+    max_err, mismatches = 0.0, []
+    for label, a in got:
+        b = want.get(label)
+        if b is None or np.shape(a) != np.shape(b):
+            mismatches.append(f"{label}: shape {np.shape(a)} vs {None if b is None else np.shape(b)}")
+            continue
+        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        diff = np.abs(a64 - b64)
+        diff = diff[np.isfinite(diff)]
+        if diff.size:
+            max_err = max(max_err, float(diff.max()))
+        if not np.allclose(a64, b64, rtol=rtol, atol=atol, equal_nan=True):
+            mismatches.append(label)
+    return {"ok": not mismatches and len(got) == len(want), "against": "tt-eager", "compared": len(got),
+            "max_abs_err": max_err, "rtol": rtol, "atol": atol, "mismatches": mismatches[:5]}
+
+
+# ---------------------------------------------------------------- one system on one case
+
+def _build(factory: Callable[[], Instance]) -> Instance:
+    try:
+        return factory()
+    except ImportError as e:
+        raise Skip(f"needs {e.name or 'a module'} ({type(e).__name__}: {e})") from e
+
+
+def _instance(case: Case, system: str, inputs: dict, systems: Systems) -> tuple[Instance, Callable]:
+    """A fresh instance of `case` for `system`, compiled where the system compiles, and its sync."""
+    device = systems.device
+    if system == "numpy":
+        if case.numpy is None:
+            raise Skip("no hand-written numpy version of this workload")
+        if device != "cpu":
+            raise Skip("numpy runs on the CPU only")
+        return case.numpy(inputs), _no_sync
+    if system.startswith("torch-"):
+        torch = systems.torch
+        if torch is None:
+            raise Skip(systems.torch_reason)
+        if case.torch is None:
+            raise Skip("no PyTorch version of this workload")
+        if system == "torch-compile" and systems.torch_compile_reason:
+            raise Skip(systems.torch_compile_reason)
+        instance = _build(lambda: case.torch(inputs, torch, device))
+        if system == "torch-compile":
+            instance.fn = torch.compile(instance.fn)
+        return instance, (torch.cuda.synchronize if device == "cuda" else _no_sync)
+    if case.tracetorch is None:
+        raise Skip("no tracetorch version of this workload")
+    import tracetorch as tt
+    sync = tt.cuda.synchronize if device == "cuda" else _no_sync
+    backend = system[len("tt-"):]
+    if backend != "eager" and systems.compile is None:
+        raise Skip(systems.compile_reason)
+    instance = _build(lambda: case.tracetorch(inputs, device))
+    if backend != "eager":
+        try:
+            instance.fn = systems.compile(instance.fn, backend=backend)
+        except Exception as e:
+            raise Skip(f"tt.compile(backend={backend!r}) raised {type(e).__name__}: {e}") from e
+    return instance, sync
+
+
+def prepare_system(case: Case, system: str, inputs: dict, systems: Systems, options: Options,
+                   reference: dict | None) -> tuple[dict, dict | None, Instance | None, Timed | None]:
+    """One system on one case up to timing: build, CHECK_CALLS calls compared with `reference`, warm-up.
+
+    Returns the result so far, the numpy results of the check calls (the reference, for tt-eager), and
+    the instance and its warmed-up call, or None for both where the system did not get that far.
+    """
+    compiled = system.startswith("tt-") and system != "tt-eager" or system == "torch-compile"
+    try:
+        instance, sync = _instance(case, system, inputs, systems)
+    except Skip as e:
+        return {"status": "skipped", "reason": str(e)}, None, None, None
+    except Exception as e:
+        return _error(e, "building the workload"), None, None, None
+    call = lambda: instance.fn(*instance.args)  # noqa: E731
+    try:
+        t0 = time.perf_counter()
+        first = call()
+        sync()
+        first_call_s = time.perf_counter() - t0
+    except NotImplementedError as e:
+        return {"status": "skipped", "reason": f"first call raised NotImplementedError: {e}"}, None, None, None
+    except Exception as e:
+        during = "the first call (tracing and compiling)" if compiled else "the first call"
+        return _error(e, during), None, None, None
+    result: dict = {"status": "ok", "first_call_s": first_call_s}
+    try:
+        calls = [to_numpy(first)] + [to_numpy(call()) for _ in range(CHECK_CALLS - 1)]
+        record = {"calls": calls, "state": {k: to_numpy(v) for k, v in instance.state().items()}}
+        del first
+        if system != "tt-eager" and (system.startswith("tt-") or case.cross_check):
+            result["check"] = (compare(record, reference, *case.tolerance) if reference is not None else
+                               {"ok": None, "reason": "no tracetorch eager result to compare with"})
+        timed = Timed(call, sync)
+        warm_up(timed, options.budget_s)
+    except Exception as e:
+        return {**result, **_error(e, "the checked calls and warm-up")}, None, None, None
+    return result, record, instance, timed
+
+
+def _read_stats(fn) -> dict:
+    """The `.stats()` dict as JSON, and the contract's figures (None where the compiler lacks a key)."""
+    try:
+        stats = fn.stats()
+    except Exception as e:
+        return {"stats_error": f"{type(e).__name__}: {e}"}
+    stats = json.loads(json.dumps(stats, default=str)) if isinstance(stats, dict) else {"value": str(stats)}
+    return {"stats": stats, "figures": {k: stats.get(k) for k in STATS_KEYS}}
+
+
+def _add_bandwidth(result: dict, ideal_bytes: int | None, copy_gbs: float | None) -> None:
+    """Effective bandwidth (least bytes a call must move / time) and, from the memory plan, achieved."""
+    seconds = result.get("median_s")
+    if not seconds:
+        return
+    moved = (result.get("figures") or {}).get("bytes_moved")
+    for key, nbytes in (("effective", ideal_bytes), ("achieved", moved)):
+        if isinstance(nbytes, (int, float)) and nbytes > 0:
+            gbs = nbytes / seconds / 1e9
+            result[f"{key}_gb_per_s"] = gbs
+            result[f"{key}_copy_fraction"] = gbs / copy_gbs if copy_gbs else None
+
+
+def _error(e: BaseException, during: str) -> dict:
+    return {"status": "error", "error": f"{type(e).__name__}: {e}", "during": during,
+            "traceback": traceback.format_exc(limit=12)}
+
+
+# ---------------------------------------------------------------- a case, the suite
+
+def run_case(case: Case, systems: Systems, options: Options, copy_gbs: float | None) -> dict:
+    """Every system on one case: each is built and checked in turn, then all are timed together."""
+    t0 = time.perf_counter()
+    out = {"workload": case.workload, "case": case.name, "title": case.title, "params": case.params,
+           "ideal_bytes": case.ideal_bytes, "tolerance": list(case.tolerance), "results": {}}
+    try:
+        inputs = case.make_inputs()
+    except Exception as e:
+        failure = _error(e, "making the inputs")
+        out["results"] = {name: failure for name in systems.names()}
+        out["seconds"] = time.perf_counter() - t0
+        return out
+    reference, instances, timed = None, {}, {}
+    for name in systems.names():
+        result, record, instance, ready = prepare_system(case, name, inputs, systems, options, reference)
+        if name == "tt-eager":
+            reference = record
+        out["results"][name] = result
+        if ready is not None:
+            instances[name], timed[name] = instance, ready
+    del reference
+    gc.collect()
+    for name, timing in measure_interleaved(timed, options.budget_s, options.min_repeats).items():
+        result = out["results"][name]
+        result.update(timing)
+        if hasattr(instances[name].fn, "stats"):
+            result.update(_read_stats(instances[name].fn))
+        _add_bandwidth(result, case.ideal_bytes, copy_gbs)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def run_suite(options: Options, systems: Systems | None = None, log: Callable[[str], None] = print) -> dict:
+    """Everything `--only` selects: the machine, the copy roof, each case, then C1. Returns report.json's data."""
+    from . import workloads
+    from .machine import copy_bandwidth, describe_machine
+    started = time.time()
+    systems = systems or discover_systems(options)
+    cases = [c for c in workloads.build_cases(options.quick, options.device) if options.selects(c.name)]
+    run_c1 = options.selects("C1")
+    log(f"bench: {len(cases)} cases{' + C1' if run_c1 else ''} on {options.device}"
+        f"{' (quick)' if options.quick else ''}; systems: {', '.join(systems.names())}")
+    copy = copy_bandwidth(options.device, elements=1 << (24 if options.quick else 26))
+    log(f"copy bandwidth ({copy['system']}, {copy['elements']} float32): {copy['gb_per_s']:.1f} GB/s")
+    data = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+            "quick": options.quick, "device": options.device, "machine": describe_machine(), "copy": copy,
+            "systems": systems.names(), "availability": systems.describe(), "cases": [], "compile_times": []}
+    for i, case in enumerate(cases, 1):
+        log(f"[{i}/{len(cases)}] {case.name} ...")
+        result = run_case(case, systems, options, copy["gb_per_s"])
+        data["cases"].append(result)
+        log(f"[{i}/{len(cases)}] {progress_line(result)}")
+    if run_c1:
+        compile_cases = _compile_time_cases(workloads.build_cases(options.quick, options.device))
+        data["compile_times"] = run_compile_times(compile_cases, systems, options, log)
+    data["seconds"] = time.time() - started
+    return data
+
+
+def progress_line(case_result: dict) -> str:
+    from .report import format_seconds
+    parts = []
+    for name, r in case_result["results"].items():
+        if r["status"] == "ok":
+            check = r.get("check") or {}
+            flag = " CHECK FAILED" if check.get("ok") is False else ""
+            parts.append(f"{name} {format_seconds(r['median_s'])}{flag}")
+        else:
+            parts.append(f"{name} {r['status']}")
+    return f"{case_result['case']}: {', '.join(parts)} ({case_result['seconds']:.1f} s)"
+
+
+# ---------------------------------------------------------------- C1: compile time in fresh processes
+
+def _compile_time_cases(cases: list[Case]) -> list[Case]:
+    """The first (smallest) case of each C1 workload."""
+    firsts = {}
+    for case in cases:
+        if case.workload in COMPILE_TIME_WORKLOADS:
+            firsts.setdefault(case.workload, case)
+    return list(firsts.values())
+
+
+def run_compile_times(cases: list[Case], systems: Systems, options: Options, log=print) -> list[dict]:
+    """Per case and backend: a cold process on an empty cache directory, then a warm one on the same."""
+    rows = []
+    for case in cases:
+        for backend in systems.backends:
+            row = {"workload": case.workload, "case": case.name, "backend": backend}
+            if systems.compile is None:
+                rows.append({**row, "status": "skipped", "reason": systems.compile_reason})
+                continue
+            with tempfile.TemporaryDirectory(prefix="tracetorch-cache-") as cache_dir:
+                for phase in ("cold", "warm"):
+                    probe = _run_probe(case, backend, cache_dir, options)
+                    row[phase] = probe
+                    if probe.get("status") != "ok":
+                        break
+            statuses = {row[p].get("status") for p in ("cold", "warm") if p in row}
+            row["status"] = "ok" if statuses == {"ok"} else "skipped" if "skipped" in statuses else "error"
+            log(f"C1 {case.name} [{backend}]: " + ", ".join(
+                f"{p} {_probe_summary(row[p])}" for p in ("cold", "warm") if p in row))
+            rows.append(row)
+    return rows
+
+
+def _run_probe(case: Case, backend: str, cache_dir: str, options: Options) -> dict:
+    env = dict(os.environ)
+    env[CACHE_DIR_ENV] = cache_dir
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    cmd = [sys.executable, "-m", "bench.compile_probe", "--case", case.name, "--backend", backend,
+           "--device", options.device] + (["--quick"] if options.quick else [])
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=options.probe_timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "error": f"timed out after {options.probe_timeout_s:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"status": "error", "error": f"probe exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+
+
+def _probe_summary(probe: dict) -> str:
+    if probe.get("status") != "ok":
+        return probe.get("status", "error")
+    compile_s = (probe.get("figures") or {}).get("compile_seconds")
+    text = f"first call {probe['first_call_s']:.3f} s"
+    return text + (f", compile {compile_s:.3f} s" if isinstance(compile_s, (int, float)) else "")

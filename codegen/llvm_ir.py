@@ -1,0 +1,558 @@
+"""Render a `Program` of loop-level kernels to one LLVM IR module (llvmlite.ir).
+
+The module holds, per kernel `k`:
+- `k` (internal): `void (ptr noalias %buf0, ..., ptr noalias %err, i64 %start, i64 %stop)`, the
+  kernel's outer loop restricted to [start, stop). `noalias` on every buffer lets the loop vectorizer
+  work without runtime alias checks: the buffers of one kernel must be disjoint (or the same Buffer).
+- `k.range` (exported, noinline): `void (ptr %table, ptr %err, i64 %start, i64 %stop)`, which reads
+  the kernel's buffer addresses from the program's table; threads call it on slices of the outer loop.
+and one entry `program(ptr %table, ptr %err)` calling every kernel over its whole range in order,
+so that running a small program is a single foreign call.
+
+Numerics: no fast-math on elementwise arithmetic (results match numpy up to the
+rounding of the transcendental approximations in `llvm_math`). Float add/mul
+*reductions* carry `reassoc`: the vectorizer then keeps several partial sums,
+which changes the summation order (like numpy's pairwise sums, unlike a
+sequential loop). float16/bfloat16 are computed in float32 and rounded on
+store and cast.
+
+Errors: checks (data-dependent indices out of range, integer division by
+zero, negative integer powers) store their 1-based id into the int32 error
+flag `err[0]`; `RenderedProgram.checks` maps ids to exception types and
+messages for the runtime to raise after the call.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64, int64, uint8
+
+from . import llvm_math
+from .kernel import (Accumulator, Arg, Assign, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op, Program,
+                     Reduce, Stmt, Store, Var, walk_stmts)
+
+VOID, PTR = ir.VoidType(), ir.PointerType()
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+F16, F32, F64 = ir.HalfType(), ir.FloatType(), ir.DoubleType()
+ENTRY = "program"
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a failed check id means: the exception to raise and its message."""
+    error: type
+    message: str
+
+
+@dataclass(frozen=True)
+class RenderedProgram:
+    ir: str                               # LLVM IR text (module name "tracetorch": the runtime renames it)
+    entry: str                            # void program(ptr table, ptr err)
+    kernel_entries: tuple[str, ...]       # per kernel (program.kernels order): void (ptr table, ptr err, i64, i64)
+    checks: tuple[Check, ...]             # error flag value i+1 -> checks[i]
+
+
+def storage_type(dt: DType) -> ir.Type:
+    if dt is bool_:
+        return I8
+    if dt is float16:
+        return F16
+    if dt in (bfloat16, float32):
+        return F32
+    if dt is float64:
+        return F64
+    return ir.IntType(8 * dt.itemsize)
+
+
+def compute_type(dt: DType) -> ir.Type:
+    if dt is bool_:
+        return I1
+    if dt in (float16, bfloat16):
+        return F32
+    return storage_type(dt)
+
+
+def render_program(program: Program) -> RenderedProgram:
+    module = ir.Module(name="tracetorch")
+    slots = {b: i for i, b in enumerate(program.buffers)}
+    checks: list[Check] = []
+    entries = []
+    names = set()
+    for n, kernel in enumerate(program.kernels):
+        base = _symbol(f"k{n}_{kernel.name}", names)
+        fn = _KernelRenderer(module, kernel, base, checks).fn
+        entries.append(_range_entry(module, fn, kernel, slots, base + ".range"))
+    entry = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), name=ENTRY)
+    entry.attributes.add("nounwind")
+    b = ir.IRBuilder(entry.append_basic_block("entry"))
+    for kernel, fn in zip(program.kernels, entries):
+        if kernel.outer.extent > 0:
+            b.call(fn, [entry.args[0], entry.args[1], ir.Constant(I64, 0), ir.Constant(I64, kernel.outer.extent)])
+    b.ret_void()
+    return RenderedProgram(str(module), ENTRY, tuple(f.name for f in entries), tuple(checks))
+
+
+def _symbol(name: str, taken: set) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    while s in taken:
+        s += "_"
+    taken.add(s)
+    return s
+
+
+def _range_entry(module, kernel_fn, kernel: Kernel, slots: dict, name: str) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64, I64]), name=name)
+    fn.attributes.add("noinline")
+    fn.attributes.add("nounwind")
+    table, err, start, stop = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ptrs = [b.load(b.gep(table, [ir.Constant(I64, slots[buf])], inbounds=True, source_etype=PTR), typ=PTR)
+            for buf in kernel.buffers]
+    b.call(kernel_fn, ptrs + [err, start, stop])
+    b.ret_void()
+    return fn
+
+
+class _KernelRenderer:
+    """Emit one kernel function; expressions are memoized per scope (they are DAGs)."""
+
+    def __init__(self, module: ir.Module, kernel: Kernel, name: str, checks: list[Check]):
+        self.kernel, self.checks = kernel, checks
+        self.buffers = kernel.buffers
+        args = [PTR] * len(self.buffers) + [PTR, I64, I64]
+        fn = ir.Function(module, ir.FunctionType(VOID, args), name=name)
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        for a in fn.args[:len(self.buffers) + 1]:
+            a.add_attribute("noalias")
+        self.fn = fn
+        self.ptr = dict(zip(self.buffers, fn.args))
+        self.err = fn.args[len(self.buffers)]
+        entry = fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(entry)
+        self.accs: dict[str, tuple] = {}
+        for stmt in walk_stmts(kernel.outer):
+            if isinstance(stmt, Accumulator) and stmt.name not in self.accs:
+                dt = stmt.init.dtype
+                self.accs[stmt.name] = (self.b.alloca(compute_type(dt), name=stmt.name), dt)
+        self.scopes: list[dict] = [{}]       # name -> ir.Value for loop variables and Lets
+        self.memo: list[dict] = [{}]          # (expr, index?) -> (value, reads_state)
+        start, stop = fn.args[-2], fn.args[-1]
+        self.loop(kernel.outer, start, stop, guard=True)
+        self.b.ret_void()
+
+    # ------------------------------------------------------------ statements
+    def loop(self, loop: Loop, lo: ir.Value, hi: ir.Value, guard: bool = False) -> None:
+        if not guard and loop.extent <= 0:
+            return
+        b = self.b
+        header = self.fn.append_basic_block(f"{loop.var}.body")
+        done = self.fn.append_basic_block(f"{loop.var}.done")
+        before = b.block
+        if guard:
+            b.cbranch(b.icmp_signed("<", lo, hi), header, done)
+        else:
+            b.branch(header)
+        b.position_at_end(header)
+        i = b.phi(I64, name=loop.var)
+        i.add_incoming(lo, before)
+        self.scopes.append({loop.var: i})
+        self.memo.append({})
+        for stmt in loop.body:
+            self.stmt(stmt)
+        self.scopes.pop()
+        self.memo.pop()
+        nxt = b.add(i, ir.Constant(I64, 1), flags=["nuw", "nsw"])
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, hi), header, done)
+        b.position_at_end(done)
+
+    def stmt(self, stmt: Stmt) -> None:
+        b = self.b
+        if isinstance(stmt, Loop):
+            self.loop(stmt, ir.Constant(I64, 0), ir.Constant(I64, stmt.extent))
+        elif isinstance(stmt, Let):
+            self.scopes[-1][stmt.name] = self.expr(stmt.value)
+        elif isinstance(stmt, Accumulator):
+            ptr, dt = self.accs[stmt.name]
+            b.store(self.convert(self.expr(stmt.init), stmt.init.dtype, dt), ptr)
+            self.forget_state()
+        elif isinstance(stmt, Assign):
+            ptr, dt = self.accs[stmt.name]
+            b.store(self.convert(self.expr(stmt.value), stmt.value.dtype, dt), ptr)
+            self.forget_state()
+        elif isinstance(stmt, Reduce):
+            ptr, dt = self.accs[stmt.name]
+            value = self.convert(self.expr(stmt.value), stmt.value.dtype, dt)
+            acc = b.load(ptr, typ=compute_type(dt))
+            b.store(self.combine(stmt.combine, acc, value, dt), ptr)
+            self.forget_state()
+        elif isinstance(stmt, Store):
+            index = self.expr(stmt.index, index=True)
+            value = self.convert(self.expr(stmt.value), stmt.value.dtype, stmt.buffer.dtype)
+            dt = stmt.buffer.dtype
+            st = storage_type(dt)
+            addr = b.gep(self.ptr[stmt.buffer], [index], inbounds=True, source_etype=st)
+            b.store(self.to_storage(value, dt), addr, align=dt.np.itemsize)
+            self.forget_state()
+        else:
+            raise TypeError(f"kernel {self.kernel.name!r}: not a statement: {stmt!r}")
+
+    def combine(self, combine: str, acc, value, dt: DType):
+        b = self.b
+        if dt.is_floating_point:
+            if combine == "add":
+                return b.fadd(acc, value, flags=["reassoc"])
+            if combine == "mul":
+                return b.fmul(acc, value, flags=["reassoc"])
+        return self.binary(combine, acc, value, dt)
+
+    def forget_state(self) -> None:
+        """After a write, memoized values that read memory or accumulators are stale."""
+        for scope in self.memo:
+            for key in [k for k, (_, stateful) in scope.items() if stateful]:
+                del scope[key]
+
+    # ------------------------------------------------------------ expressions
+    def expr(self, e: Expr, index: bool = False) -> ir.Value:
+        return self.expr_state(e, index)[0]
+
+    def expr_state(self, e: Expr, index: bool = False) -> tuple:
+        """(value, reads_state): reads_state when it depends on memory or accumulators."""
+        key = (e, index)
+        for scope in reversed(self.memo):
+            hit = scope.get(key)
+            if hit is not None:
+                return hit
+        hit = self._emit(e, index)
+        self.memo[-1][key] = hit
+        return hit
+
+    def _emit(self, e: Expr, index: bool):
+        b = self.b
+        if isinstance(e, Const):
+            return self.constant(e.value, e.dtype), False
+        if isinstance(e, Var):
+            if e.name in self.accs:
+                ptr, dt = self.accs[e.name]
+                return b.load(ptr, typ=compute_type(dt)), True
+            for scope in reversed(self.scopes):
+                if e.name in scope:
+                    return scope[e.name], False
+            raise NameError(f"kernel {self.kernel.name!r}: unbound variable {e.name!r}")
+        if isinstance(e, Load):
+            idx = self.expr(e.index, index=True)
+            dt = e.buffer.dtype
+            st = storage_type(dt)
+            addr = b.gep(self.ptr[e.buffer], [idx], inbounds=True, source_etype=st)
+            return self.from_storage(b.load(addr, typ=st, align=dt.np.itemsize), dt), True
+        if isinstance(e, CheckedIndex):
+            return self.checked_index(e), self.expr_state(e.index, True)[1]
+        if isinstance(e, Op):
+            done = [self.expr_state(a, index) for a in e.args]
+            return self.op(e, [v for v, _ in done], index), any(s for _, s in done)
+        if isinstance(e, Arg):
+            raise ValueError(f"kernel {self.kernel.name!r}: unbound placeholder {e} (substitute inputs first)")
+        raise TypeError(f"kernel {self.kernel.name!r}: not an expression: {e!r}")
+
+    def constant(self, value, dt: DType) -> ir.Constant:
+        ty = compute_type(dt)
+        if dt is bool_:
+            return ir.Constant(I1, int(bool(value)))
+        if dt.is_floating_point:
+            return ir.Constant(ty, float(value))
+        bits = 8 * dt.itemsize
+        return ir.Constant(ty, int(value) & ((1 << bits) - 1))
+
+    def from_storage(self, v, dt: DType):
+        if dt is bool_:
+            return self.b.icmp_unsigned("!=", v, ir.Constant(I8, 0))
+        if dt is float16:
+            return self.b.fpext(v, F32)
+        return v
+
+    def to_storage(self, v, dt: DType):
+        if dt is bool_:
+            return self.b.zext(v, I8)
+        if dt is float16:
+            return self.b.fptrunc(v, F16)
+        if dt is bfloat16:
+            return self.round_bfloat16(v)
+        return v
+
+    def round_bfloat16(self, v):
+        """Round a float to the nearest bfloat16 (ties to even), kept as float; NaN stays NaN."""
+        b = self.b
+        bits = b.bitcast(v, I32)
+        lsb = b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 1))
+        rounded = b.and_(b.add(bits, b.add(lsb, ir.Constant(I32, 0x7FFF))), ir.Constant(I32, 0xFFFF0000))
+        return b.select(b.fcmp_unordered("uno", v, v), v, b.bitcast(rounded, F32))
+
+    def fail_if(self, bad, check: Check) -> None:
+        """If `bad`, store the check's id into the error flag (execution goes on with safe values)."""
+        self.checks.append(check)
+        cid = len(self.checks)
+        b = self.b
+        fail = self.fn.append_basic_block("check.fail")
+        cont = self.fn.append_basic_block("check.ok")
+        b.cbranch(bad, fail, cont)
+        b.position_at_end(fail)
+        b.store_atomic(ir.Constant(I32, cid), self.err, "monotonic", 4)
+        b.branch(cont)
+        b.position_at_end(cont)
+
+    def checked_index(self, e: CheckedIndex):
+        b = self.b
+        v = self.convert(self.expr(e.index, index=True), e.index.dtype, int64)
+        size = ir.Constant(I64, e.size)
+        wrapped = b.select(b.icmp_signed("<", v, ir.Constant(I64, 0)), b.add(v, size), v)
+        ok = b.icmp_unsigned("<", wrapped, size)
+        self.fail_if(b.not_(ok), Check(IndexError, f"kernel {self.kernel.name!r}: {e.what} out of range for "
+                                                   f"a dimension of size {e.size}"))
+        return b.select(ok, wrapped, ir.Constant(I64, 0))
+
+    # ------------------------------------------------------------ scalar ops
+    def op(self, e: Op, args: list, index: bool):
+        name, dt = e.op, e.dtype
+        in_dt = e.args[0].dtype if e.args else dt
+        b = self.b
+        if name == "cast":
+            return self.convert(args[0], in_dt, dt)
+        if name == "where":
+            return b.select(args[0], args[1], args[2])
+        if name in ("eq", "ne", "lt", "le", "gt", "ge"):
+            return self.compare(name, args[0], args[1], in_dt)
+        if len(args) == 2:
+            return self.binary(name, args[0], args[1], in_dt, index)
+        return self.unary(name, args[0], in_dt)
+
+    def compare(self, name, x, y, dt: DType):
+        sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]
+        b = self.b
+        if dt.is_floating_point:
+            return b.fcmp_unordered(sym, x, y) if name == "ne" else b.fcmp_ordered(sym, x, y)
+        if dt in (bool_, uint8):
+            return b.icmp_unsigned(sym, x, y)
+        return b.icmp_signed(sym, x, y)
+
+    def binary(self, name, x, y, dt: DType, index: bool = False):
+        b = self.b
+        flt = dt.is_floating_point
+        unsigned = dt in (bool_, uint8)
+        if name in ("and", "or", "xor"):
+            return {"and": b.and_, "or": b.or_, "xor": b.xor}[name](x, y)
+        if name in ("max", "min"):
+            if flt:
+                return llvm_math.call_intrinsic(b, "maximum" if name == "max" else "minimum", x, y)
+            if dt is bool_:
+                return b.or_(x, y) if name == "max" else b.and_(x, y)
+            prefix = "u" if unsigned else "s"
+            return llvm_math.call_intrinsic(b, prefix + name, x, y)
+        if dt is bool_:
+            raise TypeError(f"kernel {self.kernel.name!r}: {name} is not defined on bool")
+        if flt:
+            if name == "pow":
+                return self.float_pow(x, y)
+            if name == "floordiv":
+                return self.float_divmod(x, y)[0]
+            if name == "mod":
+                return self.float_divmod(x, y)[1]
+            ops = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}
+            return ops[name](x, y)
+        flags = ["nsw"] if index and dt is int64 else []
+        if name in ("add", "sub", "mul"):
+            return {"add": b.add, "sub": b.sub, "mul": b.mul}[name](x, y, flags=flags)
+        if name in ("floordiv", "mod"):
+            return self.int_divmod(name, x, y, dt)
+        if name == "pow":
+            return self.int_pow(x, y, dt)
+        raise TypeError(f"kernel {self.kernel.name!r}: {name} on {dt.name} is not supported")
+
+    def unary(self, name, x, dt: DType):
+        b = self.b
+        flt = dt.is_floating_point
+        if name in llvm_math.UNARY:
+            return llvm_math.unary(b, name, x)
+        if name == "neg":
+            return b.fneg(x) if flt else b.neg(x)
+        if name == "not" or (name == "invert" and dt is bool_):
+            return b.xor(x, ir.Constant(I1, 1))
+        if name == "invert":
+            return b.xor(x, ir.Constant(x.type, -1))
+        if name == "sqrt":
+            return llvm_math.call_intrinsic(b, "sqrt", x)
+        if name == "rsqrt":
+            return b.fdiv(ir.Constant(x.type, 1.0), llvm_math.call_intrinsic(b, "sqrt", x))
+        if name in ("floor", "ceil", "rint"):
+            return llvm_math.call_intrinsic(b, name, x) if flt else x
+        if name == "abs":
+            if flt:
+                return llvm_math.call_intrinsic(b, "fabs", x)
+            if dt in (bool_, uint8):
+                return x
+            return llvm_math.call_intrinsic(b, "abs", x, ir.Constant(I1, 0))
+        if name == "sign":
+            if flt:
+                one = ir.Constant(x.type, 1.0)
+                zero = ir.Constant(x.type, 0.0)
+                s = b.select(b.fcmp_ordered("<", x, zero), ir.Constant(x.type, -1.0), x)
+                s = b.select(b.fcmp_ordered("==", x, zero), zero, s)
+                return b.select(b.fcmp_ordered(">", x, zero), one, s)
+            zero = ir.Constant(x.type, 0)
+            pos = b.zext(b.icmp_signed(">", x, zero) if dt is not uint8 else b.icmp_unsigned("!=", x, zero),
+                         x.type)
+            if dt is uint8:
+                return pos
+            return b.sub(pos, b.zext(b.icmp_signed("<", x, zero), x.type))
+        if name == "isnan":
+            return b.fcmp_unordered("uno", x, x) if flt else ir.Constant(I1, 0)
+        if name == "isfinite":
+            if not flt:
+                return ir.Constant(I1, 1)
+            return b.fcmp_ordered("<", llvm_math.call_intrinsic(b, "fabs", x), ir.Constant(x.type, math.inf))
+        raise TypeError(f"kernel {self.kernel.name!r}: {name} on {dt.name} is not supported")
+
+    def float_pow(self, x, y):
+        """x ** y: small constant exponents as multiplications (vectorizable), else libm pow."""
+        if isinstance(y, ir.Constant) and isinstance(y.constant, float):
+            k = y.constant
+            b = self.b
+            if k == 1.0:
+                return x
+            if k == 2.0:
+                return b.fmul(x, x)
+            if k == 3.0:
+                return b.fmul(b.fmul(x, x), x)
+            if k == -1.0:
+                return b.fdiv(ir.Constant(x.type, 1.0), x)
+        return llvm_math.power(self.b, x, y)
+
+    def float_divmod(self, a, d):
+        """numpy's floor_divide and remainder for floats (npy_divmod): Python semantics, exact zeros."""
+        b = self.b
+        ty = a.type
+        zero = ir.Constant(ty, 0.0)
+        mod = b.frem(a, d)
+        div = b.fdiv(b.fsub(a, mod), d)
+        fix = b.and_(b.fcmp_ordered("!=", mod, zero),
+                     b.icmp_unsigned("!=", b.fcmp_ordered("<", d, zero), b.fcmp_ordered("<", mod, zero)))
+        mod = b.select(fix, b.fadd(mod, d), mod)
+        div = b.select(fix, b.fsub(div, ir.Constant(ty, 1.0)), div)
+        mod = b.select(b.fcmp_ordered("==", mod, zero), llvm_math.call_intrinsic(b, "copysign", zero, d), mod)
+        floordiv = llvm_math.call_intrinsic(b, "floor", div)
+        floordiv = b.select(b.fcmp_ordered(">", b.fsub(div, floordiv), ir.Constant(ty, 0.5)),
+                            b.fadd(floordiv, ir.Constant(ty, 1.0)), floordiv)
+        quotient = b.fdiv(a, d)
+        floordiv = b.select(b.fcmp_ordered("==", div, zero),
+                            llvm_math.call_intrinsic(b, "copysign", zero, quotient), floordiv)
+        by_zero = b.fcmp_ordered("==", d, zero)
+        floordiv = b.select(by_zero, quotient, floordiv)
+        mod = b.select(by_zero, b.frem(a, d), mod)
+        return floordiv, mod
+
+    def int_divmod(self, name, a, d, dt: DType):
+        """Python-style floor division / modulus. x // 0 is a ZeroDivisionError (like eager);
+        x % 0 is 0 (numpy). INT_MIN // -1 wraps instead of trapping."""
+        b = self.b
+        ty = a.type
+        zero, one, minus1 = ir.Constant(ty, 0), ir.Constant(ty, 1), ir.Constant(ty, -1)
+        is_zero = b.icmp_unsigned("==", d, zero)
+        if name == "floordiv":
+            self.fail_if(is_zero, Check(ZeroDivisionError, f"kernel {self.kernel.name!r}: integer division by zero"))
+        if dt is uint8:
+            safe = b.select(is_zero, one, d)
+            out = b.udiv(a, safe) if name == "floordiv" else b.urem(a, safe)
+            return b.select(is_zero, zero, out)
+        unsafe = b.or_(is_zero, b.icmp_signed("==", d, minus1))
+        safe = b.select(unsafe, one, d)
+        q, r = b.sdiv(a, safe), b.srem(a, safe)
+        adjust = b.and_(b.icmp_signed("!=", r, zero),
+                        b.icmp_unsigned("!=", b.icmp_signed("<", r, zero), b.icmp_signed("<", safe, zero)))
+        if name == "floordiv":
+            q = b.select(adjust, b.sub(q, one), q)
+            return b.select(b.icmp_signed("==", d, minus1), b.neg(a), b.select(is_zero, zero, q))
+        r = b.select(adjust, b.add(r, safe), r)
+        return b.select(unsafe, zero, r)
+
+    def int_pow(self, x, y, dt: DType):
+        b = self.b
+        if dt is uint8:
+            wide = _int_pow_function(b.module, I32)
+            return b.trunc(b.call(wide, [b.zext(x, I32), b.zext(y, I32)]), x.type)
+        self.fail_if(b.icmp_signed("<", y, ir.Constant(y.type, 0)),
+                     Check(ValueError, f"kernel {self.kernel.name!r}: Integers to negative integer powers "
+                                       f"are not allowed."))
+        return b.call(_int_pow_function(b.module, x.type), [x, y])
+
+    # ------------------------------------------------------------ conversions
+    def convert(self, v, src: DType, dst: DType):
+        """Convert a computed value between dtypes (compute types: bool i1, float16/bfloat16 as float)."""
+        if src is dst:
+            return v
+        b = self.b
+        st, dt_ = compute_type(src), compute_type(dst)
+        if dst is bool_:
+            if src.is_floating_point:
+                return b.fcmp_unordered("!=", v, ir.Constant(st, 0.0))
+            return b.icmp_unsigned("!=", v, ir.Constant(st, 0))
+        if dst.is_floating_point:
+            if src.is_floating_point:
+                out = v if st == dt_ else (b.fpext(v, dt_) if st == F32 else b.fptrunc(v, dt_))
+            elif src in (bool_, uint8):
+                out = b.uitofp(v, dt_)
+            else:
+                out = b.sitofp(v, dt_)
+            if dst is float16:
+                out = b.fpext(b.fptrunc(out, F16), F32)
+            elif dst is bfloat16:
+                out = self.round_bfloat16(out)
+            return out
+        # integer destination
+        if src.is_floating_point:
+            wide = I64 if dst.itemsize == 8 else I32
+            fn = llvm_math.intrinsic(b.module, f"llvm.fptosi.sat.{llvm_math.type_suffix(wide)}."
+                                               f"{llvm_math.type_suffix(st)}", wide, [st])
+            out = b.call(fn, [v])
+            return out if wide == dt_ else b.trunc(out, dt_)
+        if st.width == dt_.width:
+            return v
+        if st.width > dt_.width:
+            return b.trunc(v, dt_)
+        return b.zext(v, dt_) if src in (bool_, uint8) else b.sext(v, dt_)
+
+
+def _int_pow_function(module: ir.Module, ty: ir.IntType) -> ir.Function:
+    """base ** exp by squaring (wrapping like numpy); exp < 0 gives 0 (the caller flags it)."""
+    name = f"tt.ipow.i{ty.width}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, ir.FunctionType(ty, [ty, ty]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    base, exp = fn.args
+    entry, head, body, done = (fn.append_basic_block(n) for n in ("entry", "head", "body", "done"))
+    b = ir.IRBuilder(entry)
+    zero, one = ir.Constant(ty, 0), ir.Constant(ty, 1)
+    b.branch(head)
+    b.position_at_end(head)
+    result = b.phi(ty)
+    cur = b.phi(ty)
+    e = b.phi(ty)
+    result.add_incoming(one, entry)
+    cur.add_incoming(base, entry)
+    e.add_incoming(exp, entry)
+    b.cbranch(b.icmp_signed(">", e, zero), body, done)
+    b.position_at_end(body)
+    odd = b.icmp_unsigned("!=", b.and_(e, one), zero)
+    result.add_incoming(b.select(odd, b.mul(result, cur), result), body)
+    cur.add_incoming(b.mul(cur, cur), body)
+    e.add_incoming(b.ashr(e, one), body)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret(b.select(b.icmp_signed("<", exp, zero), zero, result))
+    return fn

@@ -1,0 +1,279 @@
+"""Transcendental functions for generated LLVM IR.
+
+Calls to libm (`expf`, `tanhf`) inside a loop stop the loop vectorizer, and
+LLVM's `llvm.exp.*` intrinsics vectorize only with a vector math library.
+So float32 functions are written here as plain IR (range reduction plus a
+polynomial, Cephes-style coefficients), defined once per module as internal
+`alwaysinline` functions: inlined into a loop, they vectorize like any other
+arithmetic. Accuracy: within a few ulp of float32 over the whole range,
+including inf, NaN, zeros and denormals (tests/codegen measure it).
+sin/cos reduce the argument in float64 (exact for |x| < 2**29, gracefully
+worse beyond) and evaluate the polynomial in float64.
+
+float64 uses libm (`exp`, `log`, `tanh`, ...): full precision, not vectorized.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, getcontext
+
+from llvmlite import ir
+
+F32, F64, I1, I32, I64 = ir.FloatType(), ir.DoubleType(), ir.IntType(1), ir.IntType(32), ir.IntType(64)
+
+UNARY = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "sin", "cos")
+LIBM_F64 = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "tanh": "tanh", "sin": "sin",
+            "cos": "cos"}
+
+
+def type_suffix(ty: ir.Type) -> str:
+    if isinstance(ty, ir.FloatType):
+        return "f32"
+    if isinstance(ty, ir.DoubleType):
+        return "f64"
+    if isinstance(ty, ir.HalfType):
+        return "f16"
+    if isinstance(ty, ir.IntType):
+        return f"i{ty.width}"
+    raise TypeError(f"no intrinsic suffix for {ty}")
+
+
+def intrinsic(module: ir.Module, name: str, ret: ir.Type, args: list) -> ir.Function:
+    """Declare (once) and return an LLVM intrinsic or external function."""
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
+    return fn
+
+
+def call_intrinsic(builder: ir.IRBuilder, base: str, *args: ir.Value) -> ir.Value:
+    """builder.call(llvm.<base>.<type of args[0]>(args...)) returning args[0]'s type."""
+    ty = args[0].type
+    fn = intrinsic(builder.module, f"llvm.{base}.{type_suffix(ty)}", ty, [a.type for a in args])
+    return builder.call(fn, list(args))
+
+
+def unary(builder: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
+    """name(x) for a float or double value: an inlined polynomial (float) or libm (double)."""
+    module = builder.module
+    if isinstance(x.type, ir.DoubleType):
+        if name == "sigmoid":
+            fn = _define(module, "tt.sigmoid.f64", F64, _sigmoid)
+        else:
+            fn = intrinsic(module, LIBM_F64[name], F64, [F64])
+        return builder.call(fn, [x])
+    if not isinstance(x.type, ir.FloatType):
+        raise TypeError(f"{name}: expected float or double, got {x.type}")
+    return builder.call(_define(module, f"tt.{name}.f32", F32, _FLOAT32[name]), [x])
+
+
+def power(builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """libm pow/powf: exact special cases (pow(x, 0) = 1, NaN rules) and full accuracy."""
+    ty = x.type
+    fn = intrinsic(builder.module, "pow" if isinstance(ty, ir.DoubleType) else "powf", ty, [ty, ty])
+    return builder.call(fn, [x, y])
+
+
+def _define(module: ir.Module, name: str, ty: ir.Type, body) -> ir.Function:
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, ir.FunctionType(ty, [ty]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("alwaysinline")
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.ret(body(_Float(b, ty), fn.args[0]))
+    return fn
+
+
+class _Float:
+    """Terse float arithmetic on one builder, so the algorithms below read like C."""
+
+    def __init__(self, b: ir.IRBuilder, ty: ir.Type):
+        self.b, self.ty = b, ty
+        self.int = I32 if isinstance(ty, ir.FloatType) else I64
+
+    def c(self, v: float) -> ir.Constant:
+        return ir.Constant(self.ty, v)
+
+    def i(self, v: int) -> ir.Constant:
+        return ir.Constant(self.int, v)
+
+    def _v(self, v):
+        return self.c(v) if isinstance(v, (int, float)) else v
+
+    def add(self, a, b):
+        return self.b.fadd(self._v(a), self._v(b))
+
+    def sub(self, a, b):
+        return self.b.fsub(self._v(a), self._v(b))
+
+    def mul(self, a, b):
+        return self.b.fmul(self._v(a), self._v(b))
+
+    def div(self, a, b):
+        return self.b.fdiv(self._v(a), self._v(b))
+
+    def fma(self, a, b, c):
+        """a*b + c, fused where the target has FMA."""
+        return call_intrinsic(self.b, "fmuladd", self._v(a), self._v(b), self._v(c))
+
+    def poly(self, x, coeffs):
+        """Horner: coeffs[0]*x^(n-1) + ... + coeffs[-1]."""
+        acc = self.c(coeffs[0])
+        for k in coeffs[1:]:
+            acc = self.fma(acc, x, k)
+        return acc
+
+    def cmp(self, op, a, b):
+        return self.b.fcmp_ordered(op, self._v(a), self._v(b))
+
+    def isnan(self, a):
+        return self.b.fcmp_unordered("uno", a, a)
+
+    def select(self, cond, a, b):
+        return self.b.select(cond, self._v(a), self._v(b))
+
+    def rint(self, a):
+        return call_intrinsic(self.b, "rint", a)
+
+    def floor(self, a):
+        return call_intrinsic(self.b, "floor", a)
+
+    def abs(self, a):
+        return call_intrinsic(self.b, "fabs", a)
+
+    def copysign(self, a, b):
+        return call_intrinsic(self.b, "copysign", self._v(a), b)
+
+    def bits(self, a):
+        return self.b.bitcast(a, self.int)
+
+    def from_bits(self, a):
+        return self.b.bitcast(a, self.ty)
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+# ---------------------------------------------------------------- float32 algorithms
+def _exp(f: _Float, x):
+    nan = f.isnan(x)
+    xc = f.select(nan, 0.0, x)
+    xc = f.select(f.cmp("<", xc, -104.0), -104.0, xc)   # below: rounds to 0
+    xc = f.select(f.cmp(">", xc, 89.0), 89.0, xc)       # above: overflows to inf
+    n = f.rint(f.mul(xc, 1.44269504088896341))
+    r = f.sub(f.sub(xc, f.mul(n, 0.693359375)), f.mul(n, -2.12194440e-4))
+    p = f.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                   5.0000001201e-1])
+    y = f.add(f.fma(p, f.mul(r, r), r), 1.0)
+    # y * 2^n in two steps, so that n in [-150, 128] never leaves the exponent range of each factor
+    ni = f.b.fptosi(n, I32)
+    n1 = f.b.ashr(ni, ir.Constant(I32, 1))
+    n2 = f.b.sub(ni, n1)
+    s1 = f.from_bits(f.b.shl(f.b.add(n1, f.i(127)), f.i(23)))
+    s2 = f.from_bits(f.b.shl(f.b.add(n2, f.i(127)), f.i(23)))
+    return f.select(nan, x, f.mul(f.mul(y, s1), s2))
+
+
+def _log(f: _Float, x):
+    small = f.cmp("<", x, 1.17549435e-38)                # denormals: scale into the normal range
+    xs = f.select(small, f.mul(x, 8388608.0), x)
+    bits = f.bits(xs)
+    e = f.b.sub(f.b.and_(f.b.lshr(bits, f.i(23)), f.i(0xFF)), f.i(126))
+    e = f.b.sub(e, f.b.select(small, f.i(23), f.i(0)))
+    m = f.from_bits(f.b.or_(f.b.and_(bits, f.i(0x807FFFFF)), f.i(0x3F000000)))  # [0.5, 1)
+    low = f.cmp("<", m, 0.707106781186547524)
+    e = f.b.sub(e, f.b.zext(low, I32))
+    m = f.sub(f.select(low, f.add(m, m), m), 1.0)
+    fe = f.b.sitofp(e, f.ty)
+    z = f.mul(m, m)
+    y = f.mul(f.mul(f.poly(m, [7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                                1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                                3.3333331174e-1]), m), z)
+    y = f.fma(fe, -2.12194440e-4, y)
+    y = f.fma(z, -0.5, y)
+    r = f.fma(fe, 0.693359375, f.add(m, y))
+    r = f.select(f.cmp("==", x, INF), INF, r)
+    r = f.select(f.cmp("==", x, 0.0), -INF, r)
+    invalid = f.b.or_(f.cmp("<", x, 0.0), f.isnan(x))
+    return f.select(invalid, NAN, r)
+
+
+def _call(f: _Float, name: str, x):
+    return f.b.call(_define(f.b.module, f"tt.{name}.f32", f.ty, _FLOAT32[name]), [x])
+
+
+def _log1p(f: _Float, x):
+    u = f.add(x, 1.0)
+    d = f.sub(u, 1.0)
+    r = f.mul(_call(f, "log", u), f.div(x, d))        # log(u) * x / (u - 1): corrects u's rounding
+    r = f.select(f.cmp("==", d, 0.0), x, r)
+    return f.select(f.cmp("==", x, INF), INF, r)
+
+
+def _expm1(f: _Float, x):
+    u = _call(f, "exp", x)
+    um1 = f.sub(u, 1.0)
+    r = f.mul(um1, f.div(x, _call(f, "log", u)))      # Kahan: (u - 1) * x / log(u)
+    r = f.select(f.cmp("==", u, 1.0), x, r)
+    r = f.select(f.cmp("==", um1, -1.0), -1.0, r)
+    return f.select(f.cmp("==", u, INF), INF, r)
+
+
+def _tanh(f: _Float, x):
+    a = f.abs(x)
+    z = f.mul(x, x)
+    small = f.fma(f.mul(f.poly(z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1,
+                                   -3.33332819422e-1]), z), x, x)
+    e = _call(f, "exp", f.mul(a, 2.0))
+    large = f.copysign(f.sub(1.0, f.div(2.0, f.add(e, 1.0))), x)
+    return f.select(f.cmp("<", a, 0.625), small, large)
+
+
+def _sigmoid(f: _Float, x):
+    if isinstance(f.ty, ir.DoubleType):
+        e = f.b.call(intrinsic(f.b.module, "exp", F64, [F64]), [f.b.fneg(x)])
+    else:
+        e = _call(f, "exp", f.b.fneg(x))
+    return f.div(1.0, f.add(e, 1.0))
+
+
+def _pio2_parts() -> tuple[float, float, float]:
+    """pi/2 as float32-exact hi + float32-exact mid + double lo (Cody-Waite in double)."""
+    import numpy as np
+    getcontext().prec = 60
+    pio2 = Decimal("1.57079632679489661923132169163975144209858469968755291048747")
+    hi = float(np.float32(float(pio2)))
+    mid = float(np.float32(float(pio2 - Decimal(hi))))
+    lo = float(pio2 - Decimal(hi) - Decimal(mid))
+    return hi, mid, lo
+
+
+_PIO2 = _pio2_parts()
+
+
+def _sincos(f: _Float, x, want_sin: bool):
+    b = f.b
+    d = _Float(b, F64)
+    xd = b.fpext(x, F64)
+    j = d.rint(d.mul(xd, 0.63661977236758134308))
+    r = d.sub(d.sub(d.sub(xd, d.mul(j, _PIO2[0])), d.mul(j, _PIO2[1])), d.mul(j, _PIO2[2]))
+    quarter = d.sub(j, d.mul(d.floor(d.mul(j, 0.25)), 4.0))                    # j mod 4, exact
+    q = b.call(intrinsic(b.module, "llvm.fptosi.sat.i32.f64", I32, [F64]), [quarter])
+    r2 = d.mul(r, r)
+    s = d.fma(d.mul(r, r2), d.poly(r2, [1 / 362880, -1 / 5040, 1 / 120, -1 / 6]), r)
+    c = d.fma(r2, d.poly(r2, [-1 / 3628800, 1 / 40320, -1 / 720, 1 / 24, -1 / 2]), 1.0)
+    odd = b.icmp_unsigned("!=", b.and_(q, ir.Constant(I32, 1)), ir.Constant(I32, 0))
+    if want_sin:
+        v, flip = b.select(odd, c, s), b.and_(q, ir.Constant(I32, 2))
+    else:
+        v, flip = b.select(odd, s, c), b.and_(b.add(q, ir.Constant(I32, 1)), ir.Constant(I32, 2))
+    v = b.select(b.icmp_unsigned("!=", flip, ir.Constant(I32, 0)), b.fneg(v), v)
+    return b.fptrunc(v, F32)
+
+
+_FLOAT32 = {
+    "exp": _exp, "log": _log, "log1p": _log1p, "expm1": _expm1, "tanh": _tanh, "sigmoid": _sigmoid,
+    "sin": lambda f, x: _sincos(f, x, True), "cos": lambda f, x: _sincos(f, x, False),
+}

@@ -1,0 +1,344 @@
+"""Loop nests for the kernel kinds fusion produces: elementwise, and reductions with
+their prologue, epilogue and row-wise multi-stage forms (softmax, layer norm).
+
+Expressions given to the templates are written over `Arg(name)` placeholders
+(one per input) and, after a stage, `Var(stage name)`; the templates replace
+each `Arg` with a load through the input's index map. Dims are coalesced
+where every access allows it, so a contiguous (or uniformly broadcast)
+tensor becomes one flat loop the vectorizer handles best.
+
+Reductions (`reduction_kernel`) run the kept dims as the kernel's outer
+loops and the reduced dims inside. Each stage is one pass over the reduced
+elements; `SoftmaxStats` and `Moments` compute two statistics in one pass
+over memory, in blocks that stay in L1 (block max then block sum of exp,
+merged online; block mean then block squared deviations, merged with Chan's
+formula), so a softmax or layer norm reads its input twice at most: once
+for the statistics, once for the elementwise outputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+from tracetorch.dtypes import DType, bool_, float64, int64
+
+from .kernel import (Accumulator, Arg, Assign, Buffer, Const, Expr, IndexMap, Kernel, Let, Load, Loop, Op,
+                     Reduce, Stmt, Store, Var, substitute, walk_exprs)
+from .scalar import const, op
+
+# An input is read through an affine map over the iteration space, or through a function of
+# the loop variables that builds the index (data-dependent gathers: use CheckedIndex there).
+Access = tuple[Buffer, Union[IndexMap, Callable[[Sequence[Expr]], Expr]]]
+Output = tuple[Buffer, Expr]
+
+BLOCK = 512  # elements per block of the one-pass row statistics (2 KiB of float32: stays in L1)
+
+
+# ---------------------------------------------------------------- stages of a reduction
+@dataclass(frozen=True)
+class Reduction:
+    """name = combine over the reduced elements of `value` (from the combine's identity)."""
+    name: str
+    combine: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class SoftmaxStats:
+    """max_name = max(value), sum_name = sum(exp(value - max)) in one pass."""
+    max_name: str
+    sum_name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Moments:
+    """mean_name = mean(value), var_name = biased variance of value, in one pass."""
+    mean_name: str
+    var_name: str
+    value: Expr
+
+
+Stage = Union[Reduction, SoftmaxStats, Moments]
+
+
+def identity(combine: str, dtype: DType) -> Const:
+    """The identity of a combine in `dtype` (max starts at -inf, or the lowest integer)."""
+    if combine in ("add", "or"):
+        return const(0, dtype)
+    if combine in ("mul", "and"):
+        return const(1, dtype)
+    if dtype is bool_:
+        return const(combine == "min", dtype)
+    if dtype.is_floating_point:
+        return const(-math.inf if combine == "max" else math.inf, dtype)
+    info = _iinfo(dtype)
+    return const(info[0] if combine == "max" else info[1], dtype)
+
+
+def _iinfo(dtype: DType) -> tuple[int, int]:
+    import numpy as np
+    i = np.iinfo(dtype.np)
+    return int(i.min), int(i.max)
+
+
+# ---------------------------------------------------------------- elementwise
+def elementwise_kernel(name: str, shape: Sequence[int], inputs: dict[str, Access],
+                       outputs: Sequence[Output]) -> Kernel:
+    """out_k[i] = expr_k(inputs at i) for every i in `shape`; outputs are contiguous over `shape`."""
+    shape = tuple(shape)
+    _check_outputs(name, shape, outputs)
+    _check_inputs(name, shape, inputs)
+    maps = [m for _, m in inputs.values()] + [IndexMap.contiguous(shape)]
+    if all(isinstance(m, IndexMap) for m in maps):
+        dims = _coalesce(shape, list(range(len(shape))), maps)
+    else:
+        dims = [[d] for d in range(len(shape)) if shape[d] != 1]
+    loop_vars, loops = _loop_vars(shape, dims, "i")
+    at = _point(shape, dims, loop_vars)
+    body = [Store(buf, IndexMap.contiguous(shape).index(at), _bind(expr, inputs, at)) for buf, expr in outputs]
+    return Kernel(name, _nest(loops, body))
+
+
+# ---------------------------------------------------------------- reductions
+def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int], inputs: dict[str, Access],
+                     stages: Sequence[Stage], row_outputs: Sequence[Output] = (),
+                     elem_outputs: Sequence[Output] = ()) -> Kernel:
+    """Reduce over `reduce_dims` of the iteration space `shape`.
+
+    Stages run in order, each may use the results (Vars) of earlier ones.
+    `row_outputs` are stored once per kept index (contiguous over the kept
+    dims, i.e. the keepdim layout); their inputs must be broadcast (stride 0)
+    along the reduced dims. `elem_outputs` are stored at every point of
+    `shape` (contiguous) after the stages: the elementwise epilogue of a row
+    kernel (softmax's exp(x - max) / sum).
+    """
+    shape = tuple(shape)
+    rdims = sorted(set(reduce_dims))
+    kdims = [d for d in range(len(shape)) if d not in rdims]
+    kept_shape = tuple(shape[d] for d in kdims)
+    _check_outputs(name, kept_shape, row_outputs)
+    _check_outputs(name, shape, elem_outputs)
+    _check_inputs(name, shape, inputs)
+    affine = all(isinstance(m, IndexMap) for _, m in inputs.values())
+    full_out = IndexMap.contiguous(shape)
+    row_map = IndexMap.contiguous(kept_shape)
+    kept_map = IndexMap(tuple(row_map.strides[kdims.index(d)] if d in kdims else 0
+                              for d in range(len(shape))))
+    maps = [m for _, m in inputs.values()] + [full_out, kept_map] if affine else None
+    kgroups = _coalesce(shape, kdims, maps) if affine else [[d] for d in kdims if shape[d] != 1]
+    rgroups = _coalesce(shape, rdims, maps) if affine else [[d] for d in rdims if shape[d] != 1]
+    kvars, kloops = _loop_vars(shape, kgroups, "k")
+    rvars, rloops = _loop_vars(shape, rgroups, "r")
+    zero = Const(0, int64)
+
+    def at(rv):
+        return _point(shape, kgroups + rgroups, list(kvars) + list(rv))
+
+    def values(expr, rv):
+        return _bind(expr, inputs, at(rv))
+
+    body: list[Stmt] = []
+    for stage in stages:
+        body += _stage(stage, rgroups, rloops, rvars, shape, values)
+    for buf, expr in row_outputs:
+        _check_row_expr(name, expr, inputs, rdims)
+        body.append(Store(buf, row_map.index([at([zero] * len(rvars))[d] for d in kdims]),
+                          values(expr, [zero] * len(rvars))))
+    if elem_outputs:
+        stores = [Store(buf, full_out.index(at(rvars)), values(expr, rvars)) for buf, expr in elem_outputs]
+        body.append(_nest(rloops, stores))
+    if not kloops:
+        kloops = [("k0", 1)]
+    return Kernel(name, _nest(kloops, body))
+
+
+def _stage(stage: Stage, rgroups, rloops, rvars, shape, values) -> list[Stmt]:
+    if isinstance(stage, _Named):
+        return [Let(stage.name, values(stage.value, rvars))]
+    if isinstance(stage, Reduction):
+        dt = stage.value.dtype
+        return [Accumulator(stage.name, identity(stage.combine, dt)),
+                _nest(rloops, [Reduce(stage.name, stage.combine, values(stage.value, rvars))])]
+    extent = math.prod(shape[d] for g in rgroups for d in g)
+    if len(rgroups) != 1:
+        return [s for sub in _two_pass(stage, extent) for s in _stage(sub, rgroups, rloops, rvars, shape, values)]
+    value = stage.value
+    blocked = _softmax_block if isinstance(stage, SoftmaxStats) else _moments_block
+    first, second = (stage.max_name, stage.sum_name) if isinstance(stage, SoftmaxStats) else \
+        (stage.mean_name, "_m2_" + stage.mean_name)
+    dt = value.dtype
+    out: list[Stmt] = [Accumulator(first, identity("max", dt) if isinstance(stage, SoftmaxStats) else const(0, dt)),
+                       Accumulator(second, const(0, dt))]
+    full, tail = divmod(extent, BLOCK)
+    blk = Var(f"blk_{first}", int64)
+    if full:
+        base = Op("mul", (blk, Const(BLOCK, int64)), int64)
+        out.append(Loop(blk.name, full, tuple(blocked(first, second, value, base, BLOCK, values, "b"))))
+    if tail:
+        out += blocked(first, second, value, Const(full * BLOCK, int64), tail, values, "t")
+    if isinstance(stage, Moments):
+        out.append(Let(stage.var_name, op("div", Var(second, dt), const(extent, dt))))
+    return out
+
+
+def _two_pass(stage: Stage, extent: int) -> list:
+    """The same statistics as plain reductions (two passes), for reductions over several dims."""
+    v, dt = stage.value, stage.value.dtype
+    if isinstance(stage, SoftmaxStats):
+        m = Var(stage.max_name, dt)
+        return [Reduction(stage.max_name, "max", v),
+                Reduction(stage.sum_name, "add", op("exp", op("sub", v, _finite_or_zero(m))))]
+    total, m2 = "_sum_" + stage.mean_name, "_m2_" + stage.mean_name
+    mean = Var(stage.mean_name, dt)
+    dev = op("sub", v, mean)
+    return [Reduction(total, "add", v), _Named(stage.mean_name, op("div", Var(total, dt), const(extent, dt))),
+            Reduction(m2, "add", op("mul", dev, dev)),
+            _Named(stage.var_name, op("div", Var(m2, dt), const(extent, dt)))]
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A stage that only names a value computed from earlier stages (the two-pass fallback)."""
+    name: str
+    value: Expr
+
+
+def _finite_or_zero(m: Expr) -> Expr:
+    """The shift of a block whose max is -inf is 0: its elements are all -inf and add exp(-inf) = 0."""
+    return op("where", op("eq", m, -math.inf), 0.0, m)
+
+
+def _rescale(a: Expr, to: Expr) -> Expr:
+    """exp(a - to), and 1 where a == to (also when both are -inf)."""
+    return op("where", op("eq", a, to), 1.0, op("exp", op("sub", a, to)))
+
+
+def _block_loop(var: str, size: int, body: list[Stmt]) -> Loop:
+    return Loop(var, size, tuple(body))
+
+
+def _softmax_block(m: str, s: str, value, base, size, values, tag) -> list[Stmt]:
+    dt = value.dtype
+    j = Var(f"j_{m}_{tag}", int64)
+    r = Op("add", (base, j), int64)
+    v = values(value, [r])
+    bm, bs, shift = f"bmax_{m}_{tag}", f"bsum_{m}_{tag}", f"shift_{m}_{tag}"
+    new_m = f"newmax_{m}_{tag}"
+    return [
+        Accumulator(bm, identity("max", dt)),
+        _block_loop(j.name, size, [Reduce(bm, "max", v)]),
+        Let(shift, _finite_or_zero(Var(bm, dt))),
+        Accumulator(bs, const(0, dt)),
+        _block_loop(j.name, size, [Reduce(bs, "add", op("exp", op("sub", v, Var(shift, dt))))]),
+        Let(new_m, op("max", Var(m, dt), Var(bm, dt))),
+        Assign(s, op("add", op("mul", Var(s, dt), _rescale(Var(m, dt), Var(new_m, dt))),
+                     op("mul", Var(bs, dt), _rescale(Var(bm, dt), Var(new_m, dt))))),
+        Assign(m, Var(new_m, dt)),
+    ]
+
+
+def _moments_block(mean: str, m2: str, value, base, size, values, tag) -> list[Stmt]:
+    dt = value.dtype
+    j = Var(f"j_{mean}_{tag}", int64)
+    v = values(value, [Op("add", (base, j), int64)])
+    bsum, bmean, bm2 = f"bsum_{mean}_{tag}", f"bmean_{mean}_{tag}", f"bm2_{mean}_{tag}"
+    na, delta, frac = f"na_{mean}_{tag}", f"delta_{mean}_{tag}", f"frac_{mean}_{tag}"
+    dev = op("sub", v, Var(bmean, dt))
+    return [
+        Accumulator(bsum, const(0, dt)),
+        _block_loop(j.name, size, [Reduce(bsum, "add", v)]),
+        Let(bmean, op("div", Var(bsum, dt), const(size, dt))),
+        Accumulator(bm2, const(0, dt)),
+        _block_loop(j.name, size, [Reduce(bm2, "add", op("mul", dev, dev))]),
+        Let(na, Op("cast", (base,), dt)),
+        Let(delta, op("sub", Var(bmean, dt), Var(mean, dt))),
+        Let(frac, op("div", const(size, dt), op("add", Var(na, dt), const(size, dt)))),
+        Assign(m2, op("add", op("add", Var(m2, dt), Var(bm2, dt)),
+                      op("mul", op("mul", op("mul", Var(delta, dt), Var(delta, dt)), Var(na, dt)), Var(frac, dt)))),
+        Assign(mean, op("add", Var(mean, dt), op("mul", Var(delta, dt), Var(frac, dt)))),
+    ]
+
+
+# ---------------------------------------------------------------- helpers
+def _check_outputs(name: str, shape: tuple, outputs: Sequence[Output]) -> None:
+    for buf, expr in outputs:
+        if buf.size != math.prod(shape):
+            raise ValueError(f"kernel {name!r}: output {buf!r} has {buf.size} elements, the iteration space "
+                             f"{shape} has {math.prod(shape)}")
+        if expr.dtype is not buf.dtype:
+            raise TypeError(f"kernel {name!r}: output {buf!r} gets a {expr.dtype.name} expression")
+
+
+def _check_inputs(name: str, shape: tuple, inputs: dict[str, Access]) -> None:
+    for arg, (buf, index) in inputs.items():
+        if isinstance(index, IndexMap):
+            if len(index.strides) != len(shape):
+                raise ValueError(f"kernel {name!r}: input {arg} ({buf!r}) has an index map of "
+                                 f"{len(index.strides)} dims for an iteration space of {len(shape)}")
+            index.check(shape, buf)
+
+
+def _check_row_expr(name: str, expr: Expr, inputs: dict[str, Access], rdims: list[int]) -> None:
+    for node in walk_exprs(expr):
+        if isinstance(node, Arg) and node.name in inputs:
+            index = inputs[node.name][1]
+            if not isinstance(index, IndexMap) or any(index.strides[d] for d in rdims):
+                raise ValueError(f"kernel {name!r}: row output reads input {node.name} which varies along "
+                                 f"the reduced dims {rdims}")
+
+
+def _coalesce(shape: tuple, dims: list[int], maps: list[IndexMap]) -> list[list[int]]:
+    """Group `dims` that every map walks as one flat dim; drop size-1 dims."""
+    groups: list[list[int]] = []
+    for d in dims:
+        if shape[d] == 1:
+            continue
+        if groups:
+            prev = groups[-1][-1]
+            between_unit = all(shape[e] == 1 for e in range(prev + 1, d))
+            if between_unit and all(m.strides[prev] == m.strides[d] * shape[d] for m in maps):
+                groups[-1].append(d)
+                continue
+        groups.append([d])
+    return groups
+
+
+def _loop_vars(shape: tuple, groups: list[list[int]], prefix: str):
+    loops = [(f"{prefix}{n}", math.prod(shape[d] for d in g)) for n, g in enumerate(groups)]
+    return [Var(v) for v, _ in loops], loops
+
+
+def _point(shape: tuple, groups: list[list[int]], loop_vars: Sequence[Expr]) -> list[Expr]:
+    """Per-dim index expressions of `shape` from the (coalesced) loop variables."""
+    at: list[Expr] = [Const(0, int64)] * len(shape)
+    for g, var in zip(groups, loop_vars):
+        if len(g) == 1:
+            at[g[0]] = var
+            continue
+        # A coalesced group: only used through maps that walk it flat, so the innermost dim
+        # carries the flat index and the others are 0 (strides[d] == strides[last] * extent).
+        at[g[-1]] = var
+    return at
+
+
+def _bind(expr: Expr, inputs: dict[str, Access], at: list[Expr]) -> Expr:
+    mapping = {}
+    for node in walk_exprs(expr):
+        if isinstance(node, Arg) and node.name in inputs and node.name not in mapping:
+            buf, index = inputs[node.name]
+            idx = index.index(at) if isinstance(index, IndexMap) else index(at)
+            if node.dtype is not buf.dtype:
+                raise TypeError(f"input {node.name} is {buf.dtype.name} but used as {node.dtype.name}")
+            mapping[node.name] = Load(buf, idx)
+    return substitute(expr, mapping)
+
+
+def _nest(loops: list[tuple[str, int]], body: list[Stmt]) -> Loop:
+    if not loops:
+        loops = [("i0", 1)]
+    stmt: Stmt = Loop(loops[-1][0], loops[-1][1], tuple(body))
+    for var, extent in reversed(loops[:-1]):
+        stmt = Loop(var, extent, (stmt,))
+    return stmt

@@ -1,0 +1,307 @@
+"""The LLVM CPU engine: compile a `Program` to native code once, then call it cheaply.
+
+Compile: render the program to LLVM IR (codegen.llvm_ir), name the module by
+its cache key, optimize at O3 for the host CPU (new pass manager, loop and
+SLP vectorization), emit an object file. Object code is cached on disk
+(`runtime.disk_cache`), so a second process links the cached object and runs
+no LLVM optimization or code generation at all.
+
+Load: the object is linked into an ORC LLJIT as its own library (with the
+current process's symbols, for libm); the library's resource tracker frees
+the code when nothing holds it any more (MCJIT would keep it forever).
+
+Call: `CompiledProgram(*inputs)` validates the inputs, writes their
+addresses into the program's buffer table (temporaries' addresses, in the
+arena, were written once), takes the outputs from a caching allocator and,
+for a program whose kernels are all small and which has no extern steps,
+makes ONE foreign call to the generated `program(table, err)` entry. Big
+kernels split their outer loop across threads; extern steps (e.g. matmul
+through numpy) run in Python between kernels. After the call the int32
+error flag is checked and a failed check raises its exception.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import llvmlite
+import llvmlite.binding as llvm
+import numpy as np
+
+from codegen.kernel import ExternCall, Loop, Program
+from codegen.llvm_ir import RenderedProgram, render_program
+
+from .disk_cache import DiskCache, cache_key
+from .memory import Arena, BufferPool, MemoryPlan, sequential_plan
+from .parallel import ThreadTeam, default_threads
+
+PARALLEL_MIN_WORK = 1 << 16   # innermost iterations below which a kernel runs on one thread
+ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+RANGE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+_llvm_ready = False
+
+
+def _init_llvm() -> None:
+    global _llvm_ready
+    if not _llvm_ready:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        _llvm_ready = True
+
+
+def host_target_machine() -> llvm.TargetMachine:
+    """A target machine for the host CPU at -O3. One per user: MCJIT/ORC may take ownership."""
+    _init_llvm()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                        features=llvm.get_host_cpu_features().flatten(), opt=3, jit=True)
+
+
+@dataclass
+class EngineStats:
+    compiles: int = 0          # modules optimized and compiled by LLVM in this process
+    disk_hits: int = 0         # modules loaded from the on-disk cache
+    memory_hits: int = 0       # programs whose code was already loaded in this process
+    compile_seconds: float = 0.0
+    load_seconds: float = 0.0  # rendering + hashing + linking, for every compile() call
+    timings: dict = field(default_factory=dict)
+
+
+class LLVMEngine:
+    """Compiles programs for the host CPU; shares loaded code between identical programs."""
+
+    def __init__(self, cache: DiskCache | None = None, use_disk_cache: bool = True, threads: int | None = None):
+        _init_llvm()
+        self.cpu = llvm.get_host_cpu_name()
+        self.features = llvm.get_host_cpu_features().flatten()
+        self.versions = f"llvmlite {llvmlite.__version__}, LLVM {'.'.join(map(str, llvm.llvm_version_info))}"
+        self.cache = (cache or DiskCache()) if use_disk_cache else None
+        self.stats = EngineStats()
+        self._tm = host_target_machine()
+        self._jit_tm = host_target_machine()      # owned by the JIT; never reused
+        self._jit = llvm.create_lljit_compiler(self._jit_tm)
+        self._loaded_libraries: dict[str, llvm.ResourceTracker] = {}   # key -> loaded code (a cache)
+        self._lock = threading.Lock()
+        self._team: ThreadTeam | None = None
+        self.threads = threads or default_threads()
+        self.pool = BufferPool()
+
+    @property
+    def team(self) -> ThreadTeam:
+        if self._team is None:
+            self._team = ThreadTeam(self.threads)
+        return self._team
+
+    # ------------------------------------------------------------ compiling
+    def compile(self, program: Program, plan: MemoryPlan | None = None) -> CompiledProgram:
+        t0 = time.perf_counter()
+        rendered = render_program(program)
+        key = cache_key(rendered.ir, self.cpu, self.features, self.versions)
+        library = self._library(key, rendered.ir)
+        self.stats.load_seconds += time.perf_counter() - t0
+        return CompiledProgram(self, program, rendered, library, plan or sequential_plan(program.temps))
+
+    def _library(self, key: str, ir_text: str) -> llvm.ResourceTracker:
+        with self._lock:
+            lib = self._loaded_libraries.get(key)
+            if lib is not None:
+                self.stats.memory_hits += 1
+                return lib
+            obj = self.cache.load(key) if self.cache else None
+            if obj is None:
+                obj = self.object_code(ir_text, key)
+                if self.cache:
+                    self.cache.store(key, obj)
+            else:
+                self.stats.disk_hits += 1
+            builder = llvm.JITLibraryBuilder().add_object_img(obj).add_current_process()
+            for name in _exported_symbols(ir_text):
+                builder.export_symbol(name)
+            lib = builder.link(self._jit, f"tt_{key}_{len(self._loaded_libraries)}")
+            self._loaded_libraries[key] = lib
+            return lib
+
+    def object_code(self, ir_text: str, name: str) -> bytes:
+        """Optimize (O3, vectorizers on) and compile IR text to an object file for the host."""
+        t0 = time.perf_counter()
+        mod = llvm.parse_assembly(ir_text)
+        mod.name = name                      # the cache key: never "<string>" (LLVM.md)
+        mod.triple = self._tm.triple
+        mod.data_layout = str(self._tm.target_data)
+        mod.verify()
+        t1 = time.perf_counter()
+        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+        pb = llvm.create_pass_builder(self._tm, pto)
+        pb.getModulePassManager().run(mod, pb)
+        t2 = time.perf_counter()
+        obj = self._tm.emit_object(mod)
+        t3 = time.perf_counter()
+        self.stats.compiles += 1
+        self.stats.compile_seconds += t3 - t0
+        self.stats.timings = {"parse": t1 - t0, "optimize": t2 - t1, "codegen": t3 - t2}
+        return obj
+
+    def assembly(self, program: Program) -> str:
+        """The optimized machine code of a program, as text (for inspecting vectorization)."""
+        ir_text = render_program(program).ir
+        mod = llvm.parse_assembly(ir_text)
+        mod.triple = self._tm.triple
+        mod.data_layout = str(self._tm.target_data)
+        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+        pb = llvm.create_pass_builder(self._tm, pto)
+        pb.getModulePassManager().run(mod, pb)
+        return self._tm.emit_assembly(mod)
+
+
+def _exported_symbols(ir_text: str) -> list[str]:
+    """Names of the externally visible functions the module defines (entry and range entries)."""
+    out = []
+    for line in ir_text.splitlines():
+        if line.startswith("define void @") and "internal" not in line.split("@")[0]:
+            name = line.split("@", 1)[1].split("(", 1)[0].strip('"')
+            out.append(name)
+    return out
+
+
+_DEFAULT_ENGINE: LLVMEngine | None = None
+
+
+def default_engine() -> LLVMEngine:
+    """The process-wide engine (created on first use)."""
+    global _DEFAULT_ENGINE
+    if _DEFAULT_ENGINE is None:
+        _DEFAULT_ENGINE = LLVMEngine()
+    return _DEFAULT_ENGINE
+
+
+# ---------------------------------------------------------------- running
+class CompiledProgram:
+    """A program linked and ready: call it with input arrays, get fresh output arrays.
+
+    Not reentrant across threads (one buffer table and arena): calls are serialized by a lock.
+    """
+
+    def __init__(self, engine: LLVMEngine, program: Program, rendered: RenderedProgram,
+                 library: llvm.ResourceTracker, plan: MemoryPlan):
+        self.engine, self.program, self.rendered = engine, program, rendered
+        self._library = library              # keeps the code alive
+        self.arena = Arena(plan)
+        self._pool = engine.pool
+        buffers = program.buffers
+        self._table = np.zeros(max(len(buffers), 1), dtype=np.int64)
+        self._table_addr = self._table.ctypes.data
+        self._err = (ctypes.c_int32 * 2)()
+        self._err_addr = ctypes.addressof(self._err)
+        self._lock = threading.Lock()
+        n_in, n_out = len(program.inputs), len(program.outputs)
+        for slot, buf in enumerate(buffers[n_in + n_out:], start=n_in + n_out):
+            self._table[slot] = self.arena.address(buf.name)
+        self._in_specs = [(b.shape, b.dtype.np, b.name) for b in program.inputs]
+        self._out_specs = [(b.shape, b.dtype.np) for b in program.outputs]
+        self._entry = ENTRY_TYPE(library[rendered.entry])
+        self._ranges = [RANGE_TYPE(library[name]) for name in rendered.kernel_entries]
+        self._steps = self._plan_steps()
+
+    def _plan_steps(self) -> list | None:
+        """None: one call to the entry. Else (kind, fn, extent, align) steps run in order."""
+        kernels = self.program.kernels
+        parallel = [self.engine.threads > 1 and k.outer.extent >= 2 and k.work >= PARALLEL_MIN_WORK
+                    for k in kernels]
+        if not any(parallel) and len(kernels) == len(self.program.steps):
+            return None
+        steps, n = [], 0
+        for step in self.program.steps:
+            if isinstance(step, ExternCall):
+                steps.append(("extern", step, 0, 0))
+                continue
+            fn, extent = self._ranges[n], step.outer.extent
+            flat = not any(isinstance(s, Loop) for s in step.outer.body)
+            if parallel[n]:
+                steps.append(("parallel", fn, extent, 64 if flat else 1))   # 64: whole vectors per thread
+            elif extent > 0:
+                steps.append(("serial", fn, extent, 1))
+            n += 1
+        return steps
+
+    def __call__(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        if len(inputs) != len(self._in_specs):
+            raise TypeError(f"program {self.program.name!r} takes {len(self._in_specs)} inputs, got {len(inputs)}")
+        with self._lock:
+            table = self._table
+            arrays = []
+            for slot, (a, (shape, dtype, name)) in enumerate(zip(inputs, self._in_specs)):
+                if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+                    a = self._coerce(a, dtype, name)
+                if a.shape != shape:
+                    raise ValueError(f"program {self.program.name!r}: input {name!r} must have shape {shape}, "
+                                     f"got {a.shape}")
+                table[slot] = a.ctypes.data
+                arrays.append(a)
+            outputs = []
+            slot = len(inputs)
+            for shape, dtype in self._out_specs:
+                out, address = self._pool.array(shape, dtype)
+                table[slot] = address
+                outputs.append(out)
+                slot += 1
+            if self._steps is None:
+                self._entry(self._table_addr, self._err_addr)
+            else:
+                self._run_steps(arrays, outputs)
+            if self._err[0]:
+                self._raise()
+            return tuple(outputs)
+
+    def _coerce(self, a, dtype, name) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype != dtype:
+            raise TypeError(f"program {self.program.name!r}: input {name!r} must be {dtype}, got {a.dtype}")
+        return np.ascontiguousarray(a)
+
+    def _run_steps(self, inputs: list, outputs: list) -> None:
+        head = (self._table_addr, self._err_addr)
+        for kind, fn, extent, align in self._steps:
+            if kind == "serial":
+                fn(*head, 0, extent)
+            elif kind == "parallel":
+                self.engine.team.run(fn, head, extent, align)
+            else:
+                self._extern(fn, inputs, outputs)
+            if self._err[0]:
+                return
+
+    def _extern(self, step: ExternCall, inputs: list, outputs: list) -> None:
+        program = self.program
+        by_buffer = dict(zip(program.inputs, inputs))
+        by_buffer.update(zip(program.outputs, outputs))
+
+        def view(buf):
+            if buf in by_buffer:
+                return by_buffer[buf]
+            return self.arena.view(buf.name, buf.dtype.np, buf.shape)
+
+        step.fn(*[view(b) for b in step.inputs], *[view(b) for b in step.outputs])
+
+    def _raise(self) -> None:
+        code = self._err[0]
+        self._err[0] = 0
+        check = self.rendered.checks[code - 1]
+        raise check.error(f"{check.message} (program {self.program.name!r})")
+
+    def run_kernel_by_kernel(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Like __call__, but forces the step-by-step path (tests compare both)."""
+        saved = self._steps
+        self._steps = [("serial", self._ranges[i], k.outer.extent, 1) for i, k in enumerate(self.program.kernels)
+                       if k.outer.extent > 0] if saved is None else saved
+        try:
+            return self(*inputs)
+        finally:
+            self._steps = saved

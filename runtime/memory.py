@@ -1,0 +1,118 @@
+"""Memory for compiled programs: one arena per program, and a caching allocator for results.
+
+- `MemoryPlan`: where each temporary buffer of a program lives inside one
+  arena (64-byte aligned byte offsets). The compiler's planner (liveness,
+  reuse) produces it; `sequential_plan` is the trivial plan (no reuse).
+- `Arena`: one aligned numpy byte buffer holding a plan's buffers. Their
+  addresses never move, so the runtime resolves them once.
+- `BufferPool`: result buffers keyed by size. Programs return fresh arrays
+  (never views into the arena), and fresh large allocations cost page faults
+  on every call; the pool hands back a buffer once nothing outside the pool
+  references it any more (its reference count says so), so a training loop
+  reuses the same pages.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+ALIGN = 64
+
+
+def align_up(n: int, align: int = ALIGN) -> int:
+    return (n + align - 1) // align * align
+
+
+def aligned_bytes(nbytes: int, align: int = ALIGN) -> np.ndarray:
+    """An uninitialized uint8 array of `nbytes` whose data address is a multiple of `align`."""
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    shift = (-raw.ctypes.data) % align
+    return raw[shift:shift + nbytes]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Byte offset of every planned buffer (by name) in an arena of `size` bytes."""
+    offsets: dict
+    nbytes: dict
+    size: int
+
+    def __post_init__(self):
+        for name, off in self.offsets.items():
+            if off % ALIGN:
+                raise ValueError(f"memory plan: buffer {name!r} at offset {off} is not {ALIGN}-byte aligned")
+            if off < 0 or off + self.nbytes[name] > self.size:
+                raise ValueError(f"memory plan: buffer {name!r} [{off}, {off + self.nbytes[name]}) lies outside "
+                                 f"the arena of {self.size} bytes")
+
+    @property
+    def total_requested(self) -> int:
+        """Sum of all buffer sizes: compare with `size` to see what reuse saved."""
+        return sum(self.nbytes.values())
+
+
+def sequential_plan(buffers) -> MemoryPlan:
+    """Every buffer (objects with .name and .nbytes) in its own aligned slot: no reuse."""
+    offsets, sizes, end = {}, {}, 0
+    for b in buffers:
+        offsets[b.name], sizes[b.name] = end, b.nbytes
+        end = align_up(end + max(b.nbytes, 1))
+    return MemoryPlan(offsets, sizes, end)
+
+
+class Arena:
+    """One aligned byte buffer holding the buffers of a plan."""
+
+    def __init__(self, plan: MemoryPlan):
+        self.plan = plan
+        self.memory = aligned_bytes(max(plan.size, ALIGN))
+        self.base = self.memory.ctypes.data
+
+    def address(self, name: str) -> int:
+        return self.base + self.plan.offsets[name]
+
+    def view(self, name: str, dtype, shape) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if n > self.plan.nbytes[name]:
+            raise ValueError(f"arena view {name!r}: {n} bytes requested, {self.plan.nbytes[name]} planned")
+        off = self.plan.offsets[name]
+        return self.memory[off:off + n].view(dtype).reshape(shape)
+
+
+class BufferPool:
+    """Caching allocator for result buffers, keyed by byte size (see the module docstring).
+
+    A buffer is free when only the pool references it. Arrays handed out are
+    made over the pooled owner array, and numpy points every view (and view
+    of a view) at that owner, so its reference count covers them all.
+    """
+
+    MAX_PER_SIZE = 8
+
+    def __init__(self):
+        self._owners: dict[int, list] = {}      # size -> [[owner uint8 array, aligned offset], ...]
+        self.reused = self.allocated = 0
+
+    def array(self, shape, dtype) -> tuple[np.ndarray, int]:
+        """(an uninitialized array of `shape` and `dtype`, its data address), reusing a free buffer."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        entries = self._owners.setdefault(nbytes, [])
+        for entry in entries:
+            if sys.getrefcount(entry[0]) == 2:     # the entry and this call's argument: nobody else
+                self.reused += 1
+                return np.ndarray(shape, dtype, buffer=entry[0], offset=entry[1]), entry[2]
+        owner = np.empty(nbytes + ALIGN, dtype=np.uint8)
+        shift = (-owner.ctypes.data) % ALIGN
+        entry = [owner, shift, owner.ctypes.data + shift]
+        if len(entries) >= self.MAX_PER_SIZE:
+            entries.pop(0)                          # forget the oldest buffer (still in use)
+        entries.append(entry)
+        self.allocated += 1
+        return np.ndarray(shape, dtype, buffer=owner, offset=shift), entry[2]
+
+    def clear(self) -> None:
+        self._owners.clear()

@@ -1,0 +1,74 @@
+"""scaled_dot_product_attention (the other functional ops are tested with their layers)."""
+import numpy as np
+import pytest
+
+import tracetorch as tt
+import tracetorch.nn.functional as F
+
+from .numeric import check_grads
+
+
+def np_attention(q, k, v, mask=None, scale=None):
+    scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q @ np.swapaxes(k, -1, -2) * scale
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)) @ v
+
+
+@pytest.fixture
+def qkv():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3, 6, 4)), rng.standard_normal((2, 3, 6, 4))
+
+
+def test_attention_without_mask(qkv):
+    q, k, v = qkv
+    got = F.scaled_dot_product_attention(*map(tt.tensor, qkv))
+    np.testing.assert_allclose(got.numpy(), np_attention(q, k, v), rtol=1e-12)
+    got = F.scaled_dot_product_attention(*map(tt.tensor, qkv), scale=0.7)
+    np.testing.assert_allclose(got.numpy(), np_attention(q, k, v, scale=0.7), rtol=1e-12)
+
+
+def test_attention_causal(qkv):
+    q, k, v = qkv
+    causal = np.tril(np.ones((5, 6), dtype=bool))
+    got = F.scaled_dot_product_attention(*map(tt.tensor, qkv), is_causal=True)
+    np.testing.assert_allclose(got.numpy(), np_attention(q, k, v, causal), rtol=1e-12)
+    np.testing.assert_allclose(got.numpy()[:, :, 0], v[:, :, 0], rtol=1e-12)    # the first query sees key 0 only
+
+
+def test_attention_masks(qkv):
+    q, k, v = qkv
+    rng = np.random.default_rng(1)
+    mask = rng.random((5, 6)) > 0.4
+    mask[:, 0] = True
+    got = F.scaled_dot_product_attention(*map(tt.tensor, qkv), attn_mask=tt.tensor(mask))
+    np.testing.assert_allclose(got.numpy(), np_attention(q, k, v, mask), rtol=1e-12)
+    bias = rng.standard_normal((1, 3, 5, 6))
+    got = F.scaled_dot_product_attention(*map(tt.tensor, qkv), attn_mask=tt.tensor(bias))
+    np.testing.assert_allclose(got.numpy(), np_attention(q, k, v, bias), rtol=1e-12)
+    both = F.scaled_dot_product_attention(*map(tt.tensor, qkv), attn_mask=tt.tensor(mask), is_causal=True)
+    np.testing.assert_allclose(both.numpy(), np_attention(q, k, v, mask & np.tril(np.ones((5, 6), bool))),
+                               rtol=1e-12)
+
+
+def test_attention_float32_and_gradients():
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((1, 2, 3, 4)) for _ in range(3))
+    out = F.scaled_dot_product_attention(*(tt.tensor(a, dtype=tt.float32) for a in (q, k, v)), is_causal=True)
+    assert out.dtype is tt.float32
+    np.testing.assert_allclose(out.numpy(), np_attention(q, k, v, np.tril(np.ones((3, 3), bool))), rtol=1e-5,
+                               atol=1e-6)
+    check_grads(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True), q, k, v)
+
+
+def test_attention_dropout_uses_the_generator(qkv):
+    tensors = [tt.tensor(a) for a in qkv]
+    tt.manual_seed(7)
+    a = F.scaled_dot_product_attention(*tensors, dropout_p=0.5)
+    tt.manual_seed(7)
+    b = F.scaled_dot_product_attention(*tensors, dropout_p=0.5)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.allclose(a.numpy(), np_attention(*qkv))

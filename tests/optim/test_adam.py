@@ -1,0 +1,137 @@
+"""Adam / AdamW against PyTorch's update rule written in numpy float64."""
+import numpy as np
+import pytest
+
+import tracetorch as tt
+from tracetorch.optim import Adam, AdamW
+
+
+def adam_reference(p, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                   maximize=False, decoupled=False):
+    """`betas` may be one pair or a list of pairs, one per step."""
+    per_step = betas if isinstance(betas, list) else [betas] * len(grads)
+    p = p.copy()
+    m, v, v_max = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    for t, (g, (b1, b2)) in enumerate(zip(grads, per_step), 1):
+        g = -g if maximize else g
+        if decoupled:
+            p = p * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        v_max = np.maximum(v_max, v)
+        step_size = lr / (1 - b1 ** t)
+        denom = np.sqrt(v_max if amsgrad else v) / np.sqrt(1 - b2 ** t) + eps
+        p = p - step_size * m / denom
+    return p
+
+
+def grads_and_start(seed=0, shape=(4, 3), steps=6):
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(shape)
+    # varying scales so that the amsgrad maximum actually switches branches
+    grads = [rng.standard_normal(shape) * (3.0 if t % 3 == 0 else 0.3) for t in range(steps)]
+    return p0, grads
+
+
+def run(cls, p0, grads, **kwargs):
+    p = tt.tensor(p0, requires_grad=True)
+    opt = cls([p], **kwargs)
+    for g in grads:
+        p.grad = tt.tensor(g)
+        opt.step()
+    return p, opt
+
+
+ADAM_CONFIGS = [
+    dict(lr=0.01),
+    dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6),
+    dict(lr=0.02, weight_decay=0.1),
+    dict(lr=0.02, amsgrad=True),
+    dict(lr=0.01, amsgrad=True, maximize=True, weight_decay=0.05),
+]
+
+
+@pytest.mark.parametrize("config", ADAM_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_adam_matches_reference_float64(config):
+    p0, grads = grads_and_start()
+    p, _ = run(Adam, p0, grads, **config)
+    np.testing.assert_allclose(p.detach().numpy(), adam_reference(p0, grads, **config), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("config", [dict(lr=0.02), dict(lr=0.02, weight_decay=0.3, amsgrad=True),
+                                    dict(lr=0.01, betas=(0.5, 0.9), maximize=True)])
+def test_adamw_matches_reference_float64(config):
+    p0, grads = grads_and_start(seed=1)
+    p, opt = run(AdamW, p0, grads, **config)
+    ref = adam_reference(p0, grads, decoupled=True, **{"weight_decay": 0.01, **config})
+    np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-12, atol=1e-14)
+    assert opt.param_groups[0]["decoupled_weight_decay"] is True
+
+
+def test_adamw_default_weight_decay_and_adam_default():
+    p = tt.zeros(2, requires_grad=True)
+    assert AdamW([p]).param_groups[0]["weight_decay"] == 0.01
+    group = Adam([p]).param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
+
+
+def test_state_layout_matches_pytorch():
+    p0, grads = grads_and_start(steps=3)
+    p, opt = run(Adam, p0, grads, lr=0.01, amsgrad=True)
+    state = opt.state[p]
+    assert set(state) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert state["step"].shape == () and state["step"].dtype is tt.float32 and state["step"].item() == 3.0
+    m = np.zeros_like(p0)
+    for g in grads:
+        m = 0.9 * m + 0.1 * g
+    np.testing.assert_allclose(state["exp_avg"].numpy(), m, rtol=1e-12)
+
+
+def test_float32_params_stay_float32():
+    p0, grads = grads_and_start(seed=2)
+    p, opt = run(Adam, p0.astype(np.float32), [g.astype(np.float32) for g in grads], lr=0.01, weight_decay=0.1)
+    assert p.dtype is tt.float32
+    assert all(v.dtype is tt.float32 for v in opt.state[p].values())
+    np.testing.assert_allclose(p.detach().numpy(), adam_reference(p0.astype(np.float32).astype(np.float64),
+                               [g.astype(np.float32).astype(np.float64) for g in grads], lr=0.01,
+                               weight_decay=0.1), rtol=1e-5, atol=1e-6)
+
+
+def test_betas_assignment_fills_both_tensors():
+    p0, grads = grads_and_start(steps=4)
+    p, opt = run(Adam, p0, grads[:2], lr=0.01)
+    group = opt.param_groups[0]
+    b1, b2 = group.tensors["betas"]
+    group["betas"] = (0.5, 0.75)
+    assert group.tensors["betas"][0] is b1 and group.tensors["betas"][1] is b2
+    assert (b1.item(), b2.item()) == (0.5, 0.75) and group["betas"] == (0.5, 0.75)
+    for g in grads[2:]:
+        p.grad = tt.tensor(g)
+        opt.step()
+    ref = adam_reference(p0, grads, lr=0.01, betas=[(0.9, 0.999)] * 2 + [(0.5, 0.75)] * 2)
+    np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=-0.1), "Invalid learning rate"),
+    (dict(eps=-1.0), "Invalid epsilon"),
+    (dict(betas=(1.0, 0.9)), "index 0"),
+    (dict(betas=(0.9, -0.1)), "index 1"),
+    (dict(weight_decay=-0.1), "Invalid weight_decay"),
+])
+def test_invalid_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Adam([tt.zeros(2, requires_grad=True)], **kwargs)
+
+
+def test_converges_on_a_quadratic():
+    target = tt.tensor([3.0, -1.0])
+    p = tt.zeros(2, requires_grad=True)
+    opt = Adam([p], lr=0.1)
+    for _ in range(300):
+        opt.zero_grad()
+        ((p - target) ** 2).sum().backward()
+        opt.step()
+    np.testing.assert_allclose(p.detach().numpy(), target.numpy(), atol=1e-2)

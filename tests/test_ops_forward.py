@@ -1,0 +1,215 @@
+"""Forward results and shape/dtype inference of every registered op and of the public
+composites, against numpy references, over shapes, layouts and dtypes (samples: op_samples.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tracetorch as tt
+from op_samples import (LAYOUTS, PUBLIC_SAMPLES, SAMPLES, as_tuple, assert_close, op_samples, public_samples,
+                        to_tensor)
+from tracetorch.dtypes import round_bfloat16
+from tracetorch.ops import REGISTRY, Aval
+
+PRIMITIVE_CASES = [(name, dt) for name, info in SAMPLES.items() for dt in info.dtypes]
+PUBLIC_CASES = [(name, dt) for name, info in PUBLIC_SAMPLES.items() for dt in info.dtypes]
+
+
+def _case_id(case):
+    return getattr(case, "name", str(case))
+
+
+def test_every_registered_op_has_samples():
+    missing = sorted(set(REGISTRY) - set(SAMPLES))
+    unknown = sorted(set(SAMPLES) - set(REGISTRY))
+    assert not missing, f"ops without samples in tests/op_samples.py: {missing}"
+    assert not unknown, f"samples for ops that are not registered: {unknown}"
+
+
+def _layouts(sample):
+    """Non-contiguous layouts only where some input has a dim to lay out."""
+    if any(isinstance(v, np.ndarray) and v.ndim for v in sample.inputs):
+        return LAYOUTS
+    return LAYOUTS[:1]
+
+
+def _check_forward(sample, what):
+    expected = sample.expected()
+    for layout in _layouts(sample):
+        tensors = sample.tensors(layout)
+        out = sample.fn(*tensors, **sample.attrs)
+        assert_close(out, expected, sample.result_dtype(), f"{what} [{layout}]")
+        for t, v in zip(tensors, sample.inputs):
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(t.numpy(), v, err_msg=f"{what} [{layout}] changed an input")
+
+
+@pytest.mark.parametrize("name,dtype", PRIMITIVE_CASES, ids=_case_id)
+def test_primitive_forward(name, dtype, rng):
+    samples = op_samples(name, dtype, rng)
+    assert samples, f"{name}: no samples for {dtype.name}"
+    for s in samples:
+        _check_forward(s, f"{name}[{dtype.name}] {s.desc}")
+
+
+def _aval(x):
+    return Aval(tuple(x.shape), x.dtype) if isinstance(x, tt.Tensor) else x
+
+
+@pytest.mark.parametrize("name,dtype", PRIMITIVE_CASES, ids=_case_id)
+def test_primitive_infer_matches_eager(name, dtype, rng):
+    """op.infer on abstract values predicts the eager result exactly (what the IR verifier relies on)."""
+    op = REGISTRY[name]
+    for s in op_samples(name, dtype, rng):
+        out = s.run()
+        inferred = op.infer(*[_aval(x) for x in s.tensors()], **s.attrs)
+        what = f"{name}[{dtype.name}] {s.desc}"
+        assert type(inferred.shape) is tuple and all(type(d) is int for d in inferred.shape), \
+            f"{what}: infer gave shape {inferred.shape!r}, expected a tuple of ints"
+        assert inferred.shape == tuple(out.shape), f"{what}: infer gave shape {inferred.shape}, eager {out.shape}"
+        assert inferred.dtype is out.dtype, f"{what}: infer gave {inferred.dtype}, eager {out.dtype}"
+
+
+@pytest.mark.parametrize("name,dtype", PUBLIC_CASES, ids=_case_id)
+def test_public_forward(name, dtype, rng):
+    samples = public_samples(name, dtype, rng)
+    assert samples, f"{name}: no samples for {dtype.name}"
+    for s in samples:
+        _check_forward(s, f"{name}[{dtype.name}] {s.desc}")
+
+
+def test_layouts_are_really_non_contiguous():
+    a = np.arange(12.0).reshape(3, 4)
+    for layout in LAYOUTS[1:]:
+        t = to_tensor(a, tt.float64, layout)
+        assert not t.is_contiguous(), layout
+        np.testing.assert_array_equal(t.numpy(), a)
+
+
+def test_bfloat16_results_are_representable(rng):
+    """Every bfloat16 result holds bfloat16 values (rounded after each op), not raw float32."""
+    for name, info in SAMPLES.items():
+        if tt.bfloat16 not in info.dtypes:
+            continue
+        for s in op_samples(name, tt.bfloat16, rng):
+            for out in as_tuple(s.run()):
+                if out.dtype is tt.bfloat16:
+                    data = out.numpy()
+                    np.testing.assert_array_equal(round_bfloat16(data), data, err_msg=f"{name} {s.desc}")
+
+
+# ---------------------------------------------------------------- regressions and semantics
+def test_round_bfloat16_ties_to_even():
+    one_ulp = 2.0 ** -7
+    x = np.array([1 + one_ulp / 2, 1 + 3 * one_ulp / 2, -(1 + one_ulp / 2), np.inf, 3.4e38, np.nan], np.float32)
+    got = round_bfloat16(x)
+    np.testing.assert_array_equal(got[:5], [1.0, 1 + 2 * one_ulp, -1.0, np.inf, np.inf])
+    assert np.isnan(got[5])
+
+
+# (a dtype, a shape, b: dtype and shape or a Python scalar, result) -- results checked against PyTorch 2.x.
+PROMOTIONS = [
+    ("int32", (2,), ("int64", ()), "int32"),
+    ("int32", (2,), ("int64", (2,)), "int64"),
+    ("bool", (2,), 1, "int64"),
+    ("int32", (2,), 1.5, "float32"),
+    ("uint8", (2,), ("int8", (2,)), "int16"),
+    ("float32", (2,), ("float64", ()), "float32"),
+    ("int32", (2,), ("float64", ()), "float64"),
+    ("uint8", (2,), ("int64", ()), "uint8"),
+    ("float16", (2,), ("bfloat16", (2,)), "float32"),
+    ("bool", (2,), ("bool", ()), "bool"),
+    ("int32", (), ("float64", ()), "float64"),
+    ("float16", (2,), 2.5, "float16"),
+    ("bfloat16", (2,), 1, "bfloat16"),
+    ("int64", (2,), True, "int64"),
+]
+
+
+@pytest.mark.parametrize("a_dtype,a_shape,b,want", PROMOTIONS)
+def test_binary_promotion(a_dtype, a_shape, b, want):
+    a = tt.ones(a_shape, dtype=getattr(tt, a_dtype))
+    if isinstance(b, tuple):
+        b = tt.ones(b[1], dtype=getattr(tt, b[0]))
+    assert (a + b).dtype is getattr(tt, want)
+    assert (b + a).dtype is getattr(tt, want)
+
+
+def test_result_type_of_python_scalars_only_is_the_default_dtype():
+    assert tt.dtypes.result_type(1.0, 2) is tt.get_default_dtype()
+    assert tt.dtypes.result_type(1, 2) is tt.int64
+    assert tt.dtypes.result_type(True, False) is tt.bool
+
+
+def test_einsum_is_still_callable_after_first_use():
+    """Loading the submodule tracetorch.einsum must not replace the function tt.einsum."""
+    x = tt.ones(2, 3)
+    tt.einsum("ij->j", x)
+    assert callable(tt.einsum)
+    np.testing.assert_array_equal(tt.einsum("ij->j", x).numpy(), [2.0, 2.0, 2.0])
+
+
+def test_rand_low_precision_never_reaches_one():
+    """Uniform draws keep only as many random bits as the dtype holds (as torch does), so no 1.0."""
+    for dt in (tt.float16, tt.bfloat16):
+        x = tt.rand(20000, dtype=dt, generator=tt.Generator().manual_seed(3))
+        assert x.dtype is dt and float(x.max()) < 1.0 and float(x.min()) >= 0.0
+
+
+def test_rand_offsets_address_one_stream():
+    seed, offset = np.array(9, np.int64), np.array(0, np.int64)
+    rand = REGISTRY["rand"]
+    whole = tt.ops.apply(rand, tt.tensor(seed), tt.tensor(offset), shape=(10,), dtype=tt.float64, normal=False)
+    tail = tt.ops.apply(rand, tt.tensor(seed), tt.tensor(np.array(4, np.int64)), shape=(6,), dtype=tt.float64,
+                        normal=False)
+    np.testing.assert_array_equal(whole.numpy()[4:], tail.numpy())
+
+
+def test_clone_does_not_share_storage():
+    x = tt.arange(6.0)
+    y = tt.ops.apply(REGISTRY["clone"], x[::2])
+    assert y.is_contiguous() and not np.shares_memory(y.numpy(), x.numpy())
+
+
+def test_reductions_of_0d_tensors_accept_dim_0_and_minus_1():
+    x = tt.tensor(2.5)
+    for fn in (tt.sum, tt.mean, tt.amax, tt.prod, tt.logsumexp):
+        for d in (0, -1):
+            assert fn(x, d).shape == () and fn(x, d, keepdim=True).shape == ()
+    assert tt.sum(tt.tensor(True), 0).dtype is tt.int64
+    assert tt.argmax(x, 0).item() == 0 and tt.cumsum(x, -1).item() == 2.5
+    with pytest.raises(IndexError):
+        tt.sum(x, 1)
+
+
+def test_sum_of_bool_and_int_accumulates_in_int64():
+    assert tt.sum(tt.ones(3, dtype=tt.bool)).dtype is tt.int64
+    assert tt.sum(tt.ones(3, dtype=tt.int32), 0).dtype is tt.int64
+    big = tt.full((4,), 2 ** 30, dtype=tt.int32)
+    assert tt.sum(big).item() == 2 ** 32
+
+
+def test_cat_skips_legacy_empty_and_keeps_2d_empty_shape_checks():
+    x = tt.ones(2, 3)
+    assert tt.cat([tt.ones(0), x, tt.ones(0)]).shape == (2, 3)
+    assert tt.cat([tt.ones(0, 3), x]).shape == (2, 3)
+    with pytest.raises(RuntimeError):
+        tt.cat([tt.ones(0, 2), x])
+
+
+def test_index_rejects_out_of_range_including_negative():
+    x = tt.arange(5.0)
+    assert x[tt.tensor([-5, -1])].tolist() == [0.0, 4.0]
+    for bad in ([5], [-6]):
+        with pytest.raises(IndexError):
+            x[tt.tensor(bad)]
+
+
+def test_float16_ops_compute_in_float32_and_round_once():
+    """As PyTorch's half "opmath": no overflow of a Python scalar, no float16 accumulation."""
+    x = np.random.default_rng(0).random(100_000).astype(np.float16)
+    t = tt.tensor(x)
+    total = np.float16(x.astype(np.float32).sum())
+    assert t.dtype is tt.float16 and t.cumsum(0)[-1].item() == total and t.sum().item() == total
+    np.testing.assert_allclose(t.mean().item(), x.astype(np.float64).mean(), rtol=1e-3)
+    np.testing.assert_allclose((t[:3] / 1e5).numpy(), (x[:3] / np.float32(1e5)).astype(np.float16))

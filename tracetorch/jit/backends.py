@@ -1,0 +1,42 @@
+"""Backends: the small protocol that turns an optimized graph into something runnable.
+
+    backend.name: str
+    backend.compile(graph: Graph) -> executable
+    executable(inputs: list[np.ndarray]) -> list[np.ndarray]
+
+`inputs` follow `graph.inputs`; the result follows `graph.results()` (the
+outputs, then each write-back's new value). A backend must not write into
+its inputs; the program copies any result that aliases an input, so results
+may be views. Optional attributes of an executable: `kernels` (launches per
+call, for `.stats()`), `explain()` (text for `.explain()`: fusion groups,
+kernels, memory plan), `dump(directory, stem)` (for TRACETORCH_DUMP).
+
+`register_backend("llvm", backend)` plugs a new one in; "auto" picks the
+first available name in `AUTO_ORDER` (the LLVM backend will put itself first).
+"""
+from __future__ import annotations
+
+from . import interp
+
+BACKENDS: dict = {"interp": interp.BACKEND}
+AUTO_ORDER: list = ["interp"]
+
+
+def register_backend(name: str, backend, *, prefer: bool = False) -> None:
+    BACKENDS[name] = backend
+    if prefer and name not in AUTO_ORDER:
+        AUTO_ORDER.insert(0, name)
+
+
+def resolve(name: str):
+    if name == "auto":
+        for n in AUTO_ORDER:
+            if n in BACKENDS:
+                return BACKENDS[n]
+    if not isinstance(name, str):
+        return name            # a backend object passed directly
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"tt.compile: backend {name!r} is not available (available: "
+                         f"{', '.join(sorted(BACKENDS))}, or 'auto')") from None

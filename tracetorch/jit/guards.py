@@ -1,0 +1,246 @@
+"""Guards: the facts a trace assumed, checked before its program may run.
+
+Static guards are checked before a run, from the call's arguments and the
+program state: the argument structure and Python constants (`SpecGuard`),
+every input tensor's shape, dtype, device and requires_grad, and that a
+captured tensor is still alive (`TensorGuard`), whether a parameter has a
+`.grad` (`GradGuard`), the `training` flag, Python attributes and tensor
+identities of every reachable Module and the flags and state of every
+reachable Optimizer (`ObjectGuard`), Python constants in closures and
+globals (`ConstantGuard`), grad mode and the default dtype (`GlobalGuard`).
+
+Value guards (`tracer.ValueGuardSpec`) are facts about computed values (the
+branch a `bool(t)` took); they are program outputs, checked after a run and
+before anything is committed (see program.py).
+
+Each guard has a `subject` (what it is about: counted in `.stats()` and named
+in the cache-limit warning), `describe()` (what it expects) and
+`actual(leaves)` (what a failing call had).
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import dtypes as D
+from ..ops.dispatch import STATE
+from .reach import Reach, is_constant
+
+
+class Guard:
+    subject = "?"
+
+    def check(self, leaves) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.subject
+
+    def actual(self, leaves) -> str:
+        return "different"
+
+
+@dataclass(frozen=True, eq=False)
+class SpecGuard(Guard):
+    spec: tuple
+    where: str = ""
+
+    subject = "argument structure / Python constants"
+
+    def check(self, call) -> bool:
+        return call.spec == self.spec
+
+    def describe(self) -> str:
+        return f"arguments have the traced structure and Python constant values ({_short(self.spec)})"
+
+    def actual(self, call) -> str:
+        return _short(call.spec)
+
+
+@dataclass(frozen=True, eq=False)
+class TensorGuard(Guard):
+    source: object
+    shape: tuple
+    dtype: object
+    requires_grad: bool
+
+    @property
+    def subject(self) -> str:
+        return f"shape/dtype/requires_grad of {self.source.describe()}"
+
+    def check(self, call) -> bool:
+        t = self.source.tensor(call.leaves)
+        return (t is not None and t._data.shape == self.shape and t._dtype is self.dtype
+                and t.requires_grad == self.requires_grad)
+
+    def describe(self) -> str:
+        return (f"{self.source.describe()}: shape {self.shape}, {self.dtype.name}, cpu, "
+                f"requires_grad={self.requires_grad}")
+
+    def actual(self, call) -> str:
+        t = self.source.tensor(call.leaves)
+        if t is None:
+            return "gone (the tensor was freed, or the .grad is None)"
+        return f"shape {tuple(t._data.shape)}, {t._dtype.name}, requires_grad={t.requires_grad}"
+
+
+@dataclass(frozen=True, eq=False)
+class GradGuard(Guard):
+    param: weakref.ref
+    name: str
+    present: bool
+
+    @property
+    def subject(self) -> str:
+        return f"{self.name}.grad is {'set' if self.present else 'None'}"
+
+    def check(self, call) -> bool:
+        p = self.param()
+        return p is not None and (p._grad is not None) == self.present
+
+    def describe(self) -> str:
+        return f"{self.name}.grad is {'not None' if self.present else 'None'}"
+
+    def actual(self, call) -> str:
+        p = self.param()
+        return "parameter freed" if p is None else ("not None" if p._grad is not None else "None")
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectGuard(Guard):
+    """A Module's or Optimizer's Python-visible state, by snapshot."""
+    ref: weakref.ref
+    name: str
+    snapshot: Callable
+    expected: tuple
+
+    @property
+    def subject(self) -> str:
+        return f"state of {self.name}"
+
+    def check(self, call) -> bool:
+        obj = self.ref()
+        return obj is not None and self.snapshot(obj) == self.expected
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.snapshot.__doc__.strip()} as traced ({_short(self.expected)})"
+
+    def actual(self, call) -> str:
+        obj = self.ref()
+        return "freed" if obj is None else _short(_diff(self.expected, self.snapshot(obj)))
+
+
+@dataclass(frozen=True, eq=False)
+class ConstantGuard(Guard):
+    name: str
+    read: Callable
+    expected: object
+
+    @property
+    def subject(self) -> str:
+        return self.name
+
+    def check(self, call) -> bool:
+        return self.read() == self.expected
+
+    def describe(self) -> str:
+        return f"{self.name} == {self.expected!r}"
+
+    def actual(self, call) -> str:
+        return repr(self.read())
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalGuard(Guard):
+    subject: str
+    read: Callable
+    expected: object
+
+    def check(self, call) -> bool:
+        return self.read() == self.expected
+
+    def describe(self) -> str:
+        return f"{self.subject} == {self.expected!r}"
+
+    def actual(self, call) -> str:
+        return repr(self.read())
+
+
+def first_failure(guards, call):
+    for g in guards:
+        if not g.check(call):
+            return g
+    return None
+
+
+# ---------------------------------------------------------------- snapshots, as data
+def module_snapshot(keys):
+    def snapshot(m):
+        """training flag, Python attributes, parameter/buffer/submodule identities"""
+        d = m.__dict__
+        return (tuple(map(d.get, keys)), tuple(map(id, d["_parameters"].values())),
+                tuple(map(id, d["_buffers"].values())), tuple(map(id, d["_modules"].values())))
+    return snapshot
+
+
+def _module_keys(m) -> tuple:
+    return tuple(sorted(k for k, v in vars(m).items() if (k == "training" or not k.startswith("_"))
+                        and is_constant(v)))
+
+
+def optimizer_snapshot(opt):
+    """flags, parameter and hyperparameter identities, and which state tensors each parameter has"""
+    state = opt.state
+    groups = []
+    for group in opt.param_groups:
+        params = dict.__getitem__(group, "params")
+        tensors = getattr(group, "tensors", {})
+        flags = tuple((k, v) for k, v in dict.items(group) if k != "params" and k not in tensors and is_constant(v))
+        hyper = tuple((k, id(v)) for k, v in tensors.items())
+        st = tuple(_state_signature(state.get(p)) for p in params)
+        groups.append((tuple(map(id, params)), flags, hyper, st))
+    return tuple(groups)
+
+
+def _state_signature(s):
+    if not s:
+        return None
+    return tuple((k, id(v) if not is_constant(v) else v) for k, v in s.items())
+
+
+def state_guards(reach: Reach) -> list:
+    """Guards on the reachable modules, optimizers and Python constants, as they are now."""
+    guards: list = []
+    for name, m in reach.modules:
+        snap = module_snapshot(_module_keys(m))
+        guards.append(ObjectGuard(weakref.ref(m), name, snap, snap(m)))
+    for name, opt in reach.optimizers:
+        guards.append(ObjectGuard(weakref.ref(opt), name, optimizer_snapshot, optimizer_snapshot(opt)))
+    for name, read, value in reach.constants:
+        guards.append(ConstantGuard(name, read, value))
+    return guards
+
+
+def global_guards() -> list:
+    return [GlobalGuard("grad mode enabled", _grad_enabled, STATE.grad_enabled),
+            GlobalGuard("default dtype", D.get_default_dtype, D.get_default_dtype())]
+
+
+def _grad_enabled():
+    return STATE.grad_enabled
+
+
+# ---------------------------------------------------------------- messages
+def _short(x, limit: int = 160) -> str:
+    s = x if isinstance(x, str) else repr(x)
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+def _diff(expected, got):
+    """The first differing part of two nested snapshots (for readable failure messages)."""
+    if isinstance(expected, tuple) and isinstance(got, tuple) and len(expected) == len(got):
+        for a, b in zip(expected, got):
+            if a != b:
+                return _diff(a, b)
+    return f"expected {expected!r}, got {got!r}"
