@@ -120,8 +120,12 @@ def _header(data: dict) -> str:
             f"({m['usable_cpus']} usable), {m['platform']}, Python {m['python']}; {libs}; BLAS {m['blas'] or 'n/a'}.",
             f"Copy bandwidth ({copy['system']}, {copy['elements']} float32, read + write): "
             f"**{copy['gb_per_s']:.1f} GB/s**.", "",
-            "Times are medians per call after warm-up; speedups are ratios of times of this run "
-            "(x > 1: tracetorch is faster)."]
+            "Times are medians per call after warm-up, the systems of a workload sampled in turn; speedups "
+            "are ratios of times of this run (x > 1: tracetorch is faster)."]
+    load, cpus = data.get("load_average_at_start"), m["usable_cpus"] or 1
+    if load is not None and load >= 0.5 * cpus:
+        text.append(f"**Other processes were running** (load average {load:.1f} on {cpus} CPUs at the start): "
+                    "absolute times are unreliable; the ratios, sampled round-robin, less so.")
     if data["quick"]:
         text.append("Quick run: small sizes, short timings; use a full run (`make bench`) for figures.")
     return "\n".join(text) + "\n"

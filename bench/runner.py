@@ -377,6 +377,7 @@ def run_suite(options: Options, systems: Systems | None = None, log: Callable[[s
     from . import workloads
     from .machine import copy_bandwidth, describe_machine
     started = time.time()
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     systems = systems or discover_systems(options)
     cases = [c for c in workloads.build_cases(options.quick, options.device) if options.selects(c.name)]
     run_c1 = options.selects("C1")
@@ -385,7 +386,8 @@ def run_suite(options: Options, systems: Systems | None = None, log: Callable[[s
     copy = copy_bandwidth(options.device, elements=1 << (24 if options.quick else 26))
     log(f"copy bandwidth ({copy['system']}, {copy['elements']} float32): {copy['gb_per_s']:.1f} GB/s")
     data = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
-            "quick": options.quick, "device": options.device, "machine": describe_machine(), "copy": copy,
+            "quick": options.quick, "device": options.device, "machine": describe_machine(),
+            "load_average_at_start": load_at_start, "copy": copy,
             "systems": systems.names(), "availability": systems.describe(), "cases": [], "compile_times": []}
     for i, case in enumerate(cases, 1):
         log(f"[{i}/{len(cases)}] {case.name} ...")

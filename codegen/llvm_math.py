@@ -7,8 +7,9 @@ polynomial, Cephes-style coefficients), defined once per module as internal
 `alwaysinline` functions: inlined into a loop, they vectorize like any other
 arithmetic. Accuracy: within a few ulp of float32 over the whole range,
 including inf, NaN, zeros and denormals (tests/codegen measure it).
-sin/cos reduce the argument in float64 (exact for |x| < 2**29, gracefully
-worse beyond) and evaluate the polynomial in float64.
+sin/cos reduce the argument exactly for every float32 (a Payne-Hanek style
+table of 2/pi with exact float64 products) and evaluate the polynomial in
+float64.
 
 float64 uses libm (`exp`, `log`, `tanh`, ...): full precision, not vectorized.
 """
@@ -232,45 +233,89 @@ def _tanh(f: _Float, x):
 
 
 def _sigmoid(f: _Float, x):
+    """1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) below: no overflow, no lost tail."""
+    b = f.b
+    neg_abs = b.fneg(f.abs(x))
     if isinstance(f.ty, ir.DoubleType):
-        e = f.b.call(intrinsic(f.b.module, "exp", F64, [F64]), [f.b.fneg(x)])
+        t = b.call(intrinsic(b.module, "exp", F64, [F64]), [neg_abs])
     else:
-        e = _call(f, "exp", f.b.fneg(x))
-    return f.div(1.0, f.add(e, 1.0))
+        t = _call(f, "exp", neg_abs)
+    r = f.div(1.0, f.add(t, 1.0))
+    return f.select(f.cmp("<", x, 0.0), f.mul(t, r), r)
 
 
-def _pio2_parts() -> tuple[float, float, float]:
-    """pi/2 as float32-exact hi + float32-exact mid + double lo (Cody-Waite in double)."""
-    import numpy as np
-    getcontext().prec = 60
-    pio2 = Decimal("1.57079632679489661923132169163975144209858469968755291048747")
-    hi = float(np.float32(float(pio2)))
-    mid = float(np.float32(float(pio2 - Decimal(hi))))
-    lo = float(pio2 - Decimal(hi) - Decimal(mid))
-    return hi, mid, lo
+PI = Decimal("3.14159265358979323846264338327950288419716939937510"
+              "58209749445923078164062862089986280348253421170679")
+CHUNKS = 8   # 24-bit chunks of 2/pi: enough for every float32 exponent (k0 <= 4, 4 chunks from k0)
 
 
-_PIO2 = _pio2_parts()
+def _two_over_pi_chunks() -> list[float]:
+    """Bits 24k+1 .. 24k+24 after the binary point of 2/pi, as exact doubles (k = 0 .. CHUNKS-1)."""
+    getcontext().prec = 100
+    bits = int(Decimal(2) / PI * (Decimal(2) ** (24 * CHUNKS)))
+    return [float((bits >> (24 * (CHUNKS - 1 - k))) & 0xFFFFFF) for k in range(CHUNKS)]
+
+
+def _chunk_table(module: ir.Module) -> ir.GlobalVariable:
+    name = "tt.two_over_pi"
+    table = module.globals.get(name)
+    if table is None:
+        ty = ir.ArrayType(F64, CHUNKS)
+        table = ir.GlobalVariable(module, ty, name=name)
+        table.initializer = ir.Constant(ty, _two_over_pi_chunks())
+        table.global_constant = True
+        table.linkage = "internal"
+    return table
 
 
 def _sincos(f: _Float, x, want_sin: bool):
+    """sin/cos of float32 with an exact argument reduction for every finite x (Payne-Hanek style).
+
+    |x| = M * 2^e with a 24-bit integer M. x * 2/pi mod 4 is a sum of M * (24-bit chunk of 2/pi)
+    scaled by powers of two: each product is exact in float64. Chunks whose product is a multiple
+    of 4 are skipped (k0 depends on e); the next two products are reduced mod 4 exactly, and four
+    chunks from k0 leave an error below 2^-47 quarter turns.
+    """
     b = f.b
     d = _Float(b, F64)
-    xd = b.fpext(x, F64)
-    j = d.rint(d.mul(xd, 0.63661977236758134308))
-    r = d.sub(d.sub(d.sub(xd, d.mul(j, _PIO2[0])), d.mul(j, _PIO2[1])), d.mul(j, _PIO2[2]))
-    quarter = d.sub(j, d.mul(d.floor(d.mul(j, 0.25)), 4.0))                    # j mod 4, exact
-    q = b.call(intrinsic(b.module, "llvm.fptosi.sat.i32.f64", I32, [F64]), [quarter])
+    i32 = lambda v: ir.Constant(I32, v)
+    bits = b.and_(f.bits(x), i32(0x7FFFFFFF))
+    biased = b.lshr(bits, i32(23))
+    denormal = b.icmp_unsigned("==", biased, i32(0))
+    mant = b.and_(bits, i32(0x7FFFFF))
+    m = b.select(denormal, mant, b.or_(mant, i32(0x800000)))
+    e = b.sub(b.select(denormal, i32(1), biased), i32(150))                  # |x| = m * 2^e
+    k0 = b.select(b.icmp_signed("<", e, i32(2)), i32(0), b.sdiv(b.sub(e, i32(2)), i32(24)))
+    md = b.sitofp(m, F64)
+    table = _chunk_table(b.module)
+    terms = []
+    for i in range(4):
+        k = b.add(k0, i32(i))
+        chunk = b.load(b.gep(table, [ir.Constant(I32, 0), k], inbounds=True, source_etype=table.value_type),
+                       typ=F64)
+        shift = b.sub(e, b.mul(b.add(k, i32(1)), i32(24)))                   # in [-245, 1]: a normal double
+        scale = b.bitcast(b.shl(b.zext(b.add(shift, i32(1023)), I64), ir.Constant(I64, 52)), F64)
+        terms.append(d.mul(d.mul(md, chunk), scale))
+    mod4 = lambda t: d.sub(t, d.mul(d.floor(d.mul(t, 0.25)), 4.0))         # exact
+    head = mod4(d.add(mod4(terms[0]), mod4(terms[1])))   # the sum has <= 49 significant bits: exact
+    j = d.rint(d.add(head, terms[2]))
+    frac = d.add(d.add(d.sub(head, j), terms[2]), terms[3])                 # about [-0.5, 0.5]
+    r = d.mul(frac, 1.5707963267948966)
+    q = b.and_(b.call(intrinsic(b.module, "llvm.fptosi.sat.i32.f64", I32, [F64]), [j]), i32(3))
     r2 = d.mul(r, r)
     s = d.fma(d.mul(r, r2), d.poly(r2, [1 / 362880, -1 / 5040, 1 / 120, -1 / 6]), r)
     c = d.fma(r2, d.poly(r2, [-1 / 3628800, 1 / 40320, -1 / 720, 1 / 24, -1 / 2]), 1.0)
-    odd = b.icmp_unsigned("!=", b.and_(q, ir.Constant(I32, 1)), ir.Constant(I32, 0))
+    odd = b.icmp_unsigned("!=", b.and_(q, i32(1)), i32(0))
     if want_sin:
-        v, flip = b.select(odd, c, s), b.and_(q, ir.Constant(I32, 2))
+        v, flip = b.select(odd, c, s), b.and_(q, i32(2))
     else:
-        v, flip = b.select(odd, s, c), b.and_(b.add(q, ir.Constant(I32, 1)), ir.Constant(I32, 2))
-    v = b.select(b.icmp_unsigned("!=", flip, ir.Constant(I32, 0)), b.fneg(v), v)
-    return b.fptrunc(v, F32)
+        v, flip = b.select(odd, s, c), b.and_(b.add(q, i32(1)), i32(2))
+    v = b.select(b.icmp_unsigned("!=", flip, i32(0)), b.fneg(v), v)
+    out = b.fptrunc(v, F32)
+    if want_sin:
+        negative = b.icmp_signed("<", f.bits(x), i32(0))                     # sin(-x) = -sin(x), also for -0
+        out = b.select(negative, b.fneg(out), out)
+    return f.select(b.icmp_unsigned(">=", biased, i32(255)), NAN, out)
 
 
 _FLOAT32 = {

@@ -8,7 +8,7 @@ import pytest
 import tracetorch as tt
 from op_samples import (LAYOUTS, PUBLIC_SAMPLES, SAMPLES, as_tuple, assert_close, op_samples, public_samples,
                         to_tensor)
-from tracetorch.dtypes import round_bfloat16
+from tracetorch.dtypes import ALL_DTYPES, round_bfloat16
 from tracetorch.ops import REGISTRY, Aval
 
 PRIMITIVE_CASES = [(name, dt) for name, info in SAMPLES.items() for dt in info.dtypes]
@@ -68,6 +68,35 @@ def test_primitive_infer_matches_eager(name, dtype, rng):
             f"{what}: infer gave shape {inferred.shape!r}, expected a tuple of ints"
         assert inferred.shape == tuple(out.shape), f"{what}: infer gave shape {inferred.shape}, eager {out.shape}"
         assert inferred.dtype is out.dtype, f"{what}: infer gave {inferred.dtype}, eager {out.dtype}"
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_infer_rejects_dtypes_the_kernel_handles_differently(name, rng):
+    """For dtypes outside an op's sample list: where infer accepts the inputs, eager must not fail on the
+    dtype and must agree with it (a verified IR never computes what eager would not)."""
+    op = REGISTRY[name]
+    for dtype in ALL_DTYPES:
+        if dtype in SAMPLES[name].dtypes:
+            continue
+        try:
+            samples = op_samples(name, dtype, rng)
+        except (TypeError, ValueError, OverflowError):
+            continue        # the sample maker has no values of this dtype
+        for s in samples:
+            tensors = s.tensors()
+            try:
+                inferred = op.infer(*[_aval(x) for x in tensors], **s.attrs)
+            except (TypeError, RuntimeError):
+                continue
+            what = f"{name}[{dtype.name}] {s.desc}: infer accepts {inferred}"
+            try:
+                out = s.fn(*tensors, **s.attrs)
+            except TypeError as e:
+                raise AssertionError(f"{what} but eager raises {e}") from e
+            except (RuntimeError, ValueError, OverflowError):
+                continue    # a value this dtype can't hold (a negative scalar for uint8), not a dtype mismatch
+            assert (inferred.shape, inferred.dtype) == (tuple(out.shape), out.dtype), \
+                f"{what} but eager gives {out.dtype.name} {tuple(out.shape)}"
 
 
 @pytest.mark.parametrize("name,dtype", PUBLIC_CASES, ids=_case_id)

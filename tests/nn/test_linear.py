@@ -5,7 +5,7 @@ import tracetorch as tt
 import tracetorch.nn.functional as F
 from tracetorch import nn
 
-from .numeric import check_grads
+from gradcheck import gradcheck
 
 
 def test_linear_forward_matches_numpy():
@@ -26,7 +26,8 @@ def test_linear_without_bias_and_repr():
 
 def test_linear_gradients():
     rng = np.random.default_rng(1)
-    check_grads(F.linear, rng.standard_normal((3, 4)), rng.standard_normal((2, 4)), rng.standard_normal(2))
+    gradcheck(F.linear, [rng.standard_normal((3, 4)), rng.standard_normal((2, 4)), rng.standard_normal(2)])
+    gradcheck(F.linear, [rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4))])       # folded batch dims
 
 
 def test_linear_shape_error():

@@ -5,7 +5,7 @@ import tracetorch as tt
 import tracetorch.nn.functional as F
 from tracetorch import nn
 
-from .numeric import check_grads
+from gradcheck import gradcheck
 
 
 def _np_layer_norm(x, ndims, w, b, eps):
@@ -44,8 +44,8 @@ def test_layer_norm_forward():
 
 def test_layer_norm_gradients():
     rng = np.random.default_rng(1)
-    check_grads(lambda x, w, b: F.layer_norm(x, (4,), w, b), rng.standard_normal((3, 4)),
-                rng.standard_normal(4), rng.standard_normal(4))
+    gradcheck(lambda x, w, b: F.layer_norm(x, (4,), w, b),
+              [rng.standard_normal((3, 4)), rng.standard_normal(4), rng.standard_normal(4)])
 
 
 @pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5)])
@@ -107,8 +107,8 @@ def test_batch_norm_without_running_stats():
 
 def test_batch_norm_gradients_in_training_mode():
     rng = np.random.default_rng(5)
-    check_grads(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
-                rng.standard_normal((4, 3, 2)), rng.standard_normal(3), rng.standard_normal(3))
+    gradcheck(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+              [rng.standard_normal((4, 3, 2)), rng.standard_normal(3), rng.standard_normal(3)])
 
 
 def test_batch_norm_errors_and_repr():

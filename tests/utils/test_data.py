@@ -356,6 +356,35 @@ def test_worker_exception_is_reraised_with_its_traceback():
     assert next(it).tolist() == [6, 7]  # the other batches are still served
 
 
+def test_worker_errors_of_other_kinds():
+    class Lookup(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return {}["missing"]
+
+    with pytest.raises(KeyError) as info:
+        list(DataLoader(Lookup(), num_workers=1))
+    assert "\nOriginal Traceback" in str(info.value)  # real newlines, not an escaped repr
+
+    class Decode(Dataset):  # its exception type cannot be rebuilt from a message alone
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return b"\xff".decode("utf-8")
+
+    with pytest.raises(RuntimeError, match="Caught UnicodeDecodeError in DataLoader worker process 0"):
+        list(DataLoader(Decode(), num_workers=1))
+
+    def bad_init(worker_id):
+        raise OSError(f"init failed in {worker_id}")
+
+    with pytest.raises(OSError, match="init failed in 0"):
+        list(DataLoader(tensor_dataset(4), batch_size=2, num_workers=1, worker_init_fn=bad_init))
+
+
 def test_worker_init_fn_seeds_and_worker_info():
     def init(worker_id):
         assert get_worker_info().id == worker_id

@@ -244,3 +244,24 @@ def _diff(expected, got):
             if a != b:
                 return _diff(a, b)
     return f"expected {expected!r}, got {got!r}"
+
+
+@dataclass(frozen=True, eq=False)
+class SameObjectGuard(Guard):
+    """Two tensor arguments were one object when traced (the program reads it once)."""
+    first: int
+    second: int
+    names: tuple
+
+    @property
+    def subject(self) -> str:
+        return f"{self.names[0]} is {self.names[1]}"
+
+    def check(self, call) -> bool:
+        return call.leaves[self.first] is call.leaves[self.second]
+
+    def describe(self) -> str:
+        return f"{self.names[0]} and {self.names[1]} are the same tensor"
+
+    def actual(self, call) -> str:
+        return "different tensors"

@@ -14,26 +14,26 @@ TENSOR = ("tensor",)
 _CONST_TYPES = (int, float, bool, str, bytes, complex, type(None), type(Ellipsis))
 
 
-def flatten(obj) -> tuple[list, tuple]:
-    """(tensor leaves in order, spec)."""
+def flatten(obj, leaf_types=(Tensor,)) -> tuple[list, tuple]:
+    """(leaves in order, spec): leaves are the tensors (instances of `leaf_types`)."""
     leaves: list = []
-    return leaves, _flatten(obj, leaves)
+    return leaves, _flatten(obj, leaves, leaf_types)
 
 
-def _flatten(obj, leaves):
-    if isinstance(obj, Tensor):
+def _flatten(obj, leaves, leaf_types):
+    if isinstance(obj, leaf_types):
         leaves.append(obj)
         return TENSOR
     cls = type(obj)
     if cls in _CONST_TYPES:
         return ("const", cls, obj)
     if cls is tuple or cls is list:
-        return (cls.__name__, tuple(_flatten(x, leaves) for x in obj))
+        return (cls.__name__, tuple(_flatten(x, leaves, leaf_types) for x in obj))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return ("namedtuple", cls, tuple(_flatten(x, leaves) for x in obj))
+        return ("namedtuple", cls, tuple(_flatten(x, leaves, leaf_types) for x in obj))
     if isinstance(obj, dict):
         keys = tuple(obj.keys())
-        return ("dict", cls, keys, tuple(_flatten(obj[k], leaves) for k in keys))
+        return ("dict", cls, keys, tuple(_flatten(obj[k], leaves, leaf_types) for k in keys))
     if isinstance(obj, (int, float)):        # numpy scalars, IntEnum, ...: constants by value
         return ("const", cls, obj)
     return ("object", id(obj), _Ref(obj))

@@ -67,7 +67,7 @@ class ValueGuardSpec:
 class GradSlot:
     """What the trace did with one parameter's `.grad`."""
     param: Tensor
-    first_read: object = "unread"       # "unread" | None | the tensor read first
+    first_read: object = "unread"       # "unread" | None | the tensor read first (before any write)
     written: bool = False
 
 
@@ -232,13 +232,7 @@ class Tracer:
 
     def on_grad_write(self, p: Tensor, g):
         slot = self._grad_slot(p)
-        if slot.first_read == "unread" and not slot.written:
-            slot.first_read = p._grad
-            old = p._grad
-            if old is not None and id(old) not in self.values:
-                name = (self.names.get(id(p)) or f"param_{len(self.grad_slots)}") + ".grad"
-                self.add_input(old, GradSource(weakref.ref(p), name), name)
-        slot.written = True
+        slot.written = True         # a write before any read: the old grad does not matter
         if g is not None:
             self.value_of(g)
 

@@ -136,8 +136,13 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
 
 # ================================================================ linear, normalization, embedding
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """input @ weight.T + bias."""
-    out = matmul(input, weight.t() if weight.dim() == 2 else weight)
+    """input @ weight.T + bias. Leading dims are folded into one, so forward and backward are single
+    2-D matmuls (no per-batch weight gradients to sum)."""
+    if input.dim() > 2 and weight.dim() == 2:
+        out = matmul(input.reshape(-1, input.shape[-1]), weight.t())
+        out = out.reshape(*input.shape[:-1], weight.shape[0])
+    else:
+        out = matmul(input, weight.t() if weight.dim() == 2 else weight)
     return out + bias if bias is not None else out
 
 
@@ -404,20 +409,33 @@ def _pool_geometry(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode,
 
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
                return_indices: bool = False):
-    """Max over each window. The gradient goes to the first maximum of a window, as in PyTorch."""
+    """Max over each window, as a running maximum over the window's strided views. A later element
+    replaces the maximum only when strictly greater (or NaN), so the gradient goes to the first
+    maximum of a window, as in PyTorch."""
     x, unbatched = _batched(input, "max_pool2d")
     kernel, stride, pad_hw, dilation, (oh, ow), pads = _pool_geometry(x, kernel_size, stride, padding, dilation,
                                                                        ceil_mode, "max_pool2d")
-    lowest = float("-inf") if x.is_floating_point() else int(np.iinfo(x.dtype.np).min)
+    floating = x.is_floating_point()
+    lowest = float("-inf") if floating else int(np.iinfo(x.dtype.np).min)
     padded = _pad_constant(x, pads, lowest) if any(a or b for a, b in pads.values()) else x
-    windows = stack(_window_slices(padded, kernel, stride, dilation, (oh, ow)), dim=2)   # (N, C, K, OH, OW)
-    k = kernel[0] * kernel[1]
-    first = arange(k).reshape(k, 1, 1) == argmax(windows, dim=2, keepdim=True)
-    out = where(first, windows, 0).sum(2)
-    indices = None
+    positions = _window_positions(x.shape[2:], kernel, stride, pad_hw, dilation, (oh, ow)) if return_indices \
+        else None
+    out = indices = None
+    for k, window in enumerate(_window_slices(padded, kernel, stride, dilation, (oh, ow))):
+        if out is None:
+            out = window
+            indices = _constant(positions[0]) if return_indices else None
+            continue
+        take = window > out
+        if floating:
+            take = take | window.isnan()
+        out = where(take, window, out)
+        if return_indices:
+            indices = where(take, _constant(positions[k]), indices)
+    if out is padded:                          # a 1x1 window without padding: the input itself
+        out = out.clone()
     if return_indices:
-        flat = _window_positions(x.shape[2:], kernel, stride, pad_hw, dilation, (oh, ow))
-        indices = where(first, _constant(flat), 0).sum(2)
+        indices = indices.expand(*out.shape).clone()
     if unbatched:
         out = out.squeeze(0)
         indices = indices.squeeze(0) if indices is not None else None

@@ -53,12 +53,38 @@ def _infer_unary_float(x):
     return Aval(tuple(x.shape), x.dtype)
 
 
+def _infer_unary_numeric(x):
+    if x.dtype is bool_:
+        raise TypeError("expected a numeric tensor, got bool (use logical_not to invert a mask)")
+    return Aval(tuple(x.shape), x.dtype)
+
+
+def _infer_unary_bitwise(x):
+    if x.dtype.is_floating_point:
+        raise TypeError(f"bitwise ops are only implemented on integer and bool tensors, got {x.dtype.name}")
+    return Aval(tuple(x.shape), x.dtype)
+
+
 def _infer_pred(x):
     return Aval(tuple(x.shape), bool_)
 
 
 def _infer_binary(a, b):
     return Aval(tuple(_bshape(a, b)), _same_dtype(a, b))
+
+
+def _infer_binary_numeric(a, b):
+    out = _infer_binary(a, b)
+    if out.dtype is bool_:
+        raise TypeError("expected numeric tensors, got bool")
+    return out
+
+
+def _infer_binary_float(a, b):
+    out = _infer_binary(a, b)
+    if not out.dtype.is_floating_point:
+        raise TypeError(f"expected floating-point tensors, got {out.dtype.name} (the composite casts first)")
+    return out
 
 
 def _infer_bitwise(a, b):
@@ -100,7 +126,7 @@ def _unary(name, eager, vjp, saves, lowering, infer=_infer_unary_float, doc=""):
                     lowering=lowering, doc=doc)
 
 
-NEG = _unary("neg", np.negative, lambda n, g: (-g,), (), "-x0", infer=_infer_unary)
+NEG = _unary("neg", np.negative, lambda n, g: (-g,), (), "-x0", infer=_infer_unary_numeric)
 EXP = _unary("exp", _quiet(np.exp), lambda n, g: (g * n.out,), ("out",), "exp(x0)")
 LOG = _unary("log", _quiet(np.log), lambda n, g: (g / n.x(0),), (0,), "log(x0)")
 SQRT = _unary("sqrt", _quiet(np.sqrt), lambda n, g: (g / (2 * n.out),), ("out",), "sqrt(x0)")
@@ -116,15 +142,15 @@ EXPM1 = _unary("expm1", _quiet(np.expm1), lambda n, g: (g * (n.out + 1),), ("out
 RECIPROCAL = _unary("reciprocal", _quiet(np.reciprocal), lambda n, g: (-(g * n.out * n.out),), ("out",),
                     "1 / x0")
 ABS = _unary("abs", np.abs, lambda n, g: (g * tt.sign(n.x(0)),), (0,), "abs(x0)", infer=_infer_unary)
-SIGN = _unary("sign", np.sign, _zero_grad, (), "sign(x0)", infer=_infer_unary)
-FLOOR = _unary("floor", np.floor, _zero_grad, (), "floor(x0)", infer=_infer_unary)
-CEIL = _unary("ceil", np.ceil, _zero_grad, (), "ceil(x0)", infer=_infer_unary)
-ROUND = _unary("round", np.rint, _zero_grad, (), "rint(x0)", infer=_infer_unary,
+SIGN = _unary("sign", np.sign, _zero_grad, (), "sign(x0)", infer=_infer_unary_numeric)
+FLOOR = _unary("floor", np.floor, _zero_grad, (), "floor(x0)")
+CEIL = _unary("ceil", np.ceil, _zero_grad, (), "ceil(x0)")
+ROUND = _unary("round", np.rint, _zero_grad, (), "rint(x0)",
                doc="round half to even, like torch.round")
 ISNAN = _unary("isnan", np.isnan, None, (), "isnan(x0)", infer=_infer_pred)
 ISFINITE = _unary("isfinite", np.isfinite, None, (), "isfinite(x0)", infer=_infer_pred)
 LOGICAL_NOT = _unary("logical_not", np.logical_not, None, (), "not x0", infer=_infer_pred)
-BITWISE_NOT = _unary("bitwise_not", np.invert, None, (), "~x0", infer=_infer_unary)
+BITWISE_NOT = _unary("bitwise_not", np.invert, None, (), "~x0", infer=_infer_unary_bitwise)
 CLONE = _unary("clone", lambda x: np.array(x, order="C"), lambda n, g: (g,), (), "x0", infer=_infer_unary,
                doc="a C-contiguous copy in fresh storage (clone, contiguous)")
 
@@ -200,16 +226,16 @@ def _floor_divide(a, b):
 
 
 ADD = _binary("add", np.add, _add_vjp, (), "x0 + x1")
-SUB = _binary("sub", np.subtract, _sub_vjp, (), "x0 - x1")
+SUB = _binary("sub", np.subtract, _sub_vjp, (), "x0 - x1", infer=_infer_binary_numeric)
 MUL = _binary("mul", np.multiply, _mul_vjp, (0, 1), "x0 * x1")
-DIV = _binary("div", _quiet(np.true_divide), _div_vjp, (0, 1), "x0 / x1")
-POW = _binary("pow", _quiet(np.power), _pow_vjp, (0, 1), "pow(x0, x1)")
+DIV = _binary("div", _quiet(np.true_divide), _div_vjp, (0, 1), "x0 / x1", infer=_infer_binary_float)
+POW = _binary("pow", _quiet(np.power), _pow_vjp, (0, 1), "pow(x0, x1)", infer=_infer_binary_numeric)
 MAXIMUM = _binary("maximum", np.maximum, lambda n, g: _minmax_vjp(n, g, lambda a, b: a > b), (0, 1),
                   "max(x0, x1)", doc="NaN-propagating; ties split the gradient like PyTorch")
 MINIMUM = _binary("minimum", np.minimum, lambda n, g: _minmax_vjp(n, g, lambda a, b: a < b), (0, 1),
                   "min(x0, x1)")
-FLOOR_DIVIDE = _binary("floor_divide", _floor_divide, None, (), "floordiv(x0, x1)")
-REMAINDER = _binary("remainder", _remainder, _remainder_vjp, (0, 1), "mod(x0, x1)",
+FLOOR_DIVIDE = _binary("floor_divide", _floor_divide, None, (), "floordiv(x0, x1)", infer=_infer_binary_numeric)
+REMAINDER = _binary("remainder", _remainder, _remainder_vjp, (0, 1), "mod(x0, x1)", infer=_infer_binary_numeric,
                     doc="Python-style modulus: the result has the divisor's sign")
 EQ = _binary("eq", np.equal, None, (), "x0 == x1", infer=_infer_compare)
 NE = _binary("ne", np.not_equal, None, (), "x0 != x1", infer=_infer_compare)

@@ -59,11 +59,18 @@ class WorkerError:
 
     def reraise(self):
         msg = f"Caught {self.exc_type.__name__} {self.where}.\nOriginal {self.text}"
+        if self.exc_type is KeyError:  # KeyError prints repr(message): keep the traceback's newlines
+            msg = _PlainRepr(msg)
         try:
             exc = self.exc_type(msg)
         except Exception:  # the type needs other constructor arguments
             raise RuntimeError(msg) from None
         raise exc
+
+
+class _PlainRepr(str):
+    def __repr__(self) -> str:
+        return str(self)
 
 
 class Exhausted:

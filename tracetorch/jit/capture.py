@@ -1,0 +1,262 @@
+"""One traced call: run the function eagerly under a Tracer and describe what it did.
+
+The result, a `Trace`, holds the raw graph (storage semantics, before any
+pass) whose outputs are everything a replay must produce: the user's result
+tensors and numbers, new `.grad` bindings and the values of value guards;
+plus the static guards, the input sources and the output structure.
+
+Tensors created during the call that are still alive afterwards, other than
+the results, the new grads and what autograd keeps for the results'
+backward, have *escaped* into Python state (Adam creating `exp_avg` on its
+first step, a cache filled on the first call). A replay would not recreate
+them, so such a trace is not cached: the call itself is correct (it ran
+eagerly) and the next call traces again, now finding that state as captured
+inputs. This costs one extra trace when state is created lazily (the
+alternative, TinyJit's "first call is a warm-up", costs it always and does
+not notice state created later); a function that creates state on every
+call ends up running eagerly after `cache_size_limit` traces, with a warning
+naming the line that created it.
+"""
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ops import REGISTRY
+from ..ops.dispatch import STATE
+from ..tensor import Tensor
+from . import pytree
+from .guards import GradGuard, SameObjectGuard, SpecGuard, TensorGuard, global_guards, state_guards
+from .ir import COPY_, Graph, Node
+from .reach import reach
+from .scalars import _plain, _Traced
+from .sources import ArgSource, CapturedSource
+from .tracer import Tracer, ValueGuardSpec
+
+CONSTANT = REGISTRY["constant"]
+
+
+@dataclass(frozen=True)
+class OutputLeaf:
+    kind: str               # "value" (a program output), "input" (an input tensor object), "scalar"
+    index: int              # output position ("value", "scalar") or source position ("input")
+    pytype: type = float
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call's arguments, flattened: `spec` is compared by guards, `leaves` are its tensors."""
+    args: tuple
+    kwargs: dict
+    leaves: list
+    spec: tuple
+
+    @staticmethod
+    def of(args, kwargs) -> "Call":
+        leaves, spec = pytree.flatten((args, kwargs))
+        return Call(args, kwargs, leaves, spec)
+
+
+@dataclass
+class Trace:
+    raw: Graph
+    sources: list
+    input_requires_grad: list
+    guards: list
+    value_guards: list              # (ValueGuardSpec, output position)
+    out_spec: tuple
+    out_leaves: list
+    grad_bindings: list             # (parameter weakref, output position or None)
+    diff_outputs: list              # output positions that need gradients across the boundary
+    diff_inputs: list               # input positions that require grad
+    result: object                  # what the eager run returned: this call's result
+    uncacheable: str | None = None
+    node_values: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def capture(fn, call: Call, *, name: str, self_obj=None, arg_names=(), fullgraph=False,
+            record_values=False) -> Trace:
+    t0 = time.perf_counter()
+    named = [(n, a) for n, a in zip(arg_names, call.args)]
+    found = reach(fn, self_obj, named)
+    guards = [SpecGuard(call.spec)] + global_guards() + state_guards(found)
+    tracer = Tracer(found.tensor_names, fullgraph=fullgraph, record_values=record_values)
+    leaf_names = pytree.leaf_names(call.spec, "args")
+    leaf_names = _readable_arg_names(leaf_names, arg_names)
+    for i, t in enumerate(call.leaves):
+        if id(t) in tracer.values:
+            first = next(k for k, s in enumerate(tracer.sources) if tracer.input_tensors[k] is t)
+            guards.append(SameObjectGuard(tracer.sources[first].index, i, (tracer.sources[first].name, leaf_names[i])))
+            continue
+        tracer.add_input(t, ArgSource(i, leaf_names[i]), leaf_names[i])
+    with tracer:
+        result = fn(*call.args, **call.kwargs)
+        out_objs, out_spec = pytree.flatten(result, (Tensor, _Traced))
+        outputs, out_leaves, diff_outputs = [], [], []
+        input_pos = {id(t): k for k, t in enumerate(tracer.input_tensors)}
+        for obj in out_objs:
+            if isinstance(obj, Tensor):
+                if id(obj) in input_pos:
+                    out_leaves.append(OutputLeaf("input", input_pos[id(obj)]))
+                    continue
+                v = tracer.value_of(obj)
+                if obj.requires_grad and STATE.grad_enabled and v not in tracer.backward_roots:
+                    diff_outputs.append(len(outputs))
+                out_leaves.append(OutputLeaf("value", len(outputs)))
+                outputs.append(v)
+            else:
+                pytype = float if isinstance(obj, float) else int
+                out_leaves.append(OutputLeaf("scalar", len(outputs), pytype))
+                if obj._tracer is tracer:
+                    outputs.append(tracer.value_of(obj.shadow()))
+                else:                   # a traced number from another (finished) trace: a constant
+                    outputs.append(tracer.value_of(_constant(pytype(_plain(obj)))))
+    grad_bindings, grads_now = [], []
+    for slot in tracer.grad_slots.values():
+        p = slot.param
+        if slot.first_read is None:
+            guards.append(GradGuard(weakref.ref(p), _param_name(found, p), False))
+        if not slot.written:
+            continue
+        g = p._grad
+        grads_now.append(g)
+        if g is None:
+            grad_bindings.append((weakref.ref(p), None))
+        elif g is not slot.first_read:
+            grad_bindings.append((weakref.ref(p), len(outputs)))
+            outputs.append(tracer.value_of(g))
+    value_guards = []
+    for spec in tracer.value_guards:
+        value_guards.append((spec, len(outputs)))
+        outputs.append(spec.value)
+    for src, t in zip(tracer.sources, tracer.input_tensors):
+        guards.append(TensorGuard(src, tuple(t._data.shape), t._dtype, bool(t.requires_grad)))
+    input_arrays = [t._data for t in tracer.input_tensors]
+    mutated = _written_roots(tracer.nodes)
+    created = tracer.created
+    diff_inputs = [k for k, rg in enumerate(tracer.input_requires_grad) if rg]
+    nodes, inputs, sources, rgs = list(tracer.nodes), list(tracer.inputs), list(tracer.sources), \
+        list(tracer.input_requires_grad)
+    node_values = tracer.node_values
+    tracer.release()
+    del tracer
+
+    uncacheable = None
+    constants = []
+    keep = [k for k, s in enumerate(sources) if not (isinstance(s, CapturedSource) and s.ref() is None)]
+    if len(keep) != len(sources):       # tensors made outside tracetorch ops during the call: constants
+        for k in set(range(len(sources))) - set(keep):
+            if inputs[k] in mutated:
+                uncacheable = (f"a temporary tensor {sources[k].name} (made outside tracetorch ops) was "
+                               "modified in place")
+            constants.append(Node(CONSTANT, (), (inputs[k],), {"value": np.array(input_arrays[k]),
+                                                               "dtype": inputs[k].dtype}))
+        remap = {old: new for new, old in enumerate(keep)}
+        diff_inputs = [remap[k] for k in diff_inputs if k in remap]
+        out_leaves = [OutputLeaf(leaf.kind, remap[leaf.index], leaf.pytype) if leaf.kind == "input" else leaf
+                      for leaf in out_leaves]
+        guards = [g for g in guards if not (isinstance(g, TensorGuard) and g.source not in
+                                            [sources[k] for k in keep])]
+        inputs, sources, rgs = [inputs[k] for k in keep], [sources[k] for k in keep], [rgs[k] for k in keep]
+    escaped = _escaped(created, out_objs, grads_now)
+    if escaped and uncacheable is None:
+        uncacheable = (f"a tensor created at {escaped} outlived the call outside its results (it escaped into "
+                       "Python state, e.g. optimizer state created on the first step)")
+    raw = Graph(tuple(inputs), tuple(constants + nodes), tuple(outputs), name=name)
+    return Trace(raw, sources, rgs, guards, value_guards, out_spec, out_leaves, grad_bindings, diff_outputs,
+                 diff_inputs, result, uncacheable, node_values, time.perf_counter() - t0)
+
+
+def _readable_arg_names(names, arg_names):
+    """`args[0][0][1]` -> `batch[1]` using the function's parameter names."""
+    out = []
+    for n in names:
+        if n.startswith("args[0]["):
+            rest = n[len("args[0]["):]
+            i = int(rest.split("]", 1)[0])
+            tail = rest.split("]", 1)[1]
+            out.append((arg_names[i] if i < len(arg_names) else f"arg{i}") + tail)
+        elif n.startswith("args[1]["):
+            out.append(n[len("args[1]["):].replace("']", "", 1).strip("'"))
+        else:
+            out.append(n)
+    return out
+
+
+def _param_name(found, p) -> str:
+    return found.tensor_names.get(id(p), "a parameter")
+
+
+def _constant(x):
+    from ..creation import tensor
+    return tensor(x)
+
+
+def _written_roots(nodes) -> set:
+    """Values written by `copy_`, directly or through an alias."""
+    root: dict = {}
+    written = set()
+    for n in nodes:
+        if n.aliases:
+            src = n.inputs[0]
+            root[n.out] = root.get(src, src)
+        elif n.op is COPY_:
+            dst = n.inputs[0]
+            written.add(root.get(dst, dst))
+    return written
+
+
+def _escaped(created, outputs, grads) -> str | None:
+    """Where a tensor created during the trace that is still alive, but not a result, was made."""
+    alive = [(ref, where) for ref, where in created if ref() is not None]
+    if not alive:
+        return None
+    allowed = _kept_by_results(outputs, grads)
+    suspects = [(ref, where) for ref, where in alive if id(ref()) not in allowed]
+    if suspects:
+        gc.collect()            # cycles (autograd nodes <-> tensors) may hold the dead ones
+        suspects = [(ref, where) for ref, where in suspects if ref() is not None and id(ref()) not in allowed]
+    return suspects[0][1] or "?" if suspects else None
+
+
+def _kept_by_results(outputs, grads) -> set:
+    """ids of tensors the results keep alive legitimately: themselves, their bases, their autograd graphs."""
+    from ..autograd.graph import Node as GradNode
+    seen_nodes: set = set()
+    allowed: set = set()
+    stack = [t for t in list(outputs) + list(grads) if isinstance(t, Tensor)]
+    nodes = []
+    while stack or nodes:
+        if stack:
+            t = stack.pop()
+            if id(t) in allowed:
+                continue
+            allowed.add(id(t))
+            if t._base is not None:
+                stack.append(t._base)
+            if t._grad_fn is not None:
+                nodes.append(t._grad_fn)
+            continue
+        node = nodes.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        for e in node.edges:
+            if isinstance(e, GradNode):
+                nodes.append(e)
+            elif isinstance(e, Tensor):
+                stack.append(e)
+        stack.extend(x for x in (node.saved or ()) if isinstance(x, Tensor))
+        ctx = getattr(node, "ctx", None)
+        if ctx is not None:
+            stack.extend(x for x in ctx._saved if isinstance(x, Tensor))
+            stack.extend(x for x in vars(ctx).values() if isinstance(x, Tensor))
+    return allowed
+
+
+__all__ = ["Call", "Trace", "OutputLeaf", "capture", "ValueGuardSpec"]

@@ -1,0 +1,248 @@
+"""A compiled program: one trace, lowered and compiled, and how to run it.
+
+Running it on a call:
+
+1. read every input from its source (by reference: the current `_data` of
+   each argument, captured tensor or `.grad`);
+2. run the executable (a pure function of the arrays);
+3. check the value guards on its outputs: a failure raises
+   `ValueGuardFailed` *before anything is committed*;
+4. commit: copy each write-back into its target tensor (bumping its version)
+   and rebind the `.grad` of parameters whose grad the trace replaced;
+5. build the results: fresh tensors owned by the caller (an array that
+   aliases an input, another result or read-only memory is copied), the very
+   input tensor object where the function returned one, Python numbers for
+   traced numbers; outputs that need gradients get a grad_fn that runs the
+   compiled backward program.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..autograd.function import Function, FunctionCtx, connect
+from ..ops.dispatch import STATE
+from ..tensor import Tensor
+from . import logs, pytree
+from .backends import resolve
+from .capture import Trace
+from .ir import Graph, Value
+from .passes.pipeline import lower, lower_with_backward
+
+
+class ValueGuardFailed(Exception):
+    """A value guard did not hold: the run is abandoned (nothing was committed)."""
+
+    def __init__(self, position: int, outcome, spec):
+        super().__init__(f"value guard {position} failed: {spec.describe()}, got {_show(outcome)}")
+        self.position = position
+        self.outcome = outcome
+        self.spec = spec
+
+
+@dataclass(eq=False)
+class BackwardPlan:
+    executable: object
+    graph: Graph
+    input_residuals: tuple          # forward input positions the backward reads (saved by reference)
+    n_outputs: int                  # forward graph outputs before the computed residuals
+    diff_outputs: tuple             # output positions with a grad_fn
+    diff_inputs: tuple              # input positions gradients flow to
+    missing: tuple                  # positions in diff_inputs with no gradient
+
+
+@dataclass(eq=False)
+class Program:
+    name: str
+    raw: Graph
+    graph: Graph
+    executable: object
+    sources: tuple
+    guards: tuple
+    value_guards: tuple             # (ValueGuardSpec, result position)
+    out_spec: tuple
+    out_leaves: tuple
+    grad_bindings: tuple            # (parameter weakref, result position or None)
+    writebacks: tuple               # (source position, result position)
+    backward: BackwardPlan | None
+    compile_seconds: float
+    joint: Graph | None = None
+
+    # ------------------------------------------------------------ running
+    def read_inputs(self, call) -> list:
+        return [src.tensor(call.leaves)._data for src in self.sources]
+
+    def run(self, call):
+        inputs = self.read_inputs(call)
+        results = self.executable(inputs)
+        self.check_values(results)
+        results = owned(results, inputs)
+        self.commit(call, results)
+        return self.outputs(call, results, inputs)
+
+    def check_values(self, results) -> None:
+        for k, (spec, pos) in enumerate(self.value_guards):
+            got = outcome_of(spec.kind, results[pos])
+            if got != outcome_of(spec.kind, spec.expected):
+                raise ValueGuardFailed(k, got, spec)
+
+    def value_path(self) -> tuple:
+        """The outcomes this trace assumed, in order (its position in the trace tree)."""
+        return tuple(outcome_of(spec.kind, spec.expected) for spec, _ in self.value_guards)
+
+    def commit(self, call, results) -> None:
+        targets = [(self.sources[s].tensor(call.leaves), results[r]) for s, r in self.writebacks]
+        for t, _ in targets:
+            if not t._data.flags.writeable:
+                raise RuntimeError(f"{self.name}: cannot write back into a read-only tensor of shape "
+                                   f"{tuple(t.shape)}")
+        for t, arr in targets:
+            np.copyto(t._data, arr)
+            t._version[0] += 1
+        dtypes = self.result_dtypes
+        for ref, pos in self.grad_bindings:
+            p = ref()
+            if p is not None:
+                p._grad = None if pos is None else Tensor._make(results[pos], dtypes[pos])
+
+    @property
+    def result_dtypes(self) -> list:
+        return [v.dtype for v in self.graph.results()]
+
+    def outputs(self, call, results, inputs):
+        dtypes = self.result_dtypes
+        made: dict = {}
+        leaves = []
+        for leaf in self.out_leaves:
+            if leaf.kind == "input":
+                leaves.append(self.sources[leaf.index].tensor(call.leaves))
+            elif leaf.kind == "scalar":
+                leaves.append(leaf.pytype(results[leaf.index].item()))
+            else:
+                t = made.get(leaf.index)
+                if t is None:
+                    t = made[leaf.index] = Tensor._make(results[leaf.index], dtypes[leaf.index])
+                leaves.append(t)
+        if self.backward is not None and STATE.grad_enabled:
+            self._connect_backward(call, made, results, inputs)
+        return pytree.unflatten(self.out_spec, leaves)
+
+    def _connect_backward(self, call, made, results, inputs):
+        plan = self.backward
+        wrt = tuple(self.sources[i].tensor(call.leaves) for i in plan.diff_inputs)
+        outs = tuple(made[i] for i in plan.diff_outputs)
+        ctx = FunctionCtx()
+        ctx._fn_cls = CompiledBackward
+        ctx._n_inputs = len(wrt)
+        ctx.needs_input_grad = tuple(t.requires_grad for t in wrt)
+        ctx.plan = plan
+        ctx.program_name = self.name
+        saved_inputs = tuple(self.sources[i].tensor(call.leaves) for i in plan.input_residuals)
+        ctx._saved = tuple(inputs[i] for i in plan.input_residuals) + tuple(results[plan.n_outputs:
+                                                                                   len(self.graph.outputs)])
+        ctx.saved_versions = tuple((t, t._version[0]) for t in saved_inputs)
+        connect(CompiledBackward, ctx, wrt, outs if len(outs) > 1 else outs[0])
+
+
+class CompiledBackward(Function):
+    """grad_fn of a compiled function's outputs: runs the backward program on the saved residuals."""
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if STATE.grad_enabled:
+            raise RuntimeError(f"{ctx.program_name}: double backward (create_graph=True) through a compiled "
+                               "function is not supported; use mode='eager' for higher-order gradients")
+        if ctx._freed:
+            ctx.saved_tensors       # raises PyTorch's "backward through the graph a second time" error
+        for t, version in ctx.saved_versions:
+            if t._version[0] != version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: [{t._dtype.name} tensor of shape {list(t.shape)}], which is used by the compiled "
+                    f"function {ctx.program_name}, is at version {t._version[0]}; expected version {version} "
+                    "instead.")
+        plan = ctx.plan
+        arrays = list(ctx._saved) + [g._data for g in grads]
+        res = iter(plan.executable(arrays))
+        out = []
+        wrt_dtypes = [v.dtype for v in plan.graph.outputs]
+        k = 0
+        for i in range(len(plan.diff_inputs)):
+            if i in plan.missing:
+                out.append(None)
+                continue
+            arr = next(res)
+            if not arr.flags.writeable or not arr.flags.owndata:
+                arr = np.array(arr)
+            out.append(Tensor._make(arr, wrt_dtypes[k]))
+            k += 1
+        return tuple(out)
+
+
+def build_program(trace: Trace, backend_name, *, name: str) -> Program:
+    """Lower a trace through the pass pipeline and compile it with the backend."""
+    t0 = time.perf_counter()
+    backend = resolve(backend_name)
+    raw = trace.raw
+    joint = None
+    plan = None
+    if trace.diff_outputs and trace.diff_inputs:
+        joint, split, missing = lower_with_backward(raw, trace.diff_outputs, trace.diff_inputs)
+        graph = split.forward
+        bgraph = split.backward
+        plan = BackwardPlan(backend.compile(bgraph), bgraph, split.input_residuals, split.n_outputs,
+                            tuple(trace.diff_outputs), tuple(trace.diff_inputs), tuple(missing))
+    else:
+        graph = lower(raw)
+    executable = backend.compile(graph)
+    n_out = len(graph.outputs)
+    pos = {v: k for k, v in enumerate(graph.inputs)}
+    writebacks = tuple((pos[dst], n_out + k) for k, (dst, _) in enumerate(graph.writebacks))
+    program = Program(name, raw, graph, executable, tuple(trace.sources), tuple(trace.guards),
+                      tuple(trace.value_guards), trace.out_spec, tuple(trace.out_leaves), tuple(trace.grad_bindings),
+                      writebacks, plan, time.perf_counter() - t0, joint)
+    logs.program_compiled(program)
+    return program
+
+
+# ---------------------------------------------------------------- helpers
+def outcome_of(kind: str, value):
+    """A hashable form of a guarded value (bool outcome, exact number, or array content)."""
+    if kind == "outcome":
+        return bool(value)
+    if kind == "equal":
+        return value.item() if isinstance(value, np.ndarray) else value
+    arr = np.asarray(value)
+    return (arr.shape, arr.dtype.str, arr.tobytes())
+
+
+def _show(outcome) -> str:
+    if isinstance(outcome, tuple) and len(outcome) == 3 and isinstance(outcome[2], bytes):
+        return f"different values (shape {outcome[0]})"
+    return repr(outcome)
+
+
+def owned(results: list, inputs: list) -> list:
+    """Results the caller may own: copy any array sharing memory with an input or an earlier result,
+    or that is read-only (a broadcast view)."""
+    taken = {id(_root(a)) for a in inputs}
+    out = []
+    for r in results:
+        root = _root(r)
+        if id(root) in taken or not r.flags.writeable:
+            r = np.array(r)
+            root = r
+        taken.add(id(root))
+        out.append(r)
+    return out
+
+
+def _root(a: np.ndarray):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+__all__ = ["Program", "ValueGuardFailed", "build_program", "CompiledBackward", "Value"]
