@@ -109,8 +109,9 @@ def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int]
 
     Stages run in order, each may use the results (Vars) of earlier ones.
     `row_outputs` are stored once per kept index (contiguous over the kept
-    dims, i.e. the keepdim layout); their inputs must be broadcast (stride 0)
-    along the reduced dims. `elem_outputs` are stored at every point of
+    dims, i.e. the keepdim layout); their affine inputs must be broadcast
+    (stride 0) along the reduced dims, and index functions see the reduced
+    dims' indices as 0. `elem_outputs` are stored at every point of
     `shape` (contiguous) after the stages: the elementwise epilogue of a row
     kernel (softmax's exp(x - max) / sum).
     """
@@ -284,7 +285,7 @@ def _check_row_expr(name: str, expr: Expr, inputs: dict[str, Access], rdims: lis
     for node in walk_exprs(expr):
         if isinstance(node, Arg) and node.name in inputs:
             index = inputs[node.name][1]
-            if not isinstance(index, IndexMap) or any(index.strides[d] for d in rdims):
+            if isinstance(index, IndexMap) and any(index.strides[d] for d in rdims):
                 raise ValueError(f"kernel {name!r}: row output reads input {node.name} which varies along "
                                  f"the reduced dims {rdims}")
 

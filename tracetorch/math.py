@@ -64,6 +64,8 @@ def _with_scalar(dt, s):
         return dt
     if isinstance(s, Tensor):
         return D.result_type(s)
+    if isinstance(s, (int, float)):     # int/float subclasses (numbers a tracer follows)
+        return _with_scalar(dt, 0.0 if isinstance(s, float) else 0)
     raise TypeError(f"unsupported operand type: {cls.__name__}")
 
 

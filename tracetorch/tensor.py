@@ -36,7 +36,7 @@ class Size(tuple):
 class Tensor:
     # Defaults live on the class, so making a tensor sets three attributes only.
     requires_grad = False
-    grad = None
+    _grad = None
     _grad_fn_raw = None
     _history_version = 0
     _base = None
@@ -111,6 +111,19 @@ class Tensor:
     @property
     def grad_fn(self):
         return self._grad_fn
+
+    @property
+    def grad(self):
+        """The accumulated gradient. A property so a tracer sees `.grad` reads and writes as state."""
+        if STATE.tracer is not None:
+            STATE.tracer.on_grad_read(self, self._grad)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if STATE.tracer is not None:
+            STATE.tracer.on_grad_write(self, value)
+        self._grad = value
 
     @property
     def _grad_fn(self):
@@ -245,13 +258,13 @@ class Tensor:
             raise RuntimeError(f"a Tensor with {self._data.size} elements cannot be converted to Scalar")
         v = self._data.reshape(()).item()
         if STATE.tracer is not None:
-            STATE.tracer.on_value(self, "item", v)
+            v = STATE.tracer.on_value(self, "item", v)
         return v
 
     def tolist(self):
         v = self._data.tolist()
         if STATE.tracer is not None:
-            STATE.tracer.on_value(self, "tolist", v)
+            v = STATE.tracer.on_value(self, "tolist", v)
         return v
 
     def _scalar(self, kind, convert):
@@ -259,7 +272,7 @@ class Tensor:
             raise RuntimeError(f"{kind}: a Tensor with {self._data.size} elements cannot be converted to Scalar")
         v = convert(self._data.reshape(()).item())
         if STATE.tracer is not None:
-            STATE.tracer.on_value(self, kind, v)
+            v = STATE.tracer.on_value(self, kind, v)
         return v
 
     def __bool__(self):
@@ -381,7 +394,11 @@ class Tensor:
         if STATE.grad_enabled and (new.requires_grad or self.requires_grad or
                                    (self._base is not None and self._base.requires_grad)):
             from .autograd.inplace import rebase_history
-            rebase_history(self, new)
+            tracer, STATE.tracer = STATE.tracer, None     # autograd bookkeeping, not part of a trace
+            try:
+                rebase_history(self, new)
+            finally:
+                STATE.tracer = tracer
         if STATE.tracer is not None:
             STATE.tracer.record_mutation(self, new)
         return self
@@ -623,7 +640,7 @@ class Tensor:
         if type(self) is not Tensor:
             t.__class__ = type(self)
             t.__dict__.update({k: v for k, v in self.__dict__.items()
-                               if k not in ("_data", "_dtype", "_version", "grad", "_grad_fn_raw",
+                               if k not in ("_data", "_dtype", "_version", "_grad", "_grad_fn_raw",
                                             "_history_version")})
         if self.grad is not None:
             t.grad = self.grad.__deepcopy__(memo)

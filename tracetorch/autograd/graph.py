@@ -180,6 +180,8 @@ def run_backward(tensors, grads, retain_graph: bool, create_graph: bool, inputs=
     With `inputs`, returns their gradients (autograd.grad) instead of writing
     `.grad` on leaves.
     """
+    if STATE.tracer is not None:        # inside tt.compile: one `backward` node (the tracer runs this eagerly)
+        return STATE.tracer.run_backward(tensors, grads, retain_graph, create_graph, inputs, accumulate)
     Tensor = _BOUND.Tensor
     pending: dict[int, object] = {}     # id(node) -> accumulated grad
     roots = []
@@ -268,6 +270,9 @@ def run_backward(tensors, grads, retain_graph: bool, create_graph: bool, inputs=
 def _accumulate_into(t, g, create_graph: bool):
     if g._dtype is not t._dtype:
         g = g.to(t._dtype)
+    if STATE.tracer is not None:        # inside tt.compile: the same steps, recorded
+        STATE.tracer.accumulate_grad(t, g)
+        return
     if t.grad is None:
         t.grad = g if create_graph else g.detach().clone()
     elif create_graph or t.grad.requires_grad:

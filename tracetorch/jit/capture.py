@@ -75,15 +75,18 @@ class Trace:
     diff_inputs: list               # input positions that require grad
     result: object                  # what the eager run returned: this call's result
     uncacheable: str | None = None
+    uncacheable_where: str = ""
     node_values: list = field(default_factory=list)
     seconds: float = 0.0
 
 
-def capture(fn, call: Call, *, name: str, self_obj=None, arg_names=(), fullgraph=False,
+def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, arg_names=(), fullgraph=False,
             record_values=False) -> Trace:
+    """Run `fn(*call.args, **call.kwargs)` under a tracer. `reach_fn` (default fn) is the function
+    whose closures and globals are searched for state to guard."""
     t0 = time.perf_counter()
     named = [(n, a) for n, a in zip(arg_names, call.args)]
-    found = reach(fn, self_obj, named)
+    found = reach(reach_fn or fn, self_obj, named)
     guards = [SpecGuard(call.spec)] + global_guards() + state_guards(found)
     tracer = Tracer(found.tensor_names, fullgraph=fullgraph, record_values=record_values)
     leaf_names = pytree.leaf_names(call.spec, "args")
@@ -147,6 +150,7 @@ def capture(fn, call: Call, *, name: str, self_obj=None, arg_names=(), fullgraph
     del tracer
 
     uncacheable = None
+    uncacheable_where = ""
     constants = []
     keep = [k for k, s in enumerate(sources) if not (isinstance(s, CapturedSource) and s.ref() is None)]
     if len(keep) != len(sources):       # tensors made outside tracetorch ops during the call: constants
@@ -167,9 +171,10 @@ def capture(fn, call: Call, *, name: str, self_obj=None, arg_names=(), fullgraph
     if escaped and uncacheable is None:
         uncacheable = (f"a tensor created at {escaped} outlived the call outside its results (it escaped into "
                        "Python state, e.g. optimizer state created on the first step)")
+        uncacheable_where = escaped
     raw = Graph(tuple(inputs), tuple(constants + nodes), tuple(outputs), name=name)
     return Trace(raw, sources, rgs, guards, value_guards, out_spec, out_leaves, grad_bindings, diff_outputs,
-                 diff_inputs, result, uncacheable, node_values, time.perf_counter() - t0)
+                 diff_inputs, result, uncacheable, uncacheable_where, node_values, time.perf_counter() - t0)
 
 
 def _readable_arg_names(names, arg_names):

@@ -47,8 +47,12 @@ def apply(op: OpDef, *inputs, **attrs):
     """Run primitive `op` eagerly, record it for autograd and for an active tracer."""
     Tensor = _BOUND.Tensor
     args = [x._data if isinstance(x, Tensor) else x for x in inputs]
+    tracer = STATE.tracer
     try:
-        data = op.eager(*args, **attrs)
+        if tracer is not None and tracer.abstract:      # symbolic: shape/dtype only (the autodiff pass)
+            data = tracer.abstract_eval(op, inputs, attrs)
+        else:
+            data = op.eager(*args, **attrs)
     except (IndexError, ValueError, TypeError, RuntimeError, MemoryError, ArithmeticError) as e:
         raise _op_error(op, inputs, attrs, e) from e
     if type(data) is not np.ndarray:

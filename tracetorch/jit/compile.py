@@ -1,0 +1,370 @@
+"""`tt.compile`: the decorator, its per-function (per-instance) cache, the trace tree and stats.
+
+A call to a compiled function:
+
+1. outside any trace (a compiled function called while another one is being
+   traced is simply inlined into that trace), with compilation enabled;
+2. static guards pick the cached programs that may run (most recently used
+   first); the first one runs; if a value guard fails, the run is abandoned
+   (nothing committed) and the program whose recorded outcomes agree with the
+   ones just observed runs instead: the cached programs form a *trace tree*
+   keyed by the outcomes of their value guards;
+3. if none fits, the function is traced (run eagerly under the tracer: the
+   call's result is the eager result), lowered, compiled and cached;
+4. after `cache_size_limit` traces, one warning names the guard that keeps
+   failing and the function runs eagerly from then on.
+
+A compiled method or Module keeps one cache per instance (`__get__` binds a
+per-instance `CompiledFunction`). The cache is protected by a lock; tracing
+state itself is per thread.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections import Counter
+
+from ..ops.dispatch import STATE
+from . import logs
+from .backends import resolve
+from .capture import Call, capture
+from .guards import first_failure
+from .program import ValueGuardFailed, build_program
+
+_MODES = ("default", "eager", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+LIVE_COMPILED_FUNCTIONS: "weakref.WeakSet" = weakref.WeakSet()     # for tt.compiler.reset()
+
+
+class CompileError(RuntimeError):
+    """Lowering or code generation failed; the message carries the IR."""
+
+
+class CompileWarning(UserWarning):
+    pass
+
+
+class CompiledFunction:
+    """The callable `tt.compile(fn)` returns: `.stats()`, `.explain(*args)`, `.graph`, `.reset()`."""
+
+    def __init__(self, fn, options: dict, *, self_ref=None, reach_fn=None, name=None):
+        self.fn = fn
+        self.options = options
+        self._self_ref = self_ref
+        self._reach_fn = reach_fn or fn
+        self.name = name or getattr(fn, "__qualname__", getattr(fn, "__name__", "fn"))
+        self._lock = threading.RLock()
+        self._programs: list = []
+        self._instances = weakref.WeakKeyDictionary()
+        self._gave_up: str | None = None
+        self._last_program = None
+        self._failures: Counter = Counter()
+        self._failure_detail: dict = {}
+        self._stats = _new_stats()
+        try:
+            functools.update_wrapper(self, fn)
+        except (AttributeError, TypeError):
+            pass
+        LIVE_COMPILED_FUNCTIONS.add(self)
+
+    # ------------------------------------------------------------ binding
+    def __get__(self, obj, objtype=None):
+        if obj is None or self._self_ref is not None:
+            return self
+        bound = self._instances.get(obj)
+        if bound is None:
+            bound = CompiledFunction(self.fn, self.options, self_ref=weakref.ref(obj), name=self.name)
+            self._instances[obj] = bound
+        return bound
+
+    def _target(self):
+        if self._self_ref is None:
+            return self.fn
+        obj = self._self_ref()
+        if obj is None:
+            raise ReferenceError(f"{self.name}: the instance this compiled method belongs to was freed")
+        return self.fn.__get__(obj, type(obj))
+
+    def _tt_compiled_target(self):
+        return self.fn, (self._self_ref() if self._self_ref is not None else None)
+
+    # ------------------------------------------------------------ calling
+    def __call__(self, *args, **kwargs):
+        target = self._target()
+        if self.options["mode"] == "eager" or os.environ.get("TRACETORCH_DISABLE") == "1" \
+                or STATE.tracer is not None:
+            return target(*args, **kwargs)
+        if self._gave_up is not None:
+            self._stats["fallbacks"] += 1
+            return target(*args, **kwargs)
+        call = Call.of(args, kwargs)
+        with self._lock:
+            self._stats["calls"] += 1
+            candidates, failed = self._candidates(call)
+        if self.options["check"] and candidates:
+            from .check import run_checked
+            result = run_checked(self, candidates[0], call, target)
+            if result is not _NOT_CHECKED:
+                return result
+        tried = []
+        program = candidates[0] if candidates else None
+        while program is not None:
+            try:
+                result = program.run(call)
+            except ValueGuardFailed as fail:
+                self._note_value_failure(fail)
+                tried.append(program)
+                path = program.value_path()[:fail.position] + (fail.outcome,)
+                program = next((p for p in candidates if p not in tried
+                                and p.value_path()[:fail.position + 1] == path), None)
+                continue
+            with self._lock:
+                self._stats["cache_hits"] += 1
+                if self._programs and self._programs[0] is not program and program in self._programs:
+                    self._programs.remove(program)
+                    self._programs.insert(0, program)
+            return result
+        for guard, detail in failed:
+            self._note_static_failure(guard, detail)
+        return self._trace(call, target)
+
+    def _candidates(self, call):
+        ok, failed = [], []
+        for p in self._programs:
+            g = first_failure(p.guards, call)
+            if g is None:
+                ok.append(p)
+            else:
+                failed.append((g, g.actual(call)))
+        return ok, failed
+
+    def _note_static_failure(self, guard, detail):
+        with self._lock:
+            key = guard.subject
+            self._stats["guard_failures"][key] += 1
+            self._failures[key] += 1
+            self._failure_detail[key] = (f"{guard.describe()}; found {detail}",
+                                         getattr(guard, "where", "") or self._where())
+        logs.log("guards", f"{self.name}: guard failed: {guard.describe()}; found {detail}")
+
+    def _note_value_failure(self, fail: ValueGuardFailed):
+        with self._lock:
+            key = fail.spec.why
+            self._stats["guard_failures"][key] += 1
+            self._stats["value_guard_misses"] += 1
+            self._failures[key] += 1
+            self._failure_detail[key] = (str(fail), fail.spec.where)
+        logs.log("guards", f"{self.name}: {fail}")
+
+    def _where(self) -> str:
+        code = getattr(inspect.unwrap(self.fn), "__code__", None)
+        if code is None:
+            return "?"
+        return f"{os.path.basename(code.co_filename)}:{code.co_firstlineno} ({self.name})"
+
+    def _trace(self, call, target):
+        with self._lock:
+            if self._stats["traces"] >= self.options["cache_size_limit"]:
+                self._give_up()
+                self._stats["fallbacks"] += 1
+                return target(*call.args, **call.kwargs)
+            self._stats["traces"] += 1
+            reason = ", ".join(f"{k}" for k in self._failures) or "first call"
+            logs.log("recompiles", f"{self.name}: trace #{self._stats['traces']} ({reason})")
+            arg_names = _parameter_names(target)
+            obj = self._self_ref() if self._self_ref is not None else None
+            trace = capture(target, call, name=_identifier(self.name), self_obj=obj, reach_fn=self._reach_fn,
+                            arg_names=arg_names, fullgraph=self.options["fullgraph"])
+            self._stats["trace_seconds"] += trace.seconds
+            if trace.uncacheable is not None:
+                self._stats["uncached_traces"] += 1
+                key = "state created during the call"
+                self._failures[key] += 1
+                self._failure_detail[key] = (trace.uncacheable, trace.uncacheable_where)
+                logs.log("recompiles", f"{self.name}: not cached: {trace.uncacheable}")
+                return trace.result
+            try:
+                program = build_program(trace, self.options["backend"], name=_identifier(self.name))
+            except Exception as e:
+                if self.options["fallback"]:
+                    warnings.warn(f"tt.compile: compiling {self.name} failed ({e}); running it eagerly",
+                                  CompileWarning, stacklevel=3)
+                    self._gave_up = f"compilation failed: {e}"
+                    return trace.result
+                raise CompileError(f"tt.compile: compiling {self.name} failed: {e}\n\ntraced IR:\n"
+                                   f"{trace.raw.text()}") from e
+            self._stats["compiles"] += 1
+            self._stats["compile_seconds"] += program.compile_seconds
+            self._stats["nodes"] = len(program.graph.nodes)
+            self._stats["kernels"] = getattr(program.executable, "kernels", len(program.graph.nodes))
+            self._programs.insert(0, program)
+            self._last_program = program
+            return trace.result
+
+    def _give_up(self):
+        if self._gave_up is not None:
+            return
+        if self._failures:
+            key, _ = self._failures.most_common(1)[0]
+            detail, where = self._failure_detail[key]
+        else:
+            key, detail, where = "?", "", self._where()
+        self._gave_up = key
+        warnings.warn(f"tt.compile: {self.name} reached cache_size_limit={self.options['cache_size_limit']} "
+                      f"traces; the guard that keeps failing: {key} ({detail}) at {where}. Running it eagerly "
+                      "from now on (raise cache_size_limit, or make that value a tensor).",
+                      CompileWarning, stacklevel=4)
+
+    # ------------------------------------------------------------ introspection
+    def stats(self) -> dict:
+        with self._lock:
+            s = dict(self._stats)
+            s["guard_failures"] = dict(self._stats["guard_failures"])
+            s["cache_entries"] = len(self._programs)
+            s["eager_since_limit"] = self._gave_up is not None
+            return s
+
+    @property
+    def graph(self):
+        """The optimized IR of the last trace (None before the first call)."""
+        p = self._last_program
+        return None if p is None else p.graph
+
+    @property
+    def programs(self) -> list:
+        return list(self._programs)
+
+    def explain(self, *args, **kwargs) -> str:
+        from .explain import explain_compiled
+        return explain_compiled(self, args, kwargs)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._programs.clear()
+            self._gave_up = None
+            self._last_program = None
+            self._failures.clear()
+            self._failure_detail.clear()
+            self._stats = _new_stats()
+            for bound in list(self._instances.values()):
+                bound.reset()
+
+    def __repr__(self) -> str:
+        return f"<compiled {self.name} (backend={self.options['backend']!r})>"
+
+
+class CompiledModule:
+    """`tt.compile(module)`: calls go through a compiled `module.__call__`; everything else
+    (parameters(), train(), state_dict(), attributes) is the module's own."""
+
+    def __init__(self, module, options: dict):
+        object.__setattr__(self, "_orig_mod", module)
+        fn = CompiledFunction(type(module).__call__, options, self_ref=weakref.ref(module),
+                              reach_fn=type(module).forward, name=type(module).__name__)
+        object.__setattr__(self, "_compiled", fn)
+
+    def __call__(self, *args, **kwargs):
+        return self._compiled(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._orig_mod, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._orig_mod, name, value)
+
+    def _tt_compiled_target(self):
+        return self._orig_mod.forward, self._orig_mod
+
+    def train(self, mode: bool = True):
+        self._orig_mod.train(mode)
+        return self
+
+    def eval(self):
+        self._orig_mod.eval()
+        return self
+
+    def stats(self) -> dict:
+        return self._compiled.stats()
+
+    def explain(self, *args, **kwargs) -> str:
+        return self._compiled.explain(*args, **kwargs)
+
+    @property
+    def graph(self):
+        return self._compiled.graph
+
+    def reset(self) -> None:
+        self._compiled.reset()
+
+    def __repr__(self) -> str:
+        return f"CompiledModule({self._orig_mod!r})"
+
+
+def compile(fn=None, *, backend="auto", mode="default", check: bool = False, fullgraph: bool = False,
+            cache_size_limit: int = 8, fallback: bool = False, dynamic=None, options=None):
+    """Compile a function or Module by tracing it (see tracetorch/jit/compile.py and DESIGN.md).
+
+    backend: "auto" | "interp" | "llvm" | "cuda" (whatever is registered); mode="eager" turns
+    compilation off; check=True runs compiled and eager side by side and raises CheckError at
+    the first divergent node; fullgraph=True makes data-dependent Python (graph breaks) an error
+    instead of a value guard; after `cache_size_limit` traces the function runs eagerly.
+    Python side effects (print, list.append) happen only while tracing.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"tt.compile: unknown mode {mode!r} (expected 'default' or 'eager')")
+    if not isinstance(cache_size_limit, int) or cache_size_limit < 1:
+        raise ValueError(f"tt.compile: cache_size_limit must be a positive int, got {cache_size_limit!r}")
+    resolve(backend)
+    opts = dict(backend=backend, mode="eager" if mode == "eager" else "default", check=bool(check),
+                fullgraph=bool(fullgraph), cache_size_limit=cache_size_limit, fallback=bool(fallback))
+    if fn is None:
+        return lambda f: _wrap(f, opts)
+    return _wrap(fn, opts)
+
+
+def _wrap(fn, opts):
+    from .reach import module_class
+    Module = module_class()
+    if isinstance(fn, CompiledFunction):
+        fn = fn.fn
+    if isinstance(fn, CompiledModule):
+        fn = fn._orig_mod
+    if Module is not None and isinstance(fn, Module):
+        return CompiledModule(fn, opts)
+    if inspect.ismethod(fn):
+        return CompiledFunction(fn.__func__, opts, self_ref=weakref.ref(fn.__self__),
+                                name=fn.__func__.__qualname__)
+    if not callable(fn):
+        raise TypeError(f"tt.compile expects a function or a Module, got {type(fn).__name__}")
+    return CompiledFunction(fn, opts)
+
+
+def _new_stats() -> dict:
+    return {"calls": 0, "traces": 0, "compiles": 0, "cache_hits": 0, "guard_failures": Counter(),
+            "value_guard_misses": 0, "uncached_traces": 0, "fallbacks": 0, "nodes": 0, "kernels": 0,
+            "compile_seconds": 0.0, "trace_seconds": 0.0}
+
+
+def _parameter_names(fn) -> tuple:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _identifier(name: str) -> str:
+    import re
+    out = re.sub(r"\W+", "_", name.replace("<locals>.", "")).strip("_")
+    return out or "fn"
+
+
+class _NotChecked:
+    pass
+
+
+_NOT_CHECKED = _NotChecked()
