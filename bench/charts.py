@@ -24,19 +24,25 @@ def write_charts(data: dict, out_dir: str) -> dict:
     return {"written": written, "reason": None if written else "no result to draw"}
 
 
+def _colors(plt, data: dict) -> dict:
+    """One color per system, the same in every chart."""
+    palette = plt.get_cmap("tab10").colors
+    return {name: palette[i % len(palette)] for i, name in enumerate(data["systems"])}
+
+
 def _ok_time(case: dict, system: str):
     r = case["results"].get(system, {})
     return r["median_s"] if r.get("status") == "ok" else None
 
 
-def _grouped_bars(plt, labels: list[str], series: dict[str, list], ylabel: str, title: str):
+def _grouped_bars(plt, labels: list[str], series: dict[str, list], colors: dict, ylabel: str, title: str):
     """One group of bars per label, one bar per series (missing values are left out)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) + 2), 4.5))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(labels))
     for i, (name, values) in enumerate(series.items()):
         heights = [v if v is not None else 0 for v in values]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name, color=colors[name])
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -50,7 +56,8 @@ def _speedup(plt, data: dict):
     if not cases or not systems:
         return None
     series = {s: [(_ok_time(c, "tt-eager") / t) if (t := _ok_time(c, s)) else None for c in cases] for s in systems}
-    fig, ax = _grouped_bars(plt, [c["case"] for c in cases], series, "speedup over tracetorch eager (log)",
+    fig, ax = _grouped_bars(plt, [c["case"] for c in cases], series, _colors(plt, data),
+                            "speedup over tracetorch eager (log)",
                             "Speedup per workload (same run)")
     ax.set_yscale("log")
     ax.axhline(1.0, color="gray", linewidth=0.8)
@@ -65,7 +72,8 @@ def _bandwidth(plt, data: dict):
     if not cases or not systems:
         return None
     series = {s: [(c["ideal_bytes"] / t / 1e9) if (t := _ok_time(c, s)) else None for c in cases] for s in systems}
-    fig, ax = _grouped_bars(plt, [c["case"] for c in cases], series, "GB/s (least bytes moved / time)",
+    fig, ax = _grouped_bars(plt, [c["case"] for c in cases], series, _colors(plt, data),
+                            "GB/s (least bytes moved / time)",
                             "Bandwidth vs the copy roof")
     roof = data["copy"]["gb_per_s"]
     ax.axhline(roof, color="red", linestyle="--", linewidth=1, label=f"copy {roof:.1f} GB/s")

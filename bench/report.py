@@ -197,8 +197,13 @@ def _compile_times(data: dict) -> str:
     if not rows:
         return ""
     header = ["workload", "backend", "cold compile", "cold first call", "warm compile", "warm first call"]
+    torch_firsts = [f"{c['case']} {format_seconds(r['first_call_s'])}" for c in data["cases"]
+                    if c["workload"] in {row["workload"] for row in data["compile_times"]}
+                    and (r := c["results"].get("torch-compile", {})).get("status") == "ok"]
+    note = (f"\ntorch.compile's first call in the main process (its own caches): {', '.join(torch_firsts)}.\n"
+            if torch_firsts else "")
     return ("## Compile time (C1)\n\nEach in a fresh process; warm reuses the cold run's on-disk cache "
-            "(`TRACETORCH_CACHE_DIR`).\n\n" + _table(header, rows))
+            "(`TRACETORCH_CACHE_DIR`).\n\n" + _table(header, rows) + note)
 
 
 def _targets(data: dict) -> str:
@@ -220,7 +225,8 @@ def _targets(data: dict) -> str:
         rows.append([t["case"], t["system"], t["goal"], shown, met])
     title = "## Figures to reach (shared/BENCH.md)\n\n"
     if not rows:
-        return title + "No target applies to the cases of this run (they name the full sizes).\n"
+        return title + ("No compiled backend ran, or no target names a case of this run "
+                        "(targets name the full sizes).\n")
     return title + _table(["case", "system", "goal", "this run", "met"], rows)
 
 

@@ -47,7 +47,7 @@ GPU_TARGETS = (
 def evaluate(data: dict) -> list[dict]:
     """One row per target and compiled backend: the value reached in this run and whether it meets the goal."""
     targets = GPU_TARGETS if data["device"] == "cuda" else CPU_TARGETS
-    backends = [s for s in data["systems"] if s.startswith("tt-") and s != "tt-eager"]
+    backends = [s for s in data["systems"] if s.startswith("tt-") and s != "tt-eager" and _ran(data, s)]
     cases = {c["case"]: c for c in data["cases"]}
     compile_rows = {(r["workload"], r["backend"]): r for r in data.get("compile_times", [])}
     rows = []
@@ -59,6 +59,12 @@ def evaluate(data: dict) -> list[dict]:
             rows.append({"case": target.case, "goal": target.goal, "system": system, "measure": target.measure,
                          "threshold": target.threshold, "value": value, "why_missing": why, "met": met})
     return rows
+
+
+def _ran(data: dict, system: str) -> bool:
+    """Whether a compiled backend produced any figure in this run (only those get target rows)."""
+    return (any(c["results"].get(system, {}).get("status") == "ok" for c in data["cases"])
+            or any(r.get("status") == "ok" and f"tt-{r['backend']}" == system for r in data.get("compile_times", [])))
 
 
 def _value(target: Target, system: str, cases: dict, compile_rows: dict) -> tuple[float | None, str | None]:

@@ -302,7 +302,7 @@ class Kernel:
 
     @property
     def buffers(self) -> tuple[Buffer, ...]:
-        """Buffers the kernel touches, in order of first use (its parameters)."""
+        """Its parameters: buffers read (in reading order), then buffers only written."""
         seen: dict[Buffer, None] = {}
         for node in walk_exprs(self.outer):
             if isinstance(node, Load):
@@ -405,19 +405,19 @@ def stmt_exprs(stmt: Stmt) -> tuple[Expr, ...]:
 
 
 def walk_exprs(root: Union[Stmt, Expr]) -> Iterator[Expr]:
-    """Every expression node under a statement or expression, each shared node once."""
-    if isinstance(root, Expr):
-        stack = [root]
-    else:
-        stack = [e for s in walk_stmts(root) for e in stmt_exprs(s)]
+    """Every expression node under a statement or expression, in reading order (parents first,
+    operands left to right), each shared node once."""
+    roots = [root] if isinstance(root, Expr) else [e for s in walk_stmts(root) for e in stmt_exprs(s)]
     seen: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        yield node
-        stack.extend(node.children())
+    for top in roots:
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            yield node
+            stack.extend(reversed(node.children()))
 
 
 def substitute(expr: Expr, mapping: dict, _done: dict | None = None) -> Expr:

@@ -46,4 +46,6 @@ def __getattr__(name):
     import importlib
     if name in ("nn", "optim", "utils", "data", "jit", "compiler"):
         return importlib.import_module(f"{__name__}.{name}")
+    if name in ("compile", "grad", "value_and_grad"):     # the tracing JIT (tracetorch/jit)
+        return getattr(importlib.import_module(f"{__name__}.jit"), name)
     raise AttributeError(f"module 'tracetorch' has no attribute '{name}'")

@@ -274,3 +274,21 @@ def test_get_submodule():
     assert net.get_submodule("block.bn") is net.block.bn
     with pytest.raises(AttributeError):
         net.get_submodule("block.nope")
+
+
+def test_nn_is_reachable_the_pytorch_ways():
+    import importlib
+    import tracetorch
+    import tracetorch.nn.functional as functional
+    assert tracetorch.nn is importlib.import_module("tracetorch.nn") is nn
+    assert tracetorch.nn.functional is functional and tracetorch.nn.init.kaiming_uniform_
+    assert tracetorch.nn.functional.relu(tt.tensor([-1.0, 1.0])).tolist() == [0.0, 1.0]
+
+
+def test_module_pickles_with_its_state():
+    import pickle
+    net = Net()
+    twin = pickle.loads(pickle.dumps(net))
+    assert isinstance(twin.head.weight, nn.Parameter)
+    for (k, a), (_, b) in zip(net.state_dict().items(), twin.state_dict().items()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=k)

@@ -128,8 +128,8 @@ class CompiledFunction:
                     self._programs.remove(program)
                     self._programs.insert(0, program)
             return result
-        for guard, detail in failed:
-            self._note_static_failure(guard, detail)
+        for guard, detail, key in failed:
+            self._note_static_failure(guard, detail, key)
         return self._trace(call, target)
 
     def _candidates(self, call):
@@ -139,12 +139,11 @@ class CompiledFunction:
             if g is None:
                 ok.append(p)
             else:
-                failed.append((g, g.actual(call)))
+                failed.append((g, g.actual(call), g.failure_key(call)))
         return ok, failed
 
-    def _note_static_failure(self, guard, detail):
+    def _note_static_failure(self, guard, detail, key):
         with self._lock:
-            key = guard.subject
             self._stats["guard_failures"][key] += 1
             self._failures[key] += 1
             self._failure_detail[key] = (f"{guard.describe()}; found {detail}",

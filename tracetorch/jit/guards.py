@@ -31,14 +31,18 @@ from .reach import Reach, is_constant
 class Guard:
     subject = "?"
 
-    def check(self, leaves) -> bool:
+    def check(self, call) -> bool:
         raise NotImplementedError
 
     def describe(self) -> str:
         return self.subject
 
-    def actual(self, leaves) -> str:
+    def actual(self, call) -> str:
         return "different"
+
+    def failure_key(self, call) -> str:
+        """What failed, for `.stats()['guard_failures']` and the cache-limit warning."""
+        return self.subject
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +134,20 @@ class ObjectGuard(Guard):
         obj = self.ref()
         return "freed" if obj is None else _short(_diff(self.expected, self.snapshot(obj)))
 
+    def failure_key(self, call) -> str:
+        obj = self.ref()
+        parts = getattr(self.snapshot, "parts", None)
+        if obj is None or parts is None:
+            return self.subject
+        now = self.snapshot(obj)
+        for part, a, b in zip(parts, self.expected, now):
+            if a != b:
+                if isinstance(part, tuple):         # attribute names
+                    changed = [k for k, x, y in zip(part, a, b) if x != y]
+                    return ", ".join(f"{self.name}.{k}" for k in changed) or self.subject
+                return f"{part} of {self.name}"
+        return self.subject
+
 
 @dataclass(frozen=True, eq=False)
 class ConstantGuard(Guard):
@@ -153,9 +171,13 @@ class ConstantGuard(Guard):
 
 @dataclass(frozen=True, eq=False)
 class GlobalGuard(Guard):
-    subject: str
+    name: str
     read: Callable
     expected: object
+
+    @property
+    def subject(self) -> str:
+        return self.name
 
     def check(self, call) -> bool:
         return self.read() == self.expected
@@ -181,6 +203,7 @@ def module_snapshot(keys):
         d = m.__dict__
         return (tuple(map(d.get, keys)), tuple(map(id, d["_parameters"].values())),
                 tuple(map(id, d["_buffers"].values())), tuple(map(id, d["_modules"].values())))
+    snapshot.parts = (keys, "parameters", "buffers", "submodules")
     return snapshot
 
 

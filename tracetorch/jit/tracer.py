@@ -34,7 +34,7 @@ import numpy as np
 from .. import dtypes as D
 from ..ops import REGISTRY
 from ..ops.dispatch import STATE
-from ..ops.registry import Aval
+from ..ops.registry import CREATION, Aval
 from ..tensor import Tensor
 from .ir import BACKWARD, COPY_, CUSTOM_FN, DETACH, Node, Value
 from .scalars import TracedFloat, TracedInt, _Traced, is_traced
@@ -173,6 +173,8 @@ class Tracer:
     # ------------------------------------------------------------ hooks from the core
     def record(self, op, inputs, attrs, out):
         where = self.where()
+        if op.kind != CREATION and not any(isinstance(x, (Tensor, _Traced)) for x in inputs):
+            op, inputs, attrs = CONSTANT, (), {"value": np.array(out._data), "dtype": out._dtype}
         hint = _scalar_dtype(op, inputs) if any(isinstance(x, _Traced) for x in inputs) else None
         ins = tuple(self._operand(x, hint) for x in inputs)
         attrs = self._plain_attrs(attrs)
@@ -420,6 +422,8 @@ class AbstractTracer(Tracer):
         return t
 
     def abstract_eval(self, op, inputs, attrs):
+        if op.kind != CREATION and not any(isinstance(x, Tensor) for x in inputs):
+            return np.asarray(op.eager(*inputs, **attrs))      # numbers only: a constant, computed now
         avals = [Aval(tuple(x._data.shape), x._dtype) if isinstance(x, Tensor) else x for x in inputs]
         out = op.infer(*avals, **attrs)
         return _placeholder(out.shape, out.dtype)

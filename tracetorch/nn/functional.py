@@ -17,7 +17,7 @@ import numpy as np
 from .. import dtypes as D
 from ..autograd.grad_mode import no_grad
 from ..creation import arange, full, tensor as _constant
-from ..math import (abs as _abs, amax, argmax, exp, log, log1p, log_softmax as _log_softmax, matmul, maximum,
+from ..math import (abs as _abs, exp, log, log1p, log_softmax as _log_softmax, matmul, maximum,
                     minimum, relu as _relu, rsqrt, sigmoid as _sigmoid, softmax as _softmax, tanh as _tanh, where)
 from ..ops import REGISTRY
 from ..ops.dispatch import apply
@@ -420,20 +420,16 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     padded = _pad_constant(x, pads, lowest) if any(a or b for a, b in pads.values()) else x
     positions = _window_positions(x.shape[2:], kernel, stride, pad_hw, dilation, (oh, ow)) if return_indices \
         else None
-    out = indices = None
-    for k, window in enumerate(_window_slices(padded, kernel, stride, dilation, (oh, ow))):
-        if out is None:
-            out = window
-            indices = _constant(positions[0]) if return_indices else None
-            continue
-        take = window > out
+    windows = _window_slices(padded, kernel, stride, dilation, (oh, ow))
+    out = windows[0] if len(windows) > 1 else windows[0].clone()      # never a view of the input
+    indices = _constant(positions[0]) if return_indices else None
+    for k in range(1, len(windows)):
+        take = windows[k] > out
         if floating:
-            take = take | window.isnan()
-        out = where(take, window, out)
+            take = take | windows[k].isnan()
+        out = where(take, windows[k], out)
         if return_indices:
             indices = where(take, _constant(positions[k]), indices)
-    if out is padded:                          # a 1x1 window without padding: the input itself
-        out = out.clone()
     if return_indices:
         indices = indices.expand(*out.shape).clone()
     if unbatched:
@@ -595,7 +591,7 @@ def _class_weight_view(weight: Tensor, input: Tensor, class_dim: int, op: str) -
                            f"but got weight tensor of shape: {list(weight.shape)}")
     shape = [1] * input.dim()
     shape[class_dim] = classes
-    return weight.reshape(shape)
+    return weight.to(input.dtype).reshape(shape)
 
 
 def _pick_targets(logp: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, op: str):
