@@ -106,8 +106,9 @@ def _ran_anywhere(data: dict, system: str) -> bool:
 # ---------------------------------------------------------------- markdown
 
 def render_markdown(data: dict) -> str:
-    parts = [_header(data), _summary(data), _compiled_details(data), _compile_times(data), _targets(data),
-             _checks(data), _skipped(data), _charts(data)]
+    per_case = [_summary(data), _compiled_details(data)] if data["cases"] else []
+    parts = [_header(data), *per_case, _compile_times(data), _targets(data),
+             _checks(data) if data["cases"] else "", _skipped(data), _charts(data)]
     return "\n".join(p for p in parts if p)
 
 
@@ -120,12 +121,13 @@ def _header(data: dict) -> str:
             f"({m['usable_cpus']} usable), {m['platform']}, Python {m['python']}; {libs}; BLAS {m['blas'] or 'n/a'}.",
             f"Copy bandwidth ({copy['system']}, {copy['elements']} float32, read + write): "
             f"**{copy['gb_per_s']:.1f} GB/s**.", "",
-            "Times are medians per call after warm-up, the systems of a workload sampled in turn; speedups "
-            "are ratios of times of this run (x > 1: tracetorch is faster)."]
+            "Times are medians per call after warm-up, the systems of a workload sampled in blocks taken in "
+            "turn; speedups are ratios of times of this run (x > 1: tracetorch is faster). Compiles start "
+            "from an empty on-disk cache: first calls are cold."]
     load, cpus = data.get("load_average_at_start"), m["usable_cpus"] or 1
     if load is not None and load >= 0.5 * cpus:
         text.append(f"**Other processes were running** (load average {load:.1f} on {cpus} CPUs at the start): "
-                    "absolute times are unreliable; the ratios, sampled round-robin, less so.")
+                    "absolute times are unreliable; the ratios, sampled in turns, less so.")
     if data["quick"]:
         text.append("Quick run: small sizes, short timings; use a full run (`make bench`) for figures.")
     return "\n".join(text) + "\n"
@@ -189,21 +191,25 @@ def _compile_times(data: dict) -> str:
         for phase in ("cold", "warm"):
             probe = row.get(phase) or {}
             if probe.get("status") == "ok":
-                cells += [format_seconds((probe.get("figures") or {}).get("compile_seconds")),
-                          format_seconds(probe["first_call_s"])]
+                figures = probe.get("figures") or {}
+                cells += [format_seconds(probe["overhead_s"]), format_seconds(figures.get("trace_seconds")),
+                          format_seconds(figures.get("compile_seconds"))]
             else:
-                cells += [probe.get("status") or row.get("status"), ""]
+                cells += [probe.get("status") or row.get("status"), "", ""]
         rows.append(cells)
     if not rows:
         return ""
-    header = ["workload", "backend", "cold compile", "cold first call", "warm compile", "warm first call"]
+    header = ["workload", "backend", "cold overhead", "cold trace", "cold compile", "warm overhead", "warm trace",
+              "warm compile"]
     torch_firsts = [f"{c['case']} {format_seconds(r['first_call_s'])}" for c in data["cases"]
                     if c["workload"] in {row["workload"] for row in data["compile_times"]}
                     and (r := c["results"].get("torch-compile", {})).get("status") == "ok"]
     note = (f"\ntorch.compile's first call in the main process (its own caches): {', '.join(torch_firsts)}.\n"
             if torch_firsts else "")
     return ("## Compile time (C1)\n\nEach in a fresh process; warm reuses the cold run's on-disk cache "
-            "(`TRACETORCH_CACHE_DIR`).\n\n" + _table(header, rows) + note)
+            "(`TRACETORCH_CACHE_DIR`). Overhead: what the first three calls took beyond a steady call, "
+            "what a user waits for; "
+            "trace and compile: from `.stats()`.\n\n" + _table(header, rows) + note)
 
 
 def _targets(data: dict) -> str:

@@ -16,7 +16,8 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from statistics import median
 from typing import Any, Callable
 
@@ -37,13 +38,14 @@ class Options:
     backends: tuple[str, ...] = DEFAULT_BACKENDS
     budget_s: float = 1.0                     # time spent on the timed calls of one system on one case
     min_repeats: int = 7
+    rounds: int = 3                           # blocks of samples per system, taken in turn
     probe_timeout_s: float = 600.0
 
     @classmethod
     def for_run(cls, quick: bool, device: str, only=None, backends=None) -> "Options":
         backends = tuple(backends) if backends else DEFAULT_BACKENDS + (("cuda",) if device == "cuda" else ())
         if quick:
-            return cls(True, device, only, backends, budget_s=0.15, min_repeats=5, probe_timeout_s=150.0)
+            return cls(True, device, only, backends, budget_s=0.15, min_repeats=5, rounds=2, probe_timeout_s=150.0)
         return cls(False, device, only, backends)
 
     def selects(self, name: str) -> bool:
@@ -68,15 +70,15 @@ class Systems:
     torch: Any = None
     torch_reason: str | None = None
     torch_compile_reason: str | None = None
-    notes: dict = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return (["tt-eager"] + [f"tt-{b}" for b in self.backends] + ["numpy", "torch-eager", "torch-compile"])
 
     def describe(self) -> dict:
+        torch = f"available ({self.torch.__version__})" if self.torch is not None else "not used"
         return {"tt.compile": self.compile_reason or "available", "backends": list(self.backends),
-                "torch": self.torch_reason or f"available ({self.torch.__version__})",
-                "torch.compile": self.torch_reason or self.torch_compile_reason or "available"}
+                "torch": self.torch_reason or torch,
+                "torch.compile": self.torch_reason or self.torch_compile_reason or torch}
 
 
 def find_compiler() -> tuple[Callable | None, str | None]:
@@ -141,14 +143,17 @@ def warm_up(timed: Timed, budget_s: float, min_sample_s: float = 1e-3) -> None:
     timed.inner = max(1, math.ceil(min_sample_s / timed.estimate_s))
 
 
-def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: int,
-                        max_repeats: int = 1000) -> dict[str, dict]:
-    """Median seconds per call of each warmed-up entry, sampled round-robin (one sample of each per
-    round) so that load from elsewhere on a shared machine hits every system alike and the ratios of
-    one run hold. The rounds fit `budget_s` per entry, `min_repeats` at least. A call that raises ends
-    that entry's sampling; its result is the error."""
-    per_round = sum(t.estimate_s * t.inner for t in timed.values()) or 1e-9
-    rounds = int(min(max_repeats, max(min_repeats, budget_s * len(timed) / per_round)))
+def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: int, rounds: int,
+                        settle_s: float = 0.02, max_repeats: int = 1000) -> dict[str, dict]:
+    """Median seconds per call of each warmed-up entry, sampled in `rounds` rounds of one block per
+    entry, so that load from elsewhere on a shared machine hits every system alike and the ratios of one
+    run hold. Blocks, not single samples: right after a system ran, its thread pools (OpenBLAS,
+    OpenMP) still spin and on a 2-core machine slow the next system's calls threefold; so each block
+    starts with `settle_s` of untimed calls. The samples fit `budget_s` per entry, `min_repeats` at
+    least. A call that raises ends that entry's sampling; its result is the error."""
+    per_block = {name: int(min(max_repeats / rounds, max(math.ceil(min_repeats / rounds),
+                                                         budget_s / rounds / (t.estimate_s * t.inner))))
+                 for name, t in timed.items()}
     samples: dict[str, list[float]] = {name: [] for name in timed}
     failed: dict[str, dict] = {}
     gc.collect()
@@ -157,22 +162,32 @@ def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: i
             if name in failed:
                 continue
             try:
-                t0 = time.perf_counter()
-                for _ in range(t.inner):
-                    t.call()
-                t.sync()
+                _settle(t, settle_s)
+                for _ in range(per_block[name]):
+                    t0 = time.perf_counter()
+                    for _ in range(t.inner):
+                        t.call()
+                    t.sync()
+                    samples[name].append((time.perf_counter() - t0) / t.inner)
             except Exception as e:
                 failed[name] = _error(e, "the timed calls")
-                continue
-            samples[name].append((time.perf_counter() - t0) / t.inner)
     out = {}
     for name, values in samples.items():
         if name in failed:
             out[name] = failed[name]
             continue
         out[name] = {"median_s": median(values), "min_s": min(values), "max_s": max(values),
-                     "repeats": len(values), "inner": timed[name].inner, "samples_s": values}
+                     "repeats": len(values), "inner": timed[name].inner, "rounds": rounds, "samples_s": values}
     return out
+
+
+def _settle(timed: Timed, seconds: float) -> None:
+    """Untimed calls, two at least, until `seconds` passed."""
+    start, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - start < seconds:
+        timed.call()
+        timed.sync()
+        calls += 1
 
 
 def _no_sync():
@@ -362,7 +377,7 @@ def run_case(case: Case, systems: Systems, options: Options, copy_gbs: float | N
             instances[name], timed[name] = instance, ready
     del reference
     gc.collect()
-    for name, timing in measure_interleaved(timed, options.budget_s, options.min_repeats).items():
+    for name, timing in measure_interleaved(timed, options.budget_s, options.min_repeats, options.rounds).items():
         result = out["results"][name]
         result.update(timing)
         if hasattr(instances[name].fn, "stats"):
@@ -373,32 +388,52 @@ def run_case(case: Case, systems: Systems, options: Options, copy_gbs: float | N
 
 
 def run_suite(options: Options, systems: Systems | None = None, log: Callable[[str], None] = print) -> dict:
-    """Everything `--only` selects: the machine, the copy roof, each case, then C1. Returns report.json's data."""
+    """Everything `--only` selects: the machine, the copy roof, each case, then C1. Returns report.json's data.
+
+    Compiles in this process start from an empty on-disk cache (a temporary `TRACETORCH_CACHE_DIR`), so
+    their first calls are cold whatever earlier runs left behind.
+    """
     from . import workloads
     from .machine import copy_bandwidth, describe_machine
     started = time.time()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    systems = systems or discover_systems(options)
-    cases = [c for c in workloads.build_cases(options.quick, options.device) if options.selects(c.name)]
-    run_c1 = options.selects("C1")
-    log(f"bench: {len(cases)} cases{' + C1' if run_c1 else ''} on {options.device}"
-        f"{' (quick)' if options.quick else ''}; systems: {', '.join(systems.names())}")
-    copy = copy_bandwidth(options.device, elements=1 << (24 if options.quick else 26))
-    log(f"copy bandwidth ({copy['system']}, {copy['elements']} float32): {copy['gb_per_s']:.1f} GB/s")
-    data = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
-            "quick": options.quick, "device": options.device, "machine": describe_machine(),
-            "load_average_at_start": load_at_start, "copy": copy,
-            "systems": systems.names(), "availability": systems.describe(), "cases": [], "compile_times": []}
-    for i, case in enumerate(cases, 1):
-        log(f"[{i}/{len(cases)}] {case.name} ...")
-        result = run_case(case, systems, options, copy["gb_per_s"])
-        data["cases"].append(result)
-        log(f"[{i}/{len(cases)}] {progress_line(result)}")
+    with tempfile.TemporaryDirectory(prefix="tracetorch-bench-cache-") as cache_dir, \
+            _environment(CACHE_DIR_ENV, cache_dir):
+        systems = systems or discover_systems(options)
+        all_cases = workloads.build_cases(options.quick, options.device)
+        cases = [c for c in all_cases if options.selects(c.name)]
+        run_c1 = options.selects("C1")
+        log(f"bench: {len(cases)} cases{' + C1' if run_c1 else ''} on {options.device}"
+            f"{' (quick)' if options.quick else ''}; systems: {', '.join(systems.names())}")
+        copy = copy_bandwidth(options.device, elements=1 << (24 if options.quick else 26))
+        log(f"copy bandwidth ({copy['system']}, {copy['elements']} float32): {copy['gb_per_s']:.1f} GB/s")
+        data = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+                "quick": options.quick, "device": options.device, "machine": describe_machine(),
+                "load_average_at_start": load_at_start, "copy": copy, "systems": systems.names(),
+                "availability": systems.describe(), "cases": [], "compile_times": []}
+        for i, case in enumerate(cases, 1):
+            log(f"[{i}/{len(cases)}] {case.name} ...")
+            result = run_case(case, systems, options, copy["gb_per_s"])
+            data["cases"].append(result)
+            log(f"[{i}/{len(cases)}] {progress_line(result)}")
     if run_c1:
-        compile_cases = _compile_time_cases(workloads.build_cases(options.quick, options.device))
-        data["compile_times"] = run_compile_times(compile_cases, systems, options, log)
+        data["compile_times"] = run_compile_times(_compile_time_cases(all_cases, cases), systems, options, log)
     data["seconds"] = time.time() - started
     return data
+
+
+@contextmanager
+def _environment(name: str, value: str):
+    """`os.environ[name] = value` for the duration of the block."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def progress_line(case_result: dict) -> str:
@@ -416,11 +451,12 @@ def progress_line(case_result: dict) -> str:
 
 # ---------------------------------------------------------------- C1: compile time in fresh processes
 
-def _compile_time_cases(cases: list[Case]) -> list[Case]:
-    """The first (smallest) case of each C1 workload."""
+def _compile_time_cases(all_cases: list[Case], selected: list[Case]) -> list[Case]:
+    """The first (smallest) case of each selected workload; of W3 and W5 (BENCH.md's C1) if none is."""
+    workloads = {c.workload for c in selected} or set(COMPILE_TIME_WORKLOADS)
     firsts = {}
-    for case in cases:
-        if case.workload in COMPILE_TIME_WORKLOADS:
+    for case in all_cases:
+        if case.workload in workloads:
             firsts.setdefault(case.workload, case)
     return list(firsts.values())
 
@@ -469,6 +505,4 @@ def _run_probe(case: Case, backend: str, cache_dir: str, options: Options) -> di
 def _probe_summary(probe: dict) -> str:
     if probe.get("status") != "ok":
         return probe.get("status", "error")
-    compile_s = (probe.get("figures") or {}).get("compile_seconds")
-    text = f"first call {probe['first_call_s']:.3f} s"
-    return text + (f", compile {compile_s:.3f} s" if isinstance(compile_s, (int, float)) else "")
+    return f"overhead {probe['overhead_s']:.3f} s (first call {probe['first_call_s']:.3f} s)"

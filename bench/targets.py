@@ -28,8 +28,9 @@ CPU_TARGETS = (
     Target("W3 B=128", ">= 2x tracetorch eager", "speedup:tt-eager", 2.0),
     Target("W3 B=1024", ">= 2x tracetorch eager", "speedup:tt-eager", 2.0),
     Target("W4 50 ops 16x16", "<= 10 µs per call", "seconds", 10e-6, higher_is_better=False),
-    Target("C1 W3", "cold compile <= 0.5 s", "compile:cold", 0.5, higher_is_better=False),
-    Target("C1 W3", "warm compile <= 0.05 s", "compile:warm", 0.05, higher_is_better=False),
+    Target("C1 W3", "cold compile <= 0.5 s (first-call overhead)", "compile:cold", 0.5, higher_is_better=False),
+    Target("C1 W3", "warm compile <= 0.05 s (first-call overhead)", "compile:warm", 0.05,
+           higher_is_better=False),
 )
 
 GPU_TARGETS = (
@@ -75,8 +76,7 @@ def _value(target: Target, system: str, cases: dict, compile_rows: dict) -> tupl
         probe = row.get(target.measure.split(":")[1]) or {}
         if probe.get("status") != "ok":
             return None, row.get("reason") or probe.get("reason") or probe.get("error") or row.get("status")
-        seconds = (probe.get("figures") or {}).get("compile_seconds")
-        return (seconds if isinstance(seconds, (int, float)) else probe["first_call_s"]), None
+        return probe["overhead_s"], None
     case = cases.get(target.case)
     if case is None:
         return None, "not run"

@@ -1,4 +1,4 @@
-"""The workloads of shared/BENCH.md, each written once per system.
+"""The workloads of shared/BENCH.md, for every system that has a version of them.
 
 A workload function returns its `Case`s (one per size). A case makes its
 numpy inputs once; each system's factory then builds a fresh `Instance` from
@@ -10,7 +10,7 @@ tracetorch or torch) so every system computes the very same expression.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +41,6 @@ class Case:
     ideal_bytes: int | None = None        # each input read once, each output written once: the least traffic
     tolerance: tuple[float, float] = (1e-4, 1e-5)   # rtol, atol of the checks against tracetorch eager
     cross_check: bool = True              # numpy and torch results are comparable to tracetorch eager
-    notes: list[str] = field(default_factory=list)
 
 
 def build_cases(quick: bool, device: str) -> list[Case]:
@@ -52,7 +51,7 @@ def build_cases(quick: bool, device: str) -> list[Case]:
     return cases
 
 
-# Cases whose compile time C1 measures in fresh processes (quick and full names).
+# BENCH.md's C1: the workloads whose compile time counts (the bench measures every selected one).
 COMPILE_TIME_WORKLOADS = ("W3", "W5")
 
 
@@ -62,14 +61,15 @@ def _rng():
     return np.random.default_rng(0)
 
 
-def _tt_tensor(array, device, copy=False):
+def _tt_tensor(array, device):
+    """A tracetorch tensor sharing `array` (inputs are read-only; parameters are copied into)."""
     import tracetorch as tt
-    t = tt.from_numpy(np.array(array, copy=True) if copy else array)
+    t = tt.from_numpy(array)
     return t if device == "cpu" else t.to(device)
 
 
-def _torch_tensor(torch, array, device, copy=False):
-    t = torch.from_numpy(np.array(array, copy=True) if copy else array)
+def _torch_tensor(torch, array, device):
+    t = torch.from_numpy(array)
     return t if device == "cpu" else t.to(device)
 
 
@@ -77,17 +77,25 @@ def _n_label(n: int) -> str:
     return f"2^{n.bit_length() - 1}" if n & (n - 1) == 0 else str(n)
 
 
+def _bind(formula, xp):
+    """`formula(xp, *arrays)` as a function of the arrays alone, named after the formula (for IR dumps)."""
+    def bound(*arrays):
+        return formula(xp, *arrays)
+    bound.__name__ = bound.__qualname__ = formula.__name__
+    return bound
+
+
 def _elementwise_case(workload, name, title, params, make_inputs, formula, ideal_bytes, device):
     """A case computing `formula(xp, *inputs)` on numpy, tracetorch and torch alike."""
     def on_tracetorch(inputs, dev):
         import tracetorch as tt
-        return Instance(lambda *a: formula(tt, *a), tuple(_tt_tensor(v, dev) for v in inputs.values()))
+        return Instance(_bind(formula, tt), tuple(_tt_tensor(v, dev) for v in inputs.values()))
 
     def on_numpy(inputs):
-        return Instance(lambda *a: formula(np, *a), tuple(inputs.values()))
+        return Instance(_bind(formula, np), tuple(inputs.values()))
 
     def on_torch(inputs, torch, dev):
-        return Instance(lambda *a: formula(torch, *a), tuple(_torch_tensor(torch, v, dev) for v in inputs.values()))
+        return Instance(_bind(formula, torch), tuple(_torch_tensor(torch, v, dev) for v in inputs.values()))
 
     return Case(workload, name, title, params, make_inputs, on_tracetorch, on_numpy, on_torch,
                 ideal_bytes=ideal_bytes)
@@ -139,6 +147,14 @@ def w1b(quick, device):
 
 # ---------------------------------------------------------------- W2: row reductions
 
+def softmax_rows(xp, x):
+    return xp.softmax(x, dim=1)
+
+
+def layer_norm_rows(F, x, w, b):
+    return F.layer_norm(x, (x.shape[1],), w, b)
+
+
 def _numpy_softmax(x):
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -151,6 +167,25 @@ def _numpy_layer_norm(x, w, b, eps=1e-5):
     return centered / np.sqrt(var + eps) * w + b
 
 
+def _softmax_tt(inputs, dev):
+    import tracetorch as tt
+    return Instance(_bind(softmax_rows, tt), (_tt_tensor(inputs["x"], dev),))
+
+
+def _softmax_torch(inputs, torch, dev):
+    return Instance(_bind(softmax_rows, torch), (_torch_tensor(torch, inputs["x"], dev),))
+
+
+def _layer_norm_tt(inputs, dev):
+    import tracetorch.nn.functional as F
+    return Instance(_bind(layer_norm_rows, F), tuple(_tt_tensor(v, dev) for v in inputs.values()))
+
+
+def _layer_norm_torch(inputs, torch, dev):
+    return Instance(_bind(layer_norm_rows, torch.nn.functional),
+                    tuple(_torch_tensor(torch, v, dev) for v in inputs.values()))
+
+
 def w2(quick, device):
     sizes = [256] if quick else [4096, 8192] if device == "cuda" else [4096]
     cases = []
@@ -161,30 +196,12 @@ def w2(quick, device):
                     "w": rng.standard_normal(n, dtype=np.float32),
                     "b": rng.standard_normal(n, dtype=np.float32)}
 
-        def softmax_tt(inputs, dev):
-            import tracetorch as tt
-            return Instance(lambda x: tt.softmax(x, dim=1), (_tt_tensor(inputs["x"], dev),))
-
-        def softmax_torch(inputs, torch, dev):
-            return Instance(lambda x: torch.softmax(x, dim=1), (_torch_tensor(torch, inputs["x"], dev),))
-
-        def layer_norm_tt(inputs, dev):
-            import tracetorch.nn.functional as F
-            n = inputs["x"].shape[1]
-            return Instance(lambda x, w, b: F.layer_norm(x, (n,), w, b),
-                            tuple(_tt_tensor(v, dev) for v in inputs.values()))
-
-        def layer_norm_torch(inputs, torch, dev):
-            n = inputs["x"].shape[1]
-            return Instance(lambda x, w, b: torch.nn.functional.layer_norm(x, (n,), w, b),
-                            tuple(_torch_tensor(torch, v, dev) for v in inputs.values()))
-
         cases.append(Case("W2", f"W2 softmax {n}x{n}", "softmax over rows", {"rows": n, "cols": n}, make_inputs,
-                          softmax_tt, lambda inputs: Instance(_numpy_softmax, (inputs["x"],)), softmax_torch,
+                          _softmax_tt, lambda inputs: Instance(_numpy_softmax, (inputs["x"],)), _softmax_torch,
                           ideal_bytes=2 * 4 * n * n))
         cases.append(Case("W2", f"W2 layernorm {n}x{n}", "layer norm over rows (affine)",
-                          {"rows": n, "cols": n}, make_inputs, layer_norm_tt,
-                          lambda inputs: Instance(_numpy_layer_norm, tuple(inputs.values())), layer_norm_torch,
+                          {"rows": n, "cols": n}, make_inputs, _layer_norm_tt,
+                          lambda inputs: Instance(_numpy_layer_norm, tuple(inputs.values())), _layer_norm_torch,
                           ideal_bytes=4 * (2 * n * n + 2 * n)))
     return cases
 
@@ -292,7 +309,7 @@ def w3(quick, device):
             import tracetorch.nn as nn
             import tracetorch.nn.functional as F
             model = _mlp(nn, MLP_SIZES).to(dev)
-            _load_parameters(model, inputs["params"], tt.no_grad, lambda a: _tt_tensor(a, dev, copy=True))
+            _load_parameters(model, inputs["params"], tt.no_grad, lambda a: _tt_tensor(a, dev))
             opt = tt.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
             return Instance(training_step(model, opt, _cross_entropy_loss(F)),
                             (_tt_tensor(inputs["x"], dev), _tt_tensor(inputs["y"], dev)), _parameter_state(model))
@@ -317,7 +334,7 @@ def w3(quick, device):
 
 # ---------------------------------------------------------------- W4: per-call overhead
 
-def chain50(x):
+def chain50(xp, x):
     """W4: 50 chained scalar ops; nothing to compute, everything is per-op overhead."""
     for _ in range(25):
         x = x * 1.01
@@ -329,7 +346,7 @@ def w4(quick, device):
     def make_inputs():
         return {"x": _rng().standard_normal((16, 16), dtype=np.float32)}
     return [_elementwise_case("W4", "W4 50 ops 16x16", "50 chained element-wise ops on a small tensor",
-                              {"rows": 16, "cols": 16, "ops": 50}, make_inputs, lambda xp, x: chain50(x),
+                              {"rows": 16, "cols": 16, "ops": 50}, make_inputs, chain50,
                               None, device)]
 
 

@@ -17,40 +17,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tracetorch as tt  # noqa: E402
-import tracetorch.nn as nn  # noqa: E402
 import tracetorch.nn.functional as F  # noqa: E402
 from tracetorch.data.datasets import FashionMNIST  # noqa: E402
 from tracetorch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from examples.models import MLPResNet  # noqa: E402
 
 try:
     from tqdm import tqdm
 except ImportError:          # the progress bar is a nicety, not a requirement
     def tqdm(it, **_):
         return it
-
-
-class ResidualBlock(nn.Module):
-    """relu(x + norm(W2 drop(relu(norm(W1 x)))))  — the block of the design notes."""
-
-    def __init__(self, dim: int, hidden: int, drop: float):
-        super().__init__()
-        self.fn = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(drop),
-                                nn.Linear(hidden, dim), nn.BatchNorm1d(dim))
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        return self.act(x + self.fn(x))
-
-
-class MLPResNet(nn.Module):
-    def __init__(self, dim=784, hidden=100, blocks=3, classes=10, drop=0.1):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(),
-                                 *[ResidualBlock(hidden, hidden // 2, drop) for _ in range(blocks)],
-                                 nn.Linear(hidden, classes))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def load(train: bool):

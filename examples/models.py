@@ -1,8 +1,9 @@
 """The example models, written once against the PyTorch nn API.
 
 `define_models(nn, F)` builds the classes over any namespace with that API:
-`tracetorch.nn` (the classes this module exports) or `torch.nn` (which the
-benchmark uses to time PyTorch on the very same model code).
+`tracetorch.nn` (the classes this module exports: `from examples.models import
+MLPResNet`) or `torch.nn` (which the benchmark uses to time PyTorch on the very
+same model code).
 
 - `MLPResNet`: the residual MLP of the design notes (the demo's model, W5).
 - `TinyGPT`: a small decoder-only transformer (embedding, layer norm, causal
@@ -10,6 +11,7 @@ benchmark uses to time PyTorch on the very same model code).
 """
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 
@@ -85,18 +87,17 @@ def define_models(nn, F) -> SimpleNamespace:
                            CausalSelfAttention=CausalSelfAttention, GPTBlock=GPTBlock, TinyGPT=TinyGPT)
 
 
-def _tracetorch_models() -> SimpleNamespace:
+@functools.cache
+def tracetorch_models() -> SimpleNamespace:
+    """The classes over tracetorch.nn (built once, on first use, so importing this module stays cheap)."""
     import tracetorch.nn as nn
     import tracetorch.nn.functional as F
     return define_models(nn, F)
 
 
 def __getattr__(name):
-    # The tracetorch classes are built on first use, so importing this module stays cheap.
-    models = globals().get("_TRACETORCH_MODELS")
-    if models is None:
-        models = globals()["_TRACETORCH_MODELS"] = _tracetorch_models()
+    # `from examples.models import MLPResNet` gives the tracetorch class.
     try:
-        return getattr(models, name)
+        return getattr(tracetorch_models(), name)
     except AttributeError:
-        raise AttributeError(f"module 'examples.models' has no attribute '{name}'") from None
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
