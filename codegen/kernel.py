@@ -339,7 +339,11 @@ class ExternCall:
 class Program:
     """Kernels and extern calls run in order. Inputs come from the caller, outputs are
     fresh arrays returned to it, every other buffer is a temporary placed in the arena.
-    The buffer table (what the generated entry function receives) is inputs, outputs, temps."""
+    The buffer table (what the generated entry function receives) is inputs, outputs, temps.
+
+    Aliasing contract: the buffers one kernel touches are disjoint in memory (renderers mark
+    them `noalias`); an in-place update reads and writes the same `Buffer`. A memory plan may
+    reuse memory only between buffers that no single kernel uses together."""
     name: str
     steps: tuple[Union[Kernel, ExternCall], ...]
     inputs: tuple[Buffer, ...]

@@ -16,6 +16,10 @@ which changes the summation order (like numpy's pairwise sums, unlike a
 sequential loop). float16/bfloat16 are computed in float32 and rounded on
 store and cast.
 
+Bounds: every kernel passes `codegen.verify.verify_bounds` first (static
+indices provably inside their buffers), and range entries clamp [start, stop)
+to the outer loop.
+
 Errors: checks (data-dependent indices out of range, integer division by
 zero, negative integer powers) store their 1-based id into the int32 error
 flag `err[0]`; `RenderedProgram.checks` maps ids to exception types and
@@ -32,6 +36,7 @@ from llvmlite import ir
 from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64, int64, uint8
 
 from . import llvm_math
+from .verify import verify_bounds
 from .kernel import (Accumulator, Arg, Assign, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op, Program,
                      Reduce, Stmt, Store, Var, walk_stmts)
 
@@ -83,6 +88,7 @@ def render_program(program: Program) -> RenderedProgram:
     entries = []
     names = set()
     for n, kernel in enumerate(program.kernels):
+        verify_bounds(kernel)
         base = _symbol(f"k{n}_{kernel.name}", names)
         fn = _KernelRenderer(module, kernel, base, checks).fn
         entries.append(_range_entry(module, fn, kernel, slots, base + ".range"))
@@ -142,6 +148,10 @@ class _KernelRenderer:
         self.scopes: list[dict] = [{}]       # name -> ir.Value for loop variables and Lets
         self.memo: list[dict] = [{}]          # (expr, index?) -> (value, reads_state)
         start, stop = fn.args[-2], fn.args[-1]
+        b = self.b
+        zero, extent = ir.Constant(I64, 0), ir.Constant(I64, kernel.outer.extent)
+        start = b.select(b.icmp_signed("<", start, zero), zero, start)      # a range never leaves the loop
+        stop = b.select(b.icmp_signed(">", stop, extent), extent, stop)
         self.loop(kernel.outer, start, stop, guard=True)
         self.b.ret_void()
 

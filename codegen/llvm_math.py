@@ -158,23 +158,29 @@ INF, NAN = float("inf"), float("nan")
 
 
 # ---------------------------------------------------------------- float32 algorithms
-def _exp(f: _Float, x):
-    nan = f.isnan(x)
-    xc = f.select(nan, 0.0, x)
-    xc = f.select(f.cmp("<", xc, -104.0), -104.0, xc)   # below: rounds to 0
-    xc = f.select(f.cmp(">", xc, 89.0), 89.0, xc)       # above: overflows to inf
-    n = f.rint(f.mul(xc, 1.44269504088896341))
+def _exp(f: _Float, x, nonnegative: bool = False):
+    """e^x. With `nonnegative` (x >= 0 or NaN, as inside tanh) the clamp below and the two-step
+    scaling for denormal results are left out."""
+    # Clamp (NaN passes through the selects): below -104 the result rounds to 0, above 89 it overflows.
+    xc = x if nonnegative else f.select(f.cmp("<", x, -104.0), -104.0, x)
+    xc = f.select(f.cmp(">", xc, 89.0), 89.0, xc)
+    # n = rint(x / ln 2) with the 1.5 * 2^23 trick: the integer lands in the low mantissa bits, so no
+    # float-to-int conversion (which would be poison for NaN) is needed.
+    t = f.fma(xc, 1.44269504088896341, 12582912.0)
+    n = f.sub(t, 12582912.0)
+    ni = f.b.sub(f.bits(t), f.i(0x4B400000))
     r = f.sub(f.sub(xc, f.mul(n, 0.693359375)), f.mul(n, -2.12194440e-4))
     p = f.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
                    5.0000001201e-1])
     y = f.add(f.fma(p, f.mul(r, r), r), 1.0)
-    # y * 2^n in two steps, so that n in [-150, 128] never leaves the exponent range of each factor
-    ni = f.b.fptosi(n, I32)
+    if nonnegative:      # n in [0, 129]: 2^128 and above is the bit pattern of inf, the right overflow
+        return f.mul(y, f.from_bits(f.b.shl(f.b.add(ni, f.i(127)), f.i(23))))
+    # y * 2^n in two steps, so that n in [-150, 129] never leaves the exponent range of each factor
     n1 = f.b.ashr(ni, ir.Constant(I32, 1))
     n2 = f.b.sub(ni, n1)
     s1 = f.from_bits(f.b.shl(f.b.add(n1, f.i(127)), f.i(23)))
     s2 = f.from_bits(f.b.shl(f.b.add(n2, f.i(127)), f.i(23)))
-    return f.select(nan, x, f.mul(f.mul(y, s1), s2))
+    return f.mul(f.mul(y, s1), s2)
 
 
 def _log(f: _Float, x):
@@ -227,7 +233,7 @@ def _tanh(f: _Float, x):
     z = f.mul(x, x)
     small = f.fma(f.mul(f.poly(z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1,
                                    -3.33332819422e-1]), z), x, x)
-    e = _call(f, "exp", f.mul(a, 2.0))
+    e = _exp(f, f.mul(a, 2.0), nonnegative=True)
     large = f.copysign(f.sub(1.0, f.div(2.0, f.add(e, 1.0))), x)
     return f.select(f.cmp("<", a, 0.625), small, large)
 

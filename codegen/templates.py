@@ -8,8 +8,11 @@ where every access allows it, so a contiguous (or uniformly broadcast)
 tensor becomes one flat loop the vectorizer handles best.
 
 Reductions (`reduction_kernel`) run the kept dims as the kernel's outer
-loops and the reduced dims inside. Each stage is one pass over the reduced
-elements; `SoftmaxStats` and `Moments` compute two statistics in one pass
+loops and the reduced dims inside, except when the innermost dim is kept
+(a sum over the rows of a matrix): then the output row itself accumulates,
+updated elementwise row after row, so the loads stay contiguous.
+
+Each stage is one pass over the reduced elements; `SoftmaxStats` and `Moments` compute two statistics in one pass
 over memory, in blocks that stay in L1 (block max then block sum of exp,
 merged online; block mean then block squared deviations, merged with Chan's
 formula), so a softmax or layer norm reads its input twice at most: once
@@ -21,7 +24,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
-from tracetorch.dtypes import DType, bool_, float64, int64
+import numpy as np
+
+from tracetorch.dtypes import DType, bool_, int64
 
 from .kernel import (Accumulator, Arg, Assign, Buffer, Const, Expr, IndexMap, Kernel, Let, Load, Loop, Op,
                      Reduce, Stmt, Store, Var, substitute, walk_exprs)
@@ -32,7 +37,12 @@ from .scalar import const, op
 Access = tuple[Buffer, Union[IndexMap, Callable[[Sequence[Expr]], Expr]]]
 Output = tuple[Buffer, Expr]
 
+# The flat (C-order) index of the current element of the iteration space, usable in any expression
+# given to the templates (arange, counter-based random numbers, masks built from positions).
+FLAT_INDEX = Arg("@flat_index", int64)
+
 BLOCK = 512  # elements per block of the one-pass row statistics (2 KiB of float32: stays in L1)
+COLUMN_MIN = 8  # a contiguous kept dim at least this long makes a reduction over outer dims column-wise
 
 
 # ---------------------------------------------------------------- stages of a reduction
@@ -78,7 +88,6 @@ def identity(combine: str, dtype: DType) -> Const:
 
 
 def _iinfo(dtype: DType) -> tuple[int, int]:
-    import numpy as np
     i = np.iinfo(dtype.np)
     return int(i.min), int(i.max)
 
@@ -97,7 +106,7 @@ def elementwise_kernel(name: str, shape: Sequence[int], inputs: dict[str, Access
         dims = [[d] for d in range(len(shape)) if shape[d] != 1]
     loop_vars, loops = _loop_vars(shape, dims, "i")
     at = _point(shape, dims, loop_vars)
-    body = [Store(buf, IndexMap.contiguous(shape).index(at), _bind(expr, inputs, at)) for buf, expr in outputs]
+    body = [Store(buf, IndexMap.contiguous(shape).index(at), _bind(expr, inputs, at, shape)) for buf, expr in outputs]
     return Kernel(name, _nest(loops, body))
 
 
@@ -138,13 +147,19 @@ def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int]
         return _point(shape, kgroups + rgroups, list(kvars) + list(rv))
 
     def values(expr, rv):
-        return _bind(expr, inputs, at(rv))
+        return _bind(expr, inputs, at(rv), shape)
+
+    for _, expr in row_outputs:
+        _check_row_expr(name, expr, inputs, rdims)
+    column = _column_form(stages, elem_outputs, row_outputs, kgroups, rgroups, shape)
+    if column is not None:
+        return _column_kernel(name, column, stages[0], row_outputs, kloops, rloops, kvars, rvars, at, values,
+                              row_map, kdims)
 
     body: list[Stmt] = []
     for stage in stages:
         body += _stage(stage, rgroups, rloops, rvars, shape, values)
     for buf, expr in row_outputs:
-        _check_row_expr(name, expr, inputs, rdims)
         body.append(Store(buf, row_map.index([at([zero] * len(rvars))[d] for d in kdims]),
                           values(expr, [zero] * len(rvars))))
     if elem_outputs:
@@ -153,6 +168,46 @@ def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int]
     if not kloops:
         kloops = [("k0", 1)]
     return Kernel(name, _nest(kloops, body))
+
+
+def _column_form(stages, elem_outputs, row_outputs, kgroups, rgroups, shape):
+    """The row output that can hold the accumulators when the reduction should run column-wise.
+
+    Column-wise: the innermost dim is kept (reducing over rows of a matrix, e.g. a bias gradient):
+    the accumulators are a whole output row, updated elementwise row after row (vectorized over the
+    contiguous kept dim) instead of one strided reduction per output element.
+    """
+    if len(stages) != 1 or not isinstance(stages[0], Reduction) or elem_outputs or not kgroups or not rgroups:
+        return None
+    if kgroups[-1][-1] < rgroups[-1][-1] or math.prod(shape[d] for d in kgroups[-1]) < COLUMN_MIN:
+        return None
+    for buf, _ in row_outputs:
+        if buf.dtype is stages[0].value.dtype:
+            return buf
+    return None
+
+
+def _column_kernel(name, acc_buf, stage, row_outputs, kloops, rloops, kvars, rvars, at, values, row_map, kdims):
+    zero = Const(0, int64)
+    dt = stage.value.dtype
+
+    def row_index(rv):
+        point = at(rv)
+        return row_map.index([point[d] for d in kdims])
+
+    slot = row_index([zero] * len(rvars))
+    acc = Load(acc_buf, slot)
+    inner_var, inner_extent = kloops[-1]
+    init = Loop(inner_var, inner_extent, (Store(acc_buf, slot, identity(stage.combine, dt)),))
+    update = Store(acc_buf, slot, op(stage.combine, acc, values(stage.value, rvars)))
+    accumulate = _nest(rloops, [Loop(inner_var, inner_extent, (update,))])
+    finals = [Store(buf, slot, values(substitute(expr, {stage.name: acc}), [zero] * len(rvars)))
+              for buf, expr in row_outputs if buf is not acc_buf]
+    own = next(expr for buf, expr in row_outputs if buf is acc_buf)
+    finals.append(Store(acc_buf, slot, values(substitute(own, {stage.name: acc}), [zero] * len(rvars))))
+    finish = Loop(inner_var, inner_extent, tuple(finals))
+    outer = kloops[:-1] or [("k_all", 1)]
+    return Kernel(name, _nest(outer, [init, accumulate, finish]))
 
 
 def _stage(stage: Stage, rgroups, rloops, rvars, shape, values) -> list[Stmt]:
@@ -166,12 +221,12 @@ def _stage(stage: Stage, rgroups, rloops, rvars, shape, values) -> list[Stmt]:
     if len(rgroups) != 1:
         return [s for sub in _two_pass(stage, extent) for s in _stage(sub, rgroups, rloops, rvars, shape, values)]
     value = stage.value
-    blocked = _softmax_block if isinstance(stage, SoftmaxStats) else _moments_block
-    first, second = (stage.max_name, stage.sum_name) if isinstance(stage, SoftmaxStats) else \
-        (stage.mean_name, "_m2_" + stage.mean_name)
     dt = value.dtype
-    out: list[Stmt] = [Accumulator(first, identity("max", dt) if isinstance(stage, SoftmaxStats) else const(0, dt)),
-                       Accumulator(second, const(0, dt))]
+    if isinstance(stage, SoftmaxStats):
+        first, second, first_init, blocked = stage.max_name, stage.sum_name, identity("max", dt), _softmax_block
+    else:
+        first, second, first_init, blocked = stage.mean_name, "_m2_" + stage.mean_name, const(0, dt), _moments_block
+    out: list[Stmt] = [Accumulator(first, first_init), Accumulator(second, const(0, dt))]
     full, tail = divmod(extent, BLOCK)
     blk = Var(f"blk_{first}", int64)
     if full:
@@ -216,10 +271,6 @@ def _rescale(a: Expr, to: Expr) -> Expr:
     return op("where", op("eq", a, to), 1.0, op("exp", op("sub", a, to)))
 
 
-def _block_loop(var: str, size: int, body: list[Stmt]) -> Loop:
-    return Loop(var, size, tuple(body))
-
-
 def _softmax_block(m: str, s: str, value, base, size, values, tag) -> list[Stmt]:
     dt = value.dtype
     j = Var(f"j_{m}_{tag}", int64)
@@ -229,10 +280,10 @@ def _softmax_block(m: str, s: str, value, base, size, values, tag) -> list[Stmt]
     new_m = f"newmax_{m}_{tag}"
     return [
         Accumulator(bm, identity("max", dt)),
-        _block_loop(j.name, size, [Reduce(bm, "max", v)]),
+        Loop(j.name, size, (Reduce(bm, "max", v),)),
         Let(shift, _finite_or_zero(Var(bm, dt))),
         Accumulator(bs, const(0, dt)),
-        _block_loop(j.name, size, [Reduce(bs, "add", op("exp", op("sub", v, Var(shift, dt))))]),
+        Loop(j.name, size, (Reduce(bs, "add", op("exp", op("sub", v, Var(shift, dt)))),)),
         Let(new_m, op("max", Var(m, dt), Var(bm, dt))),
         Assign(s, op("add", op("mul", Var(s, dt), _rescale(Var(m, dt), Var(new_m, dt))),
                      op("mul", Var(bs, dt), _rescale(Var(bm, dt), Var(new_m, dt))))),
@@ -249,10 +300,10 @@ def _moments_block(mean: str, m2: str, value, base, size, values, tag) -> list[S
     dev = op("sub", v, Var(bmean, dt))
     return [
         Accumulator(bsum, const(0, dt)),
-        _block_loop(j.name, size, [Reduce(bsum, "add", v)]),
+        Loop(j.name, size, (Reduce(bsum, "add", v),)),
         Let(bmean, op("div", Var(bsum, dt), const(size, dt))),
         Accumulator(bm2, const(0, dt)),
-        _block_loop(j.name, size, [Reduce(bm2, "add", op("mul", dev, dev))]),
+        Loop(j.name, size, (Reduce(bm2, "add", op("mul", dev, dev)),)),
         Let(na, Op("cast", (base,), dt)),
         Let(delta, op("sub", Var(bmean, dt), Var(mean, dt))),
         Let(frac, op("div", const(size, dt), op("add", Var(na, dt), const(size, dt)))),
@@ -324,10 +375,12 @@ def _point(shape: tuple, groups: list[list[int]], loop_vars: Sequence[Expr]) -> 
     return at
 
 
-def _bind(expr: Expr, inputs: dict[str, Access], at: list[Expr]) -> Expr:
+def _bind(expr: Expr, inputs: dict[str, Access], at: list[Expr], shape: tuple) -> Expr:
     mapping = {}
     for node in walk_exprs(expr):
-        if isinstance(node, Arg) and node.name in inputs and node.name not in mapping:
+        if node == FLAT_INDEX:
+            mapping[node.name] = IndexMap.contiguous(shape).index(at)
+        elif isinstance(node, Arg) and node.name in inputs and node.name not in mapping:
             buf, index = inputs[node.name]
             idx = index.index(at) if isinstance(index, IndexMap) else index(at)
             if node.dtype is not buf.dtype:

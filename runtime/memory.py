@@ -13,7 +13,9 @@
 """
 from __future__ import annotations
 
+import math
 import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +48,13 @@ class MemoryPlan:
             if off < 0 or off + self.nbytes[name] > self.size:
                 raise ValueError(f"memory plan: buffer {name!r} [{off}, {off + self.nbytes[name]}) lies outside "
                                  f"the arena of {self.size} bytes")
+
+    def check_disjoint(self, names, user: str) -> None:
+        """Raise unless the planned buffers `names` (used together by `user`) do not overlap."""
+        spans = sorted((self.offsets[n], self.offsets[n] + self.nbytes[n], n) for n in names if n in self.offsets)
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError(f"memory plan: {a!r} and {b!r} overlap but are both used by {user}")
 
     @property
     def total_requested(self) -> int:
@@ -87,32 +96,51 @@ class BufferPool:
 
     A buffer is free when only the pool references it. Arrays handed out are
     made over the pooled owner array, and numpy points every view (and view
-    of a view) at that owner, so its reference count covers them all.
+    of a view) at that owner, so its reference count covers them all. The
+    array last handed out from a buffer is kept: when it comes back unused
+    with the same shape and dtype, it is handed out again as is (no new
+    array object: the common case of a program called in a loop).
     """
 
     MAX_PER_SIZE = 8
 
     def __init__(self):
-        self._owners: dict[int, list] = {}      # size -> [[owner uint8 array, aligned offset], ...]
+        self._owners: dict[int, list] = {}   # nbytes -> [[owner uint8 array, offset, address, last array], ...]
         self.reused = self.allocated = 0
+        self._lock = threading.Lock()         # checking and claiming a buffer must not interleave
 
-    def array(self, shape, dtype) -> tuple[np.ndarray, int]:
+    def array(self, shape: tuple, dtype: np.dtype, nbytes: int | None = None) -> tuple[np.ndarray, int]:
         """(an uninitialized array of `shape` and `dtype`, its data address), reusing a free buffer."""
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        entries = self._owners.setdefault(nbytes, [])
+        if nbytes is None:
+            dtype = np.dtype(dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
+        with self._lock:
+            return self._array(shape, dtype, nbytes)
+
+    def _array(self, shape: tuple, dtype: np.dtype, nbytes: int) -> tuple[np.ndarray, int]:
+        entries = self._owners.get(nbytes)
+        if entries is None:
+            entries = self._owners[nbytes] = []
         for entry in entries:
-            if sys.getrefcount(entry[0]) == 2:     # the entry and this call's argument: nobody else
-                self.reused += 1
-                return np.ndarray(shape, dtype, buffer=entry[0], offset=entry[1]), entry[2]
+            # references to a free owner: its entry, the getrefcount argument, and the last array's base
+            if entry[3] is None:
+                if sys.getrefcount(entry[0]) != 2:
+                    continue
+            elif sys.getrefcount(entry[0]) != 3 or sys.getrefcount(entry[3]) != 2:
+                continue
+            self.reused += 1
+            last = entry[3]
+            if last is None or last.shape != shape or last.dtype != dtype:
+                last = entry[3] = np.ndarray(shape, dtype, buffer=entry[0], offset=entry[1])
+            return last, entry[2]
         owner = np.empty(nbytes + ALIGN, dtype=np.uint8)
         shift = (-owner.ctypes.data) % ALIGN
-        entry = [owner, shift, owner.ctypes.data + shift]
+        arr = np.ndarray(shape, dtype, buffer=owner, offset=shift)
         if len(entries) >= self.MAX_PER_SIZE:
             entries.pop(0)                          # forget the oldest buffer (still in use)
-        entries.append(entry)
+        entries.append([owner, shift, owner.ctypes.data + shift, arr])
         self.allocated += 1
-        return np.ndarray(shape, dtype, buffer=owner, offset=shift), entry[2]
+        return arr, owner.ctypes.data + shift
 
     def clear(self) -> None:
         self._owners.clear()

@@ -75,3 +75,20 @@ def test_integer_division_by_zero_and_negative_powers(run):
         run([floordiv], {a: a_np, b: np.where(good == 9, 0, good).astype(np.int32)}, [q])
     with pytest.raises(ValueError, match="negative integer powers"):
         run([power], {a: a_np, b: -good}, [p])
+
+
+def test_static_bounds_are_verified_before_code_generation(engine):
+    from codegen.kernel import Kernel, Loop, Store, Var
+    from codegen.verify import BoundsError
+    x, y = Buffer("x", float32, (10,)), Buffer("y", float32, (10,))
+    i = Var("i")
+    past_end = Kernel("past_end", Loop("i", 10, (Store(y, i, Load(x, Op("add", (i, Const(1, int64)), int64))),)))
+    with pytest.raises(BoundsError, match=r"reaches elements \[1, 10\] of 10"):
+        engine.compile(Program("p1", (past_end,), (x,), (y,)))
+    idx = Buffer("idx", int64, (10,))
+    unchecked = Kernel("unchecked", Loop("i", 10, (Store(y, i, Load(x, Load(idx, i))),)))
+    with pytest.raises(BoundsError, match="data-dependent index"):
+        engine.compile(Program("p2", (unchecked,), (x, idx), (y,)))
+    folded = Kernel("folded", Loop("i", 10, (Store(y, Op("sub", (Const(9, int64), i), int64), Load(x, i)),)))
+    compiled = engine.compile(Program("p3", (folded,), (x,), (y,)))
+    np.testing.assert_array_equal(compiled(np.arange(10, dtype=np.float32))[0], np.arange(10)[::-1])

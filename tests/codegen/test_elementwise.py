@@ -136,3 +136,16 @@ def test_bad_index_map_is_rejected_when_built():
         elementwise_kernel("oob", (10,), {"x": (x, IndexMap((1,), 1))}, [(y, Arg("x", float32))])
     with pytest.raises(ValueError, match="index map of 2 dims"):
         elementwise_kernel("dims", (10,), {"x": (x, IndexMap((1, 0)))}, [(y, Arg("x", float32))])
+
+
+def test_flat_index_builds_values_from_positions(run):
+    """arange-like and mask-like values from the element's position (no input at all)."""
+    from codegen.templates import FLAT_INDEX
+    shape = (3, 1, 7)
+    ar, mask = Buffer("ar", float32, shape), Buffer("mask", bool_, shape)
+    value = op("add", op("mul", op("cast", FLAT_INDEX, dtype=float32), 0.5), -1.0)
+    k = elementwise_kernel("positions", shape, {}, [(ar, value), (mask, op("eq", op("mod", FLAT_INDEX, 3), 0))])
+    got = run([k], {}, [ar, mask])
+    flat = np.arange(21).reshape(shape)
+    np.testing.assert_array_equal(got["ar"], (flat * 0.5 - 1).astype(np.float32))
+    np.testing.assert_array_equal(got["mask"], flat % 3 == 0)

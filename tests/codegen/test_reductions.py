@@ -104,3 +104,27 @@ def test_float32_sum_is_accurate_for_long_rows(run):
     got = float(run([k], {x: x_np}, [out])["out"])
     exact = math.fsum(x_np.astype(np.float64))
     assert abs(got - exact) / exact < 1e-5
+
+
+def test_column_reduction_accumulates_in_the_output_row(run):
+    """Reducing the outer dim of (rows, 3, cols): the output row is the accumulator (no strided loads)."""
+    from codegen.kernel import Reduce, walk_stmts
+    rng = np.random.default_rng(5)
+    shape = (300, 3, 40)
+    x_np = rng.standard_normal(shape).astype(np.float32)
+    x_np[7, 1, 5] = np.nan
+    x = Buffer("x", float32, shape)
+    mean, twice, top = (Buffer(n, float32, (3, 40)) for n in ("mean", "twice", "top"))
+    X = Arg("x", float32)
+    full = IndexMap.contiguous(shape)
+    k_sum = reduction_kernel("colsum", shape, (0,), {"x": (x, full)}, [Reduction("acc", "add", X)],
+                             row_outputs=[(mean, op("div", Var("acc", float32), 300.0)),
+                                          (twice, op("mul", Var("acc", float32), 2.0))])
+    k_max = reduction_kernel("colmax", shape, (0,), {"x": (x, full)}, [Reduction("m", "max", op("abs", X))],
+                             row_outputs=[(top, Var("m", float32))])
+    assert not any(isinstance(s, Reduce) for s in walk_stmts(k_sum.outer))
+    assert k_sum.outer.extent == 1 and k_sum.outer.body[0].extent == 120     # kept dims coalesced
+    got = run([k_sum, k_max], {x: x_np}, [mean, twice, top])
+    np.testing.assert_allclose(got["mean"], x_np.mean(0), rtol=1e-5, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(got["twice"], 2 * x_np.sum(0), rtol=1e-5, atol=1e-5, equal_nan=True)
+    np.testing.assert_array_equal(got["top"], np.abs(x_np).max(0))

@@ -10,7 +10,7 @@ import pytest
 
 from codegen.kernel import Arg, Buffer, CheckedIndex, Const, IndexMap, Load, Op, Var
 from codegen.scalar import op
-from codegen.templates import BLOCK, Moments, Reduction, SoftmaxStats, reduction_kernel
+from codegen.templates import BLOCK, Moments, SoftmaxStats, reduction_kernel
 from tracetorch.dtypes import float32, float64, int64
 
 COLS = [1, 7, BLOCK, 2 * BLOCK + 77]

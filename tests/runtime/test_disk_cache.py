@@ -87,7 +87,8 @@ WARM_SCRIPT = textwrap.dedent("""
     t2 = time.perf_counter()
     x = np.linspace(-1, 1, 1000).astype(np.float32)
     y, s = compiled(x)
-    ok = bool(np.allclose(y, np.exp(x) * 0.5 + x, rtol=1e-6, atol=1e-6) and np.isclose(s, (np.exp(x) * 0.5).sum(), rtol=1e-5))
+    ok = bool(np.allclose(y, np.exp(x) * 0.5 + x, rtol=1e-6, atol=1e-6)
+              and np.isclose(s, (np.exp(x) * 0.5).sum(), rtol=1e-5))
     print(json.dumps(dict(compiles=engine.stats.compiles, disk_hits=engine.stats.disk_hits, ok=ok,
                           compile_s=t2 - t1)))
 """)

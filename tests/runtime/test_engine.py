@@ -6,7 +6,7 @@ import pytest
 
 from codegen.kernel import Arg, Buffer, ExternCall, IndexMap, Program, Var
 from codegen.scalar import op
-from codegen.templates import Reduction, SoftmaxStats, elementwise_kernel, reduction_kernel
+from codegen.templates import SoftmaxStats, elementwise_kernel, reduction_kernel
 from runtime.disk_cache import DiskCache
 from runtime.llvm_engine import LLVMEngine
 from runtime.parallel import ThreadTeam, split
@@ -35,10 +35,15 @@ def test_outputs_are_fresh_arrays(engine):
 
 
 def test_identical_programs_share_loaded_code(engine):
-    before = engine.stats.compiles
+    before, hits = engine.stats.compiles, engine.stats.memory_hits
+    first = engine.compile(two_stage_program(333, name="shared"))
+    second = engine.compile(two_stage_program(333, name="shared"))
+    assert engine.stats.compiles == before + 1 and engine.stats.memory_hits == hits + 1
+    assert first._library is second._library
+    del first, second                     # the code is freed with its last user; the disk cache remains
+    disk_hits = engine.stats.disk_hits
     engine.compile(two_stage_program(333, name="shared"))
-    engine.compile(two_stage_program(333, name="shared"))
-    assert engine.stats.compiles == before + 1 and engine.stats.memory_hits >= 1
+    assert engine.stats.compiles == before + 1 and engine.stats.disk_hits == disk_hits + 1
 
 
 def big_program(rows: int, cols: int) -> Program:

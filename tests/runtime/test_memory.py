@@ -65,3 +65,17 @@ def test_pool_keeps_buffers_alive_through_views():
     del view
     again, again_addr = pool.array((64,), np.float64)
     assert again_addr == addr
+
+
+def test_plan_must_keep_the_buffers_of_one_kernel_apart(engine):
+    from sample_programs import two_stage_program
+    program = two_stage_program(32, name="overlap")
+    (t,) = program.temps
+    with pytest.raises(ValueError, match="no place for"):
+        engine.compile(program, MemoryPlan({}, {}, 0))
+    plan = MemoryPlan({"t": 0}, {"t": t.nbytes}, 128)
+    engine.compile(program, plan)                       # fine: one temporary
+    overlapping = MemoryPlan({"a": 0, "b": 64}, {"a": 100, "b": 100}, 256)
+    with pytest.raises(ValueError, match="'a' and 'b' overlap but are both used by kernel 'k'"):
+        overlapping.check_disjoint(["a", "b"], "kernel 'k'")
+    overlapping.check_disjoint(["a"], "kernel 'k'")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dispatch import apply
-from .registry import INDEX, Aval, register
+from .registry import INDEX as INDEX_KIND, Aval, register
 
 import tracetorch as tt
 
@@ -59,7 +59,7 @@ def _index_vjp(n, g):
     return (apply(INDEX_PUT, zeros, g, *idx, dims=n.attrs["dims"], accumulate=True),) + (None,) * len(idx)
 
 
-INDEX = register("index", INDEX, eager=_index, infer=_infer_index, vjp=_index_vjp,
+INDEX = register("index", INDEX_KIND, eager=_index, infer=_infer_index, vjp=_index_vjp,
                  saves=tuple(range(1, 9)), lowering="gather")
 
 
@@ -97,7 +97,7 @@ def _index_put_vjp(n, g):
     return (gx, gv) + (None,) * len(idx)
 
 
-INDEX_PUT = register("index_put", INDEX, eager=_index_put, infer=_infer_index_put, vjp=_index_put_vjp,
+INDEX_PUT = register("index_put", INDEX_KIND, eager=_index_put, infer=_infer_index_put, vjp=_index_put_vjp,
                      saves=tuple(range(2, 10)), lowering="scatter",
                      doc="x with values written (or added, accumulate=True) at the indexed positions; "
                          "duplicate indices accumulate")
