@@ -28,10 +28,8 @@ class Generator:
 
     def manual_seed(self, seed: int) -> "Generator":
         seed = int(seed)
-        self.seed_t._data[...] = seed % 2**63
-        self.offset_t._data[...] = 0
-        self.seed_t._version[0] += 1
-        self.offset_t._version[0] += 1
+        self.seed_t.fill_(seed % 2**63)     # in-place ops (not raw writes), so a tracer records the reseed
+        self.offset_t.fill_(0)
         self._initial = seed
         return self
 
@@ -49,10 +47,8 @@ class Generator:
 
     def set_state(self, state: Tensor) -> "Generator":
         seed, offset = (int(v) for v in state.tolist())
-        self.seed_t._data[...] = seed
-        self.offset_t._data[...] = offset
-        self.seed_t._version[0] += 1
-        self.offset_t._version[0] += 1
+        self.seed_t.fill_(seed)
+        self.offset_t.fill_(offset)
         return self
 
     def _advance(self, n: int) -> None:

@@ -9,7 +9,11 @@ outputs, then each write-back's new value). A backend must not write into
 its inputs; the program copies any result that aliases an input, so results
 may be views. Optional attributes of an executable: `kernels` (launches per
 call, for `.stats()`), `explain()` (text for `.explain()`: fusion groups,
-kernels, memory plan), `dump(directory, stem)` (for TRACETORCH_DUMP).
+kernels, memory plan), `dump(directory, stem)` (for TRACETORCH_DUMP), and
+`diagnose(inputs, reference) -> str`: when `check=True` finds the backend
+disagreeing with the reference interpreter, it gets the interpreter's value
+of every IR value (`{Value: array}`) and should name the first kernel whose
+result differs, with its IR and generated source.
 
 `register_backend("llvm", backend)` plugs a new one in; "auto" picks the
 first available name in `AUTO_ORDER` (the LLVM backend will put itself first).

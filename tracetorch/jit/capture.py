@@ -19,7 +19,9 @@ naming the line that created it.
 """
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -30,12 +32,12 @@ from ..ops import REGISTRY
 from ..ops.dispatch import STATE
 from ..tensor import Tensor
 from . import pytree
-from .guards import GradGuard, SameObjectGuard, SpecGuard, TensorGuard, global_guards, state_guards
+from .guards import BindingGuard, GradGuard, SameObjectGuard, SpecGuard, TensorGuard, global_guards, state_guards
 from .ir import COPY_, Graph, Node
 from .reach import reach
 from .scalars import _plain, _Traced
 from .sources import ArgSource, CapturedSource
-from .tracer import Tracer, ValueGuardSpec
+from .tracer import Tracer
 
 CONSTANT = REGISTRY["constant"]
 
@@ -43,8 +45,9 @@ CONSTANT = REGISTRY["constant"]
 @dataclass(frozen=True)
 class OutputLeaf:
     kind: str               # "value" (a program output), "input" (an input tensor object), "scalar"
-    index: int              # output position ("value", "scalar") or source position ("input")
-    pytype: type = float
+    index: int = -1         # output position ("value", "scalar")
+    pytype: type = float    # "scalar": the Python type returned
+    source: object = None   # "input": where that tensor object is found at call time
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,21 @@ class Call:
 
     @staticmethod
     def of(args, kwargs) -> "Call":
+        if not kwargs and all(type(a) is Tensor for a in args):      # the common case, without a walk
+            return Call(args, kwargs, list(args), _tensor_args_spec(len(args)))
         leaves, spec = pytree.flatten((args, kwargs))
         return Call(args, kwargs, leaves, spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _tensor_args_spec(n: int) -> tuple:
+    return pytree.flatten(((Tensor._make(None, None),) * n, {}))[1]
 
 
 @dataclass
 class Trace:
     raw: Graph
     sources: list
-    input_requires_grad: list
     guards: list
     value_guards: list              # (ValueGuardSpec, output position)
     out_spec: tuple
@@ -80,11 +89,12 @@ class Trace:
     seconds: float = 0.0
 
 
-def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, arg_names=(), fullgraph=False,
+def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgraph=False,
             record_values=False) -> Trace:
     """Run `fn(*call.args, **call.kwargs)` under a tracer. `reach_fn` (default fn) is the function
     whose closures and globals are searched for state to guard."""
     t0 = time.perf_counter()
+    arg_names = _parameter_names(fn)
     named = [(n, a) for n, a in zip(arg_names, call.args)]
     found = reach(reach_fn or fn, self_obj, named)
     guards = [SpecGuard(call.spec)] + global_guards() + state_guards(found)
@@ -92,89 +102,130 @@ def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, arg_name
     leaf_names = pytree.leaf_names(call.spec, "args")
     leaf_names = _readable_arg_names(leaf_names, arg_names)
     for i, t in enumerate(call.leaves):
-        if id(t) in tracer.values:
-            first = next(k for k, s in enumerate(tracer.sources) if tracer.input_tensors[k] is t)
-            guards.append(SameObjectGuard(tracer.sources[first].index, i, (tracer.sources[first].name, leaf_names[i])))
+        if id(t) in tracer.values:          # the same tensor passed twice: one input, and a guard
+            first = next(s for s, x in zip(tracer.sources, tracer.input_tensors) if x is t)
+            guards.append(SameObjectGuard(first.index, i, (first.name, leaf_names[i])))
             continue
         tracer.add_input(t, ArgSource(i, leaf_names[i]), leaf_names[i])
     with tracer:
         result = fn(*call.args, **call.kwargs)
-        out_objs, out_spec = pytree.flatten(result, (Tensor, _Traced))
-        outputs, out_leaves, diff_outputs = [], [], []
-        input_pos = {id(t): k for k, t in enumerate(tracer.input_tensors)}
-        for obj in out_objs:
-            if isinstance(obj, Tensor):
-                if id(obj) in input_pos:
-                    out_leaves.append(OutputLeaf("input", input_pos[id(obj)]))
-                    continue
-                v = tracer.value_of(obj)
-                if obj.requires_grad and STATE.grad_enabled and v not in tracer.backward_roots:
-                    diff_outputs.append(len(outputs))
-                out_leaves.append(OutputLeaf("value", len(outputs)))
-                outputs.append(v)
-            else:
-                pytype = float if isinstance(obj, float) else int
-                out_leaves.append(OutputLeaf("scalar", len(outputs), pytype))
-                if obj._tracer is tracer:
-                    outputs.append(tracer.value_of(obj.shadow()))
-                else:                   # a traced number from another (finished) trace: a constant
-                    outputs.append(tracer.value_of(_constant(pytype(_plain(obj)))))
-    grad_bindings, grads_now = [], []
-    for slot in tracer.grad_slots.values():
-        p = slot.param
-        if slot.first_read is None:
-            guards.append(GradGuard(weakref.ref(p), _param_name(found, p), False))
-        if not slot.written:
-            continue
-        g = p._grad
-        grads_now.append(g)
-        if g is None:
-            grad_bindings.append((weakref.ref(p), None))
-        elif g is not slot.first_read:
-            grad_bindings.append((weakref.ref(p), len(outputs)))
-            outputs.append(tracer.value_of(g))
+        out_objs, out_spec, out_leaves, outputs, diff_outputs = _outputs(tracer, result)
+    if any(isinstance(o, _Traced) for o in out_objs):       # the caller gets plain numbers, as on replay
+        result = pytree.unflatten(out_spec, [_plain(o) if isinstance(o, _Traced) else o for o in out_objs])
+    grad_bindings, grads_now = _grads(tracer, found, guards, outputs)
     value_guards = []
     for spec in tracer.value_guards:
         value_guards.append((spec, len(outputs)))
         outputs.append(spec.value)
-    for src, t in zip(tracer.sources, tracer.input_tensors):
-        guards.append(TensorGuard(src, tuple(t._data.shape), t._dtype, bool(t.requires_grad)))
+    guards += [TensorGuard(src, tuple(t._data.shape), t._dtype, bool(t.requires_grad))
+               for src, t in zip(tracer.sources, tracer.input_tensors)]
+    guards += [BindingGuard(found.bindings[id(t)][0], found.bindings[id(t)][1], src.ref)
+               for src, t in zip(tracer.sources, tracer.input_tensors)
+               if isinstance(src, CapturedSource) and id(t) in found.bindings]
     input_arrays = [t._data for t in tracer.input_tensors]
+    hidden_writes = tracer.unrecorded_writes()
     mutated = _written_roots(tracer.nodes)
     created = tracer.created
     diff_inputs = [k for k, rg in enumerate(tracer.input_requires_grad) if rg]
-    nodes, inputs, sources, rgs = list(tracer.nodes), list(tracer.inputs), list(tracer.sources), \
-        list(tracer.input_requires_grad)
+    nodes, inputs, sources = list(tracer.nodes), list(tracer.inputs), list(tracer.sources)
     node_values = tracer.node_values
     tracer.release()
-    del tracer
+    del tracer          # from here on, only the results and the user's state keep trace tensors alive
 
-    uncacheable = None
+    inputs, sources, diff_inputs, guards, constants, uncacheable = _drop_dead_captures(
+        inputs, sources, diff_inputs, guards, input_arrays, mutated)
     uncacheable_where = ""
-    constants = []
-    keep = [k for k, s in enumerate(sources) if not (isinstance(s, CapturedSource) and s.ref() is None)]
-    if len(keep) != len(sources):       # tensors made outside tracetorch ops during the call: constants
-        for k in set(range(len(sources))) - set(keep):
-            if inputs[k] in mutated:
-                uncacheable = (f"a temporary tensor {sources[k].name} (made outside tracetorch ops) was "
-                               "modified in place")
-            constants.append(Node(CONSTANT, (), (inputs[k],), {"value": np.array(input_arrays[k]),
-                                                               "dtype": inputs[k].dtype}))
-        remap = {old: new for new, old in enumerate(keep)}
-        diff_inputs = [remap[k] for k in diff_inputs if k in remap]
-        out_leaves = [OutputLeaf(leaf.kind, remap[leaf.index], leaf.pytype) if leaf.kind == "input" else leaf
-                      for leaf in out_leaves]
-        guards = [g for g in guards if not (isinstance(g, TensorGuard) and g.source not in
-                                            [sources[k] for k in keep])]
-        inputs, sources, rgs = [inputs[k] for k in keep], [sources[k] for k in keep], [rgs[k] for k in keep]
+    if hidden_writes and uncacheable is None:
+        uncacheable = (f"{', '.join(hidden_writes)} changed outside tracetorch ops during the call (storage "
+                       "rebound with `.data =`, or written directly, as manual_seed does)")
     escaped = _escaped(created, out_objs, grads_now)
     if escaped and uncacheable is None:
         uncacheable = (f"a tensor created at {escaped} outlived the call outside its results (it escaped into "
                        "Python state, e.g. optimizer state created on the first step)")
         uncacheable_where = escaped
     raw = Graph(tuple(inputs), tuple(constants + nodes), tuple(outputs), name=name)
-    return Trace(raw, sources, rgs, guards, value_guards, out_spec, out_leaves, grad_bindings, diff_outputs,
+    return Trace(raw, sources, guards, value_guards, out_spec, out_leaves, grad_bindings, diff_outputs,
                  diff_inputs, result, uncacheable, uncacheable_where, node_values, time.perf_counter() - t0)
+
+
+def _drop_dead_captures(inputs, sources, diff_inputs, guards, input_arrays, mutated):
+    """Captured tensors that died with the call were temporaries made outside tracetorch ops (an index
+    list turned into a tensor): they become constants of the graph, not inputs."""
+    dead = [k for k, s in enumerate(sources) if isinstance(s, CapturedSource) and s.ref() is None]
+    if not dead:
+        return inputs, sources, diff_inputs, guards, [], None
+    uncacheable = None
+    constants = []
+    for k in dead:
+        if inputs[k] in mutated:
+            uncacheable = f"a temporary tensor {sources[k].name} (made outside tracetorch ops) was modified in place"
+        constants.append(Node(CONSTANT, (), (inputs[k],), {"value": np.array(input_arrays[k]),
+                                                           "dtype": inputs[k].dtype}))
+    keep = [k for k in range(len(sources)) if k not in dead]
+    remap = {old: new for new, old in enumerate(keep)}
+    gone = [sources[k] for k in dead]
+    guards = [g for g in guards if not (isinstance(g, TensorGuard) and g.source in gone)
+              and not (isinstance(g, BindingGuard) and any(g.ref is s.ref for s in gone))]
+    return ([inputs[k] for k in keep], [sources[k] for k in keep], [remap[k] for k in diff_inputs if k in remap],
+            guards, constants, uncacheable)
+
+
+def _outputs(tracer, result):
+    """The result's leaves as program outputs: (objects, spec, OutputLeafs, output values, diff positions)."""
+    out_objs, out_spec = pytree.flatten(result, (Tensor, _Traced))
+    outputs, out_leaves, diff_outputs = [], [], []
+    input_pos = {id(t): k for k, t in enumerate(tracer.input_tensors)}
+    for obj in out_objs:
+        if isinstance(obj, Tensor):
+            if id(obj) in input_pos:
+                out_leaves.append(OutputLeaf("input", source=tracer.sources[input_pos[id(obj)]]))
+                continue
+            v = tracer.value_of(obj)
+            if obj.requires_grad and STATE.grad_enabled and v not in tracer.backward_roots:
+                diff_outputs.append(len(outputs))
+            out_leaves.append(OutputLeaf("value", len(outputs)))
+            outputs.append(v)
+        else:
+            pytype = float if isinstance(obj, float) else int
+            out_leaves.append(OutputLeaf("scalar", len(outputs), pytype))
+            if obj._tracer is tracer:
+                outputs.append(tracer.value_of(obj.shadow()))
+            else:                       # a traced number from another (finished) trace: a constant
+                outputs.append(tracer.value_of(_constant(pytype(_plain(obj)))))
+    return out_objs, out_spec, out_leaves, outputs, diff_outputs
+
+
+def _grads(tracer, found, guards, outputs):
+    """`.grad` as program state: guards on what the trace read, outputs for what it rebound."""
+    bindings, grads_now = [], []
+    for slot in tracer.grad_slots.values():
+        p = slot.param
+        if slot.read and slot.first_read is None:
+            guards.append(GradGuard(weakref.ref(p), _param_name(found, p), False))
+        if not slot.written:
+            continue
+        g = p._grad
+        grads_now.append(g)
+        if g is None:
+            bindings.append((weakref.ref(p), None))
+        elif not (slot.read and g is slot.first_read):
+            bindings.append((weakref.ref(p), len(outputs)))
+            outputs.append(tracer.value_of(g))
+    return bindings, grads_now
+
+
+def _parameter_names(fn) -> tuple:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    names = []
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            names += [f"{p.name}{i}" for i in range(16)]
+    return tuple(names)
 
 
 def _readable_arg_names(names, arg_names):
@@ -264,4 +315,4 @@ def _kept_by_results(outputs, grads) -> set:
     return allowed
 
 
-__all__ = ["Call", "Trace", "OutputLeaf", "capture", "ValueGuardSpec"]
+__all__ = ["Call", "Trace", "OutputLeaf", "capture"]

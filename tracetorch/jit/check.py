@@ -41,20 +41,20 @@ def close(a, b, dtype_name: str) -> bool:
 
 
 def run_checked(compiled, program, call, target):
-    from .compile import _NOT_CHECKED, _identifier
+    from .compile import _NOT_CHECKED
     snapshot = [np.array(a, copy=True) for a in program.read_inputs(call)]
     results = program.executable([a.copy() for a in snapshot])
     try:
         program.check_values(results)
     except ValueGuardFailed:
         return _NOT_CHECKED
-    trace = capture(target, call, name=_identifier(compiled.name), record_values=True,
+    trace = capture(target, call, name=compiled.ir_name, record_values=True, reach_fn=compiled._reach_fn,
                     self_obj=compiled._self_ref() if compiled._self_ref is not None else None)
     problems = _compare(program, call, results, trace.result)
     if problems:
         raise CheckError(_report(compiled, program, snapshot, results, trace, problems))
     with compiled._lock:
-        compiled._stats["checked_calls"] = compiled._stats.get("checked_calls", 0) + 1
+        compiled._stats["checked_calls"] += 1
     return trace.result
 
 
@@ -99,8 +99,10 @@ def _localize(program, snapshot, results, trace) -> str:
         return ("  the eager run took a different path than the cached trace (a missing guard): the traced "
                 "ops differ")
     first = []
+    values = {}
 
     def hook(node, data):
+        values[node.out] = data
         want = eager.get(node.out)
         if not first and want is not None and not close(data, want, node.out.dtype.name):
             first.append((node, data, want))
@@ -115,8 +117,10 @@ def _localize(program, snapshot, results, trace) -> str:
     for k, (a, b) in enumerate(zip(results, reference)):
         dt = program.graph.results()[k].dtype.name
         if not close(a, b, dt):
+            diagnose = getattr(program.executable, "diagnose", None)
+            detail = ("\n" + diagnose([a.copy() for a in snapshot], values)) if diagnose is not None else ""
             return (f"  every IR node matches eager, but backend result {k} differs from the reference "
-                    f"interpreter's: the backend ({type(program.executable).__name__}) is wrong")
+                    f"interpreter's: the backend ({type(program.executable).__name__}) is wrong{detail}")
     return "  every IR node and backend result matches the reference interpreter; the difference is in commit"
 
 

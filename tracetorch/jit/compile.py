@@ -24,7 +24,6 @@ import functools
 import inspect
 import os
 import threading
-import time
 import warnings
 import weakref
 from collections import Counter
@@ -57,8 +56,10 @@ class CompiledFunction:
         self._self_ref = self_ref
         self._reach_fn = reach_fn or fn
         self.name = name or getattr(fn, "__qualname__", getattr(fn, "__name__", "fn"))
+        self.ir_name = _identifier(self.name.rsplit(".", 1)[-1])       # the IR's `def <name>(...)`
         self._lock = threading.RLock()
         self._programs: list = []
+        self._generation = 0                # bumped when a program is cached
         self._instances = weakref.WeakKeyDictionary()
         self._gave_up: str | None = None
         self._last_program = None
@@ -77,8 +78,11 @@ class CompiledFunction:
             return self
         bound = self._instances.get(obj)
         if bound is None:
-            bound = CompiledFunction(self.fn, self.options, self_ref=weakref.ref(obj), name=self.name)
-            self._instances[obj] = bound
+            with self._lock:
+                bound = self._instances.get(obj)
+                if bound is None:
+                    bound = CompiledFunction(self.fn, self.options, self_ref=weakref.ref(obj), name=self.name)
+                    self._instances[obj] = bound
         return bound
 
     def _target(self):
@@ -104,12 +108,28 @@ class CompiledFunction:
         call = Call.of(args, kwargs)
         with self._lock:
             self._stats["calls"] += 1
-            candidates, failed = self._candidates(call)
-        if self.options["check"] and candidates:
-            from .check import run_checked
-            result = run_checked(self, candidates[0], call, target)
-            if result is not _NOT_CHECKED:
+        while True:
+            with self._lock:
+                generation = self._generation
+                candidates, failed = self._candidates(call)
+            if self.options["check"] and candidates:
+                from .check import run_checked
+                result = run_checked(self, candidates[0], call, target)
+                if result is not _NOT_CHECKED:
+                    return result
+            result = self._run_cached(call, candidates)
+            if result is not _MISS:
                 return result
+            with self._lock:
+                if self._generation != generation:      # another thread cached a trace meanwhile
+                    continue
+                for guard in failed:
+                    self._note_static_failure(guard, call)
+                return self._trace(call, target)
+
+    def _run_cached(self, call, candidates):
+        """Run the first fitting program; on a value-guard failure, the sibling whose recorded outcomes
+        agree with the ones just observed (the trace tree). _MISS if none fits."""
         tried = []
         program = candidates[0] if candidates else None
         while program is not None:
@@ -128,21 +148,22 @@ class CompiledFunction:
                     self._programs.remove(program)
                     self._programs.insert(0, program)
             return result
-        for guard, detail, key in failed:
-            self._note_static_failure(guard, detail, key)
-        return self._trace(call, target)
+        return _MISS
 
     def _candidates(self, call):
+        """Programs whose static guards pass (most recently used first), and the first failing guard of
+        each of the others."""
         ok, failed = [], []
         for p in self._programs:
             g = first_failure(p.guards, call)
             if g is None:
                 ok.append(p)
             else:
-                failed.append((g, g.actual(call), g.failure_key(call)))
+                failed.append(g)
         return ok, failed
 
-    def _note_static_failure(self, guard, detail, key):
+    def _note_static_failure(self, guard, call):
+        detail, key = guard.actual(call), guard.failure_key(call)
         with self._lock:
             self._stats["guard_failures"][key] += 1
             self._failures[key] += 1
@@ -174,10 +195,9 @@ class CompiledFunction:
             self._stats["traces"] += 1
             reason = ", ".join(f"{k}" for k in self._failures) or "first call"
             logs.log("recompiles", f"{self.name}: trace #{self._stats['traces']} ({reason})")
-            arg_names = _parameter_names(target)
             obj = self._self_ref() if self._self_ref is not None else None
-            trace = capture(target, call, name=_identifier(self.name), self_obj=obj, reach_fn=self._reach_fn,
-                            arg_names=arg_names, fullgraph=self.options["fullgraph"])
+            trace = capture(target, call, name=self.ir_name, self_obj=obj, reach_fn=self._reach_fn,
+                            fullgraph=self.options["fullgraph"])
             self._stats["trace_seconds"] += trace.seconds
             if trace.uncacheable is not None:
                 self._stats["uncached_traces"] += 1
@@ -187,7 +207,7 @@ class CompiledFunction:
                 logs.log("recompiles", f"{self.name}: not cached: {trace.uncacheable}")
                 return trace.result
             try:
-                program = build_program(trace, self.options["backend"], name=_identifier(self.name))
+                program = build_program(trace, self.options["backend"], name=self.ir_name)
             except Exception as e:
                 if self.options["fallback"]:
                     warnings.warn(f"tt.compile: compiling {self.name} failed ({e}); running it eagerly",
@@ -201,6 +221,7 @@ class CompiledFunction:
             self._stats["nodes"] = len(program.graph.nodes)
             self._stats["kernels"] = getattr(program.executable, "kernels", len(program.graph.nodes))
             self._programs.insert(0, program)
+            self._generation += 1
             self._last_program = program
             return trace.result
 
@@ -244,6 +265,7 @@ class CompiledFunction:
     def reset(self) -> None:
         with self._lock:
             self._programs.clear()
+            self._generation += 1
             self._gave_up = None
             self._last_program = None
             self._failures.clear()
@@ -274,6 +296,15 @@ class CompiledModule:
 
     def __setattr__(self, name, value):
         setattr(self._orig_mod, name, value)
+
+    def __getitem__(self, key):
+        return self._orig_mod[key]
+
+    def __len__(self):
+        return len(self._orig_mod)
+
+    def __iter__(self):
+        return iter(self._orig_mod)
 
     def _tt_compiled_target(self):
         return self._orig_mod.forward, self._orig_mod
@@ -307,11 +338,15 @@ def compile(fn=None, *, backend="auto", mode="default", check: bool = False, ful
             cache_size_limit: int = 8, fallback: bool = False, dynamic=None, options=None):
     """Compile a function or Module by tracing it (see tracetorch/jit/compile.py and DESIGN.md).
 
-    backend: "auto" | "interp" | "llvm" | "cuda" (whatever is registered); mode="eager" turns
-    compilation off; check=True runs compiled and eager side by side and raises CheckError at
-    the first divergent node; fullgraph=True makes data-dependent Python (graph breaks) an error
-    instead of a value guard; after `cache_size_limit` traces the function runs eagerly.
-    Python side effects (print, list.append) happen only while tracing.
+    backend: "auto" | "interp" | "llvm" | "cuda" (whatever is registered; "auto" picks the best).
+    mode="eager" turns compilation off (as does the environment variable TRACETORCH_DISABLE=1).
+    check=True runs compiled and eager side by side on every cached call and raises CheckError
+    naming the first divergent node. fullgraph=True makes a trace that would depend on tensor
+    *values* an error (`.numpy()`, boolean masks, `int(t)`) instead of a value guard; branches on a
+    tensor (`if loss > 0:`) stay allowed: each outcome gets its own trace. After `cache_size_limit`
+    traces the function warns once and runs eagerly. fallback=True runs eagerly (with a warning)
+    when the backend fails to compile a trace. `dynamic` and `options` are accepted for PyTorch
+    compatibility and ignored. Python side effects (print, list.append) happen only while tracing.
     """
     if mode not in _MODES:
         raise ValueError(f"tt.compile: unknown mode {mode!r} (expected 'default' or 'eager')")
@@ -344,16 +379,9 @@ def _wrap(fn, opts):
 
 def _new_stats() -> dict:
     return {"calls": 0, "traces": 0, "compiles": 0, "cache_hits": 0, "guard_failures": Counter(),
-            "value_guard_misses": 0, "uncached_traces": 0, "fallbacks": 0, "nodes": 0, "kernels": 0,
+            "value_guard_misses": 0, "uncached_traces": 0, "fallbacks": 0, "checked_calls": 0, "nodes": 0,
+            "kernels": 0,
             "compile_seconds": 0.0, "trace_seconds": 0.0}
-
-
-def _parameter_names(fn) -> tuple:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return ()
-    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def _identifier(name: str) -> str:
@@ -362,8 +390,5 @@ def _identifier(name: str) -> str:
     return out or "fn"
 
 
-class _NotChecked:
-    pass
-
-
-_NOT_CHECKED = _NotChecked()
+_NOT_CHECKED = object()      # check mode did not apply (a value guard failed): run normally
+_MISS = object()             # no cached program fits

@@ -3,7 +3,8 @@
 Guards, value guards, inputs and where they come from, the IR after the
 passes, write-backs, the backward program (when outputs carry gradients)
 and what the backend made of it. If no cached trace fits the arguments, the
-function is called once to trace it (with its side effects, as any call).
+most recent one is shown with the guard that fails; only a function never
+traced is called once (with its side effects, as any call) to trace it.
 """
 from __future__ import annotations
 
@@ -14,28 +15,29 @@ from .ir import Namer, type_str
 
 def explain_compiled(compiled, args, kwargs) -> str:
     call = Call.of(args, kwargs)
-    program = _matching(compiled, call)
+    programs = compiled.programs
+    program = next((p for p in programs if first_failure(p.guards, call) is None), None)
     note = ""
-    if program is None:
+    if program is None and programs:
+        program = programs[0]
+        failed = first_failure(program.guards, call)
+        note = (f"(no cached trace fits these arguments; the most recent one, shown here, fails the guard "
+                f"`{failed.describe()}`: found {failed.actual(call)})\n")
+    elif program is None:
         compiled(*args, **kwargs)
-        program = _matching(compiled, call)
-        note = "(no cached trace fit these arguments: the function ran once to trace them)\n"
+        program = next((p for p in compiled.programs if first_failure(p.guards, call) is None), None)
+        note = "(not traced yet: the function ran once to trace it)\n"
     if program is None:
-        return f"{compiled.name}: not compiled ({compiled.stats()})"
+        return f"{compiled.name}: nothing compiled ({compiled.stats()})"
     return note + format_program(compiled, program)
-
-
-def _matching(compiled, call):
-    for p in compiled.programs:
-        if first_failure(p.guards, call) is None:
-            return p
-    return None
 
 
 def format_program(compiled, program) -> str:
     g = program.graph
     namer = Namer()
-    out = [f"== {compiled.name}: compiled program (backend {compiled.options['backend']!r}) ==",
+    from .backends import resolve
+    backend = getattr(resolve(compiled.options["backend"]), "name", compiled.options["backend"])
+    out = [f"== {compiled.name}: compiled program (backend {backend!r}) ==",
            f"traced {len(program.raw.nodes)} nodes -> {len(g.nodes)} after passes; "
            f"compile {program.compile_seconds * 1e3:.1f} ms",
            f"stats: {compiled.stats()}",

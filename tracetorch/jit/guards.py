@@ -56,10 +56,10 @@ class SpecGuard(Guard):
         return call.spec == self.spec
 
     def describe(self) -> str:
-        return f"arguments have the traced structure and Python constant values ({_short(self.spec)})"
+        return f"arguments match {_call_text(self.spec)} (T: a tensor; other values are constants)"
 
     def actual(self, call) -> str:
-        return _short(call.spec)
+        return _call_text(call.spec)
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,13 +197,18 @@ def first_failure(guards, call):
 
 
 # ---------------------------------------------------------------- snapshots, as data
+_NO_HOOKS: dict = {}
+
+
 def module_snapshot(keys):
     def snapshot(m):
-        """training flag, Python attributes, parameter/buffer/submodule identities"""
+        """training flag, Python attributes, parameter/buffer/submodule/hook identities"""
         d = m.__dict__
+        hooks = tuple(map(id, d.get("_forward_pre_hooks", _NO_HOOKS).values())) + \
+            tuple(map(id, d.get("_forward_hooks", _NO_HOOKS).values()))
         return (tuple(map(d.get, keys)), tuple(map(id, d["_parameters"].values())),
-                tuple(map(id, d["_buffers"].values())), tuple(map(id, d["_modules"].values())))
-    snapshot.parts = (keys, "parameters", "buffers", "submodules")
+                tuple(map(id, d["_buffers"].values())), tuple(map(id, d["_modules"].values())), hooks)
+    snapshot.parts = (keys, "parameters", "buffers", "submodules", "forward hooks")
     return snapshot
 
 
@@ -235,6 +240,10 @@ def _state_signature(s):
 def state_guards(reach: Reach) -> list:
     """Guards on the reachable modules, optimizers and Python constants, as they are now."""
     guards: list = []
+    for name, m in reach.modules + reach.optimizers:
+        if id(m) in reach.bindings:
+            path, read = reach.bindings[id(m)]
+            guards.append(BindingGuard(path, read, weakref.ref(m)))
     for name, m in reach.modules:
         snap = module_snapshot(_module_keys(m))
         guards.append(ObjectGuard(weakref.ref(m), name, snap, snap(m)))
@@ -255,6 +264,15 @@ def _grad_enabled():
 
 
 # ---------------------------------------------------------------- messages
+def _call_text(spec) -> str:
+    from .pytree import format_spec
+    args, kwargs = spec[1]
+    text = format_spec(args)[1:-1].rstrip(",")
+    if kwargs[3]:
+        text += (", " if text else "") + ", ".join(f"{k}={format_spec(s)}" for k, s in zip(kwargs[2], kwargs[3]))
+    return _short(f"f({text})")
+
+
 def _short(x, limit: int = 160) -> str:
     s = x if isinstance(x, str) else repr(x)
     return s if len(s) <= limit else s[:limit - 3] + "..."
@@ -267,6 +285,29 @@ def _diff(expected, got):
             if a != b:
                 return _diff(a, b)
     return f"expected {expected!r}, got {got!r}"
+
+
+@dataclass(frozen=True, eq=False)
+class BindingGuard(Guard):
+    """A name (global, closure variable, attribute path) still holds the object the trace reached."""
+    name: str
+    read: Callable
+    ref: weakref.ref
+
+    @property
+    def subject(self) -> str:
+        return f"{self.name} is the traced object"
+
+    def check(self, call) -> bool:
+        obj = self.ref()
+        return obj is not None and self.read() is obj
+
+    def describe(self) -> str:
+        return f"{self.name} is the {type(self.ref()).__name__} the trace read"
+
+    def actual(self, call) -> str:
+        now = self.read()
+        return "the traced object was freed" if self.ref() is None else f"another {type(now).__name__}"
 
 
 @dataclass(frozen=True, eq=False)

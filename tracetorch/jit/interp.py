@@ -58,8 +58,8 @@ class InterpExecutable:
         for node, op, args, attrs, out, dtype, free in self.steps:
             try:
                 data = run_kernel(op, [env[a] if is_slot else a for is_slot, a in args], attrs, dtype)
-            except Exception as e:
-                raise RuntimeError(f"interp: {format_node(node)}  (from {node.where or '?'}) failed: {e}") from e
+            except Exception as e:          # the eager error, with the IR node and the user's line
+                raise _with_context(e, f"{format_node(node)}  (traced at {node.where or '?'})") from e
             env[out] = data
             if on_node is not None:
                 on_node(node, data)
@@ -69,6 +69,11 @@ class InterpExecutable:
 
     def explain(self) -> str:
         return f"interp: {self.kernels} kernels (one numpy call per node, no fusion)"
+
+
+def _with_context(e: Exception, where: str) -> Exception:
+    kind = type(e) if isinstance(e, (IndexError, ValueError, TypeError, ZeroDivisionError)) else RuntimeError
+    return kind(f"{e}\n  in compiled node: {where}")
 
 
 class InterpBackend:

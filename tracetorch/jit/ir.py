@@ -16,9 +16,10 @@ passes that remove them:
                VJP is the user's backward (removed after autodiff)
 
 Values, nodes and graphs are frozen dataclasses compared by identity; a pass
-builds new ones. `Graph.text()` prints Python-like code with shapes and the
-user's source line per node (in the spirit of JAX's jaxprs and Thunder's
-traces); `Graph.to_dot()` draws it.
+builds new ones. `Graph.text()` prints Python with shapes and the user's
+source line per node (in the spirit of JAX's jaxprs and Thunder's traces):
+with each op name bound to `apply(REGISTRY[name], ...)`, the text runs as is
+(constants of more than 8 elements are elided). `Graph.to_dot()` draws it.
 """
 from __future__ import annotations
 
@@ -222,8 +223,11 @@ def format_node(n: Node, name=None) -> str:
 
 def format_graph(g: Graph, *, source_lines: bool = True) -> str:
     name = Namer()
-    params = ", ".join(f"{name(v)}: {type_str(v)}" for v in g.inputs)
-    lines = [f"def {g.name}({params}):"]
+    params = [f"{name(v)}: {type_str(v)}" for v in g.inputs]
+    header = f"def {g.name}({', '.join(params)}):"
+    if len(header) > 100:
+        header = f"def {g.name}(\n" + "".join(f"        {p},\n" for p in params) + "):"
+    lines = [header]
     body = []
     for n in g.nodes:
         stmt = format_node(n, name)

@@ -28,7 +28,7 @@ from ..tensor import Tensor
 from . import logs, pytree
 from .backends import resolve
 from .capture import Trace
-from .ir import Graph, Value
+from .ir import Graph
 from .passes.pipeline import lower, lower_with_backward
 
 
@@ -69,6 +69,9 @@ class Program:
     backward: BackwardPlan | None
     compile_seconds: float
     joint: Graph | None = None
+    _dtypes: list | None = None
+    _dtypes_of: Graph | None = None
+    _path: tuple | None = None
 
     # ------------------------------------------------------------ running
     def read_inputs(self, call) -> list:
@@ -83,14 +86,16 @@ class Program:
         return self.outputs(call, results, inputs)
 
     def check_values(self, results) -> None:
-        for k, (spec, pos) in enumerate(self.value_guards):
+        for k, ((spec, pos), expected) in enumerate(zip(self.value_guards, self.value_path())):
             got = outcome_of(spec.kind, results[pos])
-            if got != outcome_of(spec.kind, spec.expected):
+            if got != expected:
                 raise ValueGuardFailed(k, got, spec)
 
     def value_path(self) -> tuple:
         """The outcomes this trace assumed, in order (its position in the trace tree)."""
-        return tuple(outcome_of(spec.kind, spec.expected) for spec, _ in self.value_guards)
+        if self._path is None:
+            self._path = tuple(outcome_of(spec.kind, spec.expected) for spec, _ in self.value_guards)
+        return self._path
 
     def commit(self, call, results) -> None:
         targets = [(self.sources[s].tensor(call.leaves), results[r]) for s, r in self.writebacks]
@@ -109,7 +114,10 @@ class Program:
 
     @property
     def result_dtypes(self) -> list:
-        return [v.dtype for v in self.graph.results()]
+        key = self.graph
+        if self._dtypes_of is not key:          # cached per graph (tests may swap the graph in)
+            self._dtypes, self._dtypes_of = [v.dtype for v in key.results()], key
+        return self._dtypes
 
     def outputs(self, call, results, inputs):
         dtypes = self.result_dtypes
@@ -117,7 +125,7 @@ class Program:
         leaves = []
         for leaf in self.out_leaves:
             if leaf.kind == "input":
-                leaves.append(self.sources[leaf.index].tensor(call.leaves))
+                leaves.append(leaf.source.tensor(call.leaves))
             elif leaf.kind == "scalar":
                 leaves.append(leaf.pytype(results[leaf.index].item()))
             else:
@@ -196,11 +204,14 @@ def build_program(trace: Trace, backend_name, *, name: str) -> Program:
                             tuple(trace.diff_outputs), tuple(trace.diff_inputs), tuple(missing))
     else:
         graph = lower(raw)
+    sources = tuple(trace.sources)
+    if plan is None:
+        graph, sources = _drop_unused_inputs(graph, sources)
     executable = backend.compile(graph)
     n_out = len(graph.outputs)
     pos = {v: k for k, v in enumerate(graph.inputs)}
     writebacks = tuple((pos[dst], n_out + k) for k, (dst, _) in enumerate(graph.writebacks))
-    program = Program(name, raw, graph, executable, tuple(trace.sources), tuple(trace.guards),
+    program = Program(name, raw, graph, executable, sources, tuple(trace.guards),
                       tuple(trace.value_guards), trace.out_spec, tuple(trace.out_leaves), tuple(trace.grad_bindings),
                       writebacks, plan, time.perf_counter() - t0, joint)
     logs.program_compiled(program)
@@ -208,6 +219,16 @@ def build_program(trace: Trace, backend_name, *, name: str) -> Program:
 
 
 # ---------------------------------------------------------------- helpers
+def _drop_unused_inputs(graph: Graph, sources: tuple):
+    """Inputs nothing reads (a `.grad` only tested for None, a tensor only passed through) are not read.
+    Their guards stay."""
+    used = {x for n in graph.nodes for x in n.inputs} | set(graph.results()) | {d for d, _ in graph.writebacks}
+    keep = [k for k, v in enumerate(graph.inputs) if v in used]
+    if len(keep) == len(graph.inputs):
+        return graph, sources
+    return graph.replace(inputs=tuple(graph.inputs[k] for k in keep)), tuple(sources[k] for k in keep)
+
+
 def outcome_of(kind: str, value):
     """A hashable form of a guarded value (bool outcome, exact number, or array content)."""
     if kind == "outcome":
@@ -227,14 +248,17 @@ def _show(outcome) -> str:
 def owned(results: list, inputs: list) -> list:
     """Results the caller may own: copy any array sharing memory with an input or an earlier result,
     or that is read-only (a broadcast view)."""
-    taken = {id(_root(a)) for a in inputs}
+    taken = None
     out = []
     for r in results:
-        root = _root(r)
-        if id(root) in taken or not r.flags.writeable:
-            r = np.array(r)
-            root = r
-        taken.add(id(root))
+        if taken is None and (r.base is not None or not r.flags.writeable
+                              or any(r is a for a in inputs) or any(r is o for o in out)):
+            taken = {id(_root(a)) for a in inputs} | {id(_root(o)) for o in out}
+        if taken is not None:
+            root = _root(r)
+            if id(root) in taken or not r.flags.writeable:
+                r = root = np.array(r)
+            taken.add(id(root))
         out.append(r)
     return out
 
@@ -245,4 +269,4 @@ def _root(a: np.ndarray):
     return a
 
 
-__all__ = ["Program", "ValueGuardFailed", "build_program", "CompiledBackward", "Value"]
+__all__ = ["Program", "ValueGuardFailed", "build_program", "CompiledBackward"]

@@ -106,3 +106,19 @@ def _names(spec, prefix, out):
     elif tag == "dict":
         for k, s in zip(spec[2], spec[3]):
             _names(s, f"{prefix}[{k!r}]", out)
+
+
+def format_spec(spec) -> str:
+    """A spec as Python-like text: tensors as `T`, constants by value."""
+    tag = spec[0]
+    if tag == "tensor":
+        return "T"
+    if tag == "const":
+        return repr(spec[2])
+    if tag in ("tuple", "list", "namedtuple"):
+        items = spec[1] if tag != "namedtuple" else spec[2]
+        inner = ", ".join(format_spec(s) for s in items)
+        return f"[{inner}]" if tag == "list" else f"({inner}{',' if len(items) == 1 else ''})"
+    if tag == "dict":
+        return "{" + ", ".join(f"{k!r}: {format_spec(s)}" for k, s in zip(spec[2], spec[3])) + "}"
+    return repr(spec[2])

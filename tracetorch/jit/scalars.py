@@ -1,4 +1,4 @@
-"""Python numbers read out of tensors while tracing (`.item()`, `float(t)`, `.tolist()`).
+"""Python numbers read out of tensors while tracing (`.item()`, `.tolist()`).
 
 A number that leaves the tensor world could change on every call, so a trace
 may not silently freeze it, but guarding its exact value would make a step
@@ -19,6 +19,10 @@ it decides what the program needs:
 - converted to a plain number (`int()`, `float()`, `round()`, `__index__`,
   `//`, `%`) or used as an op attribute (a shape, a fill value): a value
   guard on the exact value.
+
+`float(t)` and `int(t)` cannot return traced numbers (Python turns what
+`__float__`/`__int__` return into an exact float/int), so they guard the exact
+value; prefer `.item()` or tensor ops for numbers that change every call.
 
 Known hole: functions that read the C value directly (`math.exp(x)`, numpy)
 return plain numbers the tracer cannot see; such a value used later is baked

@@ -18,8 +18,8 @@ argument is a *captured input*, read by reference on every call.
 
 The recorded graph keeps storage semantics (a `copy_` writes into a value
 and all its aliases); the functionalize pass makes it SSA. In *abstract*
-mode (used by the autodiff pass to run VJP rules on IR values) `apply` asks
-`abstract_eval` for a zero-stride placeholder instead of running the kernel.
+mode (used by the autodiff pass to run VJP rules on IR values) `evaluate`
+returns a zero-stride placeholder instead of running the kernel.
 """
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import dtypes as D
+from ..autograd.grad_mode import no_grad
 from ..ops import REGISTRY
-from ..ops.dispatch import STATE
+from ..ops.dispatch import STATE, apply
 from ..ops.registry import CREATION, Aval
 from ..tensor import Tensor
 from .ir import BACKWARD, COPY_, CUSTOM_FN, DETACH, Node, Value
-from .scalars import TracedFloat, TracedInt, _Traced, is_traced
+from .scalars import TracedFloat, TracedInt, _plain, _Traced, is_traced
 from .sources import CapturedSource, GradSource
 
 CAST, CLONE, CONSTANT = REGISTRY["cast"], REGISTRY["clone"], REGISTRY["constant"]
@@ -67,7 +68,8 @@ class ValueGuardSpec:
 class GradSlot:
     """What the trace did with one parameter's `.grad`."""
     param: Tensor
-    first_read: object = "unread"       # "unread" | None | the tensor read first (before any write)
+    first_read: object = None           # the tensor (or None) `.grad` held at its first read, if read first
+    read: bool = False
     written: bool = False
 
 
@@ -82,6 +84,8 @@ class Tracer:
         self.sources: list = []
         self.input_tensors: list = []           # the tensor read for each input at trace time
         self.input_requires_grad: list[bool] = []
+        self.input_state: list = []             # (storage, version) of each input when first read
+        self.recorded_writes: dict = {}         # id(version counter) -> in-place writes recorded
         self.created: list = []                 # (weakref, where) of tensors made by the trace
         self.value_guards: list[ValueGuardSpec] = []
         self.grad_slots: dict[int, GradSlot] = {}
@@ -141,6 +145,7 @@ class Tracer:
         self.sources.append(source)
         self.input_tensors.append(t)
         self.input_requires_grad.append(bool(t.requires_grad))
+        self.input_state.append((t._data, t._version[0]))
         return v
 
     def value_of(self, t: Tensor) -> Value:
@@ -166,11 +171,14 @@ class Tracer:
         """The value of `t` as `dtype` (a recorded cast, without touching autograd)."""
         if t._dtype is dtype:
             return self.value_of(t)
-        from ..autograd.grad_mode import no_grad
         with no_grad():
             return self.value_of(t.to(dtype))
 
     # ------------------------------------------------------------ hooks from the core
+    def evaluate(self, op, inputs, args, attrs):
+        """The eager kernel, on plain numbers (a traced number must not look like a numpy scalar)."""
+        return op.eager(*[_plain(a) if isinstance(a, _Traced) else a for a in args], **attrs)
+
     def record(self, op, inputs, attrs, out):
         where = self.where()
         if op.kind != CREATION and not any(isinstance(x, (Tensor, _Traced)) for x in inputs):
@@ -188,10 +196,15 @@ class Tracer:
 
     def record_mutation(self, t: Tensor, new: Tensor):
         where = self.where()
+        if id(t) not in self.values:        # first seen as the target of this write: it held the old value
+            self._capture(t)
+            data, version = self.input_state[-1]
+            self.input_state[-1] = (data, version - 1)
         dst = self.value_of(t)
         src = self.value_of(new)
         diff = (True, True) if STATE.grad_enabled and (t.requires_grad or new.requires_grad) else None
         self.nodes.append(Node(COPY_, (dst, src), (), {}, where, diff))
+        self.recorded_writes[id(t._version)] = self.recorded_writes.get(id(t._version), 0) + 1
         if self.record_values:
             self.node_values.append(None)
 
@@ -225,9 +238,9 @@ class Tracer:
 
     def on_grad_read(self, p: Tensor, g):
         slot = self._grad_slot(p)
-        if slot.written or slot.first_read != "unread":
+        if slot.written or slot.read:
             return
-        slot.first_read = g
+        slot.read, slot.first_read = True, g
         if g is not None and id(g) not in self.values:
             name = (self.names.get(id(p)) or f"param_{len(self.grad_slots)}") + ".grad"
             self.add_input(g, GradSource(weakref.ref(p), name), name)
@@ -240,8 +253,14 @@ class Tracer:
 
     # ------------------------------------------------------------ numbers leaving the tensor world
     def on_value(self, t: Tensor, kind: str, value):
-        from ..autograd.grad_mode import no_grad
-        if kind in ("item", "float", "int") and t._data.size == 1:
+        if kind in ("float", "int"):
+            # float(t) / int(t): Python converts whatever __float__/__int__ returns to an exact float/int,
+            # so the number cannot be followed: guard its value
+            with no_grad():
+                snap = self._snapshot(t.reshape(()), float if kind == "float" else int)
+            self.guard_equal(snap, value, f"`{kind}(t)` of a tensor")
+            return value
+        if kind == "item" and t._data.size == 1:
             if isinstance(value, bool):
                 with no_grad():
                     test = t.reshape(()).to(D.bool_)
@@ -271,7 +290,6 @@ class Tracer:
     def _snapshot(self, t: Tensor, pytype) -> Tensor:
         """A fresh copy of t's current value in float64/int64 (what Python computes with)."""
         dt = D.float64 if pytype is float else D.int64
-        from ..ops.dispatch import apply
         return apply(CLONE, t) if t._dtype is dt else apply(CAST, t, dtype=dt)
 
     def _guard_array(self, t: Tensor, kind: str):
@@ -281,8 +299,6 @@ class Tracer:
             raise GraphBreak(f"tt.compile(fullgraph=True): {what} at {where} makes the trace depend on tensor "
                              f"values (shape {tuple(t.shape)}); compute it with tensor ops, or drop fullgraph "
                              "to guard on the values (a new trace whenever they change)")
-        from ..autograd.grad_mode import no_grad
-        from ..ops.dispatch import apply
         with no_grad():
             snap = apply(CLONE, t)
         self.value_guards.append(ValueGuardSpec(self.value_of(snap), np.array(t._data), "array",
@@ -298,7 +314,7 @@ class Tracer:
         self.value_guards.append(ValueGuardSpec(self.value_of(shadow), value, "equal", why, self.where()))
 
     def track_scalar(self, s):
-        self.scalars.append(weakref.ref(s))
+        self.scalars.append(s)      # int subclasses take no weak references; released with the trace
 
     # ------------------------------------------------------------ autograd inside the region
     def run_backward(self, tensors, grads, retain_graph, create_graph, inputs, accumulate):
@@ -307,7 +323,7 @@ class Tracer:
         from ..autograd import graph as G
         if create_graph:
             raise GraphBreak("create_graph=True (higher-order gradients) inside tt.compile is not supported; "
-                             "compute them eagerly (mode='eager') or with nested tt.grad")
+                             "compute them eagerly (mode='eager')")
         where = self.where()
         wrt = list(inputs) if inputs is not None else _reachable_leaves(tensors)
         roots = [self.value_of(t) for t in tensors]
@@ -345,7 +361,6 @@ class Tracer:
 
     def accumulate_grad(self, t: Tensor, g: Tensor):
         """Eager `_accumulate_into` semantics, with every step recorded."""
-        from ..autograd.grad_mode import no_grad
         with no_grad():
             old = t.grad
             if old is None:
@@ -389,12 +404,19 @@ class Tracer:
         return result
 
     # ------------------------------------------------------------ end of trace
+    def unrecorded_writes(self) -> list:
+        """Inputs changed behind the tracer's back (storage rebound with `.data =`, or written through
+        `_data` as `manual_seed` does): a replay would not repeat that."""
+        changed = []
+        for src, t, (data, version) in zip(self.sources, self.input_tensors, self.input_state):
+            if t._data is not data or t._version[0] - version != self.recorded_writes.get(id(t._version), 0):
+                changed.append(src.describe())
+        return changed
+
     def release(self):
         """Drop every reference the trace holds to tensors (so escape checks see the user's state)."""
-        for ref in self.scalars:
-            s = ref()
-            if s is not None:
-                s._detach()
+        for s in self.scalars:
+            s._detach()
         self.scalars.clear()
         self.values.clear()
         self.keep.clear()
@@ -421,7 +443,8 @@ class AbstractTracer(Tracer):
         self.keep.append(t)
         return t
 
-    def abstract_eval(self, op, inputs, attrs):
+    def evaluate(self, op, inputs, args, attrs):
+        """No kernel runs: a zero-stride placeholder of the inferred shape and dtype."""
         if op.kind != CREATION and not any(isinstance(x, Tensor) for x in inputs):
             return np.asarray(op.eager(*inputs, **attrs))      # numbers only: a constant, computed now
         avals = [Aval(tuple(x._data.shape), x._dtype) if isinstance(x, Tensor) else x for x in inputs]

@@ -49,10 +49,10 @@ def apply(op: OpDef, *inputs, **attrs):
     args = [x._data if isinstance(x, Tensor) else x for x in inputs]
     tracer = STATE.tracer
     try:
-        if tracer is not None and tracer.abstract:      # symbolic: shape/dtype only (the autodiff pass)
-            data = tracer.abstract_eval(op, inputs, attrs)
-        else:
+        if tracer is None:
             data = op.eager(*args, **attrs)
+        else:           # a tracer may evaluate differently (numbers it follows, or symbolically)
+            data = tracer.evaluate(op, inputs, args, attrs)
     except (IndexError, ValueError, TypeError, RuntimeError, MemoryError, ArithmeticError) as e:
         raise _op_error(op, inputs, attrs, e) from e
     if type(data) is not np.ndarray:

@@ -79,6 +79,15 @@ def _where_same_branches(n, ctx):
     return None
 
 
+def _scatter_of_own_slice(n, ctx):
+    """slice_scatter(b, slice(b, region), region) -> b: writing back what was just read."""
+    base, src = n.inputs
+    p = ctx.producer.get(src)
+    if p is not None and p.op.name == "slice" and p.inputs[0] is base and p.attrs == n.attrs:
+        return base
+    return None
+
+
 def _empty_reduction(n, ctx):
     return n.inputs[0] if not n.attrs["dims"] and _same(n.inputs[0], n) else None
 
@@ -95,6 +104,7 @@ RULES = {
     "reshape": [_same_input],
     "expand": [_same_input],
     "slice": [_same_input],
+    "slice_scatter": [_scatter_of_own_slice],
     "permute": [_identity_permute],
     "where": [_where_same_branches],
     "sum": [_empty_reduction],

@@ -10,17 +10,26 @@ import numpy as np
 import pytest
 
 import tracetorch as tt
-from op_samples import SAMPLES, op_samples
+from op_samples import PUBLIC_SAMPLES, SAMPLES, op_samples, public_samples
 from tracetorch.ops import REGISTRY
 
 ALL_OPS = sorted(REGISTRY)
 DIFFERENTIABLE = sorted(n for n, op in REGISTRY.items() if op.differentiable)
+PUBLIC = sorted(PUBLIC_SAMPLES)
+PUBLIC_DIFFERENTIABLE = sorted(n for n, info in PUBLIC_SAMPLES.items() if info.differentiable)
 RTOL, ATOL = 1e-12, 1e-13
 
 
-def _dtype(name):
-    dts = SAMPLES[name].dtypes
+def _dtype(name, table=SAMPLES):
+    dts = table[name].dtypes
     return tt.float64 if tt.float64 in dts else dts[0]
+
+
+def _samples(name, dtype, rng):
+    """Primitive samples for a registry name, else the public composite's (prefixed 'public:')."""
+    if name.startswith("public:"):
+        return public_samples(name[7:], dtype, rng)
+    return op_samples(name, dtype, rng)
 
 
 def _perturbed(sample):
@@ -49,9 +58,10 @@ def _assert_same(compiled, eager, what):
             np.testing.assert_array_equal(a, b, err_msg=what)
 
 
-@pytest.mark.parametrize("name", ALL_OPS)
+@pytest.mark.parametrize("name", ALL_OPS + [f"public:{n}" for n in PUBLIC])
 def test_forward_compiled_equals_eager(name, rng):
-    for s in op_samples(name, _dtype(name), rng):
+    dtype = _dtype(name[7:], PUBLIC_SAMPLES) if name.startswith("public:") else _dtype(name)
+    for s in _samples(name, dtype, rng):
         f = tt.compile(lambda *xs, s=s: s.fn(*xs, **s.attrs))
         f(*_perturbed(s))                            # traces (runs eagerly)
         _assert_same(f(*s.tensors()), s.run(), f"{name} {s.desc}")
@@ -59,7 +69,16 @@ def test_forward_compiled_equals_eager(name, rng):
 
 
 def _grad_samples(name, rng):
-    return [s for s in op_samples(name, tt.float64, rng) if s.grad and s.grad_indices()]
+    return [s for s in _samples(name, tt.float64, rng) if s.grad and s.grad_indices() and _differentiable(s)]
+
+
+def _differentiable(sample) -> bool:
+    """Whether some output depends differentiably on the inputs (norm(p=0) does not)."""
+    args = sample.tensors()
+    for i in sample.grad_indices():
+        args[i] = args[i].detach().requires_grad_(True)
+    out = sample.fn(*args, **sample.attrs)
+    return any(o.requires_grad for o in (out if isinstance(out, tuple) else (out,)))
 
 
 def _weights(sample, rng):
@@ -74,7 +93,10 @@ def _loss(sample, args, weights):
     return sum((o * w).sum() for o, w in zip(outs, weights))
 
 
-@pytest.mark.parametrize("name", DIFFERENTIABLE)
+GRAD_NAMES = DIFFERENTIABLE + [f"public:{n}" for n in PUBLIC_DIFFERENTIABLE]
+
+
+@pytest.mark.parametrize("name", GRAD_NAMES)
 def test_gradient_inside_compiled_region(name, rng):
     for s in _grad_samples(name, rng):
         idx = s.grad_indices()
@@ -95,7 +117,7 @@ def test_gradient_inside_compiled_region(name, rng):
         assert f.stats()["cache_hits"] == 1
 
 
-@pytest.mark.parametrize("name", DIFFERENTIABLE)
+@pytest.mark.parametrize("name", GRAD_NAMES)
 def test_gradient_across_compiled_boundary(name, rng):
     for s in _grad_samples(name, rng):
         idx = s.grad_indices()

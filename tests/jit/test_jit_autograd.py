@@ -1,0 +1,175 @@
+"""Autograd and tt.compile: backward inside the region (one node, expanded by the autodiff pass),
+across its boundary (compiled forward + compiled backward), tt.grad / value_and_grad, custom
+Functions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tracetorch as tt
+import tracetorch.nn as nn
+import tracetorch.nn.functional as F
+
+
+def _np(t):
+    return t.detach().numpy()
+
+
+def _mlp(seed=0):
+    tt.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def test_compiled_model_with_backward_outside_matches_eager():
+    mc, me = _mlp(), _mlp()
+    cm = tt.compile(mc)
+    oc, oe = tt.optim.SGD(mc.parameters(), lr=0.1), tt.optim.SGD(me.parameters(), lr=0.1)
+    x, y = tt.randn(6, 4), tt.randint(0, 3, (6,))
+    for _ in range(4):
+        for model, fwd, opt in ((mc, cm, oc), (me, me, oe)):
+            opt.zero_grad()
+            out = fwd(x)
+            assert out.requires_grad and out.grad_fn is not None
+            F.cross_entropy(out, y).backward()
+            opt.step()
+        for pc, pe in zip(mc.parameters(), me.parameters()):
+            np.testing.assert_allclose(_np(pc.grad), _np(pe.grad), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(_np(pc), _np(pe), rtol=1e-6, atol=1e-7)
+    s = cm.stats()
+    assert s["traces"] == 1 and s["cache_hits"] == 3
+    assert cm._compiled.programs[0].backward is not None
+
+
+def test_gradients_reach_inputs_and_multiple_outputs():
+    @tt.compile
+    def f(a, b):
+        h = a @ b
+        return h.tanh(), (h * h).sum(), h.argmax(1)
+
+    def run(fn, seed):
+        tt.manual_seed(seed)
+        a = tt.randn(3, 4, dtype=tt.float64, requires_grad=True)
+        b = tt.randn(4, 2, dtype=tt.float64, requires_grad=True)
+        t, s, idx = fn(a, b)
+        assert not idx.requires_grad
+        (t.sum() * 3 + s).backward()
+        return a.grad, b.grad
+
+    run(f, 0)
+    for seed in (1, 2):
+        for g, h in zip(run(f, seed), run(f.__wrapped__, seed)):
+            np.testing.assert_allclose(_np(g), _np(h), rtol=1e-12)
+    assert f.stats()["cache_hits"] == 2
+
+
+def test_backward_through_a_compiled_output_twice_raises():
+    f = tt.compile(lambda w: (w * w).sum())
+    w = tt.ones(3, requires_grad=True)
+    f(w)
+    out = f(w)
+    out.backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        out.backward()
+
+
+def test_modifying_a_saved_input_before_backward_raises_like_eager():
+    f = tt.compile(lambda w, x: (w * x).sum())
+    w, x = tt.ones(3, requires_grad=True), tt.ones(3)
+    f(w, x)
+    out = f(w, x)
+    x.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
+def test_double_backward_through_a_compiled_function_is_a_clear_error():
+    f = tt.compile(lambda w: (w * w * w).sum())
+    w = tt.ones(2, requires_grad=True)
+    f(w)
+    (g,) = tt.autograd.grad(f(w), w, create_graph=False)
+    np.testing.assert_array_equal(_np(g), [3, 3])
+    with pytest.raises(RuntimeError, match="double backward"):
+        tt.autograd.grad(f(w), w, create_graph=True)
+
+
+def test_backward_inside_the_region_is_one_node_expanded_by_autodiff():
+    w = tt.tensor([1.0, 2.0], requires_grad=True)
+
+    @tt.compile
+    def step(x):
+        w.grad = None
+        loss = ((w * x).sin()).sum()
+        loss.backward()
+        return w.grad * 1
+
+    for k in range(3):
+        x = tt.tensor([0.5, float(k)])
+        np.testing.assert_allclose(_np(step(x)), _np(x * (w * x).cos()), rtol=1e-6)
+    program = step.programs[0]
+    assert [n.op.name for n in program.raw.nodes].count("backward") == 1
+    assert all(n.op.name != "backward" for n in program.graph.nodes)
+
+
+def test_create_graph_inside_the_region_is_a_clear_error():
+    @tt.compile
+    def f(w):
+        (g,) = tt.autograd.grad((w ** 3).sum(), w, create_graph=True)
+        return g
+
+    with pytest.raises(tt.jit.GraphBreak, match="create_graph"):
+        f(tt.ones(2, requires_grad=True))
+
+
+def test_grad_and_value_and_grad():
+    def loss(w, x, scale=1.0):
+        return ((x @ w).tanh() ** 2).sum() * scale
+
+    w, x = tt.randn(3, 2, dtype=tt.float64), tt.randn(5, 3, dtype=tt.float64)
+    we = w.detach().requires_grad_()
+    xe = x.detach().requires_grad_()
+    loss(we, xe).backward()
+    g = tt.grad(loss)
+    for _ in range(2):
+        np.testing.assert_allclose(_np(g(w, x)), _np(we.grad), rtol=1e-12)
+    vg = tt.value_and_grad(loss, argnums=(0, 1))
+    value, (gw, gx) = vg(w, x, scale=1.0)
+    value, (gw, gx) = vg(w, x, scale=1.0)
+    assert float(value) == pytest.approx(float(loss(w, x)), rel=1e-12)
+    np.testing.assert_allclose(_np(gx), _np(xe.grad), rtol=1e-12)
+    assert vg.stats()["cache_hits"] == 1 and not w.requires_grad
+
+    def with_aux(w):
+        return (w * w).sum(), w.shape[0]
+
+    grads, aux = tt.grad(with_aux, has_aux=True)(w)
+    assert aux == 3 and np.allclose(_np(grads), 2 * _np(w))
+
+
+class CubeWithScaledGrad(tt.autograd.Function):
+    """y = x^3 with a deliberately different backward: the user's backward must win."""
+
+    @staticmethod
+    def forward(ctx, x, k):
+        ctx.save_for_backward(x)
+        ctx.k = k
+        return x * x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ctx.k * x, None
+
+
+def test_custom_function_backward_replaces_differentiation():
+    def f(x):
+        return CubeWithScaledGrad.apply(x * 2, 10.0).sum()
+
+    x = tt.tensor([1.0, 2.0], dtype=tt.float64)
+    expected = 10.0 * 2 * (2 * _np(x))                  # chain rule through x*2 with the user's rule
+    for _ in range(2):
+        np.testing.assert_allclose(_np(tt.grad(f)(x)), expected)
+    cf = tt.compile(lambda x: CubeWithScaledGrad.apply(x * 2, 10.0))
+    for _ in range(2):
+        xr = x.detach().requires_grad_()
+        cf(xr).sum().backward()
+        np.testing.assert_allclose(_np(xr.grad), expected)

@@ -1,0 +1,166 @@
+"""Recompile counts, asserted through .stats(): what must not recompile, and what must."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import tracetorch as tt
+import tracetorch.nn as nn
+import tracetorch.nn.functional as F
+
+
+def _model():
+    tt.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.25), nn.Linear(8, 3))
+
+
+def _train_step(model, opt):
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def test_scheduler_learning_rate_changes_do_not_recompile():
+    model = _model()
+    opt = tt.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    sched = tt.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    step = tt.compile(_train_step(model, opt))
+    x, y = tt.randn(6, 4), tt.randint(0, 3, (6,))
+    for _ in range(6):
+        step(x, y)
+        sched.step()
+    s = step.stats()
+    # the first call creates the momentum buffers (state escapes: not cached), the second traces for good
+    assert s["traces"] == 2 and s["compiles"] == 1 and s["cache_hits"] == 4, s
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.5 ** 6)
+
+
+def test_train_eval_toggle_traces_once_more_then_hits():
+    model = _model()
+    f = tt.compile(model)
+    x = tt.randn(2, 4)
+    f(x)
+    f(x)
+    model.eval()
+    f(x)
+    f(x)
+    model.train()
+    f(x)
+    model.eval()
+    f(x)
+    s = f.stats()
+    assert s["traces"] == 2 and s["cache_hits"] == 4, s
+    assert set(s["guard_failures"]) == {"self.training"}, s      # the first failing guard is named
+
+
+def test_data_dependent_branch_alternating_makes_two_traces():
+    @tt.compile
+    def f(x):
+        if x.sum() > 0:
+            return x * 2
+        return -x
+
+    for k in range(8):
+        sign = 1 if k % 2 == 0 else -1
+        out = f(tt.ones(3) * sign)
+        assert _list(out) == [2.0 * sign if sign > 0 else 1.0] * 3
+    s = f.stats()
+    assert s["traces"] == 2 and s["compiles"] == 2 and s["cache_hits"] == 6, s
+
+
+def test_changing_batch_size_traces_per_shape_until_the_limit_then_warns_once():
+    @tt.compile(cache_size_limit=3)
+    def f(x):
+        return (x * x).sum(0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in (1, 2, 3, 1, 2, 3):
+            f(tt.ones(n, 2))
+        assert f.stats()["traces"] == 3 and not caught
+        for n in (4, 5, 6, 1):
+            assert _list(f(tt.ones(n, 2))) == [n, n]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert "cache_size_limit=3" in messages[0] and "shape/dtype/requires_grad of x" in messages[0]
+    assert "test_jit_guards.py" in messages[0]                      # the source line of the function
+    s = f.stats()
+    assert s["traces"] == 3 and s["fallbacks"] == 4 and s["eager_since_limit"], s
+
+
+def test_item_only_logged_or_returned_does_not_recompile():
+    seen = []
+
+    @tt.compile
+    def f(x):
+        loss = (x * x).mean()
+        seen.append(f"{loss.item():.3f}")          # logging: formatted, no guard
+        return loss, loss.item()
+
+    for k in range(5):
+        loss, value = f(tt.full((4,), float(k)))
+        assert value == pytest.approx(k * k) and type(value) is float
+    assert f.stats()["traces"] == 1 and len(seen) == 1
+
+
+def test_module_python_attribute_change_retraces():
+    model = nn.Dropout(0.5)
+    f = tt.compile(model)
+    x = tt.ones(1000)
+    f(x)
+    model.p = 0.0
+    np.testing.assert_array_equal(f(x).numpy(), np.ones(1000))
+    assert f.stats()["traces"] == 2 and "self.p" in f.stats()["guard_failures"]
+
+
+def test_grad_mode_dtype_and_requires_grad_are_guarded():
+    @tt.compile
+    def f(x):
+        return x * 2
+
+    f(tt.ones(2))
+    with tt.no_grad():
+        f(tt.ones(2))
+    f(tt.ones(2, dtype=tt.float64))
+    out = f(tt.ones(2, requires_grad=True))
+    assert out.requires_grad
+    assert f.stats()["traces"] == 4
+
+
+def test_grad_presence_is_guarded():
+    w = tt.ones(2, requires_grad=True)
+
+    @tt.compile
+    def read_grad():
+        return tt.zeros(2) if w.grad is None else w.grad * 1
+
+    assert _list(read_grad()) == [0, 0]
+    w.grad = tt.full((2,), 3.0)
+    assert _list(read_grad()) == [3, 3]
+    w.grad = tt.full((2,), 4.0)                                 # another grad tensor: read through w
+    assert _list(read_grad()) == [4, 4]
+    assert read_grad.stats()["traces"] == 2
+
+
+def _list(t):
+    return t.detach().numpy().tolist()
+
+
+def test_module_structure_changes_retrace():
+    model = _model()
+    f = tt.compile(model)
+    x = tt.randn(2, 4)
+    model.eval()
+    base = _list(f(x))
+    handle = model.register_forward_hook(lambda m, args, out: out * 0)
+    assert _list(f(x)) == [[0.0] * 3] * 2                        # a hook added after the trace runs
+    handle.remove()
+    model[3] = nn.Linear(8, 3)                                  # a layer replaced
+    assert _list(f(x)) == _list(model(x)) != base
+    assert {"forward hooks of self", "submodules of self"} <= set(f.stats()["guard_failures"])
