@@ -19,7 +19,7 @@ data:
 	./tools/fetch_data.sh
 
 test: venv data
-	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 -m "not fuzz" $(PYTEST_ARGS)
 
 demo: venv data
 	$(BIN)/python examples/demo.py
@@ -27,9 +27,10 @@ demo: venv data
 bench: venv
 	$(BIN)/python -m bench
 
-# Placeholder: randomized differential tests are marked @pytest.mark.fuzz.
+# Randomized compiled-vs-eager programs (tests/fuzz), far more of them than CI runs, fresh each time.
+FUZZ_EXAMPLES ?= 5000
 fuzz: venv
-	$(BIN)/python -m pytest tests -q -m fuzz $(PYTEST_ARGS)
+	TRACETORCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz -q -m fuzz $(PYTEST_ARGS)
 
 # Build artifacts only; distclean also drops the venv and the data.
 clean:

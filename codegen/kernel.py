@@ -20,6 +20,7 @@ checks, reporting failures through the program's error flag.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence, Union
@@ -300,7 +301,7 @@ class Kernel:
     name: str
     outer: Loop
 
-    @property
+    @functools.cached_property
     def buffers(self) -> tuple[Buffer, ...]:
         """Its parameters: buffers read (in reading order), then buffers only written."""
         seen: dict[Buffer, None] = {}
@@ -312,7 +313,7 @@ class Kernel:
                 seen.setdefault(stmt.buffer)
         return tuple(seen)
 
-    @property
+    @functools.cached_property
     def written(self) -> tuple[Buffer, ...]:
         return tuple(dict.fromkeys(s.buffer for s in walk_stmts(self.outer) if isinstance(s, Store)))
 
@@ -374,9 +375,10 @@ class Program:
             raise ValueError(f"program {self.name!r}: buffer names must be unique, got {names}")
         if len(set(k.name for k in self.kernels)) != len(self.kernels):
             raise ValueError(f"program {self.name!r}: kernel names must be unique")
-        for b in self.inputs:
-            for k in self.kernels:
-                if b in k.written:
+        inputs = set(self.inputs)
+        for k in self.kernels:
+            for b in k.written:
+                if b in inputs:
                     raise ValueError(f"program {self.name!r}: kernel {k.name!r} writes input {b!r}")
 
     def __str__(self) -> str:

@@ -7,7 +7,8 @@ The module holds, per kernel `k`:
 - `k.range` (exported, noinline): `void (ptr %table, ptr %err, i64 %start, i64 %stop)`, which reads
   the kernel's buffer addresses from the program's table; threads call it on slices of the outer loop.
 and one entry `program(ptr %table, ptr %err)` calling every kernel over its whole range in order,
-so that running a small program is a single foreign call.
+so that running a small program is a single foreign call. Kernels equal up to their buffers (the same
+layer repeated) share one kernel function (`canonical_kernel`): it is compiled once.
 
 Numerics: no fast-math on elementwise arithmetic (results match numpy up to the
 rounding of the transcendental approximations in `llvm_math`). Float add/mul
@@ -37,8 +38,8 @@ from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64,
 
 from . import llvm_math
 from .verify import verify_bounds
-from .kernel import (Accumulator, Arg, Assign, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op, Program,
-                     Reduce, Stmt, Store, Var, walk_stmts)
+from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op,
+                     Program, Reduce, Stmt, Store, Var, walk_stmts)
 
 VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -87,10 +88,14 @@ def render_program(program: Program) -> RenderedProgram:
     checks: list[Check] = []
     entries = []
     names = set()
+    shared: dict = {}                     # kernels equal up to their buffers share one function
     for n, kernel in enumerate(program.kernels):
         verify_bounds(kernel)
         base = _symbol(f"k{n}_{kernel.name}", names)
-        fn = _KernelRenderer(module, kernel, base, checks).fn
+        key = canonical_kernel(kernel)
+        fn = shared.get(key)
+        if fn is None:
+            fn = shared[key] = _KernelRenderer(module, kernel, base, checks).fn
         entries.append(_range_entry(module, fn, kernel, slots, base + ".range"))
     entry = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), name=ENTRY)
     entry.attributes.add("nounwind")
@@ -100,6 +105,40 @@ def render_program(program: Program) -> RenderedProgram:
             b.call(fn, [entry.args[0], entry.args[1], ir.Constant(I64, 0), ir.Constant(I64, kernel.outer.extent)])
     b.ret_void()
     return RenderedProgram(str(module), ENTRY, tuple(f.name for f in entries), tuple(checks))
+
+
+def canonical_kernel(kernel: Kernel):
+    """The kernel with its buffers renamed by position (b0, b1, ... in `kernel.buffers` order) and no
+    name: two kernels with the same canonical form (the same layer repeated) compile to one function,
+    called with each kernel's own buffers."""
+    names = {b: Buffer(f"b{i}", b.dtype, b.shape) for i, b in enumerate(kernel.buffers)}
+    done: dict = {}
+
+    def expr(e):
+        hit = done.get(id(e))
+        if hit is not None:
+            return hit[1]
+        if isinstance(e, Load):
+            out = Load(names[e.buffer], expr(e.index))
+        elif isinstance(e, Op):
+            out = Op(e.op, tuple(expr(a) for a in e.args), e.dtype)
+        elif isinstance(e, CheckedIndex):
+            out = CheckedIndex(expr(e.index), e.size, e.what)
+        else:
+            out = e
+        done[id(e)] = (e, out)
+        return out
+
+    def stmt(st):
+        if isinstance(st, Loop):
+            return Loop(st.var, st.extent, tuple(stmt(x) for x in st.body))
+        if isinstance(st, Store):
+            return Store(names[st.buffer], expr(st.index), expr(st.value))
+        if isinstance(st, Accumulator):
+            return Accumulator(st.name, expr(st.init))
+        return type(st)(**{**st.__dict__, "value": expr(st.value)})
+
+    return stmt(kernel.outer)
 
 
 def _symbol(name: str, taken: set) -> str:
@@ -427,10 +466,14 @@ class _KernelRenderer:
         raise TypeError(f"kernel {self.kernel.name!r}: {name} on {dt.name} is not supported")
 
     def float_pow(self, x, y):
-        """x ** y: small constant exponents as multiplications (vectorizable), else libm pow."""
+        """x ** y: small constant exponents as multiplications (vectorizable), else libm pow. x ** 0.5
+        is sqrt, as numpy's and PyTorch's scalar-exponent kernels compute it (-inf ** 0.5 is NaN, not
+        pow's +inf; -0.0 ** 0.5 is -0.0)."""
         if isinstance(y, ir.Constant) and isinstance(y.constant, float):
             k = y.constant
             b = self.b
+            if k == 0.5:
+                return llvm_math.call_intrinsic(b, "sqrt", x)
             if k == 1.0:
                 return x
             if k == 2.0:
@@ -465,14 +508,13 @@ class _KernelRenderer:
         return floordiv, mod
 
     def int_divmod(self, name, a, d, dt: DType):
-        """Python-style floor division / modulus. x // 0 is a ZeroDivisionError (like eager);
-        x % 0 is 0 (numpy). INT_MIN // -1 wraps instead of trapping."""
+        """Python-style floor division / modulus. x // 0 and x % 0 are a ZeroDivisionError (like eager
+        and PyTorch). INT_MIN // -1 wraps instead of trapping."""
         b = self.b
         ty = a.type
         zero, one, minus1 = ir.Constant(ty, 0), ir.Constant(ty, 1), ir.Constant(ty, -1)
         is_zero = b.icmp_unsigned("==", d, zero)
-        if name == "floordiv":
-            self.fail_if(is_zero, Check(ZeroDivisionError, f"kernel {self.kernel.name!r}: integer division by zero"))
+        self.fail_if(is_zero, Check(ZeroDivisionError, f"kernel {self.kernel.name!r}: integer division by zero"))
         if dt is uint8:
             safe = b.select(is_zero, one, d)
             out = b.udiv(a, safe) if name == "floordiv" else b.urem(a, safe)

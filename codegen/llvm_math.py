@@ -39,10 +39,18 @@ def type_suffix(ty: ir.Type) -> str:
 
 
 def intrinsic(module: ir.Module, name: str, ret: ir.Type, args: list) -> ir.Function:
-    """Declare (once) and return an LLVM intrinsic or external function."""
+    """Declare (once) and return an LLVM intrinsic or external function.
+
+    libm functions are declared `readnone nounwind`: generated code never reads errno, and without
+    these attributes LLVM must assume every call may write it, so a call whose arguments do not change
+    in a loop (pow of a scalar bias correction in Adam's update) would run once per element instead of
+    being hoisted out of the loop."""
     fn = module.globals.get(name)
     if fn is None:
         fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
+        if not name.startswith("llvm."):
+            fn.attributes.add("readnone")
+            fn.attributes.add("nounwind")
     return fn
 
 
@@ -162,7 +170,10 @@ def _exp(f: _Float, x, nonnegative: bool = False):
     """e^x. With `nonnegative` (x >= 0 or NaN, as inside tanh) the clamp below and the two-step
     scaling for denormal results are left out."""
     # Clamp (NaN passes through the selects): below -104 the result rounds to 0, above 89 it overflows.
-    xc = x if nonnegative else f.select(f.cmp("<", x, -104.0), -104.0, x)
+    # Lanes below -104 compute exp(0) and are zeroed at the end: scaling them down to 0 would go through
+    # denormal products, which cost a microcode assist per element (masked softmax rows are half -inf).
+    underflow = None if nonnegative else f.cmp("<", x, -104.0)
+    xc = x if nonnegative else f.select(underflow, 0.0, x)
     xc = f.select(f.cmp(">", xc, 89.0), 89.0, xc)
     # n = rint(x / ln 2) with the 1.5 * 2^23 trick: the integer lands in the low mantissa bits, so no
     # float-to-int conversion (which would be poison for NaN) is needed.
@@ -180,7 +191,7 @@ def _exp(f: _Float, x, nonnegative: bool = False):
     n2 = f.b.sub(ni, n1)
     s1 = f.from_bits(f.b.shl(f.b.add(n1, f.i(127)), f.i(23)))
     s2 = f.from_bits(f.b.shl(f.b.add(n2, f.i(127)), f.i(23)))
-    return f.mul(f.mul(y, s1), s2)
+    return f.select(underflow, 0.0, f.mul(f.mul(y, s1), s2))
 
 
 def _log(f: _Float, x):

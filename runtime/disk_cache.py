@@ -1,7 +1,8 @@
 """Object code cached on disk, so a second process compiles no LLVM at all.
 
 Location: `$TRACETORCH_CACHE_DIR/llvm/` if the variable is set, else
-`~/.cache/tracetorch/llvm/`. One file per compiled module, named by its key:
+`~/.cache/tracetorch/llvm/`. One file per compiled module (`<key>.o`; the
+engine also keeps small `<program key>.json` index entries), named by its key:
 the SHA-256 of the module's IR text, the host CPU name and features, the
 llvmlite and LLVM versions and this file format's version. An entry holds a
 header (magic, payload length, SHA-256 of the payload) and the object code;
@@ -42,12 +43,13 @@ class DiskCache:
         self.directory = Path(directory) if directory is not None else default_directory()
         self.hits = self.misses = self.corrupt = 0
 
-    def path(self, key: str) -> Path:
-        return self.directory / f"{key}.o"
+    def path(self, key: str, suffix: str = ".o") -> Path:
+        return self.directory / f"{key}{suffix}"
 
-    def load(self, key: str) -> bytes | None:
-        """The object code stored under `key`, or None (missing, truncated or corrupt: deleted)."""
-        path = self.path(key)
+    def load(self, key: str, suffix: str = ".o") -> bytes | None:
+        """The object code (or, with another suffix, other bytes) stored under `key`, or None (missing,
+        truncated or corrupt: deleted)."""
+        path = self.path(key, suffix)
         try:
             blob = path.read_bytes()
         except OSError:
@@ -65,14 +67,14 @@ class DiskCache:
         self.hits += 1
         return data
 
-    def store(self, key: str, data: bytes) -> None:
+    def store(self, key: str, data: bytes, suffix: str = ".o") -> None:
         """Write an entry atomically; a cache that cannot be written is skipped, not an error."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key[:16]}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(_pack(data))
-            os.replace(tmp, self.path(key))
+            os.replace(tmp, self.path(key, suffix))
         except OSError:
             pass
 

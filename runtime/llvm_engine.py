@@ -4,7 +4,10 @@ Compile: render the program to LLVM IR (codegen.llvm_ir), name the module by
 its cache key, optimize at O3 for the host CPU (new pass manager, loop and
 SLP vectorization), emit an object file. Object code is cached on disk
 (`runtime.disk_cache`), so a second process links the cached object and runs
-no LLVM optimization or code generation at all.
+no LLVM optimization or code generation at all. A small index maps a hash
+of the program itself (`runtime.program_key`) to its object's key and entry
+points, so a program seen before (in this process or on disk) is not even
+rendered to IR again.
 
 Load: the object is linked into an ORC LLJIT as its own library (with the
 current process's symbols, for libm); the library's resource tracker frees
@@ -22,6 +25,7 @@ error flag is checked and a failed check raises its exception.
 from __future__ import annotations
 
 import ctypes
+import json
 import threading
 import time
 import weakref
@@ -32,11 +36,14 @@ import llvmlite.binding as llvm
 import numpy as np
 
 from codegen.kernel import ExternCall, Loop, Program
-from codegen.llvm_ir import RenderedProgram, render_program
+from codegen.llvm_ir import Check, RenderedProgram, render_program
 
 from .disk_cache import DiskCache, cache_key
 from .memory import Arena, BufferPool, MemoryPlan, sequential_plan
 from .parallel import ThreadTeam, default_threads
+from .program_key import program_key
+
+_EXCEPTIONS = {e.__name__: e for e in (IndexError, ValueError, ZeroDivisionError, TypeError, ArithmeticError)}
 
 PARALLEL_MIN_WORK = 1 << 18   # innermost iterations below which a kernel runs on one thread (a fork-join
                               # costs ~15-20 us; 2^18 simple iterations take ~100 us on one core)
@@ -90,6 +97,7 @@ class LLVMEngine:
         self._jit = llvm.create_lljit_compiler(self._jit_tm)
         # key -> loaded code, shared by identical programs; freed once no CompiledProgram holds it
         self._loaded_libraries: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._programs: dict = {}     # program key -> (object key, rendered program without IR text)
         self._libraries_linked = 0
         self._lock = threading.Lock()
         self._team: ThreadTeam | None = None
@@ -105,13 +113,41 @@ class LLVMEngine:
     # ------------------------------------------------------------ compiling
     def compile(self, program: Program, plan: MemoryPlan | None = None) -> CompiledProgram:
         t0 = time.perf_counter()
-        rendered = render_program(program)
-        key = cache_key(rendered.ir, self.cpu, self.features, self.versions)
-        library = self._library(key, rendered.ir, (rendered.entry,) + rendered.kernel_entries)
+        pkey = program_key(program, f"{self.cpu} {self.features} {self.versions}")
+        found = self._programs.get(pkey) or self._load_index(pkey)
+        if found is not None:                  # seen before: its object is found without rendering the IR
+            key, rendered = found
+            library = self._library(key, lambda: render_program(program).ir,
+                                    (rendered.entry,) + rendered.kernel_entries)
+        else:
+            rendered = render_program(program)
+            key = cache_key(rendered.ir, self.cpu, self.features, self.versions)
+            library = self._library(key, rendered.ir, (rendered.entry,) + rendered.kernel_entries)
+            self._store_index(pkey, key, rendered)
+        self._programs[pkey] = (key, RenderedProgram("", rendered.entry, rendered.kernel_entries, rendered.checks))
         self.stats.load_seconds += time.perf_counter() - t0
         return CompiledProgram(self, program, rendered, library, plan or sequential_plan(program.temps))
 
-    def _library(self, key: str, ir_text: str, exports: tuple[str, ...]) -> llvm.ResourceTracker:
+    def _load_index(self, pkey: str):
+        """(object key, rendered program without its IR text) stored for a program key, or None."""
+        blob = self.cache.load(pkey, ".json") if self.cache else None
+        if blob is None:
+            return None
+        try:
+            d = json.loads(blob)
+            checks = tuple(Check(_EXCEPTIONS[name], message) for name, message in d["checks"])
+            return d["key"], RenderedProgram("", d["entry"], tuple(d["kernel_entries"]), checks)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _store_index(self, pkey: str, key: str, rendered: RenderedProgram) -> None:
+        if self.cache is None:
+            return
+        d = {"key": key, "entry": rendered.entry, "kernel_entries": list(rendered.kernel_entries),
+             "checks": [[c.error.__name__, c.message] for c in rendered.checks]}
+        self.cache.store(pkey, json.dumps(d).encode(), ".json")
+
+    def _library(self, key: str, ir_text, exports: tuple[str, ...]) -> llvm.ResourceTracker:
         with self._lock:
             lib = self._loaded_libraries.get(key)
             if lib is not None:
@@ -119,7 +155,7 @@ class LLVMEngine:
                 return lib
             obj = self.cache.load(key) if self.cache else None
             if obj is None:
-                obj = self.object_code(ir_text, key)
+                obj = self.object_code(ir_text() if callable(ir_text) else ir_text, key)
                 if self.cache:
                     self.cache.store(key, obj)
             else:
@@ -218,6 +254,7 @@ class CompiledProgram:
         self._entry = ENTRY_TYPE(library[rendered.entry])
         self._ranges = [RANGE_TYPE(library[name]) for name in rendered.kernel_entries]
         self._steps = self._plan_steps()
+        self._extern_sources: dict = {}
 
     def _plan_steps(self) -> list | None:
         """None: one call to the entry. Else (kind, fn, extent, align) steps run in order."""
@@ -291,16 +328,25 @@ class CompiledProgram:
                 return
 
     def _extern(self, step: ExternCall, inputs: list, outputs: list) -> None:
-        program = self.program
-        by_buffer = dict(zip(program.inputs, inputs))
-        by_buffer.update(zip(program.outputs, outputs))
+        sources = self._extern_sources.get(id(step))
+        if sources is None:          # where each buffer comes from: a call's input or output, or the arena
+            program = self.program
+            slot_in = {b: k for k, b in enumerate(program.inputs)}
+            slot_out = {b: k for k, b in enumerate(program.outputs)}
+            sources = []
+            for buf in step.inputs + step.outputs:
+                if buf in slot_in:
+                    sources.append((0, slot_in[buf]))
+                elif buf in slot_out:
+                    sources.append((1, slot_out[buf]))
+                else:            # arena memory never moves: one view for the program's life
+                    sources.append((2, self.arena.view(buf.name, buf.dtype.np, buf.shape)))
+            self._extern_sources[id(step)] = sources
+        step.fn(*[inputs[x] if kind == 0 else outputs[x] if kind == 1 else x for kind, x in sources])
 
-        def view(buf):
-            if buf in by_buffer:
-                return by_buffer[buf]
-            return self.arena.view(buf.name, buf.dtype.np, buf.shape)
-
-        step.fn(*[view(b) for b in step.inputs], *[view(b) for b in step.outputs])
+    def ir_text(self) -> str:
+        """The program's LLVM IR (rendered again when its code came from a cache by program key)."""
+        return self.rendered.ir or render_program(self.program).ir
 
     def _raise(self) -> None:
         code = self._err[0]

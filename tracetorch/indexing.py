@@ -19,6 +19,12 @@ def _is_advanced(k) -> bool:
         isinstance(k, bool))
 
 
+def _constant_index(arr: np.ndarray, dtype) -> Tensor:
+    """An index tensor made from Python data or a mask's positions: a constant when traced (like
+    `tt.tensor`), not a captured input that outlives the call in autograd's saved tensors."""
+    return apply(R["constant"], value=arr, dtype=dtype)
+
+
 def _as_index_array(k):
     """An advanced index entry as an int64/bool numpy array."""
     if isinstance(k, Tensor):
@@ -28,13 +34,13 @@ def _as_index_array(k):
         return k
     arr = np.asarray(k)
     if arr.dtype == np.bool_:
-        return Tensor._make(arr, D.bool_)
+        return _constant_index(arr, D.bool_)
     if arr.size == 0:
         arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise IndexError("only integers, slices (`:`), ellipsis (`...`), None and long or byte Variables are "
                          f"valid indices (got {arr.dtype})")
-    return Tensor._make(arr.astype(np.int64), D.int64)
+    return _constant_index(arr.astype(np.int64), D.int64)
 
 
 def _normalize(x, key):
@@ -82,25 +88,25 @@ def _basic(x, key):
         if isinstance(k, (bool, np.bool_)):
             # x[True] adds a dim of size 1; x[False] a dim of size 0
             new_shape.append(1)
-            advanced.append((len(new_shape) - 1, Tensor._make(np.zeros(1 if k else 0, np.int64), D.int64)))
+            advanced.append((len(new_shape) - 1, _constant_index(np.zeros(1 if k else 0, np.int64), D.int64)))
             continue
         if isinstance(k, Tensor) and k._dtype is D.bool_:
             kd = k._data.ndim
-            if kd == 0:
-                new_shape.append(1)
-                advanced.append((len(new_shape) - 1,
-                                 Tensor._make(np.zeros(1 if k._data else 0, np.int64), D.int64)))
-                continue
-            if k._data.shape != shape[d:d + kd]:
+            if kd and k._data.shape != shape[d:d + kd]:
                 raise IndexError(f"The shape of the mask {list(k._data.shape)} at index {d} does not match the "
                                  f"shape of the indexed tensor {list(shape[d:d + kd])}")
             from .ops.dispatch import STATE
-            if STATE.tracer is not None:
+            if STATE.tracer is not None:            # the result's shape depends on the mask's values
                 STATE.tracer.on_value(k, "mask", None)
+            if kd == 0:
+                new_shape.append(1)
+                advanced.append((len(new_shape) - 1,
+                                 _constant_index(np.zeros(1 if k._data else 0, np.int64), D.int64)))
+                continue
             for j, idx in enumerate(np.nonzero(k._data)):
                 starts.append(0), stops.append(shape[d]), steps.append(1)
                 new_shape.append(shape[d])
-                advanced.append((len(new_shape) - 1, Tensor._make(idx.astype(np.int64), D.int64)))
+                advanced.append((len(new_shape) - 1, _constant_index(idx.astype(np.int64), D.int64)))
                 d += 1
             continue
         size = shape[d]

@@ -145,10 +145,11 @@ class Tensor:
         prev, tracer = STATE.grad_enabled, STATE.tracer
         STATE.grad_enabled, STATE.tracer = True, None
         try:
-            self._grad_fn = replay_view(self._base, self._view_ops)._grad_fn_raw
+            view = replay_view(self._base, self._view_ops)
+            self._grad_fn = view._grad_fn_raw
         finally:
             STATE.grad_enabled, STATE.tracer = prev, tracer
-        self.requires_grad = True
+        self.requires_grad = view.requires_grad     # as its base now: not a leaf that requires grad
 
     @property
     def is_leaf(self) -> bool:

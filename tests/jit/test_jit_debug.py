@@ -92,7 +92,7 @@ def test_explain_graph_and_dot():
     assert "def step(" in graph.text() and "exp(x)" in graph.text() and "test_jit_debug.py:" in graph.text()
     dot = graph.to_dot()
     assert dot.startswith('digraph "step"') and "exp" in dot and "write-back" in dot
-    assert "interp" in tt.compiler.explain(lambda y: y + 1, x)
+    assert "-- backend --" in tt.compiler.explain(lambda y: y + 1, x)
 
 
 def test_logs_name_guard_failures_and_recompiles(caplog):

@@ -23,7 +23,7 @@ def _demo_module():
     return mod
 
 
-def _run(compiled: bool, steps: int = 4):
+def _run(compiled: bool, steps: int = 4, backend: str = "interp"):
     demo = _demo_module()
     tt.manual_seed(0)
     model = demo.MLPResNet(dim=20, hidden=16, blocks=2)
@@ -40,7 +40,7 @@ def _run(compiled: bool, steps: int = 4):
         return (model(x).argmax(1) == y).sum()
 
     if compiled:
-        train_step, eval_step = tt.compile(train_step), tt.compile(eval_step)
+        train_step, eval_step = tt.compile(train_step, backend=backend), tt.compile(eval_step, backend=backend)
     tt.manual_seed(1)
     x, y = tt.randn(8, 20), tt.randint(0, 10, (8,))
     losses = [train_step(x, y).item() for _ in range(steps)]

@@ -48,7 +48,8 @@ def _data(kind):
     return tt.randn(10, 6), tt.randint(0, 3, (10,))
 
 
-def _train(kind, make_opt, compiled, steps=5):
+def _train(kind, make_opt, compiled, steps=5, backend="interp"):
+    """`backend`: the reference interpreter by default (bit-for-bit with eager); the LLVM tests pass "auto"."""
     tt.manual_seed(0)
     model = Attention() if kind == "attention" else _mlp()
     opt = make_opt(model.parameters())
@@ -60,7 +61,7 @@ def _train(kind, make_opt, compiled, steps=5):
         opt.step()
         return loss
 
-    f = tt.compile(step) if compiled else step
+    f = tt.compile(step, backend=backend) if compiled else step
     x, y = _data(kind)
     tt.manual_seed(5)                       # the dropout masks: the same stream in both runs
     losses = [float(f(x, y)) for _ in range(steps)]

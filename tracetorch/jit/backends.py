@@ -44,3 +44,15 @@ def resolve(name: str):
     except KeyError:
         raise ValueError(f"tt.compile: backend {name!r} is not available (available: "
                          f"{', '.join(sorted(BACKENDS))}, or 'auto')") from None
+
+
+def _register_llvm() -> None:
+    """The LLVM CPU backend (jit/llvm_backend.py) is the default ("auto") wherever llvmlite is installed."""
+    import importlib.util
+    if importlib.util.find_spec("llvmlite") is None:
+        return
+    from .llvm_backend import BACKEND as LLVM
+    register_backend("llvm", LLVM, prefer=True)
+
+
+_register_llvm()

@@ -23,7 +23,6 @@ import functools
 import gc
 import inspect
 import time
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,7 +78,7 @@ class Trace:
     value_guards: list              # (ValueGuardSpec, output position)
     out_spec: tuple
     out_leaves: list
-    grad_bindings: list             # (parameter weakref, output position or None)
+    grad_bindings: list             # (parameter's source, output position or None)
     diff_outputs: list              # output positions that need gradients across the boundary
     diff_inputs: list               # input positions that require grad
     result: object                  # what the eager run returned: this call's result
@@ -200,16 +199,17 @@ def _grads(tracer, found, guards, outputs):
     bindings, grads_now = [], []
     for slot in tracer.grad_slots.values():
         p = slot.param
+        owner = tracer.owner_source(p)
         if slot.read and slot.first_read is None:
-            guards.append(GradGuard(weakref.ref(p), _param_name(found, p), False))
+            guards.append(GradGuard(owner, _param_name(found, p), False))
         if not slot.written:
             continue
         g = p._grad
         grads_now.append(g)
         if g is None:
-            bindings.append((weakref.ref(p), None))
+            bindings.append((owner, None))
         elif not (slot.read and g is slot.first_read):
-            bindings.append((weakref.ref(p), len(outputs)))
+            bindings.append((owner, len(outputs)))
             outputs.append(tracer.value_of(g))
     return bindings, grads_now
 

@@ -72,8 +72,8 @@ def _compare(program, call, results, eager_result) -> list:
         t = program.sources[s].tensor(call.leaves)
         if not close(results[r], t._data, dtypes[r]):
             problems.append((f"write-back into {program.sources[s].describe()}", r, t._data))
-    for ref, pos in program.grad_bindings:
-        p = ref()
+    for owner, pos in program.grad_bindings:
+        p = owner.tensor(call.leaves)
         if p is None:
             continue
         if pos is None:

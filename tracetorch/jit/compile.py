@@ -40,7 +40,13 @@ LIVE_COMPILED_FUNCTIONS: "weakref.WeakSet" = weakref.WeakSet()     # for tt.comp
 
 
 class CompileError(RuntimeError):
-    """Lowering or code generation failed; the message carries the IR."""
+    """Lowering or code generation failed; the message carries the IR. The call that traced ran
+    eagerly (its effects are applied): `.result` is its result, `.ir` the traced graph."""
+
+    def __init__(self, message: str, *, ir=None, result=None):
+        super().__init__(message)
+        self.ir = ir
+        self.result = result
 
 
 class CompileWarning(UserWarning):
@@ -192,12 +198,16 @@ class CompiledFunction:
                 self._give_up()
                 self._stats["fallbacks"] += 1
                 return target(*call.args, **call.kwargs)
-            self._stats["traces"] += 1
             reason = ", ".join(f"{k}" for k in self._failures) or "first call"
-            logs.log("recompiles", f"{self.name}: trace #{self._stats['traces']} ({reason})")
+            logs.log("recompiles", f"{self.name}: trace #{self._stats['traces'] + 1} ({reason})")
             obj = self._self_ref() if self._self_ref is not None else None
-            trace = capture(target, call, name=self.ir_name, self_obj=obj, reach_fn=self._reach_fn,
-                            fullgraph=self.options["fullgraph"])
+            try:
+                trace = capture(target, call, name=self.ir_name, self_obj=obj, reach_fn=self._reach_fn,
+                                fullgraph=self.options["fullgraph"])
+            except BaseException:
+                self._stats["failed_traces"] += 1    # the call raised (bad input): nothing cached, and it does
+                raise                                # not count toward cache_size_limit
+            self._stats["traces"] += 1
             self._stats["trace_seconds"] += trace.seconds
             if trace.uncacheable is not None:
                 self._stats["uncached_traces"] += 1
@@ -214,12 +224,17 @@ class CompiledFunction:
                                   CompileWarning, stacklevel=3)
                     self._gave_up = f"compilation failed: {e}"
                     return trace.result
-                raise CompileError(f"tt.compile: compiling {self.name} failed: {e}\n\ntraced IR:\n"
-                                   f"{trace.raw.text()}") from e
+                raise CompileError(f"tt.compile: compiling {self.name} failed: {e}\n(this call ran eagerly: its "
+                                   "effects are applied and its result is the error's `.result`; fallback=True "
+                                   f"runs eagerly with a warning instead)\n\ntraced IR:\n{trace.raw.text()}",
+                                   ir=trace.raw, result=trace.result) from e
             self._stats["compiles"] += 1
             self._stats["compile_seconds"] += program.compile_seconds
             self._stats["nodes"] = len(program.graph.nodes)
             self._stats["kernels"] = getattr(program.executable, "kernels", len(program.graph.nodes))
+            for key in ("kernels_before_fusion", "kernels_after_fusion", "bytes_moved", "planned_peak_bytes"):
+                if hasattr(program.executable, key):
+                    self._stats[key] = getattr(program.executable, key)
             self._programs.insert(0, program)
             self._generation += 1
             self._last_program = program
@@ -378,7 +393,7 @@ def _wrap(fn, opts):
 
 
 def _new_stats() -> dict:
-    return {"calls": 0, "traces": 0, "compiles": 0, "cache_hits": 0, "guard_failures": Counter(),
+    return {"calls": 0, "traces": 0, "failed_traces": 0, "compiles": 0, "cache_hits": 0, "guard_failures": Counter(),
             "value_guard_misses": 0, "uncached_traces": 0, "fallbacks": 0, "checked_calls": 0, "nodes": 0,
             "kernels": 0,
             "compile_seconds": 0.0, "trace_seconds": 0.0}

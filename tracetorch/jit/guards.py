@@ -91,7 +91,7 @@ class TensorGuard(Guard):
 
 @dataclass(frozen=True, eq=False)
 class GradGuard(Guard):
-    param: weakref.ref
+    owner: object           # the ArgSource or CapturedSource the parameter is found by
     name: str
     present: bool
 
@@ -100,14 +100,14 @@ class GradGuard(Guard):
         return f"{self.name}.grad is {'set' if self.present else 'None'}"
 
     def check(self, call) -> bool:
-        p = self.param()
+        p = self.owner.tensor(call.leaves)
         return p is not None and (p._grad is not None) == self.present
 
     def describe(self) -> str:
         return f"{self.name}.grad is {'not None' if self.present else 'None'}"
 
     def actual(self, call) -> str:
-        p = self.param()
+        p = self.owner.tensor(call.leaves)
         return "parameter freed" if p is None else ("not None" if p._grad is not None else "None")
 
 

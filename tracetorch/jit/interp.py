@@ -72,7 +72,9 @@ class InterpExecutable:
 
 
 def _with_context(e: Exception, where: str) -> Exception:
-    kind = type(e) if isinstance(e, (IndexError, ValueError, TypeError, ZeroDivisionError)) else RuntimeError
+    # the class eager mode raises (dispatch._op_error): a builtin one, as numpy's subclasses (its
+    # MemoryError) can't be built from a message
+    kind = next((k for k in (IndexError, ValueError, TypeError, MemoryError) if isinstance(e, k)), RuntimeError)
     return kind(f"{e}\n  in compiled node: {where}")
 
 

@@ -64,7 +64,7 @@ class Program:
     value_guards: tuple             # (ValueGuardSpec, result position)
     out_spec: tuple
     out_leaves: tuple
-    grad_bindings: tuple            # (parameter weakref, result position or None)
+    grad_bindings: tuple            # (parameter's source, result position or None)
     writebacks: tuple               # (source position, result position)
     backward: BackwardPlan | None
     compile_seconds: float
@@ -103,12 +103,19 @@ class Program:
             if not t._data.flags.writeable:
                 raise RuntimeError(f"{self.name}: cannot write back into a read-only tensor of shape "
                                    f"{tuple(t.shape)}")
+        try:
+            self._write(call, targets, results)
+        except KeyboardInterrupt:       # Ctrl-C mid-commit: finish the writes (they are idempotent), then stop
+            self._write(call, targets, results)
+            raise
+
+    def _write(self, call, targets, results) -> None:
         for t, arr in targets:
             np.copyto(t._data, arr)
             t._version[0] += 1
         dtypes = self.result_dtypes
-        for ref, pos in self.grad_bindings:
-            p = ref()
+        for owner, pos in self.grad_bindings:
+            p = owner.tensor(call.leaves)
             if p is not None:
                 p._grad = None if pos is None else Tensor._make(results[pos], dtypes[pos])
 
@@ -234,7 +241,8 @@ def outcome_of(kind: str, value):
     if kind == "outcome":
         return bool(value)
     if kind == "equal":
-        return value.item() if isinstance(value, np.ndarray) else value
+        v = value.item() if isinstance(value, np.ndarray) else value
+        return "nan" if v != v else v          # NaN is a repeatable outcome too (nan != nan)
     arr = np.asarray(value)
     return (arr.shape, arr.dtype.str, arr.tobytes())
 

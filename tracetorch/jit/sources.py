@@ -8,8 +8,9 @@ rate filled by a scheduler, a new batch: all seen without recompiling).
     CapturedSource(ref) a tensor the function reached without being passed
                         (parameter, buffer, optimizer state, generator state),
                         held by weak reference: if it died, its guard fails
-    GradSource(ref)     the `.grad` of a parameter (read through the parameter,
-                        because backward replaces the grad tensor object)
+    GradSource(owner)   the `.grad` of a parameter (read through the parameter,
+                        because backward replaces the grad tensor object); `owner`
+                        is the ArgSource or CapturedSource the parameter is found by
 """
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ class CapturedSource:
 
 @dataclass(frozen=True, eq=False)
 class GradSource:
-    param: weakref.ref
+    owner: object
     name: str
 
     def tensor(self, leaves):
-        p = self.param()
+        p = self.owner.tensor(leaves)
         return None if p is None else p._grad
 
     def describe(self) -> str:

@@ -39,7 +39,7 @@ from ..ops.registry import CREATION, Aval
 from ..tensor import Tensor
 from .ir import BACKWARD, COPY_, CUSTOM_FN, DETACH, Node, Value
 from .scalars import TracedFloat, TracedInt, _plain, _Traced, is_traced
-from .sources import CapturedSource, GradSource
+from .sources import ArgSource, CapturedSource, GradSource
 
 CAST, CLONE, CONSTANT = REGISTRY["cast"], REGISTRY["clone"], REGISTRY["constant"]
 _FULL_VALUE_KINDS = {"numpy": "`.numpy()` / `np.asarray(t)`", "mask": "a boolean mask index",
@@ -236,6 +236,14 @@ class Tracer:
             self.keep.append(p)
         return slot
 
+    def owner_source(self, p: Tensor):
+        """Where the tensor that owns a `.grad` is found at call time: the argument it was passed as
+        (a later call passes another tensor), else the captured object itself."""
+        for src, t in zip(self.sources, self.input_tensors):
+            if t is p and isinstance(src, ArgSource):
+                return src
+        return CapturedSource(weakref.ref(p), self.names.get(id(p)) or "a parameter")
+
     def on_grad_read(self, p: Tensor, g):
         slot = self._grad_slot(p)
         if slot.written or slot.read:
@@ -243,7 +251,7 @@ class Tracer:
         slot.read, slot.first_read = True, g
         if g is not None and id(g) not in self.values:
             name = (self.names.get(id(p)) or f"param_{len(self.grad_slots)}") + ".grad"
-            self.add_input(g, GradSource(weakref.ref(p), name), name)
+            self.add_input(g, GradSource(self.owner_source(p), name), name)
 
     def on_grad_write(self, p: Tensor, g):
         slot = self._grad_slot(p)

@@ -558,14 +558,16 @@ def _check_reduction(reduction: str) -> None:
 
 
 def _check_class_range(target: Tensor, num_classes: int, ignore_index: int | None, op: str) -> None:
-    """Eager range check of class indices (like PyTorch's); it reads the values without a trace guard."""
-    t = np.asarray(target._data)
-    bad = (t < 0) | (t >= num_classes)
+    """Range check of class indices (like PyTorch's), written with tensor ops: under `tt.compile` the
+    test is a guard on its outcome, so a compiled run given a bad label is abandoned (nothing
+    committed) and the call retraced, which raises here."""
+    bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
-        bad &= t != ignore_index
+        bad = bad & (target != ignore_index)
     if bad.any():
-        raise IndexError(f"{op}: Target {int(t[bad].flat[0])} is out of bounds (expected classes in "
-                         f"[0, {num_classes}))")
+        t = np.asarray(target._data)
+        raise IndexError(f"{op}: Target {int(t[np.asarray(bad._data)].flat[0])} is out of bounds (expected "
+                         f"classes in [0, {num_classes}))")
 
 
 def _class_dim(input: Tensor) -> int:

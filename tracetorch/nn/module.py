@@ -359,7 +359,7 @@ class Module:
         return state
 
     def _load_from_state_dict(self, state_dict, prefix, missing_keys, unexpected_keys, error_msgs,
-                              assign: bool) -> None:
+                              assign: bool, check_only: bool = False) -> None:
         local_state = self._local_state()
         for name, param in local_state.items():
             key = prefix + name
@@ -374,6 +374,8 @@ class Module:
             if tuple(value.shape) != tuple(param.shape):
                 error_msgs.append(f"size mismatch for {key}: copying a param with shape {value.shape} from "
                                   f"checkpoint, the shape in current model is {param.shape}.")
+                continue
+            if check_only:
                 continue
             try:
                 with no_grad():
@@ -401,21 +403,27 @@ class Module:
 
     def load_state_dict(self, state_dict: Mapping, strict: bool = True, assign: bool = False):
         """Copy tensors into this module's parameters and buffers in place (without grad);
-        missing or unexpected keys raise when strict, shape mismatches always raise."""
+        missing or unexpected keys raise when strict, shape mismatches always raise. The whole
+        state_dict is checked before anything is copied: a load that raises changes nothing."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
         missing_keys: list[str] = []
         unexpected_keys: list[str] = []
         error_msgs: list[str] = []
 
-        def load(module: Module, local_state: Mapping, prefix: str = "") -> None:
-            module._load_from_state_dict(local_state, prefix, missing_keys, unexpected_keys, error_msgs, assign)
+        def load(module: Module, local_state: Mapping, prefix: str = "", check_only: bool = False) -> None:
+            module._load_from_state_dict(local_state, prefix, missing_keys, unexpected_keys, error_msgs, assign,
+                                         check_only)
             for name, child in module._modules.items():
                 if child is not None:
                     child_prefix = prefix + name + "."
-                    load(child, {k: v for k, v in local_state.items() if k.startswith(child_prefix)}, child_prefix)
+                    load(child, {k: v for k, v in local_state.items() if k.startswith(child_prefix)}, child_prefix,
+                         check_only)
 
-        load(self, state_dict)
+        load(self, state_dict, check_only=True)
+        if not error_msgs and not (strict and (missing_keys or unexpected_keys)):
+            missing_keys.clear(), unexpected_keys.clear()
+            load(self, state_dict)
         if strict:
             if unexpected_keys:
                 error_msgs.insert(0, "Unexpected key(s) in state_dict: "

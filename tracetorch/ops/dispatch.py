@@ -100,6 +100,8 @@ def _op_error(op, inputs, attrs, e):
     e = _infer_error(op, inputs, attrs) or e
     # the builtin class, not numpy's subclass (some, like _UFuncNoLoopError, can't be built from a message)
     kind = next((k for k in (IndexError, ValueError, TypeError, MemoryError) if isinstance(e, k)), RuntimeError)
+    if kind is ValueError and "array is too big" in str(e):    # numpy's refusal of a size beyond the address space
+        kind = MemoryError
     shown = ", ".join(describe(x) for x in inputs)
     extra = ", ".join(f"{k}={v!r}" for k, v in attrs.items() if not isinstance(v, np.ndarray))
     msg = f"{op.name}({shown}{', ' if extra and shown else ''}{extra}): {e}"

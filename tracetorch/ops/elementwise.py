@@ -214,6 +214,8 @@ def _remainder_vjp(n, g):
 
 
 def _remainder(a, b):
+    if np.issubdtype(np.result_type(a, b), np.integer) and np.any(np.asarray(b) == 0):
+        raise ZeroDivisionError("integer division by zero")     # as PyTorch; numpy would return 0
     with np.errstate(all="ignore"):
         return np.remainder(a, b)
 

@@ -287,6 +287,12 @@ class Optimizer:
                                  "optimizer's group")
         params = {i: p for group, saved in zip(self.param_groups, saved_groups)
                   for i, p in zip(saved["params"], group["params"])}
+        for key, saved_state in state_dict["state"].items():        # check all before changing anything
+            p = params.get(key)
+            for name, value in saved_state.items():
+                if p is not None and name != "step" and isinstance(value, Tensor) and value.shape != p.shape:
+                    raise ValueError(f"loaded state dict has state '{name}' of shape {list(value.shape)} for "
+                                     f"parameter {key} of shape {list(p.shape)}")
         state: defaultdict = defaultdict(dict)
         for key, saved_state in state_dict["state"].items():
             p = params.get(key)

@@ -58,8 +58,8 @@ class _Functionalizer:
             new = self.current.get(v, v)
             if new is not v and v not in done:
                 writebacks.append((v, new))
-        return g.replace(nodes=tuple(self.nodes), outputs=tuple(self.read(v) for v in g.outputs),
-                         writebacks=tuple(writebacks))
+        outputs = tuple(self.read(v) for v in g.outputs)       # may replay views: emits nodes
+        return g.replace(nodes=tuple(self.nodes), outputs=outputs, writebacks=tuple(writebacks))
 
     # ------------------------------------------------------------ reads
     def root_of(self, v: Value):

@@ -1,0 +1,67 @@
+"""Object code cached on disk: a second process compiling the same training step links the cached
+object and runs no LLVM at all (it does not even render the IR); a corrupt cache entry is detected,
+dropped and recompiled."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import tracetorch as tt, tracetorch.nn as nn, tracetorch.nn.functional as F
+    import runtime.llvm_engine as engine_module
+    from tracetorch.jit.llvm_backend import BACKEND
+    renders, render = [], engine_module.render_program
+    engine_module.render_program = lambda program: renders.append(program.name) or render(program)
+    tt.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4))
+    opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    @tt.compile(backend="llvm")
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    x, y = tt.randn(8, 10), tt.randint(0, 4, (8,))
+    losses = [step(x, y).item() for _ in range(4)]
+    engine, cache = BACKEND.engine, BACKEND.engine.cache
+    print(json.dumps({"losses": losses, "compiles": engine.stats.compiles, "disk_hits": engine.stats.disk_hits,
+                      "corrupt": cache.corrupt, "renders": len(renders), "dir": str(cache.directory)}))
+""")
+
+
+def _run(cache_dir) -> dict:
+    env = dict(os.environ, TRACETORCH_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_compiles_no_llvm_and_recovers_from_a_corrupt_entry(tmp_path):
+    cold = _run(tmp_path)
+    assert cold["compiles"] >= 1 and cold["disk_hits"] == 0
+    entries = sorted(pathlib.Path(cold["dir"]).glob("*.o"))
+    assert len(entries) == cold["compiles"]
+
+    warm = _run(tmp_path)
+    assert warm["compiles"] == 0 and warm["disk_hits"] == cold["compiles"]
+    assert warm["renders"] == 0                    # found by program key: not even rendered to LLVM IR
+    assert warm["losses"] == cold["losses"]
+
+    for entry in entries:                          # flip bytes in the middle of every object file
+        blob = bytearray(entry.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        entry.write_bytes(bytes(blob))
+    healed = _run(tmp_path)
+    assert healed["corrupt"] == len(entries) and healed["compiles"] == cold["compiles"]
+    assert healed["losses"] == cold["losses"]

@@ -1,0 +1,185 @@
+"""Backend "llvm": the CPU backend behind `tt.compile` (DESIGN.md "Backends / LLVM").
+
+compile(graph): fuse (passes.fuse) -> plan memory and lower to loop-level
+kernels (lowering) -> one LLVM module, optimized at O3 for the host CPU and
+linked by the process-wide engine (runtime.llvm_engine), which shares the
+code of identical programs, caches object code on disk (a second process
+compiles no LLVM) and splits big kernels across all cores.
+
+The executable is a pure function of arrays, as the backend protocol asks
+(jit/backends.py): it passes the graph inputs (and the program's constants)
+to the compiled program in one call and returns fresh arrays (from the
+runtime's caching allocator, never the arena). A data-dependent index out
+of range raises IndexError after the call, before the program commits
+anything.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from .ir import Graph
+from .lowering import LoweredProgram, lower_program
+from .passes.fuse import EXTERN, REDUCTION, fuse
+
+
+class LLVMCompileError(RuntimeError):
+    """Fusion, lowering or code generation failed; the message carries the IR."""
+
+
+class LLVMBackend:
+    name = "llvm"
+
+    def __init__(self, engine=None):
+        self._engine = engine
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from runtime.llvm_engine import default_engine
+            self._engine = default_engine()
+        return self._engine
+
+    def compile(self, graph: Graph) -> "LLVMExecutable":
+        t0 = time.perf_counter()
+        stage = "fusion"
+        try:
+            groups = fuse(graph)
+            stage = "lowering"
+            lowered = lower_program(graph, groups)
+            stage = "code generation"
+            compiled = self.engine.compile(lowered.program, lowered.plan)
+        except Exception as e:
+            raise LLVMCompileError(f"llvm backend: {stage} of {graph.name!r} failed: {type(e).__name__}: {e}\n\n"
+                                   f"optimized IR:\n{graph.text()}") from e
+        return LLVMExecutable(self, graph, lowered, compiled, time.perf_counter() - t0)
+
+
+class LLVMExecutable:
+    """callable(list of input arrays) -> list of arrays for `graph.results()`."""
+
+    def __init__(self, backend: LLVMBackend, graph: Graph, lowered: LoweredProgram, compiled, seconds: float):
+        self.backend, self.graph, self.lowered, self.compiled = backend, graph, lowered, compiled
+        self.compile_seconds = seconds
+        self.kernels = lowered.kernels_after_fusion
+        self.kernels_before_fusion = lowered.kernels_before_fusion
+        self.kernels_after_fusion = lowered.kernels_after_fusion
+        self.bytes_moved = lowered.bytes_moved
+        self.planned_peak_bytes = lowered.arena.size
+        self.intermediate_bytes = lowered.arena.total_bytes
+        self._call = _caller(compiled, lowered)
+
+    def __call__(self, inputs: list) -> list:
+        return self._call(inputs)
+
+    # ------------------------------------------------------------ reports
+    def explain(self) -> str:
+        lw = self.lowered
+        externs = sum(1 for g in lw.groups if g.kind == EXTERN)
+        arena = lw.arena
+        lines = [
+            f"llvm: {self.kernels} kernels after fusion ({externs} extern calls), "
+            f"{self.kernels_before_fusion} before (one per non-view op)",
+            f"memory plan: planned arena peak {_bytes(arena.size)} vs {_bytes(arena.total_bytes)} for all "
+            f"{len(arena.slot_of)} intermediates with a buffer each ({len(arena.inplace)} computed in place)",
+            f"bytes moved per call: {_bytes(self.bytes_moved)}",
+            f"compile: {self.compile_seconds * 1e3:.1f} ms",
+            "fusion groups (in execution order):",
+        ]
+        for g in lw.groups:
+            lines.append(f"  {g.describe()}")
+            if g.kind == REDUCTION:
+                lines.append(f"      stages: {', '.join(_stage_str(s) for s in g.stages)}")
+            if g.inlined:
+                lines.append(f"      recomputes {len(g.inlined)} cheap value(s) that another kernel also computes, "
+                             "instead of loading them")
+            outs = ", ".join(f"{lw.buffer_of[v].name}" for v in g.outputs)
+            ins = ", ".join(dict.fromkeys(lw.buffer_of[v].name for v in g.inputs))
+            lines.append(f"      reads {ins or '-'}; writes {outs or '-'}")
+            for note in g.notes:
+                lines.append(f"      {note}")
+        return "\n".join(lines)
+
+    def dump(self, directory: str, stem: str) -> None:
+        base = os.path.join(directory, stem)
+        with open(base + ".kernels.txt", "w") as f:
+            f.write(str(self.lowered.program) + "\n")
+        with open(base + ".ll", "w") as f:
+            f.write(self.compiled.ir_text())
+        with open(base + ".fusion.txt", "w") as f:
+            f.write(self.explain() + "\n")
+
+    def diagnose(self, inputs: list, reference: dict) -> str:
+        """Run a debug build (no memory reuse) and name the first kernel whose output differs from the
+        interpreter's value (`reference`: {Value: array}), with its IR and generated code."""
+        from .check import close
+        from runtime.memory import sequential_plan
+        lowered = lower_program(self.graph, self.lowered.groups, inplace=False, name=self.graph.name + "_debug")
+        program = lowered.program
+        compiled = self.backend.engine.compile(program, sequential_plan(program.temps))
+        arrays = [inputs[i] for i in lowered.input_positions] + list(lowered.constants)
+        outs = compiled(*arrays)
+        by_buffer = dict(zip(program.outputs, outs))
+        for g in lowered.groups:
+            for v in g.outputs:
+                want = reference.get(v)
+                if want is None:
+                    continue
+                buf = lowered.buffer_of[v]
+                got = by_buffer.get(buf)
+                if got is None:
+                    got = compiled.arena.view(buf.name, buf.dtype.np, buf.shape)
+                if not close(got, want, v.dtype.name):
+                    step = program.steps[g.index]
+                    return (f"first differing kernel: {g.describe()}\n  its output {buf.name} "
+                            f"differs from the interpreter's value of {v}\n\nkernel IR:\n{step}\n\n"
+                            f"LLVM IR of the program:\n{compiled.ir_text()}")
+        return "every kernel output matches the interpreter (the difference is in how results are returned)"
+
+
+def _caller(compiled, lowered: LoweredProgram):
+    """The per-call path, kept short: W4-style programs are dominated by it."""
+    positions = lowered.input_positions
+    constants = list(lowered.constants)
+    plan = lowered.results
+    simple = all(kind == "output" for kind, _ in plan) and [k for _, k in plan] == list(range(len(plan)))
+    if simple:
+        def call(inputs):
+            return list(compiled(*[inputs[i] for i in positions], *constants))
+        return call
+
+    def call(inputs):
+        outs = compiled(*[inputs[i] for i in positions], *constants)
+        results = []
+        for kind, x in plan:
+            if kind == "output":
+                results.append(outs[x])
+            elif kind == "input":
+                results.append(inputs[x])
+            else:
+                results.append(np.array(x, copy=True))
+        return results
+    return call
+
+
+def _stage_str(s) -> str:
+    name = type(s).__name__
+    if name == "Reduction":
+        return f"{s.name} = {s.combine}-reduce"
+    if name == "SoftmaxStats":
+        return f"({s.max_name}, {s.sum_name}) = softmax stats (one pass)"
+    return f"({s.mean_name}, {s.var_name}) = mean and variance (one pass)"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+BACKEND = LLVMBackend()
+__all__ = ["LLVMBackend", "LLVMExecutable", "LLVMCompileError", "BACKEND"]

@@ -1,0 +1,255 @@
+"""Lowering (DESIGN.md pass 6): fusion groups -> one `codegen.kernel.Program` and its memory plan.
+
+Every value a group writes or loads gets a `Buffer`: graph inputs and
+constants are program inputs, graph results program outputs (fresh arrays
+for the caller), everything else a temporary placed in the arena by the
+memory planner (`passes.memplan`; an elementwise kernel may update a dying
+input in place). Then each group becomes a kernel through the templates of
+`codegen.templates` (its expressions already built by fusion; here their
+`Arg`s get buffers and index maps) or an `ExternCall` that runs the op's
+numpy kernel on (strided views of) its input buffers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from codegen.kernel import Arg, Buffer, ExternCall, IndexMap, Load, Program, substitute, walk_exprs
+from codegen.templates import FLAT_INDEX, elementwise_kernel, reduction_kernel
+from runtime.memory import MemoryPlan
+
+from .interp import run_kernel
+from .ir import Graph, Value
+from .passes.fuse import ELEMENTWISE, EXTERN, FusionGroup, kernels_before_fusion
+from .passes.memplan import ArenaPlan, StepUse, plan_memory
+
+
+@dataclass
+class LoweredProgram:
+    program: Program
+    plan: MemoryPlan                 # the runtime's plan (offsets by buffer name)
+    arena: ArenaPlan                 # the planner's view (slots, lifetimes, in-place pairs)
+    groups: list
+    input_positions: tuple           # program input k <- graph input index (then the constants)
+    constants: tuple                 # arrays passed as the trailing program inputs
+    results: tuple                   # per graph result: ("output", k) | ("input", i) | ("const", array)
+    buffer_of: dict                  # Value -> Buffer
+    kernels_before_fusion: int
+    bytes_moved: int
+
+    @property
+    def kernels_after_fusion(self) -> int:
+        return len(self.program.steps)
+
+
+def lower_program(graph: Graph, groups: list, *, inplace: bool = True, name: str | None = None) -> LoweredProgram:
+    name = name or graph.name
+    input_index = {v: i for i, v in enumerate(graph.inputs)}
+    constants: dict = {}                      # Value -> array
+    for n in graph.nodes:
+        if n.op.name == "constant":
+            constants[n.out] = np.array(n.attrs["value"], dtype=n.out.dtype.np)
+
+    # ---------------------------------------------------------------- which values need a buffer
+    loaded: dict = {}
+    for g in groups:
+        for v in g.inputs:
+            loaded.setdefault(v)
+    results = graph.results()
+    result_values = [r for r in results if r not in input_index and r not in constants]
+    outputs = list(dict.fromkeys(result_values))
+    written = [v for g in groups for v in g.outputs]
+    temps = [v for v in dict.fromkeys(written) if v not in set(outputs)]
+    temp_set = set(temps)
+
+    # ---------------------------------------------------------------- memory plan over the schedule
+    steps = []
+    for g in groups:
+        reads = tuple(v for v in g.inputs if v in temp_set)
+        writes = tuple(v for v in g.outputs if v in temp_set)
+        pairs = _inplace_pairs(g, reads, writes) if inplace else ()
+        steps.append(StepUse(reads, writes, pairs))
+    arena = plan_memory(steps, {v: _nbytes(v) for v in temps})
+
+    buffer_of: dict = {}
+    prog_inputs, input_positions = [], []
+    for v in loaded:
+        if v in input_index:
+            buffer_of[v] = Buffer(f"in{input_index[v]}_{_hint(v)}", v.dtype, tuple(v.shape))
+            prog_inputs.append(buffer_of[v])
+            input_positions.append(input_index[v])
+    const_arrays = []
+    for v in loaded:
+        if v in constants:
+            buffer_of[v] = Buffer(f"const{len(const_arrays)}_{_hint(v)}", v.dtype, tuple(v.shape))
+            prog_inputs.append(buffer_of[v])
+            const_arrays.append(constants[v])
+    prog_outputs = []
+    for k, v in enumerate(outputs):
+        buffer_of[v] = Buffer(f"out{k}_{_hint(v)}", v.dtype, tuple(v.shape))
+        prog_outputs.append(buffer_of[v])
+    slot_buffers: dict = {}
+    for v in temps:
+        slot = arena.slot_of[v]
+        buf = slot_buffers.get(slot)
+        if buf is None:
+            buf = slot_buffers[slot] = Buffer(f"t{slot}_{_hint(v)}", v.dtype, tuple(v.shape))
+        buffer_of[v] = buf
+
+    # ---------------------------------------------------------------- kernels and extern calls
+    in_place = {w for _, w in arena.inplace}
+    program_steps = [_lower_group(g, buffer_of, in_place) for g in groups]
+    program = Program(name, tuple(program_steps), tuple(prog_inputs), tuple(prog_outputs))
+    offsets, sizes = {}, {}
+    for slot, buf in slot_buffers.items():
+        offsets[buf.name] = arena.offsets[slot]
+        sizes[buf.name] = buf.nbytes
+    plan = MemoryPlan(offsets, sizes, max(arena.size, 0))
+    out_pos = {v: k for k, v in enumerate(outputs)}
+    result_plan = []
+    for r in results:
+        if r in input_index:
+            result_plan.append(("input", input_index[r]))
+        elif r in constants:
+            result_plan.append(("const", constants[r]))
+        else:
+            result_plan.append(("output", out_pos[r]))
+    moved = sum(_step_bytes(s) for s in program.steps)
+    return LoweredProgram(program, plan, arena, groups, tuple(input_positions), tuple(const_arrays),
+                          tuple(result_plan), buffer_of, kernels_before_fusion(graph), moved)
+
+
+# ---------------------------------------------------------------- one group
+def _lower_group(g: FusionGroup, buffer_of: dict, in_place: set):
+    if g.kind == EXTERN:
+        return _extern_call(g, buffer_of)
+    inputs = {name: (buffer_of[acc.value], _index(g, acc, buffer_of)) for name, acc in g.args.items()}
+    # an output computed in place is stored last: the other outputs read the input element first
+    order = sorted(g.outputs, key=lambda v: v in in_place)
+    outs = [(buffer_of[v], g.exprs[v]) for v in order]
+    try:
+        if g.kind == ELEMENTWISE:
+            return elementwise_kernel(g.name, g.space, inputs, outs)
+        elem = [(b, e) for (b, e), v in zip(outs, order) if tuple(v.shape) == g.space]
+        row = [(b, e) for (b, e), v in zip(outs, order) if tuple(v.shape) != g.space]
+        return reduction_kernel(g.name, g.space, g.reduce_dims, inputs, g.stages, row, elem)
+    except Exception as e:
+        raise type(e)(f"lowering {g.describe()}: {e}") from e
+
+
+def _index(g: FusionGroup, acc, buffer_of):
+    """An IndexMap when the element index is affine in the loop indices, else a function of them."""
+    flat = acc.flat
+    if flat.affine:
+        return IndexMap(tuple(flat.coeffs), flat.const)
+
+    def index(at, flat=flat):
+        return _bind_index(g, flat, at, buffer_of)
+    return index
+
+
+def _bind_index(g: FusionGroup, flat, at, buffer_of):
+    mapping = {f"@i{k}": a for k, a in enumerate(at)}
+    for node in walk_exprs(flat.expr):
+        if node == FLAT_INDEX:
+            mapping[node.name] = IndexMap.contiguous(g.space).index(at)
+        elif isinstance(node, Arg) and node.name in g.args and node.name not in mapping:
+            inner = g.args[node.name]
+            idx = (IndexMap(tuple(inner.flat.coeffs), inner.flat.const).index(at) if inner.flat.affine
+                   else _bind_index(g, inner.flat, at, buffer_of))
+            mapping[node.name] = Load(buffer_of[inner.value], idx)
+    return substitute(flat.expr, mapping)
+
+
+def _inplace_pairs(g: FusionGroup, reads, writes) -> tuple:
+    """(input, output) pairs an elementwise kernel may compute in place: the input is read only at
+    the element the output is written to, and they have one dtype and size."""
+    if g.kind != ELEMENTWISE:
+        return ()
+    identity = IndexMap.contiguous(g.space)
+    size = math.prod(g.space)
+    pairs = []
+    for r in reads:
+        maps = {(tuple(a.flat.coeffs), a.flat.const) if a.flat.affine else None
+                for a in g.args.values() if a.value is r}
+        if len(maps) != 1 or None in maps or math.prod(r.shape) != size:
+            continue
+        if next(iter(maps)) != (identity.strides, 0):
+            continue
+        for w in writes:
+            if w.dtype is r.dtype and math.prod(w.shape) == size:
+                pairs.append((r, w))
+    return tuple(pairs)
+
+
+# ---------------------------------------------------------------- extern calls
+def _extern_call(g: FusionGroup, buffer_of: dict) -> ExternCall:
+    node = g.extern
+    in_bufs = tuple(buffer_of[b] for b, _ in g.extern_inputs)
+    out_bufs = tuple(buffer_of[v] for v in node.outputs)
+    return ExternCall(g.name, _extern_fn(node, g.extern_inputs), in_bufs, out_bufs)
+
+
+def _extern_fn(node, layouts):
+    """fn(*input buffer arrays, *output arrays): the op's numpy kernel on views of its inputs."""
+    op, attrs = node.op, node.attrs
+    values = [x for x in node.inputs if isinstance(x, Value)]
+    shapes = [tuple(x.shape) for x in values]
+    views = []
+    for x_shape, (base, flat) in zip(shapes, layouts):
+        contiguous = IndexMap.contiguous(x_shape)
+        identity = flat.affine and flat.const == 0 and math.prod(base.shape) == math.prod(x_shape) and tuple(
+            c for c, s in zip(flat.coeffs, x_shape) if s != 1) == tuple(
+            c for c, s in zip(contiguous.strides, x_shape) if s != 1)
+        views.append(None if identity else (x_shape, tuple(flat.coeffs), flat.const))
+    pattern = [isinstance(x, Value) for x in node.inputs]
+    n_in = len(values)
+    out_dtype = node.out.dtype
+    fast_matmul = op.name == "matmul" and out_dtype.np in (np.float32, np.float64) and \
+        out_dtype.name in ("float32", "float64")
+
+    def view(arr, spec, shape):
+        if spec is None:                    # the whole buffer, in order
+            return arr if arr.shape == shape else arr.reshape(shape)
+        x_shape, coeffs, offset = spec      # a strided view of the (contiguous) buffer's memory, no copy
+        if 0 in x_shape:
+            return np.empty(x_shape, arr.dtype)
+        item = arr.itemsize
+        return np.ndarray(x_shape, arr.dtype, buffer=arr, offset=offset * item,
+                          strides=tuple(c * item for c in coeffs))
+
+    def run(*arrays):
+        ins = [view(a, spec, shape) for a, spec, shape in zip(arrays[:n_in], views, shapes)]
+        outs = arrays[n_in:]
+        if fast_matmul:
+            np.matmul(ins[0], ins[1], out=outs[0])
+            return
+        it = iter(ins)
+        args = [next(it) if is_value else x for x, is_value in zip(node.inputs, pattern)]
+        data = run_kernel(op, args, attrs, out_dtype)
+        np.copyto(outs[0], data, casting="unsafe")
+
+    run.__name__ = f"extern_{op.name}"
+    return run
+
+
+# ---------------------------------------------------------------- helpers
+def _nbytes(v: Value) -> int:
+    return math.prod(v.shape) * v.dtype.np.itemsize
+
+
+def _hint(v: Value) -> str:
+    import re
+    base = re.sub(r"\W+", "_", v.name or "").strip("_")[:24]
+    return f"{base}_{v.id}" if base else f"v{v.id}"
+
+
+def _step_bytes(step) -> int:
+    if isinstance(step, ExternCall):
+        return sum(b.nbytes for b in set(step.inputs) | set(step.outputs))
+    return sum(b.nbytes for b in step.buffers)
+
+
+__all__ = ["LoweredProgram", "lower_program"]
