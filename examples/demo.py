@@ -96,11 +96,31 @@ def main(argv=None):
         json.dump(metrics, f, indent=2)
     _plot(metrics, os.path.join(args.out, "learning_curve.png"))
     if compiled and hasattr(train_step, "explain"):
-        print("\nFusion report of the training step:")
+        model.train()
         x, y = next(iter(loader))
-        print(train_step.explain(x, y))
-        print(train_step.stats())
+        print("\nFusion report of the compiled training step:")
+        print(fusion_summary(train_step.explain(x, y)))
+        stats = train_step.stats()
+        print(f"  calls {stats['calls']}, traces {stats['traces']}, cache hits {stats['cache_hits']}, "
+              f"guard failures {sum(stats['guard_failures'].values())}  (full report: train_step.explain(x, y))")
     return metrics
+
+
+def fusion_summary(explain_text: str, groups: int = 12) -> str:
+    """The headline of `.explain()`: op and kernel counts, memory plan, and the first fusion groups."""
+    lines = explain_text.splitlines()
+    keep = [ln for ln in lines if ln.startswith("traced ")]
+    if "-- backend --" in lines:
+        for ln in lines[lines.index("-- backend --") + 1:]:
+            if ln.startswith("fusion groups"):
+                break
+            keep.append(ln)
+    names = [ln.split(" [")[0].strip() + " [" + ln.split(" [", 1)[1].split("]")[0] + "]]"
+             for ln in lines if ln.startswith("  k") and " [" in ln]
+    if names:
+        keep.append(f"first fusion groups ({len(names)} in all):")
+        keep += ["  " + n for n in names[:groups]]
+    return "\n".join("  " + ln for ln in keep)
 
 
 def _plot(metrics, path):
