@@ -86,31 +86,36 @@ class Program:
         return out
 
     def script(self, backend: str) -> str:
-        """Runnable code reproducing the comparison: what a failure prints."""
-        def make(which):
+        """Runnable code reproducing the comparison (what a failure prints): the call that traces on
+        value set 0, then set 1 compiled and eager, each printing results, state and input grads."""
+        def values(which):
             vals = self.values(which)
-            lines = [f"state.copy_({_literal(vals['state'], FLOAT)})"]
-            for i in self.inputs:
-                lines.append(f"{i.name} = {_literal(vals[i.name], i.dtype)}"
-                             + (".requires_grad_()" if i.requires_grad else ""))
-            return lines
+            return "    {" + ", ".join(f"{name!r}: {_literal(vals[name], dtype)}" for name, dtype in
+                                       [("state", FLOAT)] + [(i.name, i.dtype) for i in self.inputs]) + "},"
         args = ", ".join(i.name for i in self.inputs)
-        return "\n".join([
-            "import math", "import tracetorch as tt", "F = tt.nn.functional",
-            "tt.set_default_dtype(tt.float64)",
-            f"state = tt.zeros({self.state.shape}, dtype=tt.float64)", "",
-            self.source(),
-            f"compiled = tt.compile(program, backend={backend!r})",
-            "with tt.no_grad():",
-            *("    " + ln for ln in make(0)[:1]), *make(0)[1:],
-            f"compiled({args})               # traces (runs eagerly)",
-            "with tt.no_grad():",
-            *("    " + ln for ln in make(1)[:1]), *make(1)[1:],
-            f"print(compiled({args}), state)  # runs the compiled program",
-            "with tt.no_grad():",
-            *("    " + ln for ln in make(1)[:1]), *make(1)[1:],
-            f"print(program({args}), state)   # eager",
-        ])
+        grads = ", ".join(f"{i.name}.grad" for i in self.inputs if i.requires_grad)
+        lines = ["import math", "", "import numpy as np", "", "import tracetorch as tt", "",
+                 "F = tt.nn.functional", "tt.set_default_dtype(tt.float64)",
+                 f"state = tt.zeros({self.state.shape}, dtype=tt.float64)", "VALUES = [", values(0), values(1), "]",
+                 "", "", self.source(), "",
+                 "def run(fn, which):",
+                 "    with tt.no_grad():",
+                 "        state.copy_(VALUES[which]['state'])"]
+        for i in self.inputs:
+            lines.append(f"    {i.name} = VALUES[which][{i.name!r}].clone()"
+                         + (".requires_grad_()" if i.requires_grad else ""))
+        lines.append(f"    out = fn({args})")
+        if any(i.requires_grad for i in self.inputs) and not self.backward_inside:
+            lines += ["    need_grad = [o for o in out if isinstance(o, tt.Tensor) and o.requires_grad]",
+                      "    if need_grad:                     # the test's backward through the outputs",
+                      "        sum((o * tt.tensor((np.arange(o.numel()) % 7 - 3).reshape(tuple(o.shape)) * 0.5))"
+                      ".sum() for o in need_grad).backward()"]
+        lines += [f"    print(out, state{', ' + grads if grads else ''})", "", "",
+                  f"compiled = tt.compile(program, backend={backend!r})",
+                  "run(compiled, 0)   # traces (runs eagerly)",
+                  "run(compiled, 1)   # the compiled program",
+                  "run(program, 1)    # eager", ""]
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"Program(seed={self.seed}, specials={self.specials}, inputs={list(self.inputs)}):\n{self.source()}"

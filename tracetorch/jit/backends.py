@@ -42,6 +42,10 @@ def resolve(name: str):
     try:
         return BACKENDS[name]
     except KeyError:
+        if name == "cuda":
+            from .cuda_backend import unavailable_reason
+            raise RuntimeError(f"tt.compile: backend 'cuda' is not available: "
+                               f"{unavailable_reason() or 'it was not registered'}") from None
         raise ValueError(f"tt.compile: backend {name!r} is not available (available: "
                          f"{', '.join(sorted(BACKENDS))}, or 'auto')") from None
 
@@ -55,4 +59,12 @@ def _register_llvm() -> None:
     register_backend("llvm", LLVM, prefer=True)
 
 
+def _register_cuda() -> None:
+    """The CUDA backend (jit/cuda_backend.py), only where pycuda imports and a device answers; "auto" never picks it."""
+    from .cuda_backend import BACKEND as CUDA, unavailable_reason
+    if unavailable_reason() is None:
+        register_backend("cuda", CUDA)
+
+
 _register_llvm()
+_register_cuda()

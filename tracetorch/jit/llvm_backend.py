@@ -31,6 +31,8 @@ class LLVMCompileError(RuntimeError):
 
 class LLVMBackend:
     name = "llvm"
+    compile_error = LLVMCompileError       # subclasses (jit/cuda_backend.py) swap these two
+    executable = None                      # set to LLVMExecutable below
 
     def __init__(self, engine=None):
         self._engine = engine
@@ -50,15 +52,21 @@ class LLVMBackend:
             stage = "lowering"
             lowered = lower_program(graph, groups)
             stage = "code generation"
-            compiled = self.engine.compile(lowered.program, lowered.plan)
+            compiled = self.build(lowered)
         except Exception as e:
-            raise LLVMCompileError(f"llvm backend: {stage} of {graph.name!r} failed: {type(e).__name__}: {e}\n\n"
+            raise self.compile_error(f"{self.name} backend: {stage} of {graph.name!r} failed: {type(e).__name__}: {e}\n\n"
                                    f"optimized IR:\n{graph.text()}") from e
-        return LLVMExecutable(self, graph, lowered, compiled, time.perf_counter() - t0)
+        return self.executable(self, graph, lowered, compiled, time.perf_counter() - t0)
+
+
+    def build(self, lowered: LoweredProgram):
+        """The engine's compiled program of `lowered` (a subclass may rewrite steps first)."""
+        return self.engine.compile(lowered.program, lowered.plan)
 
 
 class LLVMExecutable:
     """callable(list of input arrays) -> list of arrays for `graph.results()`."""
+    source_title, source_suffix = "LLVM IR", ".ll"     # what `dump` and `diagnose` show of the generated code
 
     def __init__(self, backend: LLVMBackend, graph: Graph, lowered: LoweredProgram, compiled, seconds: float):
         self.backend, self.graph, self.lowered, self.compiled = backend, graph, lowered, compiled
@@ -80,7 +88,7 @@ class LLVMExecutable:
         externs = sum(1 for g in lw.groups if g.kind == EXTERN)
         arena = lw.arena
         lines = [
-            f"llvm: {self.kernels} kernels after fusion ({externs} extern calls), "
+            f"{self.backend.name}: {self.kernels} kernels after fusion ({externs} extern calls), "
             f"{self.kernels_before_fusion} before (one per non-view op)",
             f"memory plan: planned arena peak {_bytes(arena.size)} vs {_bytes(arena.total_bytes)} for all "
             f"{len(arena.slot_of)} intermediates with a buffer each ({len(arena.inplace)} computed in place)",
@@ -106,8 +114,8 @@ class LLVMExecutable:
         base = os.path.join(directory, stem)
         with open(base + ".kernels.txt", "w") as f:
             f.write(str(self.lowered.program) + "\n")
-        with open(base + ".ll", "w") as f:
-            f.write(self.compiled.ir_text())
+        with open(base + self.source_suffix, "w") as f:
+            f.write(self.source_text(self.compiled))
         with open(base + ".fusion.txt", "w") as f:
             f.write(self.explain() + "\n")
 
@@ -130,13 +138,22 @@ class LLVMExecutable:
                 buf = lowered.buffer_of[v]
                 got = by_buffer.get(buf)
                 if got is None:
-                    got = compiled.arena.view(buf.name, buf.dtype.np, buf.shape)
+                    got = self.temporary(compiled, buf)
                 if not close(got, want, v.dtype.name):
                     step = program.steps[g.index]
                     return (f"first differing kernel: {g.describe()}\n  its output {buf.name} "
                             f"differs from the interpreter's value of {v}\n\nkernel IR:\n{step}\n\n"
-                            f"LLVM IR of the program:\n{compiled.ir_text()}")
+                            f"{self.source_title} of the program:\n{self.source_text(compiled)}")
         return "every kernel output matches the interpreter (the difference is in how results are returned)"
+
+    @staticmethod
+    def source_text(compiled) -> str:
+        return compiled.ir_text()
+
+    @staticmethod
+    def temporary(compiled, buf):
+        """The value a debug run left in temporary `buf`."""
+        return compiled.arena.view(buf.name, buf.dtype.np, buf.shape)
 
 
 def _caller(compiled, lowered: LoweredProgram):
@@ -181,5 +198,6 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
+LLVMBackend.executable = LLVMExecutable
 BACKEND = LLVMBackend()
 __all__ = ["LLVMBackend", "LLVMExecutable", "LLVMCompileError", "BACKEND"]
