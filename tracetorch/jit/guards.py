@@ -169,24 +169,8 @@ class ConstantGuard(Guard):
         return repr(self.read())
 
 
-@dataclass(frozen=True, eq=False)
-class GlobalGuard(Guard):
-    name: str
-    read: Callable
-    expected: object
-
-    @property
-    def subject(self) -> str:
-        return self.name
-
-    def check(self, call) -> bool:
-        return self.read() == self.expected
-
-    def describe(self) -> str:
-        return f"{self.subject} == {self.expected!r}"
-
-    def actual(self, call) -> str:
-        return repr(self.read())
+class GlobalGuard(ConstantGuard):
+    """A process-wide setting the trace depends on (grad mode, the default dtype): same check as a constant."""
 
 
 def first_failure(guards, call):
