@@ -298,19 +298,7 @@ class Tensor:
             STATE.tracer.on_value(self, kind, None)
 
     def to(self, *args, **kwargs) -> "Tensor":
-        dtype = kwargs.pop("dtype", None)
-        device = kwargs.pop("device", None)
-        copy = kwargs.pop("copy", False)
-        kwargs.pop("non_blocking", None)
-        if kwargs:
-            raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
-        for a in args:
-            if isinstance(a, Tensor):
-                dtype = a._dtype
-            elif isinstance(a, D.DType):
-                dtype = a
-            elif a is not None:
-                device = a
+        dtype, device, copy = parse_to_args(args, kwargs)
         if device is not None:
             as_device(device).check_available()
         out = self
@@ -647,6 +635,25 @@ class Tensor:
             t.grad = self.grad.__deepcopy__(memo)
         memo[id(self)] = t
         return t
+
+
+def parse_to_args(args, kwargs):
+    """The (dtype, device, copy) that `to(...)` was asked for: `to(dtype)`, `to(device)`, `to(tensor)`,
+    `to(device, dtype)` and the keyword forms, as Tensor.to and Module.to accept them."""
+    dtype = kwargs.pop("dtype", None)
+    device = kwargs.pop("device", None)
+    copy = kwargs.pop("copy", False)
+    kwargs.pop("non_blocking", None)
+    if kwargs:
+        raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
+    for a in args:
+        if isinstance(a, Tensor):
+            dtype = a._dtype
+        elif isinstance(a, D.DType):
+            dtype = a
+        elif a is not None:
+            device = a
+    return dtype, device, copy
 
 
 def _rebuild(data, dtype_name, requires_grad):

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from .. import dtypes as D
 from ..autograd.grad_mode import no_grad
-from ..tensor import Tensor
+from ..tensor import Tensor, parse_to_args
 from .parameter import Parameter
 
 
@@ -457,18 +457,7 @@ class Module:
 
     def to(self, *args, **kwargs) -> "Module":
         """`to(dtype)`, `to(device)`, `to(tensor)`: floating-point tensors take the dtype, all the device."""
-        dtype = kwargs.pop("dtype", None)
-        device = kwargs.pop("device", None)
-        kwargs.pop("non_blocking", None)
-        if kwargs:
-            raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
-        for a in args:
-            if isinstance(a, Tensor):
-                dtype = a.dtype
-            elif isinstance(a, D.DType):
-                dtype = a
-            elif a is not None:
-                device = a
+        dtype, device, _ = parse_to_args(args, kwargs)
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"nn.Module.to only accepts floating point dtypes, but got desired dtype={dtype}")
 
