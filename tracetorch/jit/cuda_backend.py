@@ -16,6 +16,8 @@ raises after the run and returns nothing, so the caller commits nothing.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from codegen.kernel import ExternCall, Program
 
 from .llvm_backend import LLVMBackend, LLVMExecutable
@@ -47,7 +49,6 @@ class CUDAExecutable(LLVMExecutable):
 
     @staticmethod
     def temporary(compiled, buf):
-        import numpy as np
         from runtime.cuda_engine import _driver
         out = np.empty(buf.shape, buf.dtype.np)
         if buf.nbytes:

@@ -54,8 +54,9 @@ class LLVMBackend:
             stage = "code generation"
             compiled = self.build(lowered)
         except Exception as e:
-            raise self.compile_error(f"{self.name} backend: {stage} of {graph.name!r} failed: {type(e).__name__}: {e}\n\n"
-                                   f"optimized IR:\n{graph.text()}") from e
+            raise self.compile_error(f"{self.name} backend: {stage} of {graph.name!r} failed: "
+                                     f"{type(e).__name__}: {e}\n\n"
+                                     f"optimized IR:\n{graph.text()}") from e
         return self.executable(self, graph, lowered, compiled, time.perf_counter() - t0)
 
 
