@@ -43,6 +43,7 @@ from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Exte
                      Op, Program, Reduce, Stmt, Store, Var, stmt_exprs, walk_exprs, walk_stmts)
 from .llvm_ir import Check
 from .templates import identity
+from .memo import ScopedMemo
 from .verify import verify_bounds
 
 ARCH = "sm_90"
@@ -398,7 +399,7 @@ class _Emitter:
         self.lines: list[str] = []
         self.depth = 1
         self.scopes: list[dict] = [{}]           # IR name -> C expression (loop variables and Lets)
-        self.memo: list[dict] = [{}]             # (expr, index?) -> (C expression, reads state)
+        self.memo = ScopedMemo()
         self.accs: dict[str, tuple[str, DType]] = {}
         self.reduce_into: dict[str, str] = {}    # accumulator -> per-thread partial inside a split reduction
         self.aliases: dict[Expr, str] = {}       # index expressions known to equal a C expression
@@ -413,7 +414,7 @@ class _Emitter:
         self.emit(f"{header} {{" if header else "{")
         self.depth += 1
         self.scopes.append({})
-        self.memo.append({})
+        self.memo.push()
 
     def close(self) -> None:
         self.depth -= 1
@@ -448,9 +449,7 @@ class _Emitter:
                 self.lines.remove("    " + f"{ctype(dt)} {c};")
 
     def forget_state(self) -> None:
-        for scope in self.memo:
-            for key in [k for k, (_, stateful) in scope.items() if stateful]:
-                del scope[key]
+        self.memo.forget_state()
 
     # ------------------------------------------------------------ statements (one thread, in order)
     def stmt(self, s: Stmt) -> None:
@@ -501,14 +500,7 @@ class _Emitter:
     def expr_state(self, e: Expr, index: bool = False) -> tuple[str, bool]:
         if e in self.aliases:
             return self.aliases[e], False
-        key = (e, index)
-        for scope in reversed(self.memo):
-            hit = scope.get(key)
-            if hit is not None:
-                return hit
-        hit = self._emit(e, index)
-        self.memo[-1][key] = hit
-        return hit
+        return self.memo.get((e, index), lambda: self._emit(e, index))
 
     def _emit(self, e: Expr, index: bool) -> tuple[str, bool]:
         if isinstance(e, Const):

@@ -37,6 +37,7 @@ from llvmlite import ir
 from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64, int64, uint8
 
 from . import llvm_math
+from .memo import ScopedMemo
 from .verify import verify_bounds
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op,
                      Program, Reduce, Stmt, Store, Var, walk_stmts)
@@ -185,7 +186,7 @@ class _KernelRenderer:
                 dt = stmt.init.dtype
                 self.accs[stmt.name] = (self.b.alloca(compute_type(dt), name=stmt.name), dt)
         self.scopes: list[dict] = [{}]       # name -> ir.Value for loop variables and Lets
-        self.memo: list[dict] = [{}]          # (expr, index?) -> (value, reads_state)
+        self.memo = ScopedMemo()
         start, stop = fn.args[-2], fn.args[-1]
         b = self.b
         zero, extent = ir.Constant(I64, 0), ir.Constant(I64, kernel.outer.extent)
@@ -210,7 +211,7 @@ class _KernelRenderer:
         i = b.phi(I64, name=loop.var)
         i.add_incoming(lo, before)
         self.scopes.append({loop.var: i})
-        self.memo.append({})
+        self.memo.push()
         for stmt in loop.body:
             self.stmt(stmt)
         self.scopes.pop()
@@ -262,9 +263,7 @@ class _KernelRenderer:
 
     def forget_state(self) -> None:
         """After a write, memoized values that read memory or accumulators are stale."""
-        for scope in self.memo:
-            for key in [k for k, (_, stateful) in scope.items() if stateful]:
-                del scope[key]
+        self.memo.forget_state()
 
     # ------------------------------------------------------------ expressions
     def expr(self, e: Expr, index: bool = False) -> ir.Value:
@@ -272,14 +271,7 @@ class _KernelRenderer:
 
     def expr_state(self, e: Expr, index: bool = False) -> tuple:
         """(value, reads_state): reads_state when it depends on memory or accumulators."""
-        key = (e, index)
-        for scope in reversed(self.memo):
-            hit = scope.get(key)
-            if hit is not None:
-                return hit
-        hit = self._emit(e, index)
-        self.memo[-1][key] = hit
-        return hit
+        return self.memo.get((e, index), lambda: self._emit(e, index))
 
     def _emit(self, e: Expr, index: bool):
         b = self.b
