@@ -344,11 +344,13 @@ class Program:
 
     Aliasing contract: the buffers one kernel touches are disjoint in memory (renderers mark
     them `noalias`); an in-place update reads and writes the same `Buffer`. A memory plan may
-    reuse memory only between buffers that no single kernel uses together."""
+    reuse memory only between buffers that no single kernel uses together. Kernels write inputs
+    only when they are listed in `updated` (write-backs stored into the caller's array)."""
     name: str
     steps: tuple[Union[Kernel, ExternCall], ...]
     inputs: tuple[Buffer, ...]
     outputs: tuple[Buffer, ...]
+    updated: tuple[Buffer, ...] = ()
 
     @property
     def kernels(self) -> tuple[Kernel, ...]:
@@ -375,7 +377,7 @@ class Program:
             raise ValueError(f"program {self.name!r}: buffer names must be unique, got {names}")
         if len(set(k.name for k in self.kernels)) != len(self.kernels):
             raise ValueError(f"program {self.name!r}: kernel names must be unique")
-        inputs = set(self.inputs)
+        inputs = set(self.inputs) - set(self.updated)
         for k in self.kernels:
             for b in k.written:
                 if b in inputs:

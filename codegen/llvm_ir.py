@@ -6,7 +6,8 @@ The module holds, per kernel `k`:
   work without runtime alias checks: the buffers of one kernel must be disjoint (or the same Buffer).
 - `k.range` (exported, noinline): `void (ptr %table, ptr %err, i64 %start, i64 %stop)`, which reads
   the kernel's buffer addresses from the program's table; threads call it on slices of the outer loop.
-and one entry `program(ptr %table, ptr %err)` calling every kernel over its whole range in order,
+and one entry `program(ptr %table, ptr %err)` calling every kernel over its whole range in order
+(returning early once a kernel with checks has set the error flag),
 so that running a small program is a single foreign call. Kernels equal up to their buffers (the same
 layer repeated) share one kernel function (`canonical_kernel`): it is compiled once.
 
@@ -90,20 +91,27 @@ def render_program(program: Program) -> RenderedProgram:
     entries = []
     names = set()
     shared: dict = {}                     # kernels equal up to their buffers share one function
+    checked = []                          # per kernel: whether it may set the error flag
     for n, kernel in enumerate(program.kernels):
         verify_bounds(kernel)
         base = _symbol(f"k{n}_{kernel.name}", names)
         key = canonical_kernel(kernel)
-        fn = shared.get(key)
-        if fn is None:
-            fn = shared[key] = _KernelRenderer(module, kernel, base, checks).fn
-        entries.append(_range_entry(module, fn, kernel, slots, base + ".range"))
+        hit = shared.get(key)
+        if hit is None:
+            before = len(checks)
+            hit = shared[key] = (_KernelRenderer(module, kernel, base, checks).fn, len(checks) > before)
+        entries.append(_range_entry(module, hit[0], kernel, slots, base + ".range"))
+        checked.append(hit[1])
     entry = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), name=ENTRY)
     entry.attributes.add("nounwind")
     b = ir.IRBuilder(entry.append_basic_block("entry"))
-    for kernel, fn in zip(program.kernels, entries):
+    for n, (kernel, fn) in enumerate(zip(program.kernels, entries)):
         if kernel.outer.extent > 0:
             b.call(fn, [entry.args[0], entry.args[1], ir.Constant(I64, 0), ir.Constant(I64, kernel.outer.extent)])
+            if checked[n] and n + 1 < len(entries):      # stop at the first failure: later kernels may
+                failed = b.icmp_signed("!=", b.load(entry.args[1], typ=I32, align=4), ir.Constant(I32, 0))
+                with b.if_then(failed, likely=False):     # write a program's inputs in place
+                    b.ret_void()
     b.ret_void()
     return RenderedProgram(str(module), ENTRY, tuple(f.name for f in entries), tuple(checks))
 

@@ -35,15 +35,18 @@ import llvmlite
 import llvmlite.binding as llvm
 import numpy as np
 
-from codegen.kernel import ExternCall, Loop, Program
+from codegen.kernel import ExternCall, Loop, Program, Store, walk_stmts
 from codegen.llvm_ir import Check, RenderedProgram, render_program
 
 from .disk_cache import DiskCache, cache_key
+from .interrupts import FinishedInterrupt
 from .memory import Arena, BufferPool, MemoryPlan, sequential_plan
 from .parallel import ThreadTeam, default_threads
 from .program_key import program_key
 
 _EXCEPTIONS = {e.__name__: e for e in (IndexError, ValueError, ZeroDivisionError, TypeError, ArithmeticError)}
+
+
 
 PARALLEL_MIN_WORK = 1 << 18   # innermost iterations below which a kernel runs on one thread (a fork-join
                               # costs ~15-20 us; 2^18 simple iterations take ~100 us on one core)
@@ -257,23 +260,26 @@ class CompiledProgram:
         self._extern_sources: dict = {}
 
     def _plan_steps(self) -> list | None:
-        """None: one call to the entry. Else (kind, fn, extent, align) steps run in order."""
+        """None: one call to the entry. Else (kind, fn, extent, align, stores into an input) steps run
+        in order."""
         kernels = self.program.kernels
         parallel = [self.engine.threads > 1 and k.outer.extent >= 2 and k.work >= PARALLEL_MIN_WORK
                     for k in kernels]
         if not any(parallel) and len(kernels) == len(self.program.steps):
             return None
+        inputs = set(self.program.inputs)
         steps, n = [], 0
         for step in self.program.steps:
             if isinstance(step, ExternCall):
-                steps.append(("extern", step, 0, 0))
+                steps.append(("extern", step, 0, 0, bool(inputs.intersection(step.outputs))))
                 continue
             fn, extent = self._ranges[n], step.outer.extent
             flat = not any(isinstance(s, Loop) for s in step.outer.body)
+            writes = any(isinstance(st, Store) and st.buffer in inputs for st in walk_stmts(step.outer))
             if parallel[n]:
-                steps.append(("parallel", fn, extent, 64 if flat else 1))   # 64: whole vectors per thread
+                steps.append(("parallel", fn, extent, 64 if flat else 1, writes))   # 64: whole vectors per thread
             elif extent > 0:
-                steps.append(("serial", fn, extent, 1))
+                steps.append(("serial", fn, extent, 1, writes))
             n += 1
         return steps
 
@@ -316,16 +322,27 @@ class CompiledProgram:
         return np.ascontiguousarray(a)
 
     def _run_steps(self, outputs: list) -> None:
+        """Every step in order, stopping at the first failure. From the first step that stores into an
+        input on, Ctrl-C is held until the run ends (then raised as FinishedInterrupt with the outputs)."""
         head = (self._table_addr, self._err_addr)
-        for kind, fn, extent, align in self._steps:
-            if kind == "serial":
-                fn(*head, 0, extent)
-            elif kind == "parallel":
-                self.engine.team.run(fn, head, extent, align)
-            else:
-                self._extern(fn, self._last_inputs, outputs)
+        writing = interrupted = False
+        for kind, fn, extent, align, writes_input in self._steps:
+            writing = writing or writes_input
+            try:
+                if kind == "serial":
+                    fn(*head, 0, extent)
+                elif kind == "parallel":
+                    self.engine.team.run(fn, head, extent, align)
+                else:
+                    self._extern(fn, self._last_inputs, outputs)
+            except KeyboardInterrupt:
+                if not writing:
+                    raise
+                interrupted = True
             if self._err[0]:
                 return
+        if interrupted:
+            raise FinishedInterrupt(tuple(outputs))
 
     def _extern(self, step: ExternCall, inputs: list, outputs: list) -> None:
         sources = self._extern_sources.get(id(step))
@@ -357,8 +374,8 @@ class CompiledProgram:
     def run_kernel_by_kernel(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Like __call__, but forces the step-by-step path (tests compare both)."""
         saved = self._steps
-        self._steps = [("serial", self._ranges[i], k.outer.extent, 1) for i, k in enumerate(self.program.kernels)
-                       if k.outer.extent > 0] if saved is None else saved
+        self._steps = [("serial", self._ranges[i], k.outer.extent, 1, False)
+                       for i, k in enumerate(self.program.kernels) if k.outer.extent > 0] if saved is None else saved
         try:
             return self(*inputs)
         finally:

@@ -39,21 +39,22 @@ class ThreadTeam:
     def __init__(self, threads: int | None = None):
         self.threads = threads or default_threads()
         self._todo: list[queue.SimpleQueue] = []
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         for n in range(self.threads - 1):
             q: queue.SimpleQueue = queue.SimpleQueue()
             threading.Thread(target=self._work, args=(q,), name=f"tracetorch-worker-{n}", daemon=True).start()
             self._todo.append(q)
 
-    def _work(self, todo: queue.SimpleQueue) -> None:
+    @staticmethod
+    def _work(todo: queue.SimpleQueue) -> None:
         while True:
-            fn, args = todo.get()
+            fn, args, done, errors = todo.get()
             try:
                 fn(*args)
-                self._done.put(None)
             except BaseException as e:  # reported to the caller, which re-raises
-                self._done.put(e)
+                errors.append(e)
+            finally:
+                done.set()
 
     def run(self, fn: Callable, head: tuple, extent: int, align: int = 1) -> None:
         """fn(*head, start, stop) over slices of range(extent), in parallel; returns when all are done."""
@@ -63,14 +64,28 @@ class ThreadTeam:
                 fn(*head, *slices[0])
             return
         with self._lock:
-            for q, (lo, hi) in zip(self._todo, slices[1:]):
-                q.put((fn, head + (lo, hi)))
-            error = None
+            errors: list = []
+            events = [threading.Event() for _ in slices[1:]]
+            for q, (lo, hi), done in zip(self._todo, slices[1:], events):
+                q.put((fn, head + (lo, hi), done, errors))
             try:
                 fn(*head, *slices[0])
             finally:
-                for _ in slices[1:]:
-                    e = self._done.get()
-                    error = error or e
-            if error is not None:
-                raise error
+                _join(events)
+            if errors:
+                raise errors[0]
+
+
+def _join(events: list) -> None:
+    """Wait until every worker is done, even through Ctrl-C (held until then, and raised): returning
+    early would let the next kernel start while this one still runs. Each worker sets its own event,
+    so an interrupted wait loses nothing."""
+    interrupted = None
+    for done in events:
+        while not done.is_set():
+            try:
+                done.wait()
+            except KeyboardInterrupt as stop:
+                interrupted = stop
+    if interrupted is not None:
+        raise interrupted

@@ -40,11 +40,11 @@ def _failing(compile_fn, fail_calls):
     """The backend's compile, failing on the calls numbered in `fail_calls` (1-based)."""
     count = [0]
 
-    def compile(graph):
+    def compile(graph, **options):
         count[0] += 1
         if count[0] in fail_calls:
             raise InjectedFault(f"injected code generation failure in {graph.name}")
-        return compile_fn(graph)
+        return compile_fn(graph, **options)
     return compile
 
 

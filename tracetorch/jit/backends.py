@@ -6,8 +6,11 @@
 
 `inputs` follow `graph.inputs`; the result follows `graph.results()` (the
 outputs, then each write-back's new value). A backend must not write into
-its inputs; the program copies any result that aliases an input, so results
-may be views. Optional attributes of an executable: `kernels` (launches per
+its inputs, with one exception: `executable.donated` ({input index: result
+position}) names write-backs stored straight into their target input's array
+(which is then that result; no copy to commit). The program copies any other
+result that aliases an input, so results may be views; a caller that must
+keep an input intact passes a copy. Optional attributes of an executable: `kernels` (launches per
 call, for `.stats()`), `explain()` (text for `.explain()`: fusion groups,
 kernels, memory plan), `dump(directory, stem)` (for TRACETORCH_DUMP), and
 `diagnose(inputs, reference) -> str`: when `check=True` finds the backend

@@ -68,6 +68,7 @@ class CUDABackend(LLVMBackend):
     name = "cuda"
     compile_error = CUDACompileError
     executable = CUDAExecutable
+    donates_writebacks = False             # inputs are copied into the device arena: nothing to donate
 
     @property
     def engine(self):

@@ -6,10 +6,12 @@ linked by the process-wide engine (runtime.llvm_engine), which shares the
 code of identical programs, caches object code on disk (a second process
 compiles no LLVM) and splits big kernels across all cores.
 
-The executable is a pure function of arrays, as the backend protocol asks
+The executable is a function of arrays, as the backend protocol asks
 (jit/backends.py): it passes the graph inputs (and the program's constants)
 to the compiled program in one call and returns fresh arrays (from the
-runtime's caching allocator, never the arena). A data-dependent index out
+runtime's caching allocator, never the arena), except for donated
+write-backs (`donated`): those are stored into the target input's own array
+and returned as it, so committing them costs no copy. A data-dependent index out
 of range raises IndexError after the call, before the program commits
 anything.
 """
@@ -22,6 +24,8 @@ import numpy as np
 
 from .ir import Graph
 from .lowering import LoweredProgram, lower_program
+from runtime.interrupts import FinishedInterrupt
+
 from .passes.fuse import EXTERN, REDUCTION, fuse
 
 
@@ -33,6 +37,7 @@ class LLVMBackend:
     name = "llvm"
     compile_error = LLVMCompileError       # subclasses (jit/cuda_backend.py) swap these two
     executable = None                      # set to LLVMExecutable below
+    donates_writebacks = True              # kernels may store write-backs straight into their targets
 
     def __init__(self, engine=None):
         self._engine = engine
@@ -44,13 +49,15 @@ class LLVMBackend:
             self._engine = default_engine()
         return self._engine
 
-    def compile(self, graph: Graph) -> "LLVMExecutable":
+    def compile(self, graph: Graph, donate: bool = False) -> "LLVMExecutable":
+        """`donate`: kernels may store write-backs straight into their target inputs (the caller
+        guarantees no check of its own can fail after the run: see Program.run)."""
         t0 = time.perf_counter()
         stage = "fusion"
         try:
             groups = fuse(graph)
             stage = "lowering"
-            lowered = lower_program(graph, groups)
+            lowered = lower_program(graph, groups, donate=donate and self.donates_writebacks)
             stage = "code generation"
             compiled = self.build(lowered)
         except Exception as e:
@@ -78,6 +85,7 @@ class LLVMExecutable:
         self.bytes_moved = lowered.bytes_moved
         self.planned_peak_bytes = lowered.arena.size
         self.intermediate_bytes = lowered.arena.total_bytes
+        self.donated = dict(lowered.donated)    # graph input index -> result position stored into it
         self._call = _caller(compiled, lowered)
 
     def __call__(self, inputs: list) -> list:
@@ -167,19 +175,53 @@ def _caller(compiled, lowered: LoweredProgram):
         def call(inputs):
             return list(compiled(*[inputs[i] for i in positions], *constants))
         return call
+    donated = tuple(lowered.donated)
+    dtypes = {i: b.dtype.np for i, b in zip(positions, compiled.program.inputs)}
 
     def call(inputs):
-        outs = compiled(*[inputs[i] for i in positions], *constants)
-        results = []
-        for kind, x in plan:
-            if kind == "output":
-                results.append(outs[x])
-            elif kind == "input":
-                results.append(inputs[x])
-            else:
-                results.append(np.array(x, copy=True))
-        return results
+        if donated:
+            inputs = _donatable(inputs, donated, dtypes)
+        try:
+            outs = compiled(*[inputs[i] for i in positions], *constants)
+        except FinishedInterrupt as stop:      # the results still ride along: the caller commits them
+            stop.results = _results(plan, stop.outputs, inputs)
+            raise
+        return _results(plan, outs, inputs)
     return call
+
+
+def _donatable(inputs: list, donated: tuple, dtypes: dict) -> list:
+    """`inputs`, with a private copy in place of each donated input the program may not write into:
+    not a writeable C-contiguous array of the program's dtype, or sharing memory with another input."""
+    roots = [id(_root(a)) if type(a) is np.ndarray else id(a) for a in inputs]
+    out = None
+    for i in donated:
+        a = inputs[i]
+        if (type(a) is np.ndarray and a.dtype == dtypes[i] and a.flags.c_contiguous and a.flags.writeable
+                and roots.count(roots[i]) == 1):
+            continue
+        if out is None:
+            out = list(inputs)
+        out[i] = np.array(a, dtype=dtypes[i], order="C")
+    return inputs if out is None else out
+
+
+def _root(a: np.ndarray):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _results(plan, outs, inputs) -> list:
+    results = []
+    for kind, x in plan:
+        if kind == "output":
+            results.append(outs[x])
+        elif kind == "input":
+            results.append(inputs[x])
+        else:
+            results.append(np.array(x, copy=True))
+    return results
 
 
 def _stage_str(s) -> str:

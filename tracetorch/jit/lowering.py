@@ -4,7 +4,9 @@ Every value a group writes or loads gets a `Buffer`: graph inputs and
 constants are program inputs, graph results program outputs (fresh arrays
 for the caller), everything else a temporary placed in the arena by the
 memory planner (`passes.memplan`; an elementwise kernel may update a dying
-input in place). Then each group becomes a kernel through the templates of
+input in place). With `donate`, a write-back computed by an elementwise
+kernel is stored straight into its target input (`_donations` says when that
+is safe), so the caller commits it without a copy. Then each group becomes a kernel through the templates of
 `codegen.templates` (its expressions already built by fusion; here their
 `Arg`s get buffers and index maps) or an `ExternCall` that runs the op's
 numpy kernel on (strided views of) its input buffers.
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codegen.kernel import Arg, Buffer, ExternCall, IndexMap, Load, Program, substitute, walk_exprs
+from codegen.kernel import (Arg, Buffer, CheckedIndex, Expr, ExternCall, IndexMap, Load, Op, Program, substitute,
+                            walk_exprs)
 from codegen.templates import FLAT_INDEX, elementwise_kernel, reduction_kernel
 from runtime.memory import MemoryPlan
 
@@ -35,6 +38,7 @@ class LoweredProgram:
     input_positions: tuple           # program input k <- graph input index (then the constants)
     constants: tuple                 # arrays passed as the trailing program inputs
     results: tuple                   # per graph result: ("output", k) | ("input", i) | ("const", array)
+    donated: dict                    # graph input index -> graph result position stored into that input
     buffer_of: dict                  # Value -> Buffer
     kernels_before_fusion: int
     bytes_moved: int
@@ -44,24 +48,28 @@ class LoweredProgram:
         return len(self.program.steps)
 
 
-def lower_program(graph: Graph, groups: list, *, inplace: bool = True, name: str | None = None) -> LoweredProgram:
+def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: bool = False,
+                  name: str | None = None) -> LoweredProgram:
     name = name or graph.name
     input_index = {v: i for i, v in enumerate(graph.inputs)}
     constants: dict = {}                      # Value -> array
     for n in graph.nodes:
         if n.op.name == "constant":
             constants[n.out] = np.array(n.attrs["value"], dtype=n.out.dtype.np)
+    donations = _donations(graph, groups, input_index) if donate else {}     # new Value -> target input
 
     # ---------------------------------------------------------------- which values need a buffer
     loaded: dict = {}
     for g in groups:
         for v in g.inputs:
             loaded.setdefault(v)
+    for dst in donations.values():
+        loaded.setdefault(dst)
     results = graph.results()
-    result_values = [r for r in results if r not in input_index and r not in constants]
+    result_values = [r for r in results if r not in input_index and r not in constants and r not in donations]
     outputs = list(dict.fromkeys(result_values))
     written = [v for g in groups for v in g.outputs]
-    temps = [v for v in dict.fromkeys(written) if v not in set(outputs)]
+    temps = [v for v in dict.fromkeys(written) if v not in set(outputs) and v not in donations]
     temp_set = set(temps)
 
     # ---------------------------------------------------------------- memory plan over the schedule
@@ -69,7 +77,8 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, name: str
     for g in groups:
         reads = tuple(v for v in g.inputs if v in temp_set)
         writes = tuple(v for v in g.outputs if v in temp_set)
-        pairs = _inplace_pairs(g, reads, writes) if inplace else ()
+        donating = any(v in donations for v in g.outputs)
+        pairs = _inplace_pairs(g, reads, writes) if inplace and not donating else ()
         steps.append(StepUse(reads, writes, pairs))
     arena = plan_memory(steps, {v: _nbytes(v) for v in temps})
 
@@ -97,11 +106,14 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, name: str
         if buf is None:
             buf = slot_buffers[slot] = Buffer(f"t{slot}_{_hint(v)}", v.dtype, tuple(v.shape))
         buffer_of[v] = buf
+    for src, dst in donations.items():
+        buffer_of[src] = buffer_of[dst]
 
     # ---------------------------------------------------------------- kernels and extern calls
-    in_place = {w for _, w in arena.inplace}
-    program_steps = [_lower_group(g, buffer_of, in_place) for g in groups]
-    program = Program(name, tuple(program_steps), tuple(prog_inputs), tuple(prog_outputs))
+    overwrites = {w: r for r, w in arena.inplace} | donations      # output -> the input whose memory it takes
+    program_steps = [_lower_group(g, buffer_of, overwrites) for g in groups]
+    updated = tuple(dict.fromkeys(buffer_of[dst] for dst in donations.values()))
+    program = Program(name, tuple(program_steps), tuple(prog_inputs), tuple(prog_outputs), updated)
     offsets, sizes = {}, {}
     for slot, buf in slot_buffers.items():
         offsets[buf.name] = arena.offsets[slot]
@@ -110,24 +122,28 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, name: str
     out_pos = {v: k for k, v in enumerate(outputs)}
     result_plan = []
     for r in results:
-        if r in input_index:
+        if r in donations:
+            result_plan.append(("input", input_index[donations[r]]))
+        elif r in input_index:
             result_plan.append(("input", input_index[r]))
         elif r in constants:
             result_plan.append(("const", constants[r]))
         else:
             result_plan.append(("output", out_pos[r]))
     moved = sum(_step_bytes(s) for s in program.steps)
+    donated = {input_index[dst]: results.index(src) for src, dst in donations.items()}
     return LoweredProgram(program, plan, arena, groups, tuple(input_positions), tuple(const_arrays),
-                          tuple(result_plan), buffer_of, kernels_before_fusion(graph), moved)
+                          tuple(result_plan), donated, buffer_of, kernels_before_fusion(graph), moved)
 
 
 # ---------------------------------------------------------------- one group
-def _lower_group(g: FusionGroup, buffer_of: dict, in_place: set):
+def _lower_group(g: FusionGroup, buffer_of: dict, overwrites: dict):
     if g.kind == EXTERN:
         return _extern_call(g, buffer_of)
     inputs = {name: (buffer_of[acc.value], _index(g, acc, buffer_of)) for name, acc in g.args.items()}
-    # an output computed in place is stored last: the other outputs read the input element first
-    order = sorted(g.outputs, key=lambda v: v in in_place)
+    order = _store_order(g, overwrites)
+    if order is None:
+        raise ValueError(f"{g.name}: outputs stored over their inputs' memory read each other's inputs")
     outs = [(buffer_of[v], g.exprs[v]) for v in order]
     try:
         if g.kind == ELEMENTWISE:
@@ -182,6 +198,96 @@ def _inplace_pairs(g: FusionGroup, reads, writes) -> tuple:
             if w.dtype is r.dtype and math.prod(w.shape) == size:
                 pairs.append((r, w))
     return tuple(pairs)
+
+
+def _store_order(g: FusionGroup, overwrites: dict) -> list | None:
+    """g's outputs in an order to store them: an output stored over the memory of an input (computed
+    in place, or a donated write-back) comes after every other output that reads that input, so all
+    of them see its old element. None if no order works (two such outputs read each other's input)."""
+    reads = {v: _reads(g, g.exprs[v]) for v in g.outputs}
+    pending, order = list(g.outputs), []
+    while pending:
+        ready = next((v for v in pending if overwrites.get(v) is None or not any(
+            overwrites[v] in reads[w] for w in pending if w is not v)), None)
+        if ready is None:
+            return None
+        order.append(ready)
+        pending.remove(ready)
+    return order
+
+
+def _reads(g: FusionGroup, expr) -> set:
+    """Values an expression of g loads, including through data-dependent indices."""
+    seen, stack = set(), [expr]
+    while stack:
+        for node in walk_exprs(stack.pop()):
+            if isinstance(node, Arg) and node.name in g.args:
+                acc = g.args[node.name]
+                if acc.value not in seen:
+                    seen.add(acc.value)
+                    if not acc.flat.affine:
+                        stack.append(acc.flat.expr)
+    return seen
+
+
+def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
+    """{new value: target input} for the write-backs a kernel may store straight into their target.
+
+    Safe when: an elementwise kernel computes the new value and reads the target only at the element it
+    writes (or not at all); no later step reads the target; the value is no other result; and no step
+    that may fail (a bounds check, a non-matmul extern) runs at or after the first such kernel (the
+    program stops at the first failure, so a failed call still leaves the targets untouched). The caller
+    passes a private copy of a target whose array it cannot hand over (`Program.run`)."""
+    results = graph.results()
+    count = {}
+    for r in results:
+        count[r] = count.get(r, 0) + 1
+    targets = [dst for dst, _ in graph.writebacks]
+    writer = {v: k for k, g in enumerate(groups) for v in g.outputs}
+    last_read = {}
+    for k, g in enumerate(groups):
+        for v in g.inputs:
+            last_read[v] = k
+    chosen = {}
+    for dst, src in graph.writebacks:
+        k = writer.get(src)
+        if k is None or dst not in input_index or targets.count(dst) != 1 or count[src] != 1:
+            continue
+        g = groups[k]
+        if (g.kind != ELEMENTWISE or tuple(src.shape) != tuple(dst.shape) or src.dtype is not dst.dtype
+                or tuple(src.shape) != tuple(g.space) or last_read.get(dst, -1) > k):
+            continue
+        if dst in g.inputs and not _inplace_pairs(g, (dst,), (src,)):
+            continue
+        chosen[src] = dst
+    for k, g in enumerate(groups):          # a kernel whose donated outputs read each other's targets
+        mine = {v: chosen[v] for v in g.outputs if v in chosen}
+        while mine and _store_order(g, mine) is None:
+            del chosen[next(iter(mine))]
+            mine = {v: chosen[v] for v in g.outputs if v in chosen}
+    if chosen:
+        first = min(writer[v] for v in chosen)
+        if any(_may_fail(g) for g in groups[first:]):
+            return {}
+        if any(_may_fail(g) for g in groups[:first]):
+            chosen = {v: d for v, d in chosen.items() if not any(_may_fail(g) for g in groups[writer[v]:])}
+    return chosen
+
+
+def _may_fail(g: FusionGroup) -> bool:
+    """Whether the step may stop the program with an error (an index check, an integer division,
+    an extern op other than a matmul)."""
+    if g.kind == EXTERN:
+        return g.extern.op.name != "matmul"
+    if any(not acc.flat.affine for acc in g.args.values()):        # gathers: bounds-checked indices
+        return True
+    exprs = list(g.exprs.values()) + [f for stage in g.stages for f in vars(stage).values() if isinstance(f, Expr)]
+    return any(isinstance(node, CheckedIndex) or (isinstance(node, Op) and node.op in _CHECKED_INT_OPS
+                                                  and not node.dtype.is_floating_point)
+               for e in exprs for node in walk_exprs(e))
+
+
+_CHECKED_INT_OPS = ("floordiv", "mod", "pow")       # division by zero, negative powers
 
 
 # ---------------------------------------------------------------- extern calls

@@ -17,18 +17,24 @@ Running it on a call:
 """
 from __future__ import annotations
 
+import functools
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.interrupts import FinishedInterrupt
+
 from ..autograd.function import Function, FunctionCtx, connect
 from ..ops.dispatch import STATE
+from ..ops.registry import RANDOM
 from ..tensor import Tensor
 from . import logs, pytree
 from .backends import resolve
 from .capture import Trace
-from .ir import Graph
+from .interp import InterpExecutable
+from .ir import Graph, Value
 from .passes.pipeline import lower, lower_with_backward
 
 
@@ -69,6 +75,8 @@ class Program:
     backward: BackwardPlan | None
     compile_seconds: float
     joint: Graph | None = None
+    donated: dict = field(default_factory=dict)     # executable.donated: input index -> result position
+    precheck: object = None         # inputs -> every value-guarded value, run before the program (or None)
     _dtypes: list | None = None
     _dtypes_of: Graph | None = None
     _path: tuple | None = None
@@ -79,15 +87,29 @@ class Program:
 
     def run(self, call):
         inputs = self.read_inputs(call)
-        results = self.executable(inputs)
-        self.check_values(results)
-        results = owned(results, inputs)
+        if self.precheck is not None:               # value guards that depend on small inputs only
+            self.check_values(self.precheck(inputs), [pos for _, pos in self.value_guards])
+        try:
+            results = self.executable(inputs)
+        except FinishedInterrupt as stop:           # Ctrl-C after donated write-backs began: finish the call
+            self.commit(call, owned(stop.results, inputs, self.donated_results))
+            raise
+        if self.precheck is None:
+            self.check_values(results)
+        results = owned(results, inputs, self.donated_results)
         self.commit(call, results)
         return self.outputs(call, results, inputs)
 
-    def check_values(self, results) -> None:
+    @functools.cached_property
+    def donated_results(self) -> frozenset:
+        """Result positions a backend stored straight into their write-back target (not copied)."""
+        return frozenset(self.donated.values())
+
+    def check_values(self, results, positions=None) -> None:
+        """Raise ValueGuardFailed at the first value guard not holding; `results[positions[k]]` (default:
+        the guard's own result position) holds guard k's value."""
         for k, ((spec, pos), expected) in enumerate(zip(self.value_guards, self.value_path())):
-            got = outcome_of(spec.kind, results[pos])
+            got = outcome_of(spec.kind, results[pos if positions is None else k])
             if got != expected:
                 raise ValueGuardFailed(k, got, spec)
 
@@ -111,7 +133,8 @@ class Program:
 
     def _write(self, call, targets, results) -> None:
         for t, arr in targets:
-            np.copyto(t._data, arr)
+            if arr is not t._data:                  # a donated write-back is in place already
+                np.copyto(t._data, arr)
             t._version[0] += 1
         dtypes = self.result_dtypes
         for owner, pos in self.grad_bindings:
@@ -214,18 +237,61 @@ def build_program(trace: Trace, backend_name, *, name: str) -> Program:
     sources = tuple(trace.sources)
     if plan is None:
         graph, sources = _drop_unused_inputs(graph, sources)
-    executable = backend.compile(graph)
+    precheck = _precheck(graph, trace.value_guards) if trace.value_guards else None
+    if getattr(backend, "donates_writebacks", False):
+        # donated write-backs are stored during the run: only when no value guard can fail after it
+        executable = backend.compile(graph, donate=not trace.value_guards or precheck is not None)
+    else:
+        executable = backend.compile(graph)
+    if not getattr(executable, "donated", None):
+        precheck = None                     # nothing stored early: checking after the run costs less
     n_out = len(graph.outputs)
     pos = {v: k for k, v in enumerate(graph.inputs)}
     writebacks = tuple((pos[dst], n_out + k) for k, (dst, _) in enumerate(graph.writebacks))
     program = Program(name, raw, graph, executable, sources, tuple(trace.guards),
                       tuple(trace.value_guards), trace.out_spec, tuple(trace.out_leaves), tuple(trace.grad_bindings),
-                      writebacks, plan, time.perf_counter() - t0, joint)
+                      writebacks, plan, time.perf_counter() - t0, joint,
+                      dict(getattr(executable, "donated", None) or {}), precheck)
     logs.program_compiled(program)
     return program
 
 
 # ---------------------------------------------------------------- helpers
+PRECHECK_MAX_ELEMENTS = 1 << 16      # per value: a pre-check repeats work the program does anyway
+PRECHECK_MAX_NODES = 32
+
+
+def _precheck(graph: Graph, value_guards) -> InterpExecutable | None:
+    """An interpreter over the nodes computing every value-guarded result from the inputs, when all of
+    them depend only on small inputs through a few small, non-random nodes (an optimizer's
+    `momentum != 0` on its 0-d hyperparameters, a loss's range check of the labels): checked before
+    the run, such guards fail before anything is computed, so a program that stores write-backs into
+    their targets during the run stays safe. Else None."""
+    results = graph.results()
+    producers = graph.producers()
+    inputs = set(graph.inputs)
+    needed: set = set()
+    stack = [results[pos] for _, pos in value_guards]
+    while stack:
+        v = stack.pop()
+        if not isinstance(v, Value) or v in needed:
+            continue
+        if math.prod(v.shape) > PRECHECK_MAX_ELEMENTS:
+            return None
+        needed.add(v)
+        if v in inputs:
+            continue
+        node = producers.get(v)
+        if node is None or node.op.kind == RANDOM:
+            return None
+        stack.extend(node.value_inputs())
+    nodes = tuple(n for n in graph.nodes if any(v in needed for v in n.outputs))
+    if len(nodes) > PRECHECK_MAX_NODES:
+        return None
+    guarded = tuple(results[pos] for _, pos in value_guards)
+    return InterpExecutable(graph.replace(nodes=nodes, outputs=guarded, writebacks=()))
+
+
 def _drop_unused_inputs(graph: Graph, sources: tuple):
     """Inputs nothing reads (a `.grad` only tested for None, a tensor only passed through) are not read.
     Their guards stay."""
@@ -253,12 +319,16 @@ def _show(outcome) -> str:
     return repr(outcome)
 
 
-def owned(results: list, inputs: list) -> list:
+def owned(results: list, inputs: list, keep=frozenset()) -> list:
     """Results the caller may own: copy any array sharing memory with an input or an earlier result,
-    or that is read-only (a broadcast view)."""
+    or that is read-only (a broadcast view). Positions in `keep` (donated write-backs: their target's
+    own array) are left as they are."""
     taken = None
     out = []
-    for r in results:
+    for k, r in enumerate(results):
+        if k in keep:
+            out.append(r)
+            continue
         if taken is None and (r.base is not None or not r.flags.writeable
                               or any(r is a for a in inputs) or any(r is o for o in out)):
             taken = {id(_root(a)) for a in inputs} | {id(_root(o)) for o in out}

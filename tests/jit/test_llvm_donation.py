@@ -1,0 +1,223 @@
+"""Donated write-backs (LLVM backend): an elementwise kernel stores a captured tensor's new value
+straight into that tensor's array, so the commit copies nothing. Compiled == eager in every case,
+a target the program may not write into gets a private copy, and a call that fails (a bounds check,
+a value guard) leaves every target untouched."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+import tracetorch as tt
+import tracetorch.jit.backends
+import tracetorch.nn as nn
+import tracetorch.nn.functional as F
+
+pytestmark = pytest.mark.skipif("llvm" not in tracetorch.jit.backends.BACKENDS,
+                                reason="the LLVM backend is not registered")
+
+
+def _counters(n=6):
+    a = tt.zeros(n, dtype=tt.float64)
+    b = tt.zeros(n, dtype=tt.float64)
+
+    def step(x):
+        a.add_(x.exp())
+        b.mul_(0.5).add_(a)            # reads a's new value after a was stored in place
+        return a * b                   # elementwise: one kernel computes a, b and the result
+
+    return step, a, b
+
+
+def _run_both(make, calls, *args):
+    """The same steps eagerly and compiled, from the same state: (eager results, compiled results,
+    eager state, compiled state, compiled function)."""
+    step_e, *state_e = make()
+    step_c, *state_c = make()
+    f = tt.compile(step_c, backend="llvm")
+    res_e = [step_e(*args).detach().numpy().copy() for _ in range(calls)]
+    res_c = [f(*args).detach().numpy().copy() for _ in range(calls)]
+    return res_e, res_c, state_e, state_c, f
+
+
+def test_a_captured_update_is_stored_in_place_and_matches_eager():
+    x = tt.linspace(-1, 1, 6, dtype=tt.float64)
+    res_e, res_c, (a_e, b_e), (a_c, b_c), f = _run_both(_counters, 4, x)
+    np.testing.assert_allclose(res_c, res_e, rtol=1e-12)
+    np.testing.assert_allclose(a_c.numpy(), a_e.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(b_c.numpy(), b_e.numpy(), rtol=1e-12)
+    program = f.programs[0]
+    assert len(program.donated) == 2                      # both a and b
+    arrays = (a_c._data, b_c._data)
+    versions = (a_c._version[0], b_c._version[0])
+    f(x)
+    assert a_c._data is arrays[0] and b_c._data is arrays[1]     # the same arrays, updated in place
+    assert (a_c._version[0], b_c._version[0]) == (versions[0] + 1, versions[1] + 1)   # one commit each
+
+
+def test_sgd_momentum_step_donates_parameters_and_buffers():
+    def make():
+        tt.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+        opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        return step, model, opt
+
+    tt.manual_seed(1)
+    x, y = tt.randn(16, 5, dtype=tt.float32), tt.randint(0, 3, (16,))
+    res_e, res_c, (m_e, _), (m_c, _), f = _run_both(make, 5, x, y)
+    np.testing.assert_allclose(res_c, res_e, rtol=1e-5)
+    for (name, p_e), p_c in zip(m_e.named_parameters(), m_c.parameters()):
+        np.testing.assert_allclose(p_c.detach().numpy(), p_e.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    program = f.programs[0]
+    # the optimizer's `momentum != 0` and the labels' range check are checked before the run
+    assert program.value_guards and program.precheck is not None
+    assert len(program.donated) >= 4                       # the weights and their momentum buffers
+
+
+def test_targets_sharing_one_storage_get_private_copies():
+    base = tt.zeros(8, dtype=tt.float64)
+
+    def make():
+        store = base.clone()
+        lo, hi = store[:4], store[4:]
+
+        def step(x):
+            lo.add_(x)
+            hi.add_(lo * 2)
+            return store.sum()
+        return step, store
+
+    x = tt.arange(4.0, dtype=tt.float64)
+    res_e, res_c, (s_e,), (s_c,), _ = _run_both(make, 3, x)
+    np.testing.assert_array_equal(res_c, res_e)
+    np.testing.assert_array_equal(s_c.numpy(), s_e.numpy())
+
+
+def test_a_non_contiguous_target_is_updated_through_a_copy():
+    def make():
+        w = tt.arange(12.0, dtype=tt.float64).reshape(3, 4)
+        wt = w.t()                                         # a transposed view: not C-contiguous
+
+        def step(x):
+            wt.mul_(x)
+            return w.sum()
+        return step, w
+
+    x = tt.full((4, 3), 1.5, dtype=tt.float64)
+    res_e, res_c, (w_e,), (w_c,), _ = _run_both(make, 3, x)
+    np.testing.assert_array_equal(res_c, res_e)
+    np.testing.assert_array_equal(w_c.numpy(), w_e.numpy())
+
+
+def test_a_value_guard_on_computed_data_turns_donation_off():
+    a = tt.zeros(5, dtype=tt.float64)
+
+    def step(x):
+        a.add_(x)
+        if (a.sum() > 10).item():                          # depends on the run: checked after it
+            return a * 2
+        return a * 1
+
+    f = tt.compile(step, backend="llvm")
+    x = tt.ones(5, dtype=tt.float64)
+    f(x)
+    assert f.programs[0].donated == {} and f.programs[0].precheck is None
+    f(x)
+    f(x)                                                   # sum goes 10 -> 15: the guard fails...
+    np.testing.assert_array_equal(a.numpy(), np.full(5, 3.0))   # ...the retried call applied once
+    assert f.stats()["traces"] == 2
+
+
+def test_a_failed_precheck_leaves_the_targets_untouched_and_retraces():
+    a = tt.zeros(3, dtype=tt.float64)
+    scale = tt.tensor(1.0, dtype=tt.float64)
+
+    def step(x):
+        if scale != 0:                                     # a guard on a 0-d input: checked before the run
+            a.add_(x * scale)
+        return a * 2
+
+    f = tt.compile(step, backend="llvm")
+    x = tt.ones(3, dtype=tt.float64)
+    f(x)
+    f(x)
+    assert f.programs[0].precheck is not None and f.programs[0].donated
+    scale.fill_(0)
+    f(x)                                                   # precheck fails: retraced, a unchanged
+    np.testing.assert_array_equal(a.numpy(), np.full(3, 2.0))
+    assert f.stats()["traces"] == 2
+
+
+def test_an_index_error_before_the_update_commits_nothing():
+    table = tt.arange(10.0, dtype=tt.float64)
+    acc = tt.zeros(4, dtype=tt.float64)
+
+    def step(idx):
+        acc.add_(table[idx])                               # a bounds-checked gather, then the update
+        return acc.sum()
+
+    f = tt.compile(step, backend="llvm")
+    good = tt.tensor([1, 2, 3, 4])
+    f(good)
+    f(good)
+    before = acc.numpy().copy()
+    with pytest.raises(IndexError):
+        f(tt.tensor([1, 2, 30, 4]))
+    np.testing.assert_array_equal(acc.numpy(), before)
+    f(good)
+    np.testing.assert_array_equal(acc.numpy(), before + [1, 2, 3, 4])
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_sigint_while_donated_updates_run_finishes_the_call():
+    """Real SIGINTs at different moments of a call whose parallel kernels store into their targets:
+    the interrupt is held until the call is finished and committed, so the targets never disagree."""
+    n = 1 << 19
+    a = tt.zeros(n, dtype=tt.float64)
+    b = tt.zeros(n, dtype=tt.float64)
+
+    def step(x):
+        a.add_(x.sin().exp())
+        total = a.sum()                                    # a reduction between the two updates:
+        b.add_(x.sin().exp() * 2 * (total > -1))           # b is written by a later kernel than a
+        return b - 2 * a
+
+    f = tt.compile(step, backend="llvm")
+    x = tt.linspace(-3, 3, n, dtype=tt.float64)
+    f(x)
+    f(x)
+    assert f.programs[0].donated
+    armed = [False]
+
+    def handler(signum, frame):
+        if armed[0]:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        for round_ in range(8):
+            timer = threading.Timer((round_ * 0.37) % 1 * 0.004, os.kill, (os.getpid(), signal.SIGINT))
+            try:
+                armed[0] = True
+                timer.start()
+                for _ in range(1000):
+                    f(x)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                armed[0] = False
+                timer.join()
+            np.testing.assert_array_equal(b.numpy(), 2 * a.numpy(), err_msg=f"round {round_}")
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert np.abs(f(x).numpy()).max() == 0
