@@ -221,6 +221,14 @@ def default_engine() -> LLVMEngine:
 
 
 # ---------------------------------------------------------------- running
+def _address(a: np.ndarray) -> int:
+    """The data address of an array: through a ctypes view of its buffer (a fifth of the cost of
+    `a.ctypes.data`, paid for each input array that changed since the last call), when it has one."""
+    if a.flags.writeable and a.nbytes:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    return a.ctypes.data
+
+
 class CompiledProgram:
     """A program linked and ready: call it with input arrays, get fresh output arrays.
 
@@ -230,6 +238,7 @@ class CompiledProgram:
     neither freed nor resized meanwhile. Calls are serialized by a lock (one buffer table
     and one arena per program).
     """
+    fresh_outputs = True        # each call's outputs: distinct pool arrays that nothing else references
 
     def __init__(self, engine: LLVMEngine, program: Program, rendered: RenderedProgram,
                  library: llvm.ResourceTracker, plan: MemoryPlan):
@@ -243,14 +252,15 @@ class CompiledProgram:
         self.arena = Arena(plan)
         self._pool = engine.pool
         buffers = program.buffers
-        self._table = np.zeros(max(len(buffers), 1), dtype=np.int64)
-        self._table_addr = self._table.ctypes.data
+        self._table = (ctypes.c_int64 * max(len(buffers), 1))()      # ctypes: cheaper to write than numpy
+        self._table_addr = ctypes.addressof(self._table)
         self._err = (ctypes.c_int32 * 2)()
         self._err_addr = ctypes.addressof(self._err)
         self._lock = threading.Lock()
         n_in, n_out = len(program.inputs), len(program.outputs)
         for slot, buf in enumerate(buffers[n_in + n_out:], start=n_in + n_out):
             self._table[slot] = self.arena.address(buf.name)
+        self._n_inputs = n_in
         self._in_specs = [(b.shape, b.dtype.np, b.name) for b in program.inputs]
         self._out_specs = [(b.shape, b.dtype.np, b.nbytes) for b in program.outputs]
         self._last_inputs: list = [None] * len(program.inputs)
@@ -284,8 +294,12 @@ class CompiledProgram:
         return steps
 
     def __call__(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        if len(inputs) != len(self._in_specs):
-            raise TypeError(f"program {self.program.name!r} takes {len(self._in_specs)} inputs, got {len(inputs)}")
+        return tuple(self.run(inputs))
+
+    def run(self, inputs) -> list[np.ndarray]:
+        """`self(*inputs)` as a list, for callers holding the inputs in a sequence already."""
+        if len(inputs) != self._n_inputs:
+            raise TypeError(f"program {self.program.name!r} takes {self._n_inputs} inputs, got {len(inputs)}")
         with self._lock:
             table, last = self._table, self._last_inputs
             for slot, a in enumerate(inputs):
@@ -297,23 +311,16 @@ class CompiledProgram:
                 if a.shape != shape:
                     raise ValueError(f"program {self.program.name!r}: input {name!r} must have shape {shape}, "
                                      f"got {a.shape}")
-                table[slot] = a.ctypes.data
+                table[slot] = _address(a)
                 last[slot] = a                       # held: its memory cannot move or be freed meanwhile
-            outputs = []
-            slot = len(inputs)
-            pool = self._pool
-            for shape, dtype, nbytes in self._out_specs:
-                out, address = pool.array(shape, dtype, nbytes)
-                table[slot] = address
-                outputs.append(out)
-                slot += 1
+            outputs = self._pool.arrays(self._out_specs, table, self._n_inputs)
             if self._steps is None:
                 self._entry(self._table_addr, self._err_addr)
             else:
                 self._run_steps(outputs)
             if self._err[0]:
                 self._raise()
-            return tuple(outputs)
+            return outputs
 
     def _coerce(self, a, dtype, name) -> np.ndarray:
         a = np.asarray(a)

@@ -100,27 +100,41 @@ class BufferPool:
     array last handed out from a buffer is kept: when it comes back unused
     with the same shape and dtype, it is handed out again as is (no new
     array object: the common case of a program called in a loop).
+
+    Each thread keeps its own buffers (a thread cache, as in malloc): only the
+    thread that allocated a buffer hands it out again, so no two threads can
+    claim one buffer and a claim takes no lock. (An array handed out may be
+    used and dropped by any thread.)
     """
 
     MAX_PER_SIZE = 8
 
     def __init__(self):
-        self._owners: dict[int, list] = {}   # nbytes -> [[owner uint8 array, offset, address, last array], ...]
-        self.reused = self.allocated = 0
-        self._lock = threading.Lock()         # checking and claiming a buffer must not interleave
+        self._local = _ThreadBuffers()
+        self.reused = self.allocated = 0      # not locked: a count may be missed when threads race
 
     def array(self, shape: tuple, dtype: np.dtype, nbytes: int | None = None) -> tuple[np.ndarray, int]:
         """(an uninitialized array of `shape` and `dtype`, its data address), reusing a free buffer."""
         if nbytes is None:
             dtype = np.dtype(dtype)
             nbytes = math.prod(shape) * dtype.itemsize
-        with self._lock:
-            return self._array(shape, dtype, nbytes)
+        return self._array(shape, dtype, nbytes)
+
+    def arrays(self, specs, table, slot: int) -> list[np.ndarray]:
+        """A program's outputs: an array for each (shape, dtype, nbytes) of `specs`, its address
+        written to `table[slot]`, `table[slot + 1]`, ... (the program's buffer table)."""
+        out = []
+        for shape, dtype, nbytes in specs:
+            arr, table[slot] = self._array(shape, dtype, nbytes)
+            out.append(arr)
+            slot += 1
+        return out
 
     def _array(self, shape: tuple, dtype: np.dtype, nbytes: int) -> tuple[np.ndarray, int]:
-        entries = self._owners.get(nbytes)
+        owners = self._local.owners
+        entries = owners.get(nbytes)
         if entries is None:
-            entries = self._owners[nbytes] = []
+            entries = owners[nbytes] = []
         for entry in entries:
             # references to a free owner: its entry, the getrefcount argument, and the last array's base
             if entry[3] is None:
@@ -134,13 +148,20 @@ class BufferPool:
                 last = entry[3] = np.ndarray(shape, dtype, buffer=entry[0], offset=entry[1])
             return last, entry[2]
         owner = np.empty(nbytes + ALIGN, dtype=np.uint8)
-        shift = (-owner.ctypes.data) % ALIGN
+        base = owner.ctypes.data
+        shift = (-base) % ALIGN
         arr = np.ndarray(shape, dtype, buffer=owner, offset=shift)
         if len(entries) >= self.MAX_PER_SIZE:
             entries.pop(0)                          # forget the oldest buffer (still in use)
-        entries.append([owner, shift, owner.ctypes.data + shift, arr])
+        entries.append([owner, shift, base + shift, arr])
         self.allocated += 1
-        return arr, owner.ctypes.data + shift
+        return arr, base + shift
 
     def clear(self) -> None:
-        self._owners.clear()
+        """Forget every thread's buffers."""
+        self._local = _ThreadBuffers()
+
+
+class _ThreadBuffers(threading.local):
+    def __init__(self):
+        self.owners: dict[int, list] = {}   # nbytes -> [[owner uint8 array, offset, address, last array], ...]

@@ -34,6 +34,17 @@ def test_outputs_are_fresh_arrays(engine):
     assert not np.shares_memory(first, compiled.arena.memory)
 
 
+def test_inputs_are_read_where_they_are_views_read_only_or_new_each_call(engine):
+    compiled = engine.compile(two_stage_program(16, name="addresses"))
+    base = np.arange(40, dtype=np.float32) / 10
+    frozen = base[:16].copy()
+    frozen.flags.writeable = False
+    for x in (base[5:21], frozen, base[20:36], base[5:21].copy()):     # an offset view, read-only, ...
+        y, _ = compiled(x)
+        np.testing.assert_allclose(y, np.exp(x) * 0.5 + x, rtol=1e-6)
+    assert compiled.run([base[:16]])[0].shape == (16,)
+
+
 def test_identical_programs_share_loaded_code(engine):
     before, hits = engine.stats.compiles, engine.stats.memory_hits
     first = engine.compile(two_stage_program(333, name="shared"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -65,6 +66,38 @@ def test_pool_keeps_buffers_alive_through_views():
     del view
     again, again_addr = pool.array((64,), np.float64)
     assert again_addr == addr
+
+
+def _in_thread(fn):
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def test_pool_buffers_go_back_to_the_thread_that_allocated_them():
+    pool = BufferPool()
+    x, addr = pool.array((32,), np.float32)
+    del x
+    assert _in_thread(lambda: pool.array((32,), np.float32)[1]) != addr     # another thread: its own buffer
+    y, addr_y = pool.array((32,), np.float32)
+    assert addr_y == addr
+    held = [y]
+    del y
+    _in_thread(held.clear)                      # dropped by another thread: free for this one again
+    z, addr_z = pool.array((32,), np.float32)
+    assert addr_z == addr
+    pool.clear()
+    assert pool.array((32,), np.float32)[1] != addr
+
+
+def test_pool_arrays_writes_the_addresses_of_a_programs_outputs():
+    pool = BufferPool()
+    table = [0] * 4
+    a, b = pool.arrays([((2, 3), np.dtype(np.float32), 24), ((5,), np.dtype(np.int64), 40)], table, 2)
+    assert (a.shape, a.dtype, b.shape, b.dtype) == ((2, 3), np.float32, (5,), np.int64)
+    assert table == [0, 0, a.ctypes.data, b.ctypes.data]
 
 
 def test_plan_must_keep_the_buffers_of_one_kernel_apart(engine):

@@ -49,18 +49,22 @@ class OutputLeaf:
     source: object = None   # "input": where that tensor object is found at call time
 
 
-@dataclass(frozen=True)
 class Call:
-    """One call's arguments, flattened: `spec` is compared by guards, `leaves` are its tensors."""
-    args: tuple
-    kwargs: dict
-    leaves: list
-    spec: tuple
+    """One call's arguments, flattened: `spec` is compared by guards, `leaves` (a sequence) are its
+    tensors. A plain slotted class: every compiled call makes one."""
+    __slots__ = ("args", "kwargs", "leaves", "spec")
+
+    def __init__(self, args: tuple, kwargs: dict, leaves, spec: tuple):
+        self.args, self.kwargs, self.leaves, self.spec = args, kwargs, leaves, spec
 
     @staticmethod
     def of(args, kwargs) -> "Call":
-        if not kwargs and all(type(a) is Tensor for a in args):      # the common case, without a walk
-            return Call(args, kwargs, list(args), _tensor_args_spec(len(args)))
+        if not kwargs:                          # the common case, tensors only: no walk
+            for a in args:
+                if type(a) is not Tensor:
+                    break
+            else:
+                return Call(args, kwargs, args, _tensor_args_spec(len(args)))
         leaves, spec = pytree.flatten((args, kwargs))
         return Call(args, kwargs, leaves, spec)
 

@@ -15,8 +15,10 @@ A call to a compiled function:
    failing and the function runs eagerly from then on.
 
 A compiled method or Module keeps one cache per instance (`__get__` binds a
-per-instance `CompiledFunction`). The cache is protected by a lock; tracing
-state itself is per thread.
+per-instance `CompiledFunction`). Tracing and caching take a lock; a cached
+call takes none: the cache is a tuple replaced whole, each program checks its
+guards with one generated function (guards.compile_guards) and calls are
+counted per thread. Tracing state itself is per thread.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import inspect
 import os
 import threading
 import warnings
+from threading import get_ident
 import weakref
 from collections import Counter
 
@@ -64,14 +67,15 @@ class CompiledFunction:
         self.name = name or getattr(fn, "__qualname__", getattr(fn, "__name__", "fn"))
         self.ir_name = _identifier(self.name.rsplit(".", 1)[-1])       # the IR's `def <name>(...)`
         self._lock = threading.RLock()
-        self._programs: list = []
-        self._generation = 0                # bumped when a program is cached
+        self._programs: tuple = ()          # replaced, never mutated: a call reads it without the lock
+        self._generation = 0                # bumped after a program is cached
         self._instances = weakref.WeakKeyDictionary()
         self._gave_up: str | None = None
         self._last_program = None
         self._failures: Counter = Counter()
         self._failure_detail: dict = {}
         self._stats = _new_stats()
+        self._call_counts: dict = {}        # thread id -> [calls, cache hits] (see _count_call)
         try:
             functools.update_wrapper(self, fn)
         except (AttributeError, TypeError):
@@ -104,69 +108,72 @@ class CompiledFunction:
 
     # ------------------------------------------------------------ calling
     def __call__(self, *args, **kwargs):
-        target = self._target()
-        if self.options["mode"] == "eager" or os.environ.get("TRACETORCH_DISABLE") == "1" \
-                or STATE.tracer is not None:
+        target = self.fn if self._self_ref is None else self._target()
+        if self.options["mode"] == "eager" or compilation_disabled() or STATE.tracer is not None:
             return target(*args, **kwargs)
         if self._gave_up is not None:
             self._stats["fallbacks"] += 1
             return target(*args, **kwargs)
         call = Call.of(args, kwargs)
-        with self._lock:
-            self._stats["calls"] += 1
-        while True:
-            with self._lock:
-                generation = self._generation
-                candidates, failed = self._candidates(call)
-            if self.options["check"] and candidates:
-                from .check import run_checked
-                result = run_checked(self, candidates[0], call, target)
-                if result is not _NOT_CHECKED:
+        served_by = None                # the cached program that ran
+        try:
+            generation, programs = self._generation, self._programs     # in this order (see _trace)
+            while True:
+                if self.options["check"]:
+                    program, _ = _first_fitting(programs, call)
+                    if program is not None:
+                        from .check import run_checked
+                        result = run_checked(self, program, call, target)
+                        if result is not _NOT_CHECKED:
+                            return result
+                served_by, result = self._run_cached(call, programs)
+                if served_by is not None:
                     return result
-            result = self._run_cached(call, candidates)
-            if result is not _MISS:
-                return result
-            with self._lock:
-                if self._generation != generation:      # another thread cached a trace meanwhile
-                    continue
-                for guard in failed:
-                    self._note_static_failure(guard, call)
-                return self._trace(call, target)
+                with self._lock:
+                    if self._generation != generation:      # another thread cached a trace meanwhile
+                        generation, programs = self._generation, self._programs
+                        continue
+                    for program in programs:
+                        guard = first_failure(program.guards, call)
+                        if guard is not None:
+                            self._note_static_failure(guard, call)
+                    return self._trace(call, target)
+        finally:
+            self._count_call(served_by)
 
-    def _run_cached(self, call, candidates):
-        """Run the first fitting program; on a value-guard failure, the sibling whose recorded outcomes
-        agree with the ones just observed (the trace tree). _MISS if none fits."""
+    def _run_cached(self, call, programs):
+        """(program, result): run the first program whose static guards pass (most recently used first);
+        on a value-guard failure, the one whose recorded outcomes agree with the ones just observed (the
+        trace tree). (None, None) if none fits."""
         tried = []
-        program = candidates[0] if candidates else None
+        program, inputs = _first_fitting(programs, call)
         while program is not None:
             try:
-                result = program.run(call)
+                return program, program.run(call, inputs)
             except ValueGuardFailed as fail:
                 self._note_value_failure(fail)
                 tried.append(program)
                 path = program.value_path()[:fail.position] + (fail.outcome,)
-                program = next((p for p in candidates if p not in tried
-                                and p.value_path()[:fail.position + 1] == path), None)
-                continue
-            with self._lock:
-                self._stats["cache_hits"] += 1
-                if self._programs and self._programs[0] is not program and program in self._programs:
-                    self._programs.remove(program)
-                    self._programs.insert(0, program)
-            return result
-        return _MISS
+                program, inputs = _first_fitting([p for p in programs if p not in tried
+                                                  and p.value_path()[:fail.position + 1] == path], call)
+        return None, None
 
-    def _candidates(self, call):
-        """Programs whose static guards pass (most recently used first), and the first failing guard of
-        each of the others."""
-        ok, failed = [], []
-        for p in self._programs:
-            g = first_failure(p.guards, call)
-            if g is None:
-                ok.append(p)
-            else:
-                failed.append(g)
-        return ok, failed
+    def _count_call(self, served_by) -> None:
+        """Count one compiled call, after it ran, in this thread's [calls, cache hits]: only this thread
+        writes them, so no lock is taken (`stats()` adds up the threads'). A cache hit moves its program
+        to the front."""
+        counts = self._call_counts.get(get_ident())
+        if counts is None:
+            counts = self._call_counts.setdefault(get_ident(), [0, 0])
+        counts[0] += 1
+        if served_by is not None:
+            counts[1] += 1
+            cached = self._programs
+            if cached and cached[0] is not served_by:
+                with self._lock:
+                    cached = self._programs
+                    if served_by in cached:
+                        self._programs = (served_by,) + tuple(p for p in cached if p is not served_by)
 
     def _note_static_failure(self, guard, call):
         detail, key = guard.actual(call), guard.failure_key(call)
@@ -235,8 +242,8 @@ class CompiledFunction:
             for key in ("kernels_before_fusion", "kernels_after_fusion", "bytes_moved", "planned_peak_bytes"):
                 if hasattr(program.executable, key):
                     self._stats[key] = getattr(program.executable, key)
-            self._programs.insert(0, program)
-            self._generation += 1
+            self._programs = (program,) + self._programs
+            self._generation += 1       # after: a call reads the generation, then the programs
             self._last_program = program
             return trace.result
 
@@ -259,6 +266,8 @@ class CompiledFunction:
         with self._lock:
             s = dict(self._stats)
             s["guard_failures"] = dict(self._stats["guard_failures"])
+            counts = list(self._call_counts.values())
+            s["calls"], s["cache_hits"] = sum(c[0] for c in counts), sum(c[1] for c in counts)
             s["cache_entries"] = len(self._programs)
             s["eager_since_limit"] = self._gave_up is not None
             return s
@@ -279,13 +288,14 @@ class CompiledFunction:
 
     def reset(self) -> None:
         with self._lock:
-            self._programs.clear()
+            self._programs = ()
             self._generation += 1
             self._gave_up = None
             self._last_program = None
             self._failures.clear()
             self._failure_detail.clear()
             self._stats = _new_stats()
+            self._call_counts = {}
             for bound in list(self._instances.values()):
                 bound.reset()
 
@@ -393,6 +403,7 @@ def _wrap(fn, opts):
 
 
 def _new_stats() -> dict:
+    # "calls" and "cache_hits" are counted per thread (CompiledFunction._count_call), filled in by stats()
     return {"calls": 0, "traces": 0, "failed_traces": 0, "compiles": 0, "cache_hits": 0, "guard_failures": Counter(),
             "value_guard_misses": 0, "uncached_traces": 0, "fallbacks": 0, "checked_calls": 0, "nodes": 0,
             "kernels": 0,
@@ -405,5 +416,29 @@ def _identifier(name: str) -> str:
     return out or "fn"
 
 
+def _first_fitting(programs, call):
+    """(the first of `programs` whose static guards all hold, its inputs for `call`), or (None, None)."""
+    for p in programs:
+        inputs = p.inputs_if_fits(call)
+        if inputs is not None:
+            return p, inputs
+    return None, None
+
+
+_DISABLE = "TRACETORCH_DISABLE"
+_ENVIRON = os.environ
+try:        # os.environ's own dict and how it spells the key and "1" (bytes on POSIX)
+    _ENVIRON_DATA, _DISABLE_KEY, _DISABLE_ON = _ENVIRON._data, _ENVIRON.encodekey(_DISABLE), _ENVIRON.encodevalue("1")
+except AttributeError:
+    _ENVIRON_DATA = None
+
+
+def compilation_disabled() -> bool:
+    """`os.environ.get("TRACETORCH_DISABLE") == "1"`, read on every call (it may be set at run time),
+    but from os.environ's dict directly: os.environ.get encodes the key and costs ~0.6 us a call."""
+    if _ENVIRON_DATA is not None and os.environ is _ENVIRON:
+        return _ENVIRON_DATA.get(_DISABLE_KEY) == _DISABLE_ON
+    return os.environ.get(_DISABLE) == "1"
+
+
 _NOT_CHECKED = object()      # check mode did not apply (a value guard failed): run normally
-_MISS = object()             # no cached program fits

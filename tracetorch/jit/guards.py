@@ -44,6 +44,11 @@ class Guard:
         """What failed, for `.stats()['guard_failures']` and the cache-limit warning."""
         return self.subject
 
+    def code(self, bind) -> list:
+        """`check` as Python statements that `return None` where it fails (see `compile_guards`);
+        `bind(obj, hint)` names an object the statements use."""
+        return [f"if not {bind(self, 'guard')}.check(call): return None"]
+
 
 @dataclass(frozen=True, eq=False)
 class SpecGuard(Guard):
@@ -54,6 +59,9 @@ class SpecGuard(Guard):
 
     def check(self, call) -> bool:
         return call.spec == self.spec
+
+    def code(self, bind) -> list:
+        return [f"if not (call.spec == {bind(self.spec, 'spec')}): return None"]
 
     def describe(self) -> str:
         return f"arguments match {_call_text(self.spec)} (T: a tensor; other values are constants)"
@@ -77,6 +85,12 @@ class TensorGuard(Guard):
         t = self.source.tensor(call.leaves)
         return (t is not None and t._data.shape == self.shape and t._dtype is self.dtype
                 and t.requires_grad == self.requires_grad)
+
+    def code(self, bind) -> list:
+        shape, dtype = bind(self.shape, "shape"), bind(self.dtype, "dtype")
+        return [f"t = {self.source.expression(bind)}",
+                f"if t is None or not (t._data.shape == {shape} and t._dtype is {dtype} "
+                f"and t.requires_grad == {self.requires_grad!r}): return None"]
 
     def describe(self) -> str:
         return (f"{self.source.describe()}: shape {self.shape}, {self.dtype.name}, cpu, "
@@ -103,6 +117,10 @@ class GradGuard(Guard):
         p = self.owner.tensor(call.leaves)
         return p is not None and (p._grad is not None) == self.present
 
+    def code(self, bind) -> list:
+        return [f"p = {self.owner.expression(bind)}",
+                f"if p is None or not ((p._grad is not None) == {self.present!r}): return None"]
+
     def describe(self) -> str:
         return f"{self.name}.grad is {'not None' if self.present else 'None'}"
 
@@ -126,6 +144,11 @@ class ObjectGuard(Guard):
     def check(self, call) -> bool:
         obj = self.ref()
         return obj is not None and self.snapshot(obj) == self.expected
+
+    def code(self, bind) -> list:
+        snapshot, expected = bind(self.snapshot, "snapshot"), bind(self.expected, "expected")
+        return [f"o = {bind(self.ref, 'ref')}()",
+                f"if o is None or not ({snapshot}(o) == {expected}): return None"]
 
     def describe(self) -> str:
         return f"{self.name}: {self.snapshot.__doc__.strip()} as traced ({_short(self.expected)})"
@@ -162,6 +185,9 @@ class ConstantGuard(Guard):
     def check(self, call) -> bool:
         return self.read() == self.expected
 
+    def code(self, bind) -> list:
+        return [f"if not ({bind(self.read, 'read')}() == {bind(self.expected, 'expected')}): return None"]
+
     def describe(self) -> str:
         return f"{self.name} == {self.expected!r}"
 
@@ -180,8 +206,31 @@ def first_failure(guards, call):
     return None
 
 
+def compile_guards(guards, sources=(), name: str = "a program") -> Callable:
+    """One function `(call) -> list | None`: the arrays of `sources` (a program's inputs) when every guard
+    holds for `call`, else None (`first_failure` says which one fails). Generated from each guard's
+    `code` and each source's `expression`, so a cached call checks its guards (W3 has 36) and reads its
+    inputs without a Python call per guard or input. `.source` is its text."""
+    objects: dict = {}          # id -> (identifier, object)
+
+    def bind(obj, hint: str) -> str:
+        if id(obj) not in objects:
+            objects[id(obj)] = (f"{hint}{len(objects)}", obj)
+        return objects[id(obj)][0]
+
+    lines = ["def inputs_if_fits(call):", "leaves = call.leaves"]
+    lines += [line for g in guards for line in g.code(bind)]
+    lines.append(f"return [{', '.join(f'{src.expression(bind)}._data' for src in sources)}]")
+    source = "\n    ".join(lines) + "\n"
+    namespace = {ident: obj for ident, obj in objects.values()}
+    exec(compile(source, f"<guards of {name}>", "exec"), namespace)
+    fn = namespace["inputs_if_fits"]
+    fn.source = source
+    return fn
+
+
 # ---------------------------------------------------------------- snapshots, as data
-_NO_HOOKS: dict = {}
+_NO_HOOKS: dict = {}        # an empty mapping, never written
 
 
 def module_snapshot(keys):
@@ -203,14 +252,15 @@ def _module_keys(m) -> tuple:
 
 def optimizer_snapshot(opt):
     """flags, parameter and hyperparameter identities, and which state tensors each parameter has"""
-    state = opt.state
+    state = opt.state                   # (taken on every call: list comprehensions, not generators)
     groups = []
     for group in opt.param_groups:
         params = dict.__getitem__(group, "params")
-        tensors = getattr(group, "tensors", {})
-        flags = tuple((k, v) for k, v in dict.items(group) if k != "params" and k not in tensors and is_constant(v))
-        hyper = tuple((k, id(v)) for k, v in tensors.items())
-        st = tuple(_state_signature(state.get(p)) for p in params)
+        tensors = getattr(group, "tensors", _NO_HOOKS)
+        flags = tuple([(k, v) for k, v in dict.items(group) if k != "params" and k not in tensors
+                       and is_constant(v)])
+        hyper = tuple([(k, id(v)) for k, v in tensors.items()])
+        st = tuple([_state_signature(state.get(p)) for p in params])
         groups.append((tuple(map(id, params)), flags, hyper, st))
     return tuple(groups)
 
@@ -218,7 +268,7 @@ def optimizer_snapshot(opt):
 def _state_signature(s):
     if not s:
         return None
-    return tuple((k, id(v) if not is_constant(v) else v) for k, v in s.items())
+    return tuple([(k, v if is_constant(v) else id(v)) for k, v in s.items()])
 
 
 def state_guards(reach: Reach) -> list:
@@ -286,6 +336,9 @@ class BindingGuard(Guard):
         obj = self.ref()
         return obj is not None and self.read() is obj
 
+    def code(self, bind) -> list:
+        return [f"o = {bind(self.ref, 'ref')}()", f"if o is None or {bind(self.read, 'read')}() is not o: return None"]
+
     def describe(self) -> str:
         return f"{self.name} is the {type(self.ref()).__name__} the trace read"
 
@@ -307,6 +360,9 @@ class SameObjectGuard(Guard):
 
     def check(self, call) -> bool:
         return call.leaves[self.first] is call.leaves[self.second]
+
+    def code(self, bind) -> list:
+        return [f"if leaves[{self.first}] is not leaves[{self.second}]: return None"]
 
     def describe(self) -> str:
         return f"{self.names[0]} and {self.names[1]} are the same tensor"

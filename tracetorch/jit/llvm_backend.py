@@ -86,9 +86,12 @@ class LLVMExecutable:
         self.planned_peak_bytes = lowered.arena.size
         self.intermediate_bytes = lowered.arena.total_bytes
         self.donated = dict(lowered.donated)    # graph input index -> result position stored into it
-        self._call = _caller(compiled, lowered)
+        # results_owned: the results share memory with no input and no other result and are writeable
+        # (fresh arrays from the runtime's pool): the program need not check them (program.owned)
+        self._call, self.results_owned = _caller(compiled, lowered, len(graph.inputs))
 
-    def __call__(self, inputs: list) -> list:
+    def __call__(self, inputs: list):
+        """The results (a sequence of arrays) for `graph.results()`."""
         return self._call(inputs)
 
     # ------------------------------------------------------------ reports
@@ -165,16 +168,21 @@ class LLVMExecutable:
         return compiled.arena.view(buf.name, buf.dtype.np, buf.shape)
 
 
-def _caller(compiled, lowered: LoweredProgram):
-    """The per-call path, kept short: W4-style programs are dominated by it."""
+def _caller(compiled, lowered: LoweredProgram, n_inputs: int):
+    """(the per-call function, whether its results are owned): kept short, W4-style programs are
+    dominated by it. Results are owned (see `results_owned`) when the engine's outputs are fresh and no
+    result is an input or another result's output."""
     positions = lowered.input_positions
     constants = list(lowered.constants)
     plan = lowered.results
-    simple = all(kind == "output" for kind, _ in plan) and [k for _, k in plan] == list(range(len(plan)))
-    if simple:
-        def call(inputs):
-            return list(compiled(*[inputs[i] for i in positions], *constants))
-        return call
+    indices = [k for kind, k in plan if kind == "output"]
+    owned = getattr(compiled, "fresh_outputs", False) and all(kind != "input" for kind, _ in plan) \
+        and len(set(indices)) == len(indices)
+    run = getattr(compiled, "run", None) or (lambda arrays: list(compiled(*arrays)))   # run: list -> list
+    if indices == list(range(len(plan))):                    # the results are the program's outputs
+        if not constants and positions == tuple(range(n_inputs)):
+            return run, owned
+        return (lambda inputs: run([inputs[i] for i in positions] + constants)), owned
     donated = tuple(lowered.donated)
     dtypes = {i: b.dtype.np for i, b in zip(positions, compiled.program.inputs)}
 
@@ -182,12 +190,12 @@ def _caller(compiled, lowered: LoweredProgram):
         if donated:
             inputs = _donatable(inputs, donated, dtypes)
         try:
-            outs = compiled(*[inputs[i] for i in positions], *constants)
+            outs = run([inputs[i] for i in positions] + constants)
         except FinishedInterrupt as stop:      # the results still ride along: the caller commits them
             stop.results = _results(plan, stop.outputs, inputs)
             raise
         return _results(plan, outs, inputs)
-    return call
+    return call, owned
 
 
 def _donatable(inputs: list, donated: tuple, dtypes: dict) -> list:

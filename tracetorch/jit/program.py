@@ -33,6 +33,7 @@ from ..tensor import Tensor
 from . import logs, pytree
 from .backends import resolve
 from .capture import Trace
+from .guards import compile_guards
 from .interp import InterpExecutable
 from .ir import Graph, Value
 from .passes.pipeline import lower, lower_with_backward
@@ -81,12 +82,21 @@ class Program:
     _dtypes_of: Graph | None = None
     _path: tuple | None = None
 
+    def __post_init__(self):
+        # inputs_if_fits(call): what read_inputs(call) returns if every static guard holds, else None
+        self.inputs_if_fits = compile_guards(self.guards, self.sources, self.name)
+        lone = len(self.out_leaves) == 1 and self.out_spec == pytree.TENSOR and self.out_leaves[0].kind == "value"
+        self._lone_result = self.out_leaves[0].index if lone else None     # the function returns one new tensor
+
     # ------------------------------------------------------------ running
     def read_inputs(self, call) -> list:
         return [src.tensor(call.leaves)._data for src in self.sources]
 
-    def run(self, call):
-        inputs = self.read_inputs(call)
+    def run(self, call, inputs: list | None = None):
+        """The stages of the module docstring, each skipped when this program has nothing for it to do.
+        `inputs`: read_inputs(call), when the caller has them already."""
+        if inputs is None:
+            inputs = self.read_inputs(call)
         if self.precheck is not None:               # value guards that depend on small inputs only
             self.check_values(self.precheck(inputs), [pos for _, pos in self.value_guards])
         try:
@@ -94,10 +104,12 @@ class Program:
         except FinishedInterrupt as stop:           # Ctrl-C after donated write-backs began: finish the call
             self.commit(call, owned(stop.results, inputs, self.donated_results))
             raise
-        if self.precheck is None:
+        if self.value_guards and self.precheck is None:
             self.check_values(results)
-        results = owned(results, inputs, self.donated_results)
-        self.commit(call, results)
+        if not getattr(self.executable, "results_owned", False):
+            results = owned(results, inputs, self.donated_results)
+        if self.writebacks or self.grad_bindings:
+            self.commit(call, results)
         return self.outputs(call, results, inputs)
 
     @functools.cached_property
@@ -151,6 +163,9 @@ class Program:
 
     def outputs(self, call, results, inputs):
         dtypes = self.result_dtypes
+        lone = self._lone_result
+        if lone is not None and self.backward is None:
+            return Tensor._make(results[lone], dtypes[lone])
         made: dict = {}
         leaves = []
         for leaf in self.out_leaves:
@@ -204,6 +219,7 @@ class CompiledBackward(Function):
         plan = ctx.plan
         arrays = list(ctx._saved) + [g._data for g in grads]
         res = iter(plan.executable(arrays))
+        owned_results = getattr(plan.executable, "results_owned", False)
         out = []
         wrt_dtypes = [v.dtype for v in plan.graph.outputs]
         k = 0
@@ -212,7 +228,7 @@ class CompiledBackward(Function):
                 out.append(None)
                 continue
             arr = next(res)
-            if not arr.flags.writeable or not arr.flags.owndata:
+            if not owned_results and (not arr.flags.writeable or not arr.flags.owndata):
                 arr = np.array(arr)
             out.append(Tensor._make(arr, wrt_dtypes[k]))
             k += 1

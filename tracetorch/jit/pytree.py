@@ -59,6 +59,8 @@ class _Ref:
 
 def unflatten(spec, leaves):
     """Rebuild a structure from a spec whose tensor positions take successive `leaves`."""
+    if spec[0] == "tensor":             # a lone tensor (the common compiled result)
+        return leaves[0]
     it = iter(leaves)
     return _unflatten(spec, it)
 

@@ -26,6 +26,10 @@ class ArgSource:
     def tensor(self, leaves):
         return leaves[self.index]
 
+    def expression(self, bind) -> str:
+        """`tensor(leaves)` as Python source (for guards.compile_guards; `bind(obj, hint)` names an object)."""
+        return f"leaves[{self.index}]"
+
     def describe(self) -> str:
         return self.name
 
@@ -37,6 +41,9 @@ class CapturedSource:
 
     def tensor(self, leaves):
         return self.ref()
+
+    def expression(self, bind) -> str:
+        return f"{bind(self.ref, 'ref')}()"
 
     def describe(self) -> str:
         return self.name
@@ -50,6 +57,9 @@ class GradSource:
     def tensor(self, leaves):
         p = self.owner.tensor(leaves)
         return None if p is None else p._grad
+
+    def expression(self, bind) -> str:
+        return f"getattr({self.owner.expression(bind)}, '_grad', None)"      # None when the owner is None
 
     def describe(self) -> str:
         return self.name
