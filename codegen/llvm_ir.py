@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -39,6 +38,7 @@ from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64,
 
 from . import llvm_math
 from .memo import ScopedMemo
+from .rendered import Check, RenderedProgram
 from .verify import verify_bounds
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op,
                      Program, Reduce, Stmt, Store, Var, walk_stmts)
@@ -47,21 +47,6 @@ VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F16, F32, F64 = ir.HalfType(), ir.FloatType(), ir.DoubleType()
 ENTRY = "program"
-
-
-@dataclass(frozen=True)
-class Check:
-    """What a failed check id means: the exception to raise and its message."""
-    error: type
-    message: str
-
-
-@dataclass(frozen=True)
-class RenderedProgram:
-    ir: str                               # LLVM IR text (module name "tracetorch": the runtime renames it)
-    entry: str                            # void program(ptr table, ptr err)
-    kernel_entries: tuple[str, ...]       # per kernel (program.kernels order): void (ptr table, ptr err, i64, i64)
-    checks: tuple[Check, ...]             # error flag value i+1 -> checks[i]
 
 
 def storage_type(dt: DType) -> ir.Type:

@@ -1,14 +1,16 @@
 """Object code cached on disk, so a second process compiles no LLVM at all.
 
 Location: `$TRACETORCH_CACHE_DIR/llvm/` if the variable is set, else
-`~/.cache/tracetorch/llvm/`. One file per compiled module (`<key>.o`; the
-engine also keeps small `<program key>.json` index entries), named by its key:
-the SHA-256 of the module's IR text, the host CPU name and features, the
-llvmlite and LLVM versions and this file format's version. An entry holds a
-header (magic, payload length, SHA-256 of the payload) and the object code;
-an entry that is truncated or corrupt fails the check, is deleted and the
-caller recompiles. Writes go to a temporary file renamed into place, so
-concurrent processes never see a partial entry.
+`~/.cache/tracetorch/llvm/`. Per compiled module, `<key>.o` (its object code)
+and, where a system linker exists, `<key>.so` (the same code linked into a
+shared object, which a warm start loads without LLVM); the engine also keeps
+small `<program key>.json` index entries. The key is the SHA-256 of the
+module's IR text, the host CPU name and features, the llvmlite and LLVM
+versions and this file format's version. An entry holds a header (magic,
+payload length, SHA-256 of the payload) and the payload; an entry that is
+truncated or corrupt fails the check, is deleted and the caller rebuilds it
+(relinks a shared object, recompiles object code). Writes go to a temporary
+file renamed into place, so concurrent processes never see a partial entry.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 FORMAT = b"TTOBJ1"
+CODE_MODEL = "pic small"      # how object code is generated (runtime.llvm_compiler): part of every key
 _HEADER_LEN = len(FORMAT) + 1 + 16 + 1 + 64 + 1   # magic, space, length (16 hex), space, sha256, newline
 
 
@@ -47,8 +50,8 @@ class DiskCache:
         return self.directory / f"{key}{suffix}"
 
     def load(self, key: str, suffix: str = ".o") -> bytes | None:
-        """The object code (or, with another suffix, other bytes) stored under `key`, or None (missing,
-        truncated or corrupt: deleted)."""
+        """The object code (or, with another suffix, the shared object or index entry) stored under
+        `key`, or None (missing, truncated or corrupt: deleted)."""
         path = self.path(key, suffix)
         try:
             blob = path.read_bytes()

@@ -2,16 +2,24 @@
 
 Compile: render the program to LLVM IR (codegen.llvm_ir), name the module by
 its cache key, optimize at O3 for the host CPU (new pass manager, loop and
-SLP vectorization), emit an object file. Object code is cached on disk
-(`runtime.disk_cache`), so a second process links the cached object and runs
-no LLVM optimization or code generation at all. A small index maps a hash
-of the program itself (`runtime.program_key`) to its object's key and entry
-points, so a program seen before (in this process or on disk) is not even
-rendered to IR again.
+SLP vectorization), emit position-independent object code
+(`runtime.llvm_compiler`, the only module that imports llvmlite.binding).
+Where a system linker exists (`runtime.shared_object`), the object is also
+linked into a shared object. Both are cached on disk (`runtime.disk_cache`).
+A small index maps a hash of the program itself (`runtime.program_key`,
+with a host fingerprint read without LLVM: `runtime.host`) to its object's
+key and entry points, so a program seen before (in this process or on disk)
+is not even rendered to IR again.
 
-Load: the object is linked into an ORC LLJIT as its own library (with the
-current process's symbols, for libm); the library's resource tracker frees
-the code when nothing holds it any more (MCJIT would keep it forever).
+Warm start: a process whose programs are all in the disk cache loads their
+shared objects with the system's dynamic loader and never imports LLVM
+(~45 ms saved); it compiles no LLVM at all in any case.
+
+Load: a shared object is loaded with dlopen and closed when nothing holds it;
+without one (no linker, linking failed, no memfd), the object is linked into
+an ORC LLJIT as its own library (with the current process's symbols, for
+libm), whose resource tracker frees the code when nothing holds it any more
+(MCJIT would keep it forever).
 
 Call: `CompiledProgram(*inputs)` validates the inputs, writes their
 addresses into the program's buffer table (temporaries' addresses, in the
@@ -31,18 +39,18 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-import llvmlite
-import llvmlite.binding as llvm
 import numpy as np
 
 from codegen.kernel import ExternCall, Loop, Program, Store, walk_stmts
-from codegen.llvm_ir import Check, RenderedProgram, render_program
+from codegen.rendered import Check, RenderedProgram
 
-from .disk_cache import DiskCache, cache_key
+from .disk_cache import CODE_MODEL, DiskCache
+from .host import host_fingerprint
 from .interrupts import FinishedInterrupt
 from .memory import Arena, BufferPool, MemoryPlan, sequential_plan
 from .parallel import ThreadTeam, default_threads
 from .program_key import program_key
+from .shared_object import LinkError, SharedLibrary, find_linker, link_shared
 
 _EXCEPTIONS = {e.__name__: e for e in (IndexError, ValueError, ZeroDivisionError, TypeError, ArithmeticError)}
 
@@ -53,23 +61,11 @@ PARALLEL_MIN_WORK = 1 << 18   # innermost iterations below which a kernel runs o
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 RANGE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
-_llvm_ready = False
 
-
-def _init_llvm() -> None:
-    global _llvm_ready
-    if not _llvm_ready:
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        _llvm_ready = True
-
-
-def host_target_machine() -> llvm.TargetMachine:
-    """A target machine for the host CPU at -O3. One per user: MCJIT/ORC may take ownership."""
-    _init_llvm()
-    target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                        features=llvm.get_host_cpu_features().flatten(), opt=3, jit=True)
+def render_program(program: Program) -> RenderedProgram:
+    """codegen.llvm_ir.render_program, imported on first use: a warm start never renders IR."""
+    from codegen.llvm_ir import render_program as render
+    return render(program)
 
 
 @dataclass
@@ -77,32 +73,37 @@ class EngineStats:
     compiles: int = 0          # modules optimized and compiled by LLVM in this process
     disk_hits: int = 0         # modules loaded from the on-disk cache
     memory_hits: int = 0       # programs whose code was already loaded in this process
+    links: int = 0             # shared objects made by the system linker
+    shared_loads: int = 0      # modules loaded as shared objects (the dynamic loader; no LLVM)
+    orc_links: int = 0         # modules linked by ORC (no shared object: LLVM is loaded)
     compile_seconds: float = 0.0
     load_seconds: float = 0.0  # all time in compile(): rendering, hashing, loading (and LLVM when it compiles)
     timings: dict = field(default_factory=dict)
 
 
 class LLVMEngine:
-    """Compiles programs for the host CPU; shares loaded code between identical programs."""
+    """Compiles programs for the host CPU; shares loaded code between identical programs.
+
+    `linker`: the command that links shared objects ("auto": `find_linker()`, looked up when first
+    needed; None: none are made, every module is linked by ORC). Cached shared objects are loaded
+    whenever the platform can.
+    """
 
     def __init__(self, cache: DiskCache | None = None, use_disk_cache: bool = True, threads: int | None = None,
-                 unroll: bool = False):
-        _init_llvm()
+                 unroll: bool = False, linker="auto"):
         self.unroll = unroll
-        self.cpu = llvm.get_host_cpu_name()
-        self.features = llvm.get_host_cpu_features().flatten()
-        self.versions = (f"llvmlite {llvmlite.__version__}, LLVM {'.'.join(map(str, llvm.llvm_version_info))}, "
-                         f"unroll={unroll}")
         self.cache = (cache or DiskCache()) if use_disk_cache else None
         self.stats = EngineStats()
-        self._tm = host_target_machine()
-        self._jit_tm = host_target_machine()      # owned by the JIT; never reused
-        self._jit = llvm.create_lljit_compiler(self._jit_tm)
+        self.shared_objects = SharedLibrary.supported()
+        self.linker = linker if self.shared_objects else None
+        self.link_error: str | None = None      # why linking was turned off in this process, if it was
+        self._compiler = None                    # runtime.llvm_compiler.LLVMCompiler, made when first needed
+        self._target: str | None = None
         # key -> loaded code, shared by identical programs; freed once no CompiledProgram holds it
         self._loaded_libraries: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._programs: dict = {}     # program key -> (object key, rendered program without IR text)
-        self._libraries_linked = 0
         self._lock = threading.Lock()
+        self._compiler_lock = threading.Lock()
         self._team: ThreadTeam | None = None
         self.threads = threads or default_threads()
         self.pool = BufferPool()
@@ -113,10 +114,32 @@ class LLVMEngine:
             self._team = ThreadTeam(self.threads)
         return self._team
 
+    @property
+    def compiler(self):
+        """The LLVM side (runtime.llvm_compiler): importing it loads LLVM, so only a cache miss does."""
+        with self._compiler_lock:
+            if self._compiler is None:
+                from .llvm_compiler import LLVMCompiler
+                self._compiler = LLVMCompiler(self.unroll)
+            return self._compiler
+
+    @property
+    def target(self) -> str:
+        """The host and toolchain part of program keys: a fingerprint read without LLVM where there is
+        one (runtime.host), else LLVM's host CPU, features and versions."""
+        if self._target is None:
+            fingerprint = host_fingerprint()
+            if fingerprint is not None:
+                self._target = f"{fingerprint}, unroll={self.unroll}, {CODE_MODEL}"
+            else:
+                c = self.compiler
+                self._target = f"{c.cpu} {c.features} {c.versions}"
+        return self._target
+
     # ------------------------------------------------------------ compiling
     def compile(self, program: Program, plan: MemoryPlan | None = None) -> CompiledProgram:
         t0 = time.perf_counter()
-        pkey = program_key(program, f"{self.cpu} {self.features} {self.versions}")
+        pkey = program_key(program, self.target)
         found = self._programs.get(pkey) or self._load_index(pkey)
         if found is not None:                  # seen before: its object is found without rendering the IR
             key, rendered = found
@@ -124,7 +147,7 @@ class LLVMEngine:
                                     (rendered.entry,) + rendered.kernel_entries)
         else:
             rendered = render_program(program)
-            key = cache_key(rendered.ir, self.cpu, self.features, self.versions)
+            key = self.compiler.key(rendered.ir)
             library = self._library(key, rendered.ir, (rendered.entry,) + rendered.kernel_entries)
             self._store_index(pkey, key, rendered)
         self._programs[pkey] = (key, RenderedProgram("", rendered.entry, rendered.kernel_entries, rendered.checks))
@@ -150,63 +173,83 @@ class LLVMEngine:
              "checks": [[c.error.__name__, c.message] for c in rendered.checks]}
         self.cache.store(pkey, json.dumps(d).encode(), ".json")
 
-    def _library(self, key: str, ir_text, exports: tuple[str, ...]) -> llvm.ResourceTracker:
+    def _library(self, key: str, ir_text, exports: tuple[str, ...]):
+        """The loaded code of object `key`: a SharedLibrary or an ORC resource tracker (`lib[name]` is
+        an export's address either way). In this process, else a cached shared object, else the cached
+        object (or IR compiled now) linked into a shared object, else linked by ORC."""
         with self._lock:
             lib = self._loaded_libraries.get(key)
             if lib is not None:
                 self.stats.memory_hits += 1
                 return lib
-            obj = self.cache.load(key) if self.cache else None
-            if obj is None:
-                obj = self.object_code(ir_text() if callable(ir_text) else ir_text, key)
-                if self.cache:
-                    self.cache.store(key, obj)
-            else:
-                self.stats.disk_hits += 1
-            builder = llvm.JITLibraryBuilder().add_object_img(obj).add_current_process()
-            for name in exports:
-                builder.export_symbol(name)
-            self._libraries_linked += 1               # ORC library names can never be reused
-            lib = builder.link(self._jit, f"tt_{key}_{self._libraries_linked}")
+            lib = self._cached_shared_library(key, exports)
+            if lib is None:
+                obj = self.cache.load(key) if self.cache else None
+                if obj is None:
+                    obj = self.object_code(ir_text() if callable(ir_text) else ir_text, key)
+                    if self.cache:
+                        self.cache.store(key, obj)
+                else:
+                    self.stats.disk_hits += 1
+                lib = self._link_shared(key, obj, exports)
+                if lib is None:
+                    lib = self.compiler.link(obj, exports, key)
+                    self.stats.orc_links += 1
             self._loaded_libraries[key] = lib
             return lib
+
+    def _cached_shared_library(self, key: str, exports: tuple[str, ...]) -> SharedLibrary | None:
+        if not (self.cache and self.shared_objects):
+            return None
+        data = self.cache.load(key, ".so")
+        if data is None:
+            return None
+        try:
+            lib = SharedLibrary(data, exports)
+        except (OSError, AttributeError):       # cannot be loaded here (or lacks an export): ORC instead
+            return None
+        self.stats.disk_hits += 1
+        self.stats.shared_loads += 1
+        return lib
+
+    def _link_shared(self, key: str, obj: bytes, exports: tuple[str, ...]) -> SharedLibrary | None:
+        """Link `obj` into a shared object, load it and cache it. None if the linker fails (then no
+        more linking in this process) or its output cannot be loaded here (this module goes to ORC)."""
+        if self.linker == "auto":
+            self.linker = find_linker()
+        if self.linker is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            data = link_shared(obj, self.linker)
+        except LinkError as e:
+            self.link_error = str(e)
+            self.linker = None
+            return None
+        try:
+            lib = SharedLibrary(data, exports)
+        except (OSError, AttributeError) as e:       # e.g. a symbol the loader cannot resolve
+            self.link_error = f"{type(e).__name__}: {e}"
+            return None
+        self.stats.links += 1
+        self.stats.shared_loads += 1
+        self.stats.timings["link"] = time.perf_counter() - t0
+        if self.cache:
+            self.cache.store(key, data, ".so")
+        return lib
 
     def object_code(self, ir_text: str, name: str) -> bytes:
         """Optimize (O3, vectorizers on) and compile IR text to an object file for the host."""
         t0 = time.perf_counter()
-        mod = llvm.parse_assembly(ir_text)
-        mod.name = name                      # the cache key: never "<string>" (LLVM.md)
-        mod.triple = self._tm.triple
-        mod.data_layout = str(self._tm.target_data)
-        mod.verify()
-        t1 = time.perf_counter()
-        self._optimize(mod)
-        t2 = time.perf_counter()
-        obj = self._tm.emit_object(mod)
-        t3 = time.perf_counter()
+        obj = self.compiler.object_code(ir_text, name)
         self.stats.compiles += 1
-        self.stats.compile_seconds += t3 - t0
-        self.stats.timings = {"parse": t1 - t0, "optimize": t2 - t1, "codegen": t3 - t2}
+        self.stats.compile_seconds += time.perf_counter() - t0
+        self.stats.timings = dict(self.compiler.timings)
         return obj
 
     def assembly(self, program: Program) -> str:
         """The optimized machine code of a program, as text (for inspecting vectorization)."""
-        ir_text = render_program(program).ir
-        mod = llvm.parse_assembly(ir_text)
-        mod.triple = self._tm.triple
-        mod.data_layout = str(self._tm.target_data)
-        self._optimize(mod)
-        return self._tm.emit_assembly(mod)
-
-    def _optimize(self, mod: llvm.ModuleRef) -> None:
-        """O3 with the loop and SLP vectorizers; loop unrolling per `self.unroll` (off by default:
-        vectorized loops are still interleaved, and compiling takes ~30% less time)."""
-        pto = llvm.create_pipeline_tuning_options(speed_level=3)
-        pto.loop_vectorization = True
-        pto.slp_vectorization = True
-        pto.loop_unrolling = self.unroll
-        pb = llvm.create_pass_builder(self._tm, pto)
-        pb.getModulePassManager().run(mod, pb)
+        return self.compiler.assembly(render_program(program).ir)
 
 
 _DEFAULT_ENGINE: LLVMEngine | None = None
@@ -241,7 +284,7 @@ class CompiledProgram:
     fresh_outputs = True        # each call's outputs: distinct pool arrays that nothing else references
 
     def __init__(self, engine: LLVMEngine, program: Program, rendered: RenderedProgram,
-                 library: llvm.ResourceTracker, plan: MemoryPlan):
+                 library, plan: MemoryPlan):
         self.engine, self.program, self.rendered = engine, program, rendered
         self._library = library              # keeps the code alive
         missing = [b.name for b in program.temps if b.name not in plan.offsets]

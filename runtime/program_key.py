@@ -17,7 +17,7 @@ import codegen
 from codegen.kernel import (Accumulator, Arg, Assign, CheckedIndex, Const, ExternCall, Kernel, Let, Load, Loop, Op,
                             Program, Reduce, Store, Var)
 
-_RENDERER_FILES = ("kernel.py", "llvm_ir.py", "llvm_math.py", "verify.py")
+_RENDERER_FILES = ("kernel.py", "llvm_ir.py", "llvm_math.py", "rendered.py", "verify.py")
 
 
 def _renderer_version() -> str:

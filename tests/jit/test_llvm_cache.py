@@ -1,6 +1,6 @@
-"""Object code cached on disk: a second process compiling the same training step links the cached
-object and runs no LLVM at all (it does not even render the IR); a corrupt cache entry is detected,
-dropped and recompiled."""
+"""Object code cached on disk: a second process compiling the same training step loads the cached
+code and runs no LLVM at all (it does not even render the IR, and with a system linker it loads
+shared objects without importing LLVM); a corrupt cache entry is detected, dropped and recompiled."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import textwrap
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
-    import json
+    import json, sys
     import tracetorch as tt, tracetorch.nn as nn, tracetorch.nn.functional as F
     import runtime.llvm_engine as engine_module
     from tracetorch.jit.llvm_backend import BACKEND
@@ -35,7 +35,8 @@ SCRIPT = textwrap.dedent("""
     losses = [step(x, y).item() for _ in range(4)]
     engine, cache = BACKEND.engine, BACKEND.engine.cache
     print(json.dumps({"losses": losses, "compiles": engine.stats.compiles, "disk_hits": engine.stats.disk_hits,
-                      "corrupt": cache.corrupt, "renders": len(renders), "dir": str(cache.directory)}))
+                      "links": engine.stats.links, "corrupt": cache.corrupt, "renders": len(renders),
+                      "llvm_loaded": "llvmlite.binding" in sys.modules, "dir": str(cache.directory)}))
 """)
 
 
@@ -50,15 +51,18 @@ def _run(cache_dir) -> dict:
 def test_second_process_compiles_no_llvm_and_recovers_from_a_corrupt_entry(tmp_path):
     cold = _run(tmp_path)
     assert cold["compiles"] >= 1 and cold["disk_hits"] == 0
-    entries = sorted(pathlib.Path(cold["dir"]).glob("*.o"))
-    assert len(entries) == cold["compiles"]
+    objects = sorted(pathlib.Path(cold["dir"]).glob("*.o"))
+    shared = sorted(pathlib.Path(cold["dir"]).glob("*.so"))       # where a system linker exists
+    assert len(objects) == cold["compiles"] and len(shared) == cold["links"] in (0, cold["compiles"])
 
     warm = _run(tmp_path)
     assert warm["compiles"] == 0 and warm["disk_hits"] == cold["compiles"]
     assert warm["renders"] == 0                    # found by program key: not even rendered to LLVM IR
+    assert warm["llvm_loaded"] == (not shared)     # shared objects are loaded without LLVM
     assert warm["losses"] == cold["losses"]
 
-    for entry in entries:                          # flip bytes in the middle of every object file
+    entries = objects + shared
+    for entry in entries:                          # flip bytes in the middle of every cached module
         blob = bytearray(entry.read_bytes())
         blob[len(blob) // 2] ^= 0xFF
         entry.write_bytes(bytes(blob))

@@ -1,4 +1,5 @@
-"""The on-disk object cache: keys, integrity checks, and a warm second process compiling nothing."""
+"""The on-disk object cache: keys, integrity checks, and a warm second process compiling nothing (and,
+with a system linker, not even loading LLVM)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from runtime.disk_cache import DiskCache, cache_key, default_directory
 from runtime.llvm_engine import LLVMEngine
@@ -60,18 +62,44 @@ def test_unwritable_cache_is_skipped(tmp_path):
     assert cache.load("b" * 64) is None
 
 
+def _check_two_stage(compiled, n):
+    x = np.linspace(-1, 1, n).astype(np.float32)
+    y, s = compiled(x)
+    np.testing.assert_allclose(y, np.exp(x) * 0.5 + x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(s, (np.exp(x) * 0.5).sum(), rtol=1e-5)
+
+
 def test_corrupt_entry_is_recompiled(tmp_path):
     program = two_stage_program(100, name="corrupt_entry")
     first = LLVMEngine(cache=DiskCache(tmp_path))
     first.compile(program)
-    (entry,) = tmp_path.glob("*.o")
-    entry.write_bytes(entry.read_bytes()[:100])
+    entries = [*tmp_path.glob("*.o"), *tmp_path.glob("*.so")]       # object code, and its shared object
+    assert len(entries) == 1 + first.stats.links
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:100])
     second = LLVMEngine(cache=DiskCache(tmp_path))
     compiled = second.compile(program)
-    assert second.stats.compiles == 1 and second.stats.disk_hits == 0 and second.cache.corrupt == 1
-    x = np.linspace(-1, 1, 100).astype(np.float32)
-    y, s = compiled(x)
-    np.testing.assert_allclose(y, np.exp(x) * 0.5 + x, rtol=1e-6, atol=1e-6)
+    assert second.stats.compiles == 1 and second.stats.disk_hits == 0 and second.cache.corrupt == len(entries)
+    _check_two_stage(compiled, 100)
+
+
+def test_corrupt_shared_object_is_relinked_from_the_cached_object(tmp_path):
+    program = two_stage_program(100, name="corrupt_shared_object")
+    first = LLVMEngine(cache=DiskCache(tmp_path))
+    first.compile(program)
+    if not first.stats.links:
+        pytest.skip(f"no shared objects here (linker {first.linker!r}: {first.link_error})")
+    (entry,) = tmp_path.glob("*.so")
+    blob = bytearray(entry.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    second = LLVMEngine(cache=DiskCache(tmp_path))
+    compiled = second.compile(program)
+    assert second.cache.corrupt == 1 and second.stats.compiles == 0 and second.stats.links == 1
+    _check_two_stage(compiled, 100)
+    third = LLVMEngine(cache=DiskCache(tmp_path))                   # the relinked entry is whole again
+    _check_two_stage(third.compile(program), 100)
+    assert third.cache.corrupt == 0 and third.stats.shared_loads == 1 and third.stats.links == 0
 
 
 WARM_SCRIPT = textwrap.dedent("""
@@ -90,14 +118,27 @@ WARM_SCRIPT = textwrap.dedent("""
     ok = bool(np.allclose(y, np.exp(x) * 0.5 + x, rtol=1e-6, atol=1e-6)
               and np.isclose(s, (np.exp(x) * 0.5).sum(), rtol=1e-5))
     print(json.dumps(dict(compiles=engine.stats.compiles, disk_hits=engine.stats.disk_hits, ok=ok,
-                          compile_s=t2 - t1)))
+                          links=engine.stats.links, orc_links=engine.stats.orc_links,
+                          llvm_loaded="llvmlite.binding" in sys.modules, compile_s=t2 - t1)))
 """)
 
 
-def test_second_process_compiles_nothing(tmp_path):
+@pytest.mark.parametrize("linker", ["default", "none"])
+def test_second_process_compiles_nothing(tmp_path, linker):
+    """With a system linker the second process loads a shared object and never loads LLVM; without
+    one (TRACETORCH_LINKER=none forces that) it links the cached object in ORC: no compiling either way."""
     script = WARM_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests" / "runtime"))
     env = dict(os.environ, TRACETORCH_CACHE_DIR=str(tmp_path))
-    runs = [json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                                      check=True).stdout) for _ in range(2)]
-    assert runs[0]["compiles"] == 1 and runs[0]["disk_hits"] == 0 and runs[0]["ok"]
-    assert runs[1]["compiles"] == 0 and runs[1]["disk_hits"] == 1 and runs[1]["ok"]
+    env.pop("TRACETORCH_LINKER", None)
+    if linker == "none":
+        env["TRACETORCH_LINKER"] = "none"
+    cold, warm = [json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                            check=True).stdout) for _ in range(2)]
+    assert cold["compiles"] == 1 and cold["disk_hits"] == 0 and cold["ok"] and cold["llvm_loaded"]
+    assert warm["compiles"] == 0 and warm["disk_hits"] == 1 and warm["ok"]
+    if linker == "none":
+        assert cold["links"] == 0 and cold["orc_links"] == 1 and warm["orc_links"] == 1 and warm["llvm_loaded"]
+    elif cold["links"]:
+        assert cold["orc_links"] == 0 and warm["orc_links"] == 0 and not warm["llvm_loaded"]
+    else:
+        pytest.skip("no system linker here: only the ORC path ran")

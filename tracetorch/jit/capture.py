@@ -15,7 +15,10 @@ inputs. This costs one extra trace when state is created lazily (the
 alternative, TinyJit's "first call is a warm-up", costs it always and does
 not notice state created later); a function that creates state on every
 call ends up running eagerly after `cache_size_limit` traces, with a warning
-naming the line that created it.
+naming the line that created it. Telling escaped tensors from dead ones in
+reference cycles is kept cheap: a tensor that a reachable optimizer's state
+or module holds has escaped for sure; other survivors face a collection of
+the young generations, and a full one (~10 ms) only if some survive that.
 """
 from __future__ import annotations
 
@@ -105,7 +108,7 @@ def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgrap
     leaf_names = pytree.leaf_names(call.spec, "args")
     leaf_names = _readable_arg_names(leaf_names, arg_names)
     for i, t in enumerate(call.leaves):
-        if id(t) in tracer.values:          # the same tensor passed twice: one input, and a guard
+        if tracer.knows(t):                 # the same tensor passed twice: one input, and a guard
             first = next(s for s, x in zip(tracer.sources, tracer.input_tensors) if x is t)
             guards.append(SameObjectGuard(first.index, i, (first.name, leaf_names[i])))
             continue
@@ -141,7 +144,7 @@ def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgrap
     if hidden_writes and uncacheable is None:
         uncacheable = (f"{', '.join(hidden_writes)} changed outside tracetorch ops during the call (storage "
                        "rebound with `.data =`, or written directly, as manual_seed does)")
-    escaped = _escaped(created, out_objs, grads_now)
+    escaped = _escaped(created, out_objs, grads_now, _held_by_state(found))
     if escaped and uncacheable is None:
         uncacheable = (f"a tensor created at {escaped} outlived the call outside its results (it escaped into "
                        "Python state, e.g. optimizer state created on the first step)")
@@ -271,17 +274,42 @@ def _written_roots(nodes) -> set:
     return written
 
 
-def _escaped(created, outputs, grads) -> str | None:
-    """Where a tensor created during the trace that is still alive, but not a result, was made."""
+def _escaped(created, outputs, grads, held=frozenset()) -> str | None:
+    """Where a tensor created during the trace that is still alive, but not a result, was made.
+    `held`: ids of tensors that reachable state holds now (alive for sure: no collection needed)."""
     alive = [(ref, where) for ref, where in created if ref() is not None]
     if not alive:
         return None
     allowed = _kept_by_results(outputs, grads)
     suspects = [(ref, where) for ref, where in alive if id(ref()) not in allowed]
-    if suspects:
-        gc.collect()            # cycles (autograd nodes <-> tensors) may hold the dead ones
+    for ref, where in suspects:
+        if id(ref()) in held:
+            return where or "?"
+    # Cycles (autograd nodes <-> tensors) may hold dead ones. They were made during the call, so
+    # collecting the young generations (well under a millisecond) usually frees them; a full
+    # collection (a walk over the whole heap, ~10 ms) only when some still look alive.
+    for generation in (1, 2):
+        if not suspects:
+            break
+        gc.collect(generation)
         suspects = [(ref, where) for ref, where in suspects if ref() is not None and id(ref()) not in allowed]
     return suspects[0][1] or "?" if suspects else None
+
+
+def _held_by_state(found) -> set:
+    """ids of the tensors that the reachable optimizers' state and modules' attributes and buffers
+    hold now: state created during the call (an optimizer's momentum) is found here without a
+    garbage collection."""
+    held = set()
+    for _, opt in found.optimizers:
+        for state in opt.state.values():
+            if isinstance(state, dict):
+                held.update(id(v) for v in state.values() if isinstance(v, Tensor))
+    for _, m in found.modules:
+        for v in [*vars(m).values(), *getattr(m, "_buffers", {}).values()]:
+            if isinstance(v, Tensor):
+                held.add(id(v))
+    return held
 
 
 def _kept_by_results(outputs, grads) -> set:

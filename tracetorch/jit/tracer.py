@@ -12,9 +12,13 @@ exist, Python control flow runs, and the hooks of the core call back here:
     Function.apply       -> custom_function(...)             forward ops + a `custom_fn` node
 
 Tensor identity is the key: `values[id(t)]` is the IR value a tensor object
-currently names (every tensor seen is kept alive until `release()`, so ids
-are not reused). A tensor the trace did not produce and that is not an
-argument is a *captured input*, read by reference on every call.
+currently names, with a weak reference to that object: a tensor that died
+and whose id a new tensor reuses is recognised as new. So intermediates die
+as soon as the traced code drops them, as in eager mode, and their memory is
+reused (keeping every tensor of a trace alive until its end cost a page fault
+per fresh 4 KiB: most of the tracing overhead of a training step). A tensor
+the trace did not produce and that is not an argument is a *captured input*,
+read by reference on every call.
 
 The recorded graph keeps storage semantics (a `copy_` writes into a value
 and all its aliases); the functionalize pass makes it SSA. In *abstract*
@@ -78,14 +82,14 @@ class Tracer:
 
     def __init__(self, names: dict | None = None, *, fullgraph: bool = False, record_values: bool = False):
         self.nodes: list[Node] = []
-        self.values: dict[int, Value] = {}
-        self.keep: list = []
+        self.values: dict[int, tuple] = {}      # id(tensor) -> (Value, weakref to the tensor)
+        self.keep: list = []                    # tensors that must outlive the trace (abstract proxies)
         self.inputs: list[Value] = []
         self.sources: list = []
         self.input_tensors: list = []           # the tensor read for each input at trace time
         self.input_requires_grad: list[bool] = []
         self.input_state: list = []             # (storage, version) of each input when first read
-        self.recorded_writes: dict = {}         # id(version counter) -> in-place writes recorded
+        self.recorded_writes: dict = {}         # id(version counter) -> [that counter, in-place writes recorded]
         self.created: list = []                 # (weakref, where) of tensors made by the trace
         self.value_guards: list[ValueGuardSpec] = []
         self.grad_slots: dict[int, GradSlot] = {}
@@ -130,9 +134,13 @@ class Tracer:
 
     def _define(self, t: Tensor, name: str = "") -> Value:
         v = Value(tuple(t._data.shape), t._dtype, name)
-        self.values[id(t)] = v
-        self.keep.append(t)
+        self.values[id(t)] = (v, weakref.ref(t))
         return v
+
+    def knows(self, t: Tensor) -> bool:
+        """Whether this very tensor object has a value in the trace."""
+        hit = self.values.get(id(t))
+        return hit is not None and hit[1]() is t
 
     def _created(self, t: Tensor, where: str) -> Value:
         v = self._define(t)
@@ -149,10 +157,10 @@ class Tracer:
         return v
 
     def value_of(self, t: Tensor) -> Value:
-        v = self.values.get(id(t))
-        if v is None:
-            v = self._capture(t)
-        return v
+        hit = self.values.get(id(t))
+        if hit is None or hit[1]() is not t:
+            return self._capture(t)
+        return hit[0]
 
     def _capture(self, t: Tensor) -> Value:
         name = self.names.get(id(t)) or f"captured_{len(self.inputs)}"
@@ -196,7 +204,7 @@ class Tracer:
 
     def record_mutation(self, t: Tensor, new: Tensor):
         where = self.where()
-        if id(t) not in self.values:        # first seen as the target of this write: it held the old value
+        if not self.knows(t):               # first seen as the target of this write: it held the old value
             self._capture(t)
             data, version = self.input_state[-1]
             self.input_state[-1] = (data, version - 1)
@@ -204,7 +212,10 @@ class Tracer:
         src = self.value_of(new)
         diff = (True, True) if STATE.grad_enabled and (t.requires_grad or new.requires_grad) else None
         self.nodes.append(Node(COPY_, (dst, src), (), {}, where, diff))
-        self.recorded_writes[id(t._version)] = self.recorded_writes.get(id(t._version), 0) + 1
+        entry = self.recorded_writes.get(id(t._version))
+        if entry is None:           # holding the counter keeps its id from naming another one
+            entry = self.recorded_writes[id(t._version)] = [t._version, 0]
+        entry[1] += 1
         if self.record_values:
             self.node_values.append(None)
 
@@ -233,7 +244,6 @@ class Tracer:
         slot = self.grad_slots.get(id(p))
         if slot is None:
             slot = self.grad_slots[id(p)] = GradSlot(p)
-            self.keep.append(p)
         return slot
 
     def owner_source(self, p: Tensor):
@@ -249,7 +259,7 @@ class Tracer:
         if slot.written or slot.read:
             return
         slot.read, slot.first_read = True, g
-        if g is not None and id(g) not in self.values:
+        if g is not None and not self.knows(g):
             name = (self.names.get(id(p)) or f"param_{len(self.grad_slots)}") + ".grad"
             self.add_input(g, GradSource(self.owner_source(p), name), name)
 
@@ -344,7 +354,7 @@ class Tracer:
             if g is None:
                 grads_out.append(None)
                 continue
-            if id(g) in self.values:            # the eager backward handed back a tensor we know
+            if self.knows(g):                   # the eager backward handed back a tensor we know
                 g = Tensor._make(g._data, g._dtype)
             outs.append(self._created(g, where))
             grads_out.append(g)
@@ -417,7 +427,8 @@ class Tracer:
         `_data` as `manual_seed` does): a replay would not repeat that."""
         changed = []
         for src, t, (data, version) in zip(self.sources, self.input_tensors, self.input_state):
-            if t._data is not data or t._version[0] - version != self.recorded_writes.get(id(t._version), 0):
+            writes = self.recorded_writes.get(id(t._version), (None, 0))[1]
+            if t._data is not data or t._version[0] - version != writes:
                 changed.append(src.describe())
         return changed
 
@@ -447,7 +458,7 @@ class AbstractTracer(Tracer):
     def proxy(self, v: Value) -> Tensor:
         """A placeholder tensor standing for IR value `v`."""
         t = Tensor._make(_placeholder(v.shape, v.dtype), v.dtype)
-        self.values[id(t)] = v
+        self.values[id(t)] = (v, weakref.ref(t))
         self.keep.append(t)
         return t
 

@@ -71,14 +71,20 @@ class Space:
     def __init__(self, shape: Sequence[int]):
         self.shape = tuple(shape)
         self.rank = len(self.shape)
+        self._affine: dict = {}       # (coeffs, const) -> Coord: fusion asks for the same ones over and over
 
     def affine(self, coeffs, const: int) -> Coord:
-        coeffs = tuple(c if self.shape[k] > 1 else 0 for k, c in enumerate(coeffs))
+        key = (tuple(coeffs), const)
+        hit = self._affine.get(key)
+        if hit is not None:
+            return hit
+        coeffs = tuple(c if self.shape[k] > 1 else 0 for k, c in enumerate(key[0]))
         lo = hi = const
         for c, n in zip(coeffs, self.shape):
             reach = c * (max(n, 1) - 1)
             lo, hi = lo + min(reach, 0), hi + max(reach, 0)
-        return Coord(coeffs, const, None, lo, hi)
+        out = self._affine[key] = Coord(coeffs, const, None, lo, hi)
+        return out
 
     def constant(self, c: int) -> Coord:
         return self.affine((0,) * self.rank, c)

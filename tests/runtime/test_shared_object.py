@@ -1,0 +1,91 @@
+"""Shared objects: linked by the system linker, loaded without LLVM, unloaded with their last user;
+a missing or failing linker falls back to ORC."""
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+
+from runtime.disk_cache import DiskCache
+from runtime.llvm_engine import LLVMEngine
+from runtime.shared_object import SharedLibrary, find_linker
+from sample_programs import two_stage_program
+
+needs_linker = pytest.mark.skipif(not (SharedLibrary.supported() and find_linker()),
+                                  reason="needs memfd and a system linker (cc)")
+
+
+def _check(compiled, n):
+    x = np.linspace(-2, 2, n).astype(np.float32)
+    y, s = compiled(x)
+    np.testing.assert_allclose(y, np.exp(x) * 0.5 + x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(s, (np.exp(x) * 0.5).sum(), rtol=1e-5)
+
+
+def _memfd_mappings() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("memfd:tracetorch" in line for line in f)
+
+
+@needs_linker
+def test_cold_compile_links_a_shared_object_and_a_warm_engine_loads_it(tmp_path):
+    cold = LLVMEngine(cache=DiskCache(tmp_path))
+    _check(cold.compile(two_stage_program(300, name="linked")), 300)
+    assert (cold.stats.compiles, cold.stats.links, cold.stats.orc_links) == (1, 1, 0)
+    assert len(list(tmp_path.glob("*.so"))) == 1
+    warm = LLVMEngine(cache=DiskCache(tmp_path), linker=None)     # loading needs no linker, and no LLVM
+    compiled = warm.compile(two_stage_program(300, name="linked"))
+    _check(compiled, 300)
+    assert isinstance(compiled._library, SharedLibrary) and warm._compiler is None
+    assert (warm.stats.compiles, warm.stats.shared_loads, warm.stats.orc_links) == (0, 1, 0)
+
+
+def test_without_a_linker_code_is_linked_in_orc(tmp_path):
+    engine = LLVMEngine(cache=DiskCache(tmp_path), linker=None)
+    _check(engine.compile(two_stage_program(200, name="orc_only")), 200)
+    assert (engine.stats.links, engine.stats.orc_links) == (0, 1)
+    assert not list(tmp_path.glob("*.so")) and len(list(tmp_path.glob("*.o"))) == 1
+
+
+def test_a_failing_linker_falls_back_to_orc_and_is_not_retried(tmp_path):
+    engine = LLVMEngine(cache=DiskCache(tmp_path), linker=("false",))
+    _check(engine.compile(two_stage_program(100, name="bad_linker_1")), 100)
+    if not engine.shared_objects:
+        pytest.skip("shared objects are not supported here")
+    assert engine.link_error and "false" in engine.link_error and engine.linker is None
+    _check(engine.compile(two_stage_program(101, name="bad_linker_2")), 101)
+    assert (engine.stats.links, engine.stats.orc_links) == (0, 2)
+    assert not list(tmp_path.glob("*.so"))
+
+
+@needs_linker
+def test_a_shared_object_without_an_export_is_refused_and_closed(tmp_path):
+    engine = LLVMEngine(cache=DiskCache(tmp_path))
+    compiled = engine.compile(two_stage_program(64, name="exports"))
+    (entry,) = tmp_path.glob("*.so")
+    data = engine.cache.load(entry.name[:-3], ".so")
+    before = _memfd_mappings()
+    with pytest.raises(AttributeError):
+        SharedLibrary(data, ("program", "no_such_function"))
+    gc.collect()
+    assert _memfd_mappings() == before
+    lib = SharedLibrary(data, ("program",))
+    assert lib["program"] and _memfd_mappings() > before
+    del lib, compiled
+
+
+@needs_linker
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads mappings from /proc")
+def test_shared_objects_are_unloaded_with_their_last_user():
+    engine = LLVMEngine(use_disk_cache=False)
+    gc.collect()
+    mappings, fds = _memfd_mappings(), len(os.listdir("/proc/self/fd"))
+    programs = [engine.compile(two_stage_program(n, name=f"unload_{n}")) for n in (10, 11, 12, 13)]
+    for n, compiled in zip((10, 11, 12, 13), programs):
+        _check(compiled, n)
+    assert engine.stats.links == 4 and _memfd_mappings() >= mappings + 4
+    del programs, compiled
+    gc.collect()
+    assert _memfd_mappings() == mappings and len(os.listdir("/proc/self/fd")) == fds
