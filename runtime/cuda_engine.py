@@ -170,17 +170,66 @@ class CUDAProgram:
                 raise check.error(f"{check.message} (program {program.name!r})")
             return tuple(back[off:off + nbytes].view(dtype).reshape(shape) for shape, dtype, off, nbytes in self._back)
 
-    def _host_step(self, drv, step) -> None:
+    def _host_step(self, drv, step, address=None) -> None:
         """An ExternCall: run its numpy function on host copies of its buffers (slow, but correct)."""
+        address = address or self.address
         arrays = {}
         for buf in step.inputs + step.outputs:
             arrays[buf] = np.empty(buf.shape, buf.dtype.np)
             if buf in step.inputs and buf.nbytes:
-                drv.memcpy_dtoh(arrays[buf], self.address[buf])
+                drv.memcpy_dtoh(arrays[buf], address[buf])
         step.fn(*[arrays[b] for b in step.inputs], *[arrays[b] for b in step.outputs])
         for buf in step.outputs:
             if buf.nbytes:
-                drv.memcpy_htod(self.address[buf], np.ascontiguousarray(arrays[buf]))
+                drv.memcpy_htod(address[buf], np.ascontiguousarray(arrays[buf]))
+
+    # ------------------------------------------------------------ device-resident calls
+    def run_device(self, inputs: list[int], outputs: list[int]) -> None:
+        """Run on device memory the caller owns: `inputs`/`outputs` are the device addresses of the program's
+        input and output buffers (16-byte aligned, as the vector loads need). Nothing goes through the host
+        but the error flag, and only for programs with checks; kernels run in the stream's order, so the
+        call returns without waiting for them."""
+        if len(inputs) != len(self.program.inputs) or len(outputs) != len(self.program.outputs):
+            raise TypeError(f"program {self.program.name!r} takes {len(self.program.inputs)} inputs and "
+                            f"{len(self.program.outputs)} outputs, got {len(inputs)} and {len(outputs)}")
+        steps = self._device_steps()
+        given = list(inputs) + list(outputs)
+        drv = _driver()
+        with self._lock:
+            for kind, fn, dims, args, subs in steps:
+                if kind == "kernel":
+                    if subs:
+                        args = list(args)
+                        for pos, k in subs:
+                            args[pos] = given[k]
+                    fn.prepared_call(dims[0], dims[1], *args)
+                else:
+                    address = dict(self.address)
+                    for buf, k in self._given_index.items():
+                        address[buf] = given[k]
+                    self._host_step(drv, fn, address)
+            if self.rendered.checks:
+                flag = np.zeros(1, np.int32)
+                drv.memcpy_dtoh(flag, self._err)
+                if flag[0]:
+                    drv.memset_d32(self._err, 0, 1)
+                    check = self.rendered.checks[int(flag[0]) - 1]
+                    raise check.error(f"{check.message} (program {self.program.name!r})")
+
+    def _device_steps(self) -> list:
+        """Per step: (kind, fn, dims, fixed args, [(arg position, index into inputs + outputs)])."""
+        if getattr(self, "_dsteps", None) is None:
+            self._given_index = {b: k for k, b in enumerate(self.program.inputs + self.program.outputs)}
+            by_address = {self.address[b]: k for b, k in self._given_index.items()}
+            steps = []
+            for kind, fn, dims, args in self._steps:
+                if kind == "kernel":
+                    subs = [(pos, by_address[a]) for pos, a in enumerate(args) if a in by_address]
+                    steps.append((kind, fn, dims, args, subs))
+                else:
+                    steps.append((kind, fn, dims, args, None))
+            self._dsteps = steps
+        return self._dsteps
 
 
 def arena_layout(program: Program, plan: MemoryPlan) -> tuple[dict, int, int]:

@@ -25,7 +25,9 @@ def _sizes(size):
 
 
 def _finish(t, requires_grad, device=None):
-    as_device(device).check_available() if device is not None and str(device) != "cpu" else None
+    if device is not None and as_device(device).type == "cuda":
+        as_device(device).check_available()
+        t = t.to(device)                       # made on the host, copied over (no kernel to compile)
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -75,6 +77,8 @@ def _lists_of_tensors(seq):
 def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     """A new tensor with a copy of `data`; inside a traced region it is a constant."""
     arr, dt = _to_array(data)
+    if type(arr) is not np.ndarray:             # tt.tensor(a cuda tensor): its values
+        arr = arr.get()
     if dtype is not None:
         dt = D.as_dtype(dtype)
     t = apply(CONSTANT, value=arr, dtype=dt)
@@ -123,19 +127,27 @@ def _like(x, dtype):
     return D.as_dtype(dtype) if dtype is not None else x._dtype
 
 
+def _like_device(x, device):
+    """`*_like` functions make their result on x's device unless told otherwise (as PyTorch's do)."""
+    return device if device is not None or type(x._data) is np.ndarray else x.device
+
+
 def zeros_like(x, *, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _finish(apply(FULL, shape=x._data.shape, value=0, dtype=_like(x, dtype)), requires_grad, device)
+    return _finish(apply(FULL, shape=x._data.shape, value=0, dtype=_like(x, dtype)), requires_grad,
+                   _like_device(x, device))
 
 
 def ones_like(x, *, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _finish(apply(FULL, shape=x._data.shape, value=1, dtype=_like(x, dtype)), requires_grad, device)
+    return _finish(apply(FULL, shape=x._data.shape, value=1, dtype=_like(x, dtype)), requires_grad,
+                   _like_device(x, device))
 
 
 empty_like = zeros_like
 
 
 def full_like(x, fill_value, *, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _finish(apply(FULL, shape=x._data.shape, value=fill_value, dtype=_like(x, dtype)), requires_grad, device)
+    return _finish(apply(FULL, shape=x._data.shape, value=fill_value, dtype=_like(x, dtype)), requires_grad,
+                   _like_device(x, device))
 
 
 def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=False) -> Tensor:

@@ -1,4 +1,4 @@
-"""Devices. Tensors live on the CPU; "cuda" is accepted where a CUDA backend is available."""
+"""Devices: "cpu" (numpy storage) and "cuda" (device storage, tracetorch/device_array.py; one device, cuda:0)."""
 from __future__ import annotations
 
 
@@ -38,10 +38,12 @@ class device:
             if not cuda.is_available():
                 raise RuntimeError("CUDA device requested but tracetorch found no usable CUDA device "
                                    "(install the 'cuda' extra, pycuda, on a machine with an NVIDIA GPU)")
-            raise NotImplementedError("CUDA tensors are not implemented yet in this build of tracetorch")
+            if self.index not in (None, 0):
+                raise RuntimeError(f"tracetorch uses one CUDA device (cuda:0); got {self}")
 
 
 CPU = device("cpu")
+CUDA = device("cuda", 0)
 
 
 def as_device(d) -> device:

@@ -361,11 +361,11 @@ def lerp(a, b, weight):
 def nonzero(x, *, as_tuple=False):
     if STATE_tracer():
         STATE_tracer().on_value(x, "nonzero", None)
-    idx = np.nonzero(x._data)
+    idx = np.nonzero(np.asarray(x._data))
     from .creation import from_numpy
     if as_tuple:
-        return tuple(from_numpy(np.ascontiguousarray(i, dtype=np.int64)) for i in idx)
-    return from_numpy(np.stack(idx, axis=1).astype(np.int64).reshape(-1, x._data.ndim))
+        return tuple(from_numpy(np.ascontiguousarray(i, dtype=np.int64)).to(x.device) for i in idx)
+    return from_numpy(np.stack(idx, axis=1).astype(np.int64).reshape(-1, x._data.ndim)).to(x.device)
 
 
 def STATE_tracer():

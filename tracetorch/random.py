@@ -84,32 +84,38 @@ def _sizes(size):
     return tuple(int(s) for s in size)
 
 
-def _draw(shape, dtype, generator, normal):
+def _draw(shape, dtype, generator, normal, device=None):
     gen = generator if generator is not None else default_generator
     dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
     if not dt.is_floating_point:
         raise RuntimeError(f"{'randn' if normal else 'rand'}: expected a floating-point dtype, got {dt.name}")
     out = apply(RAND, gen.seed_t, gen.offset_t, shape=shape, dtype=dt, normal=normal)
     gen._advance(RNG.draws(shape, normal))
+    if device is not None and str(device) != "cpu":
+        out = out.to(device)        # the same counter-based stream on either device
     return out
 
 
+def _device_of(x):
+    return None if type(x._data) is np.ndarray else x.device
+
+
 def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
-    out = _draw(_sizes(size), dtype, generator, False)
+    out = _draw(_sizes(size), dtype, generator, False, device)
     return out.requires_grad_(True) if requires_grad else out
 
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
-    out = _draw(_sizes(size), dtype, generator, True)
+    out = _draw(_sizes(size), dtype, generator, True, device)
     return out.requires_grad_(True) if requires_grad else out
 
 
 def rand_like(x, *, dtype=None, generator=None) -> Tensor:
-    return _draw(x._data.shape, dtype or x._dtype, generator, False)
+    return _draw(x._data.shape, dtype or x._dtype, generator, False, _device_of(x))
 
 
 def randn_like(x, *, dtype=None, generator=None) -> Tensor:
-    return _draw(x._data.shape, dtype or x._dtype, generator, True)
+    return _draw(x._data.shape, dtype or x._dtype, generator, True, _device_of(x))
 
 
 def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
@@ -123,6 +129,8 @@ def randint(low, high=None, size=None, *, generator=None, dtype=None, device=Non
         raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= to={high}")
     u = _draw(tuple(size), D.float64, generator, False)
     out = (u * (high - low)).floor() + low
+    if device is not None and str(device) != "cpu":
+        out = out.to(device)
     return out.to(D.as_dtype(dtype) if dtype is not None else D.int64)
 
 
@@ -134,6 +142,8 @@ def randperm(n: int, *, generator=None, dtype=None, device=None) -> Tensor:
     gen = generator if generator is not None else default_generator
     out = apply(RANDPERM, gen.seed_t, gen.offset_t, n=int(n))
     gen._advance(int(n))
+    if device is not None and str(device) != "cpu":
+        out = out.to(device)
     return out if dtype is None else out.to(dtype)
 
 
@@ -145,10 +155,11 @@ def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None) -> Tenso
         shape = tuple(np.broadcast_shapes(
             *(t._data.shape for t in (mean, std) if isinstance(t, Tensor))))
         dtype = dtype or ref._dtype
+        device = _device_of(ref)
     else:
-        shape = tuple(size)
-    return _draw(shape, dtype, generator, True) * std + mean
+        shape, device = tuple(size), None
+    return _draw(shape, dtype, generator, True, device) * std + mean
 
 
 def bernoulli(p, *, generator=None) -> Tensor:
-    return (_draw(p._data.shape, p._dtype, generator, False) < p).to(p._dtype)
+    return (_draw(p._data.shape, p._dtype, generator, False, _device_of(p)) < p).to(p._dtype)

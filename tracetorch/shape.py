@@ -273,8 +273,8 @@ def unbind(x, dim=0):
 def _tri_mask(x, diagonal, upper):
     from .creation import arange
     rows, cols = x._data.shape[-2:]
-    r = arange(rows).reshape(-1, 1)
-    c = arange(cols).reshape(1, -1)
+    r = arange(rows, device=x.device).reshape(-1, 1)
+    c = arange(cols, device=x.device).reshape(1, -1)
     return (c - r >= diagonal) if upper else (c - r <= diagonal)
 
 

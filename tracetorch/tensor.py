@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes as D
-from .device import CPU, as_device
+from .device import CPU, CUDA, as_device
 from .ops import registry as R
 from .ops.dispatch import STATE, _BOUND, apply, describe
 from .autograd import graph as _graph  # noqa: F401  (binds Node for dispatch)
@@ -64,7 +64,8 @@ class Tensor:
         self._data = arr
         self._dtype = dt
         self._version = [0]
-        as_device(device)
+        if device is not None and as_device(device).type == "cuda":
+            self._data = self.to(device)._data
         if requires_grad:
             self.requires_grad_(True)
 
@@ -102,11 +103,11 @@ class Tensor:
 
     @property
     def device(self):
-        return CPU
+        return CPU if type(self._data) is np.ndarray else CUDA
 
     @property
     def is_cuda(self) -> bool:
-        return False
+        return type(self._data) is not np.ndarray
 
     @property
     def grad_fn(self):
@@ -248,10 +249,14 @@ class Tensor:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() "
                                "instead.")
         self._guard_value("numpy")
+        if type(self._data) is not np.ndarray:
+            raise TypeError(_NUMPY_ON_DEVICE)
         return self._data
 
     def __array__(self, dtype=None, copy=None):
         self._guard_value("numpy")
+        if type(self._data) is not np.ndarray:
+            raise TypeError(_NUMPY_ON_DEVICE)
         return self._data if dtype is None else self._data.astype(dtype)
 
     def item(self):
@@ -299,17 +304,18 @@ class Tensor:
 
     def to(self, *args, **kwargs) -> "Tensor":
         dtype, device, copy = parse_to_args(args, kwargs)
-        if device is not None:
-            as_device(device).check_available()
         out = self
-        if dtype is not None and D.as_dtype(dtype) is not self._dtype:
-            out = apply(_op("cast"), self, dtype=D.as_dtype(dtype))
+        if device is not None and as_device(device).type != self.device.type:
+            from .device_array import transfer
+            out, copy = transfer(self, as_device(device).type == "cuda"), False
+        if dtype is not None and D.as_dtype(dtype) is not out._dtype:
+            out = apply(_op("cast"), out, dtype=D.as_dtype(dtype))
         elif copy:
-            out = self.clone()
+            out = out.clone()
         return out
 
     def cpu(self) -> "Tensor":
-        return self
+        return self if type(self._data) is np.ndarray else self.to("cpu")
 
     def cuda(self, device=None) -> "Tensor":
         return self.to(device or "cuda")
@@ -378,7 +384,11 @@ class Tensor:
             raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to "
                                "a single memory location. Please clone() the tensor before performing the "
                                "operation.")
-        np.copyto(self._data, new._data)
+        if type(self._data) is np.ndarray and type(new._data) is np.ndarray:
+            np.copyto(self._data, new._data)
+        else:
+            from .device_array import assign
+            assign(self, new)
         self._version[0] += 1
         if STATE.grad_enabled and (new.requires_grad or self.requires_grad or
                                    (self._base is not None and self._base.requires_grad)):
@@ -396,6 +406,7 @@ class Tensor:
         """self <op>= other, promoting like PyTorch and refusing a lossy cast of the result."""
         from . import math as M
         if (type(other) is Tensor and other._dtype is self._dtype and not STATE.grad_enabled
+                and type(self._data) is np.ndarray and type(other._data) is np.ndarray
                 and STATE.tracer is None and isinstance(op.eager, np.ufunc) and self._data.flags.writeable
                 and np.broadcast_shapes(other._data.shape, self._data.shape) == self._data.shape):
             op.eager(self._data, other._data, out=self._data)
@@ -624,7 +635,8 @@ class Tensor:
         return (_rebuild, (np.array(self._data), self._dtype.name, self.requires_grad))
 
     def __deepcopy__(self, memo):
-        t = Tensor._make(np.array(self._data, copy=True), self._dtype)
+        data = self._data
+        t = Tensor._make(np.array(data, copy=True) if type(data) is np.ndarray else data.copy(), self._dtype)
         t.requires_grad = self.requires_grad
         if type(self) is not Tensor:
             t.__class__ = type(self)
@@ -635,6 +647,9 @@ class Tensor:
             t.grad = self.grad.__deepcopy__(memo)
         memo[id(self)] = t
         return t
+
+
+_NUMPY_ON_DEVICE = "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first."
 
 
 def parse_to_args(args, kwargs):
@@ -682,7 +697,7 @@ def _wrap_dim(dim, ndim, what=""):
 
 
 def _format(t: Tensor) -> str:
-    data = t._data
+    data = t._data if type(t._data) is np.ndarray else t._data.get()
     if t._dtype.is_floating_point:
         vals = np.asarray(data, dtype=np.float64)
         body = np.array2string(vals, separator=", ", precision=4, floatmode=_float_mode(vals), threshold=1000,
@@ -692,6 +707,8 @@ def _format(t: Tensor) -> str:
     extras = []
     if data.size == 0 and data.ndim != 1:
         extras.append(f"size={tuple(data.shape)}")
+    if type(t._data) is not np.ndarray:
+        extras.append(f"device='{t.device}'")
     if t._dtype not in (D.get_default_dtype(), D.int64, D.bool_):
         extras.append(f"dtype={t._dtype!r}")
     if t._grad_fn is not None:

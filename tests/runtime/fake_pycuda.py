@@ -38,6 +38,10 @@ class _Allocation:
     def __int__(self) -> int:
         return self.address
 
+    def free(self) -> None:
+        self.memory = None
+        self.address = 0
+
 
 class _Function:
     def __init__(self, module, symbol: str, log: list):
@@ -63,6 +67,10 @@ def install(monkeypatch) -> dict:
     driver = types.ModuleType("pycuda.driver")
 
     class Device:
+        @staticmethod
+        def count():
+            return 1
+
         def compute_capability(self):
             return (9, 0)
 
@@ -100,7 +108,11 @@ def install(monkeypatch) -> dict:
         assert dest.flags.c_contiguous
         ctypes.memmove(dest.ctypes.data, int(src), dest.nbytes)
 
+    def memcpy_dtod(dest, src, size):
+        ctypes.memmove(int(dest), int(src), size)
+
     driver.memset_d32, driver.memcpy_htod, driver.memcpy_dtoh = memset_d32, memcpy_htod, memcpy_dtoh
+    driver.memcpy_dtod, driver.Device = memcpy_dtod, Device
 
     compiler = types.ModuleType("pycuda.compiler")
 

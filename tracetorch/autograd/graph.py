@@ -8,6 +8,8 @@ recorded and can be differentiated again.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..ops.dispatch import STATE, _BOUND
 
 
@@ -278,7 +280,11 @@ def _accumulate_into(t, g, create_graph: bool):
     elif create_graph or t.grad.requires_grad:
         t.grad = t.grad + g
     else:
-        t.grad._data += g._data
+        if type(t.grad._data) is type(g._data) is np.ndarray:
+            t.grad._data += g._data
+        else:
+            from ..device_array import add_into
+            add_into(t.grad, g)
         t.grad._version[0] += 1
 
 _BOUND.Node = Node

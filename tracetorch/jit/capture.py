@@ -93,6 +93,7 @@ class Trace:
     uncacheable_where: str = ""
     node_values: list = field(default_factory=list)
     seconds: float = 0.0
+    on_device: bool = False         # a cuda tensor is an input or is made inside: "auto" picks backend cuda
 
 
 def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgraph=False,
@@ -123,8 +124,10 @@ def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgrap
     for spec in tracer.value_guards:
         value_guards.append((spec, len(outputs)))
         outputs.append(spec.value)
-    guards += [TensorGuard(src, tuple(t._data.shape), t._dtype, bool(t.requires_grad))
+    guards += [TensorGuard(src, tuple(t._data.shape), t._dtype, bool(t.requires_grad), type(t._data))
                for src, t in zip(tracer.sources, tracer.input_tensors)]
+    on_device = getattr(tracer, "made_device_tensors", False) or any(
+        type(t._data) is not np.ndarray for t in tracer.input_tensors)
     guards += [BindingGuard(found.bindings[id(t)][0], found.bindings[id(t)][1], src.ref)
                for src, t in zip(tracer.sources, tracer.input_tensors)
                if isinstance(src, CapturedSource) and id(t) in found.bindings]
@@ -151,7 +154,8 @@ def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgrap
         uncacheable_where = escaped
     raw = Graph(tuple(inputs), tuple(constants + nodes), tuple(outputs), name=name)
     return Trace(raw, sources, guards, value_guards, out_spec, out_leaves, grad_bindings, diff_outputs,
-                 diff_inputs, result, uncacheable, uncacheable_where, node_values, time.perf_counter() - t0)
+                 diff_inputs, result, uncacheable, uncacheable_where, node_values, time.perf_counter() - t0,
+                 on_device)
 
 
 def _drop_dead_captures(inputs, sources, diff_inputs, guards, input_arrays, mutated):

@@ -55,6 +55,45 @@ class CUDAExecutable(LLVMExecutable):
             _driver().memcpy_dtoh(out, compiled.address[buf])
         return out
 
+    def __call__(self, inputs: list) -> list:
+        for a in inputs:
+            if type(a) is not np.ndarray and not np.isscalar(a):
+                return self.call_device(inputs)
+        return self._call(inputs)
+
+    def call_device(self, inputs: list, addresses: list | None = None) -> list:
+        """Run on device arrays (host arrays among `inputs`, e.g. a CPU generator's state, are copied over);
+        results are fresh DeviceArrays, nothing comes back to the host. `addresses`: the device address of
+        each input as its program buffer (the eager path passes layout-adjusted ones)."""
+        from ..device_array import DeviceArray
+        lw = self.lowered
+        ins = []
+        for k in lw.input_positions:
+            a = inputs[k]
+            if type(a) is not DeviceArray:
+                a = DeviceArray.from_host(np.asarray(a))
+            elif addresses is None and (a.ptr % 16 or not a.is_contiguous()):
+                a = a.copy()
+            ins.append(a)
+        ptrs = [addresses[k] for k in lw.input_positions] if addresses is not None else [a.ptr for a in ins]
+        consts = self._device_constants
+        if consts is None:
+            consts = self._device_constants = [DeviceArray.from_host(c) for c in lw.constants]
+        outs = [DeviceArray.empty(b.shape, b.dtype.np) for b in self.compiled.program.outputs]
+        self.compiled.run_device(ptrs + [c.ptr for c in consts], [o.ptr for o in outs])
+        results = []
+        for kind, x in lw.results:
+            if kind == "output":
+                results.append(outs[x])
+            elif kind == "input":
+                a = inputs[x]
+                results.append(a if type(a) is DeviceArray else DeviceArray.from_host(np.asarray(a)))
+            else:
+                results.append(DeviceArray.from_host(x))
+        return results
+
+    _device_constants = None
+
     def explain(self) -> str:
         steps = self.compiled.program.steps
         host = sum(isinstance(s, ExternCall) for s in steps)

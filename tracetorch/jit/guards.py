@@ -23,6 +23,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from .. import dtypes as D
 from ..ops.dispatch import STATE
 from .reach import Reach, is_constant
@@ -76,6 +78,7 @@ class TensorGuard(Guard):
     shape: tuple
     dtype: object
     requires_grad: bool
+    storage: type = np.ndarray      # np.ndarray on the CPU, DeviceArray on cuda
 
     @property
     def subject(self) -> str:
@@ -84,23 +87,24 @@ class TensorGuard(Guard):
     def check(self, call) -> bool:
         t = self.source.tensor(call.leaves)
         return (t is not None and t._data.shape == self.shape and t._dtype is self.dtype
-                and t.requires_grad == self.requires_grad)
+                and t.requires_grad == self.requires_grad and type(t._data) is self.storage)
 
     def code(self, bind) -> list:
-        shape, dtype = bind(self.shape, "shape"), bind(self.dtype, "dtype")
+        shape, dtype, storage = bind(self.shape, "shape"), bind(self.dtype, "dtype"), bind(self.storage, "storage")
         return [f"t = {self.source.expression(bind)}",
                 f"if t is None or not (t._data.shape == {shape} and t._dtype is {dtype} "
-                f"and t.requires_grad == {self.requires_grad!r}): return None"]
+                f"and t.requires_grad == {self.requires_grad!r} and type(t._data) is {storage}): return None"]
 
     def describe(self) -> str:
-        return (f"{self.source.describe()}: shape {self.shape}, {self.dtype.name}, cpu, "
+        device = "cpu" if self.storage is np.ndarray else "cuda:0"
+        return (f"{self.source.describe()}: shape {self.shape}, {self.dtype.name}, {device}, "
                 f"requires_grad={self.requires_grad}")
 
     def actual(self, call) -> str:
         t = self.source.tensor(call.leaves)
         if t is None:
             return "gone (the tensor was freed, or the .grad is None)"
-        return f"shape {tuple(t._data.shape)}, {t._dtype.name}, requires_grad={t.requires_grad}"
+        return f"shape {tuple(t._data.shape)}, {t._dtype.name}, {t.device}, requires_grad={t.requires_grad}"
 
 
 @dataclass(frozen=True, eq=False)

@@ -145,8 +145,13 @@ class Program:
 
     def _write(self, call, targets, results) -> None:
         for t, arr in targets:
-            if arr is not t._data:                  # a donated write-back is in place already
+            if arr is t._data:                      # a donated write-back is in place already
+                pass
+            elif type(t._data) is np.ndarray and type(arr) is np.ndarray:
                 np.copyto(t._data, arr)
+            else:                               # a device result or target: device-to-device copy
+                from ..device_array import assign
+                assign(t, Tensor._make(arr, t._dtype))
             t._version[0] += 1
         dtypes = self.result_dtypes
         for owner, pos in self.grad_bindings:
@@ -229,7 +234,7 @@ class CompiledBackward(Function):
                 continue
             arr = next(res)
             if not owned_results and (not arr.flags.writeable or not arr.flags.owndata):
-                arr = np.array(arr)
+                arr = np.array(arr) if type(arr) is np.ndarray else arr.copy()
             out.append(Tensor._make(arr, wrt_dtypes[k]))
             k += 1
         return tuple(out)
@@ -238,7 +243,12 @@ class CompiledBackward(Function):
 def build_program(trace: Trace, backend_name, *, name: str) -> Program:
     """Lower a trace through the pass pipeline and compile it with the backend."""
     t0 = time.perf_counter()
+    if trace.on_device and backend_name == "auto":
+        backend_name = "cuda"
     backend = resolve(backend_name)
+    if trace.on_device and backend.name != "cuda":
+        raise RuntimeError(f"tt.compile(backend={backend_name!r}): the function works on cuda tensors; use "
+                           "backend='cuda' or 'auto'")
     raw = trace.raw
     joint = None
     plan = None
@@ -320,6 +330,8 @@ def _drop_unused_inputs(graph: Graph, sources: tuple):
 
 def outcome_of(kind: str, value):
     """A hashable form of a guarded value (bool outcome, exact number, or array content)."""
+    if type(value).__name__ == "DeviceArray":
+        value = value.get()
     if kind == "outcome":
         return bool(value)
     if kind == "equal":
@@ -344,6 +356,9 @@ def owned(results: list, inputs: list, keep=frozenset()) -> list:
     for k, r in enumerate(results):
         if k in keep:
             out.append(r)
+            continue
+        if type(r) is not np.ndarray:           # device results: fresh, except an input returned as is
+            out.append(r.copy() if any(r is a for a in inputs) or any(r is o for o in out) else r)
             continue
         if taken is None and (r.base is not None or not r.flags.writeable
                               or any(r is a for a in inputs) or any(r is o for o in out)):

@@ -129,7 +129,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
         out = input * 0.0
     else:
         draw_dtype = input.dtype if input.is_floating_point() else D.get_default_dtype()
-        keep = rand(*input.shape, dtype=draw_dtype) >= p
+        keep = rand(*input.shape, dtype=draw_dtype, device=input.device) >= p
         out = input * keep / (1.0 - p)
     return input.copy_(out) if inplace else out
 
@@ -237,7 +237,7 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
             raise RuntimeError("Can not infer total number of classes from empty tensor.")
         num_classes = int(tensor.max()) + 1
     _check_class_range(tensor, num_classes, None, "one_hot")
-    return (tensor.unsqueeze(-1) == arange(num_classes)).long()
+    return (tensor.unsqueeze(-1) == arange(num_classes, device=tensor.device)).long()
 
 
 # ================================================================ padding, convolution, pooling
@@ -289,7 +289,7 @@ def _pad_constant(input: Tensor, amounts: dict, value) -> Tensor:
         stops[dim] = starts[dim] + x.shape[dim]
     if tuple(shape) == tuple(x.shape):
         return x.clone() if x is input else x
-    base = full(tuple(shape), value, dtype=input.dtype)
+    base = full(tuple(shape), value, dtype=input.dtype, device=input.device)
     return apply(_SLICE_SCATTER, base, x, starts=tuple(starts), stops=tuple(stops), steps=(1,) * x.dim())
 
 
@@ -512,7 +512,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         key, value = _repeat_heads(key, query.shape[-3]), _repeat_heads(value, query.shape[-3])
     scores = matmul(query, key.transpose(-2, -1)) * scale
     if is_causal:
-        causal = arange(source).reshape(1, source) <= arange(length).reshape(length, 1)
+        causal = (arange(source, device=query.device).reshape(1, source)
+                  <= arange(length, device=query.device).reshape(length, 1))
         scores = where(causal, scores, float("-inf"))
     if attn_mask is not None:
         if attn_mask.dtype is D.bool_:
@@ -605,7 +606,8 @@ def _pick_targets(logp: Tensor, target: Tensor, weight: Tensor | None, ignore_in
     shape = [1] * logp.dim()
     shape[class_dim] = classes
     valid = target != ignore_index
-    hot = (target.unsqueeze(class_dim) == arange(classes).reshape(shape)) & valid.unsqueeze(class_dim)
+    hot = ((target.unsqueeze(class_dim) == arange(classes, device=logp.device).reshape(shape))
+           & valid.unsqueeze(class_dim))
     picked = where(hot, logp, 0).sum(class_dim)
     if weight is None:
         return -picked, valid.to(logp.dtype)

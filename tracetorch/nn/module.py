@@ -485,7 +485,7 @@ class Module:
         return self._cast_floats(D.bfloat16)
 
     def cpu(self) -> "Module":
-        return self
+        return self.to("cpu")
 
     def cuda(self, device=None) -> "Module":
         return self.to(device or "cuda")

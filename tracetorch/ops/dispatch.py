@@ -32,6 +32,13 @@ class _BOUND:
     Node = None
 
 
+class DEVICE:
+    """Set by tracetorch.device_array when the first device tensor is made; until then `apply` checks no
+    operand's device (the CPU path pays one attribute test)."""
+    apply = None        # tracetorch.jit.cuda_eager.apply_on_device
+    array = None        # tracetorch.device_array.DeviceArray
+
+
 class OpError(RuntimeError):
     pass
 
@@ -47,6 +54,10 @@ def apply(op: OpDef, *inputs, **attrs):
     """Run primitive `op` eagerly, record it for autograd and for an active tracer."""
     Tensor = _BOUND.Tensor
     args = [x._data if isinstance(x, Tensor) else x for x in inputs]
+    if DEVICE.apply is not None:
+        for a in args:
+            if type(a) is DEVICE.array:
+                return DEVICE.apply(op, inputs, args, attrs)
     tracer = STATE.tracer
     try:
         if tracer is None:

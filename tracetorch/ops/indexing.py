@@ -55,7 +55,7 @@ def _infer_index(x, *idx, dims):
 
 def _index_vjp(n, g):
     idx = [n.x(i + 1) for i in range(len(n.attrs["dims"]))]
-    zeros = tt.zeros(n.shape(0), dtype=g.dtype)
+    zeros = tt.zeros(n.shape(0), dtype=g.dtype, device=g.device)
     return (apply(INDEX_PUT, zeros, g, *idx, dims=n.attrs["dims"], accumulate=True),) + (None,) * len(idx)
 
 

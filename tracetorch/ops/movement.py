@@ -89,7 +89,7 @@ def _slice_key(starts, stops, steps):
 
 
 def _slice_vjp(n, g):
-    return (apply(SLICE_SCATTER, tt.zeros(n.shape(0), dtype=g.dtype), g, **n.attrs),)
+    return (apply(SLICE_SCATTER, tt.zeros(n.shape(0), dtype=g.dtype, device=g.device), g, **n.attrs),)
 
 
 SLICE = register("slice", MOVEMENT, eager=lambda x, starts, stops, steps: x[_slice_key(starts, stops, steps)],
