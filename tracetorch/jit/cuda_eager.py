@@ -21,7 +21,7 @@ import numpy as np
 from .. import dtypes as D
 from ..device_array import DeviceArray, device_runtime
 from ..ops import REGISTRY
-from ..ops.dispatch import _BOUND, STATE, _op_error, describe
+from ..ops.dispatch import _BOUND, STATE, _op_error, describe, finish
 from ..ops.registry import ELEMENTWISE, INDEX, Aval
 from .ir import Graph, Node, Value
 
@@ -67,21 +67,7 @@ def apply_on_device(op, inputs, args, attrs):
             data, dtype = run_op(op, inputs, args, attrs)
     except (IndexError, ValueError, TypeError, RuntimeError, MemoryError, ArithmeticError) as e:
         raise _op_error(op, inputs, attrs, e) from e
-    out = Tensor._make(data, dtype)
-    if op.view and data.block is args[0].block:
-        src = inputs[0]
-        out._base = src._base if src._base is not None else src
-        out._version = src._version
-        out._view_ops = src._view_ops + ((op, attrs),)
-    state = STATE
-    if state.grad_enabled and op.vjp is not None and dtype.is_floating_point:
-        for x in inputs:
-            if isinstance(x, Tensor) and x.requires_grad:
-                _BOUND.Node.record(op, inputs, attrs, out)
-                break
-    if state.tracer is not None:
-        state.tracer.record(op, inputs, attrs, out)
-    return out
+    return finish(op, inputs, attrs, Tensor._make(data, dtype), op.view and data.block is args[0].block)
 
 
 def _same_device(op, inputs, args) -> list:

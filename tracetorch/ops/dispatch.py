@@ -76,16 +76,22 @@ def apply(op: OpDef, *inputs, **attrs):
             data = round_bfloat16(data)
     elif dtype is float16 and op.kind in _HALF_IN_FLOAT32 and "dtype" not in attrs:
         data = _in_float32(op, args, attrs)
-    out = Tensor._make(data, dtype)
-    if op.view and inputs and data.base is not None and np.may_share_memory(data, args[0]):
+    return finish(op, inputs, attrs, Tensor._make(data, dtype),
+                  op.view and inputs and data.base is not None and np.may_share_memory(data, args[0]))
+
+
+def finish(op: OpDef, inputs, attrs, out, is_view: bool):
+    """What every primitive's result goes through (on any device): the view link to its base, the
+    autograd Node, the tracer's record."""
+    if is_view:
         src = inputs[0]
         out._base = src._base if src._base is not None else src
         out._version = src._version
         out._view_ops = src._view_ops + ((op, attrs),)
     state = STATE
-    if state.grad_enabled and op.vjp is not None and dtype.is_floating_point:   # int results end the graph
+    if state.grad_enabled and op.vjp is not None and out._dtype.is_floating_point:   # int results end the graph
         for x in inputs:
-            if isinstance(x, Tensor) and x.requires_grad:
+            if isinstance(x, _BOUND.Tensor) and x.requires_grad:
                 _BOUND.Node.record(op, inputs, attrs, out)
                 break
     if state.tracer is not None:
