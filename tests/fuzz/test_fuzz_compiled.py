@@ -94,6 +94,12 @@ REGRESSIONS = {
     # a number guarded by value that is NaN never equalled itself: retraced on every call
     "NaN number used as a constant": _program(
         "v0 = x0 * float(x0.sum())", Input("x0", (3,), FLOAT), specials=True, seed=7),
+    # LLVM donated write-backs: the argument's update was stored into its array while the argument's
+    # old value was also a result (here through .item()): the result read the new value
+    "old value of an argument updated in place": _program(
+        "v0 = x0.reshape(()).item()\nx0.exp_()", Input("x0", (), FLOAT)),
+    "argument returned, then updated in place": _program(
+        "v0 = x0 * 1\nv1 = x0\nx0.exp_()", Input("x0", (3,), FLOAT), outputs=("v0", "v1")),
 }
 
 

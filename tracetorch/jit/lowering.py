@@ -234,7 +234,8 @@ def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
     """{new value: target input} for the write-backs a kernel may store straight into their target.
 
     Safe when: an elementwise kernel computes the new value and reads the target only at the element it
-    writes (or not at all); no later step reads the target; the value is no other result; and no step
+    writes (or not at all); no later step reads the target; neither the value nor the target's old value
+    is another result; and no step
     that may fail (a bounds check, a non-matmul extern) runs at or after the first such kernel (the
     program stops at the first failure, so a failed call still leaves the targets untouched). The caller
     passes a private copy of a target whose array it cannot hand over (`Program.run`)."""
@@ -251,8 +252,8 @@ def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
     chosen = {}
     for dst, src in graph.writebacks:
         k = writer.get(src)
-        if k is None or dst not in input_index or targets.count(dst) != 1 or count[src] != 1:
-            continue
+        if k is None or dst not in input_index or targets.count(dst) != 1 or count[src] != 1 or dst in count:
+            continue                    # (a target whose old value is itself a result must stay intact)
         g = groups[k]
         if (g.kind != ELEMENTWISE or tuple(src.shape) != tuple(dst.shape) or src.dtype is not dst.dtype
                 or tuple(src.shape) != tuple(g.space) or last_read.get(dst, -1) > k):
