@@ -1,17 +1,20 @@
-"""A tiled CUDA matmul kernel with a fused epilogue: `out = epilogue(a @ b)` for float32, as a program step.
+"""A tiled CUDA matmul kernel with a fused epilogue: `out = epilogue(a @ b)` for float32 (and float64), as a
+program step.
 
 `MatmulSpec` is a step of a `Program` for the CUDA backend (like a Kernel, it names the buffers it reads
 and writes; `codegen.cuda_c.render_program` calls its `render_cuda`). Two kernels:
 
 - float32 on the CUDA cores: a block computes a BM x BN tile of the output, staging BK-deep slices of A
   (transposed) and B in shared memory; each of its 256 threads accumulates a TM x TN register block with
-  FMAs. The tile shape shrinks (128, 64, 32) until the grid has enough blocks to fill the GPU.
+  FMAs. The tile shape shrinks (128, 64, 32) until the grid has enough blocks to fill the GPU. float64
+  runs the same kernel in double precision.
 - TF32 on the tensor cores (`tf32=True`, opt-in: inputs rounded to 10-bit mantissas, like PyTorch's
   `allow_tf32`): `nvcuda::wmma` 16x16x8 fragments, a 64 x 64 block tile of four warps, the accumulator
   staged through shared memory for the epilogue.
 
 Any shapes: tile loads outside the matrices read zeros, stores outside are skipped. Operands may be
-transposed (read through their strides, never copied) and batched (a batch stride of 0 broadcasts).
+transposed, strided (a leading dimension and an offset: slices of a bigger buffer) and batched (a batch
+stride of 0 broadcasts); they are read through their strides, never copied.
 The epilogue is an expression over `Arg("acc", float32)` (the dot product) and the Args of
 `epilogue_inputs`, read through index maps over the output's iteration space ((m, n), or (batch, m, n)
 when batched): a bias row and an activation cost no extra pass over memory.
@@ -22,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from tracetorch.dtypes import float32
+from tracetorch.dtypes import float32, float64
 
 from .cuda_c import TARGET_SMS, Launch, _Emitter, storage_ctype
 from .kernel import Arg, Buffer, Expr, IndexMap, Load, Var, substitute, walk_exprs
@@ -39,9 +42,12 @@ TF32_TILE, TF32_THREADS = 64, 128
 class MatmulSpec:
     """out[b, i, j] = epilogue(sum_k A[b, i, k] * B[b, k, j]) for b < batch, i < m, j < n.
 
-    A is stored (m, k) row-major, or (k, m) when `trans_a`; B (k, n), or (n, k) when `trans_b`; batch
-    strides default to one matrix (a buffer holding a single matrix is broadcast: stride 0). `out` is
-    contiguous (batch, m, n)."""
+    A is stored (m, k) row-major, or (k, m) when `trans_a`, with rows `lda` elements apart (default: packed)
+    from element `a_offset` of its buffer; B likewise, (k, n) or (n, k) when `trans_b`. `a_strides` /
+    `b_strides` (element strides of the (m, k) / (k, n) matrix, 0 for a broadcast) replace trans/ld for the
+    addresses, and `trans_*` then only picks the coalesced tile-loading order. Batch strides default to one
+    matrix (a buffer holding a single matrix is broadcast: stride 0). `out` is contiguous (batch, m, n);
+    a, b and out share one dtype, float32 or float64."""
     name: str
     a: Buffer
     b: Buffer
@@ -57,24 +63,64 @@ class MatmulSpec:
     tf32: bool = False
     a_batch_stride: Optional[int] = None
     b_batch_stride: Optional[int] = None
+    a_offset: int = 0
+    b_offset: int = 0
+    lda: Optional[int] = None
+    ldb: Optional[int] = None
+    a_strides: Optional[tuple[int, int]] = None
+    b_strides: Optional[tuple[int, int]] = None
 
     def __post_init__(self):
+        dt = self.out.dtype
         for buf in (self.a, self.b, self.out):
-            if buf.dtype is not float32:
-                raise TypeError(f"matmul {self.name!r}: {buf!r} must be float32")
+            if buf.dtype is not dt or dt not in (float32, float64):
+                raise TypeError(f"matmul {self.name!r}: {buf!r} must be float32 or float64, like the output")
+        if self.tf32 and dt is not float32:
+            raise TypeError(f"matmul {self.name!r}: tf32 needs float32 operands")
         if self.out.size != self.batch * self.m * self.n:
             raise ValueError(f"matmul {self.name!r}: output {self.out!r} must hold {self.batch}x{self.m}x{self.n}")
-        for buf, stride, size in ((self.a, self.stride_a, self.m * self.k), (self.b, self.stride_b, self.k * self.n)):
-            if stride * (self.batch - 1) + size > buf.size:
+        for buf, stride, offset, shape, strides in ((self.a, self.stride_a, self.a_offset, (self.m, self.k),
+                                                      self.strides_a),
+                                                     (self.b, self.stride_b, self.b_offset, (self.k, self.n),
+                                                      self.strides_b)):
+            if min(strides) < 0 or stride < 0 or offset < 0:
+                raise ValueError(f"matmul {self.name!r}: {buf!r} read with strides {strides}, batch stride "
+                                 f"{stride}, offset {offset}")
+            need = offset + stride * (self.batch - 1) + sum((s - 1) * st for s, st in zip(shape, strides)) + 1
+            if need > buf.size:
                 raise IndexError(f"matmul {self.name!r}: {buf!r} holds {buf.size} elements, batch {self.batch} of "
-                                 f"{size} with stride {stride} needs {stride * (self.batch - 1) + size}")
+                                 f"{shape[0]}x{shape[1]} (strides {strides}) with stride {stride} from {offset} "
+                                 f"needs {need}")
         space = self.space
         for name, buf, index in self.epilogue_inputs:
             if len(index.strides) != len(space):
                 raise ValueError(f"matmul {self.name!r}: epilogue input {name} needs an index map over {space}")
             index.check(space, buf)
-        if self.epilogue is not None and self.epilogue.dtype is not float32:
-            raise TypeError(f"matmul {self.name!r}: the epilogue must be float32, got {self.epilogue.dtype.name}")
+        if self.epilogue is not None and self.epilogue.dtype is not dt:
+            raise TypeError(f"matmul {self.name!r}: the epilogue must be {dt.name}, got {self.epilogue.dtype.name}")
+
+    @property
+    def _a_stored(self) -> tuple[int, int]:
+        return (self.k, self.m) if self.trans_a else (self.m, self.k)
+
+    @property
+    def _b_stored(self) -> tuple[int, int]:
+        return (self.n, self.k) if self.trans_b else (self.k, self.n)
+
+    @property
+    def strides_a(self) -> tuple[int, int]:
+        """Element strides of A's rows and columns."""
+        if self.a_strides is not None:
+            return tuple(self.a_strides)
+        ld = self.lda if self.lda is not None else self._a_stored[1]
+        return (1, ld) if self.trans_a else (ld, 1)
+
+    @property
+    def strides_b(self) -> tuple[int, int]:
+        if self.b_strides is not None:
+            return tuple(self.b_strides)
+        ld = self.ldb if self.ldb is not None else self._b_stored[1]
+        return (1, ld) if self.trans_b else (ld, 1)
 
     @property
     def stride_a(self) -> int:
@@ -144,18 +190,16 @@ class MatmulSpec:
 
     def _a(self, names, row: str, col: str) -> str:
         """A[row, col] of this block's batch (row < m, col < k)."""
-        index = f"(long long){col} * {self.m} + {row}" if self.trans_a else f"(long long){row} * {self.k} + {col}"
-        return f"{names[self.a]}[tt_a_base + {index}]"
+        return f"{names[self.a]}[tt_a_base + {_strided(row, col, self.strides_a)}]"
 
     def _b(self, names, row: str, col: str) -> str:
         """B[row, col] of this block's batch (row < k, col < n)."""
-        index = f"(long long){col} * {self.k} + {row}" if self.trans_b else f"(long long){row} * {self.n} + {col}"
-        return f"{names[self.b]}[tt_b_base + {index}]"
+        return f"{names[self.b]}[tt_b_base + {_strided(row, col, self.strides_b)}]"
 
     def _prologue(self, em: _Emitter) -> None:
         em.emit("const long long tt_batch = blockIdx.z;")
-        em.emit(f"const long long tt_a_base = tt_batch * {self.stride_a}LL;")
-        em.emit(f"const long long tt_b_base = tt_batch * {self.stride_b}LL;")
+        em.emit(f"const long long tt_a_base = tt_batch * {self.stride_a}LL + {self.a_offset}LL;")
+        em.emit(f"const long long tt_b_base = tt_batch * {self.stride_b}LL + {self.b_offset}LL;")
 
     def _load_tiles(self, em: _Emitter, names, threads: int, bm: int, bn: int, bk: int, a_tile, b_tile) -> None:
         """Stage A[row0.., k0..] and B[k0.., col0..] in shared memory (zeros outside), coalesced reads:
@@ -169,7 +213,7 @@ class MatmulSpec:
             em.emit(f"const int tt_kk = tt_e % {bk}, tt_mm = tt_e / {bk};")
         em.emit("const int tt_r = tt_row0 + tt_mm, tt_c = tt_k0 + tt_kk;")
         em.emit(f"{a_tile('tt_mm', 'tt_kk')} = (tt_r < {self.m} && tt_c < {self.k}) ? "
-                f"{self._a(names, 'tt_r', 'tt_c')} : 0.0f;")
+                f"{self._a(names, 'tt_r', 'tt_c')} : {self._zero};")
         em.close()
         em.emit("#pragma unroll")
         em.open(f"for (int tt_l = 0; tt_l < {bk * bn // threads}; ++tt_l)")
@@ -180,27 +224,37 @@ class MatmulSpec:
             em.emit(f"const int tt_nn = tt_e % {bn}, tt_kk = tt_e / {bn};")
         em.emit("const int tt_r = tt_k0 + tt_kk, tt_c = tt_col0 + tt_nn;")
         em.emit(f"{b_tile('tt_kk', 'tt_nn')} = (tt_r < {self.k} && tt_c < {self.n}) ? "
-                f"{self._b(names, 'tt_r', 'tt_c')} : 0.0f;")
+                f"{self._b(names, 'tt_r', 'tt_c')} : {self._zero};")
         em.close()
 
+    @property
+    def _ctype(self) -> str:
+        return "double" if self.out.dtype is float64 else "float"
+
+    @property
+    def _zero(self) -> str:
+        return "0.0" if self.out.dtype is float64 else "0.0f"
+
     def _fp32_body(self, em: _Emitter, names, bm, bn, bk, tm, tn) -> None:
-        em.emit(f"__shared__ __align__(16) float tt_as[{bk}][{bm + 4}];     // A tile, transposed")
-        em.emit(f"__shared__ __align__(16) float tt_bs[{bk}][{bn + 4}];")
+        """The CUDA-core kernel (float32, or float64 with the same tiles)."""
+        c, fma = self._ctype, "fma" if self.out.dtype is float64 else "fmaf"
+        em.emit(f"__shared__ __align__(16) {c} tt_as[{bk}][{bm + 4}];     // A tile, transposed")
+        em.emit(f"__shared__ __align__(16) {c} tt_bs[{bk}][{bn + 4}];")
         em.emit(f"const int tt_tx = threadIdx.x % {bn // tn}, tt_ty = threadIdx.x / {bn // tn};")
         em.emit(f"const int tt_row0 = blockIdx.y * {bm}, tt_col0 = blockIdx.x * {bn};")
         self._prologue(em)
-        em.emit(f"float tt_acc[{tm}][{tn}];")
+        em.emit(f"{c} tt_acc[{tm}][{tn}];")
         em.emit("#pragma unroll")
         em.emit(f"for (int i = 0; i < {tm}; ++i)")
         em.emit("#pragma unroll")
-        em.emit(f"    for (int j = 0; j < {tn}; ++j) tt_acc[i][j] = 0.0f;")
+        em.emit(f"    for (int j = 0; j < {tn}; ++j) tt_acc[i][j] = {self._zero};")
         em.open(f"for (int tt_k0 = 0; tt_k0 < {self.k}; tt_k0 += {bk})")
         self._load_tiles(em, names, THREADS, bm, bn, bk, lambda m, k: f"tt_as[{k}][{m}]",
                          lambda k, n: f"tt_bs[{k}][{n}]")
         em.emit("__syncthreads();")
         em.emit("#pragma unroll")
         em.open(f"for (int tt_kk = 0; tt_kk < {bk}; ++tt_kk)")
-        em.emit(f"float tt_a[{tm}], tt_b[{tn}];")
+        em.emit(f"{c} tt_a[{tm}], tt_b[{tn}];")
         em.emit("#pragma unroll")
         em.emit(f"for (int i = 0; i < {tm}; ++i) tt_a[i] = tt_as[tt_kk][tt_ty * {tm} + i];")
         em.emit("#pragma unroll")
@@ -208,7 +262,7 @@ class MatmulSpec:
         em.emit("#pragma unroll")
         em.emit(f"for (int i = 0; i < {tm}; ++i)")
         em.emit("#pragma unroll")
-        em.emit(f"    for (int j = 0; j < {tn}; ++j) tt_acc[i][j] = fmaf(tt_a[i], tt_b[j], tt_acc[i][j]);")
+        em.emit(f"    for (int j = 0; j < {tn}; ++j) tt_acc[i][j] = {fma}(tt_a[i], tt_b[j], tt_acc[i][j]);")
         em.close()
         em.emit("__syncthreads();")
         em.close()
@@ -281,13 +335,18 @@ class MatmulSpec:
             em.bind("@m", "(long long)tt_r")
             em.bind("@n", "(long long)tt_c")
             at = [Var("@b"), Var("@m"), Var("@n")][-len(self.space):]
-            mapping = {"acc": Var("@acc", float32)}
+            mapping = {"acc": Var("@acc", self.out.dtype)}
             for name, buf, index in self.epilogue_inputs:
                 mapping[name] = Load(buf, index.index(at))
             value = em.expr(substitute(self.epilogue, mapping))
         em.emit(f"{names[self.out]}[tt_batch * {self.m * self.n}LL + (long long)tt_r * {self.n} + tt_c] = {value};")
         em.forget_state()
         em.close()
+
+
+def _strided(row: str, col: str, strides: tuple[int, int]) -> str:
+    terms = [f"(long long){v}" if st == 1 else f"(long long){v} * {st}" for v, st in zip((row, col), strides) if st]
+    return " + ".join(terms) or "0"
 
 
 @dataclass(frozen=True)

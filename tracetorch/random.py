@@ -14,7 +14,7 @@ import numpy as np
 from . import dtypes as D
 from .ops import REGISTRY as R
 from .ops import random as RNG
-from .ops.dispatch import apply
+from .ops.dispatch import STATE, apply
 from .tensor import Tensor
 
 RAND, RANDPERM = R["rand"], R["randperm"]
@@ -89,10 +89,14 @@ def _draw(shape, dtype, generator, normal, device=None):
     dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
     if not dt.is_floating_point:
         raise RuntimeError(f"{'randn' if normal else 'rand'}: expected a floating-point dtype, got {dt.name}")
-    out = apply(RAND, gen.seed_t, gen.offset_t, shape=shape, dtype=dt, normal=normal)
+    on_device = device is not None and str(device) != "cpu"
+    seed, offset = gen.seed_t, gen.offset_t
+    if on_device and STATE.tracer is None:      # drawn by a device kernel from the same counter-based stream
+        seed, offset = seed.to(device), offset.to(device)
+    out = apply(RAND, seed, offset, shape=shape, dtype=dt, normal=normal)
     gen._advance(RNG.draws(shape, normal))
-    if device is not None and str(device) != "cpu":
-        out = out.to(device)        # the same counter-based stream on either device
+    if on_device:
+        out = out.to(device)        # traced: drawn from the CPU state, then moved (the device backend runs both)
     return out
 
 
@@ -127,10 +131,8 @@ def randint(low, high=None, size=None, *, generator=None, dtype=None, device=Non
         raise TypeError("randint() missing required argument 'size'")
     if high <= low:
         raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= to={high}")
-    u = _draw(tuple(size), D.float64, generator, False)
+    u = _draw(tuple(size), D.float64, generator, False, device)
     out = (u * (high - low)).floor() + low
-    if device is not None and str(device) != "cpu":
-        out = out.to(device)
     return out.to(D.as_dtype(dtype) if dtype is not None else D.int64)
 
 

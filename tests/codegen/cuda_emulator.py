@@ -310,5 +310,5 @@ def _poisoned(buf) -> np.ndarray:
     if a.dtype.kind == "f":
         a.fill(np.nan)
     else:
-        a.view(np.uint8).fill(0x5A)
+        a.reshape(-1).view(np.uint8).fill(0x5A)          # (reshape: a 0-d array cannot change its dtype)
     return a

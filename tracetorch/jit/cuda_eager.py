@@ -252,18 +252,58 @@ def copy_into(dst: DeviceArray, src: DeviceArray, dt) -> None:
     """dst[...] = src (same shape and dtype): the device half of `Tensor._assign`."""
     if dst.size == 0:
         return
-    drv = device_runtime().driver
+    if src.block is dst.block and _overlap(src, dst):       # e.g. x.T.copy_(x): read everything first
+        src = materialize(src, dt)
     if dst.is_contiguous():
         if not src.is_contiguous():
             src = materialize(src, dt)
-        drv.memcpy_dtod(dst.ptr, src.ptr, dst.nbytes)
+        device_runtime().driver.memcpy_dtod(dst.ptr, src.ptr, dst.nbytes)
         return
-    # a strided destination: update its span on the host (correct, not fast; see the report's open items)
-    span = dst.span_bytes()
-    raw = np.empty(span, np.uint8)
-    drv.memcpy_dtoh(raw, dst.ptr)
-    np.copyto(np.ndarray(dst.shape, dst.dtype, buffer=raw, strides=dst.strides), src.get())
-    drv.memcpy_htod(dst.ptr, raw)
+    strided_write(dst, src, dt)
+
+
+def _overlap(a: DeviceArray, b: DeviceArray) -> bool:
+    return a.ptr < b.ptr + b.span_bytes() and b.ptr < a.ptr + a.span_bytes()
+
+
+def strided_write(dst: DeviceArray, src: DeviceArray, dt) -> None:
+    """Write `src` (any layout, broadcasts included) into the strided view `dst` with one generated copy
+    kernel (cached per pair of layouts); the elements of dst's memory outside the view are untouched."""
+    key = ("write", dt.name, _strided_key(dst), layout_key(src))
+
+    def build():
+        from codegen.cuda_steps import copy_kernel
+        from codegen.kernel import Program
+        dst_buf, dst_map = _strided_buffer("dst", dst, dt)
+        src_buf, src_map = _strided_buffer("src", src, dt)
+        kernel = copy_kernel("write", dst.shape, dst_buf, dst_map, src_buf, src_map)
+        from .cuda_backend import BACKEND
+        return _Direct(BACKEND.engine.compile(Program(_name("write", key), (kernel,), (src_buf,), (dst_buf,))))
+
+    _program(key, build).run(src, dst)
+
+
+class _Direct:
+    """A compiled program run on caller-owned device memory (inputs and outputs at given addresses)."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def run(self, src: DeviceArray, dst: DeviceArray) -> None:
+        self.compiled.run_device([input_address(src)], [input_address(dst)])
+
+
+def _strided_key(a: DeviceArray) -> tuple:
+    return (a.shape, a.element_strides(), (a.ptr % ALIGN) // a.itemsize)
+
+
+def _strided_buffer(name: str, a: DeviceArray, dt):
+    """(Buffer from a's 16-byte boundary to its last element, IndexMap of a's elements in that buffer)."""
+    from codegen.cuda_steps import span, strided_map
+    from codegen.kernel import Buffer
+    lead = (a.ptr % ALIGN) // a.itemsize
+    m = strided_map(a.shape, a.element_strides(), lead)
+    return Buffer(name, dt, (max(span(a.shape, m), 1),)), m
 
 
 # ---------------------------------------------------------------- helpers
@@ -309,4 +349,5 @@ def _freeze(v):
     return v
 
 
-__all__ = ["apply_on_device", "run_op", "materialize", "copy_into", "movement_plan", "stats", "clear_cache"]
+__all__ = ["apply_on_device", "run_op", "materialize", "copy_into", "strided_write", "movement_plan", "stats",
+           "clear_cache"]

@@ -1,0 +1,251 @@
+"""Device code for the extern ops the fused kernels do not cover (the CUDA backend's `device_steps`).
+
+- `RandSpec`: a program step (like `cuda_matmul.MatmulSpec`) rendering `ops/random.py`'s generator in CUDA
+  C: draw i of a call is splitmix64 of counter `offset + i` keyed by the hashed seed, turned into a float
+  with the same integer arithmetic as numpy (uniform: exact; float16/bfloat16: the top bits the dtype
+  holds; normal: Box-Muller in float64 of draws i and n + i), so a device draw has the CPU's bits
+  (Box-Muller: up to libm's last-bit differences in log1p/cos). Seed and offset are read from device
+  memory, so one compiled kernel serves every call.
+- `copy_kernel`: a loop-level kernel `dst[dst_map(i)] = src[src_map(i)]` over a shape, rendered by the
+  ordinary renderers: writes into strided device views, and the pieces of `cat` and `slice_scatter`.
+- `scatter_kernel`: `out[..., idx[j], ...] = v[..., j, ...]` along one dim (index_put without accumulate:
+  duplicate indices write in an unspecified order, as in PyTorch on CUDA), bounds-checked through the
+  error flag.
+- `cumsum_kernel`: a running sum along one dim, one row per team, added in order (numpy's rounding).
+- `arg_kernel`: argmax/argmin as two reductions per row: the max (NaN-propagating), then the first
+  position holding it (or holding a NaN), numpy's first-occurrence rule.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64, int64
+
+from .cuda_c import FLAT_THREADS, Launch, storage_ctype
+from .kernel import (Accumulator, Assign, Buffer, CheckedIndex, Const, IndexMap, Kernel, Let, Load, Loop, Op, Reduce,
+                     Store, Var)
+from .templates import identity
+from .llvm_ir import Check
+
+GOLDEN, MIX1, MIX2 = "0x9E3779B97F4A7C15ULL", "0xBF58476D1CE4E5B9ULL", "0x94D049BB133111EBULL"
+SHORT_FLOAT_DIGITS = {float16: 11, bfloat16: 8}      # as ops/random.py: bits kept so rounding never gives 1.0
+
+
+@dataclass(frozen=True)
+class RandSpec:
+    """out[i] = draw i of the stream (seed[seed_at], offset[offset_at]): uniform [0, 1), or standard normal."""
+    name: str
+    seed: Buffer
+    offset: Buffer
+    out: Buffer
+    normal: bool = False
+    seed_at: int = 0
+    offset_at: int = 0
+
+    def __post_init__(self):
+        for buf, at in ((self.seed, self.seed_at), (self.offset, self.offset_at)):
+            if buf.dtype is not int64 or not 0 <= at < buf.size:
+                raise TypeError(f"rand {self.name!r}: generator state {buf!r} must be int64 holding element {at}")
+        if not self.out.dtype.is_floating_point:
+            raise TypeError(f"rand {self.name!r}: output {self.out!r} must be floating point")
+
+    @property
+    def inputs(self) -> tuple[Buffer, ...]:
+        return tuple(dict.fromkeys((self.seed, self.offset)))
+
+    @property
+    def outputs(self) -> tuple[Buffer, ...]:
+        return (self.out,)
+
+    @property
+    def cuda_dtypes(self) -> tuple[DType, ...]:
+        return (self.out.dtype,)
+
+    def render_cuda(self, symbol: str, checks: list[Check]) -> tuple[str, Launch]:
+        buffers = self.inputs + (self.out,)
+        names = {buf: f"p{i}" for i, buf in enumerate(buffers)}
+        params = [f"{'' if buf is self.out else 'const '}{storage_ctype(buf.dtype)}* __restrict__ {names[buf]}"
+                  for buf in buffers] + ["int* __restrict__ tt_err"]
+        n = self.out.size
+        lines = [f"// rand {self.name!r}: {n} {'normal' if self.normal else 'uniform'} {self.out.dtype.name}",
+                 f'extern "C" __global__ void __launch_bounds__({FLAT_THREADS}) {symbol}({", ".join(params)}) {{',
+                 f"    const unsigned long long key = tt_rng_mix64((unsigned long long){names[self.seed]}"
+                 f"[{self.seed_at}] * {GOLDEN} + {GOLDEN});",
+                 f"    const unsigned long long base = (unsigned long long){names[self.offset]}[{self.offset_at}];",
+                 f"    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < {n}LL; "
+                 "i += (long long)gridDim.x * blockDim.x) {",
+                 f"        {names[self.out]}[i] = {self._value()};",
+                 "    }", "}", ""]
+        return _RNG_HELPERS + "\n".join(lines), Launch(symbol, buffers, FLAT_THREADS, n, FLAT_THREADS, "flat")
+
+    def _value(self) -> str:
+        dt, n = self.out.dtype, self.out.size
+        word = "tt_rng_mix64((base + (unsigned long long)({})) * " + GOLDEN + " + key)"
+        if self.normal:
+            u1 = f"tt_rng_u53({word.format('i')})"
+            u2 = f"tt_rng_u53({word.format(f'i + {n}LL')})"
+            x = f"(sqrt(-2.0 * log1p(-{u1})) * cos(6.283185307179586 * {u2}))"
+            return {float64: x, float32: f"(float){x}", float16: f"__double2half({x})",
+                    bfloat16: f"__bfloat162float(__float2bfloat16_rn((float){x}))"}[dt]
+        if dt is float64:
+            return f"tt_rng_u53({word.format('i')})"
+        u = f"tt_rng_u24({word.format('i')})"
+        digits = SHORT_FLOAT_DIGITS.get(dt)
+        if digits is None:
+            return u
+        scale = float(2 ** digits)
+        short = f"(floorf({u} * {scale!r}f) * {1.0 / scale!r}f)"
+        return f"__float2half_rn({short})" if dt is float16 else short
+
+
+# emitted before each rand kernel; the macro keeps one copy per module
+_RNG_HELPERS = r"""#ifndef TT_RNG_HELPERS
+#define TT_RNG_HELPERS
+// splitmix64's finalizer (ops/random.py mix64)
+__device__ __forceinline__ unsigned long long tt_rng_mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * """ + MIX1 + r""";
+    z = (z ^ (z >> 27)) * """ + MIX2 + r""";
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ float tt_rng_u24(unsigned long long bits) {       // exact: 24-bit integer * 2^-24
+    return (float)(bits >> 40) * 5.9604644775390625e-08f;
+}
+__device__ __forceinline__ double tt_rng_u53(unsigned long long bits) {      // exact: 53-bit integer * 2^-53
+    return (double)(bits >> 11) * 1.1102230246251565e-16;
+}
+#endif
+"""
+
+
+# ---------------------------------------------------------------- strided copies
+def copy_kernel(name: str, shape, dst: Buffer, dst_map: IndexMap, src, src_map: IndexMap | None = None) -> Kernel:
+    """dst[dst_map(i)] = src[src_map(i)] (cast to dst's dtype) for every i in `shape`; `src` is a Buffer or a
+    Python number. Elements of dst outside the map are left as they are."""
+    shape = tuple(shape) or (1,)
+    dst_map = _pad(dst_map, shape)
+    at = [Var(f"i{k}") for k in range(len(shape))]
+    if isinstance(src, Buffer):
+        value = Load(src, _pad(src_map, shape).index(at))
+        if src.dtype is not dst.dtype:
+            value = Op("cast", (value,), dst.dtype)
+    else:
+        value = Const(src, dst.dtype)
+    body = (Store(dst, dst_map.index(at), value),)
+    for k in range(len(shape) - 1, -1, -1):
+        body = (Loop(f"i{k}", shape[k], body),)
+    return Kernel(name, body[0])
+
+
+def scatter_kernel(name: str, out: Buffer, dim: int, count: int, idx: Buffer, idx_map: IndexMap, v,
+                   v_map: IndexMap | None = None) -> Kernel:
+    """out[pre, idx[j], post] = v[pre, j, post] for j < count, along `dim` of the contiguous `out`; the 1-D
+    index is read through `idx_map`, `v` is a Buffer read through `v_map` over the region (pre, j, post)
+    (broadcast dims: stride 0) or a Python number. One team per index, so a bad index is checked once."""
+    shape = out.shape
+    strides = row_major(shape).strides
+    others = [d for d in range(len(shape)) if d != dim]
+    at = {d: Var(f"i{d}") for d in others}
+    j, pos = Var("j"), Var("pos")
+    target = pos if strides[dim] == 1 else Op("mul", (pos, Const(strides[dim], int64)), int64)
+    if others:
+        rest = IndexMap(tuple(strides[d] for d in others), 0).index([at[d] for d in others])
+        target = Op("add", (target, rest), int64)
+    if isinstance(v, Buffer):
+        value = Load(v, v_map.index([at[d] if d != dim else j for d in range(len(shape))]))
+        if v.dtype is not out.dtype:
+            value = Op("cast", (value,), out.dtype)
+    else:
+        value = Const(v, out.dtype)
+    body = (Store(out, target, value),)
+    for d in reversed(others):
+        body = (Loop(f"i{d}", shape[d], body),)
+    checked = CheckedIndex(Load(idx, idx_map.index([j])), shape[dim], f"index_put index along dim {dim}")
+    return Kernel(name, Loop("j", count, (Let("pos", checked),) + body))
+
+
+def cumsum_kernel(name: str, out: Buffer, dim: int, x: Buffer, x_map: IndexMap) -> Kernel:
+    """out = cumsum(x, dim) (x read through `x_map` over out's shape, cast to out's dtype); out contiguous."""
+    shape, dt = out.shape, out.dtype
+    strides = row_major(shape).strides
+    others = [d for d in range(len(shape)) if d != dim]
+    at = [Var(f"i{d}") for d in range(len(shape))]
+    value = Load(x, x_map.index(at))
+    if x.dtype is not dt:
+        value = Op("cast", (value,), dt)
+    total = Var("total", dt)
+    body = (Assign("total", Op("add", (total, value), dt)),
+            Store(out, IndexMap(strides, 0).index(at), total))
+    row = (Accumulator("total", Const(0, dt)), Loop(f"i{dim}", shape[dim], body))
+    return Kernel(name, _rows(shape, others, row))
+
+
+def arg_kernel(name: str, combine: str, out: Buffer, x: Buffer, x_map: IndexMap, shape, dims) -> Kernel:
+    """out[kept] = first position along `dims` (row-major over them) of the max (combine "max") or min of x,
+    x read through `x_map` over `shape`; out holds the kept dims' elements in order (int64)."""
+    shape, dims = tuple(shape), tuple(dims)
+    kept = [d for d in range(len(shape)) if d not in dims]
+    at = [Var(f"i{d}") for d in range(len(shape))]
+    dt = x.dtype
+    v = Load(x, x_map.index(at))
+    pos = row_major([shape[d] for d in dims]).index([at[d] for d in dims])
+    count = Const(math.prod(shape[d] for d in dims), int64)
+    best = Var("best", dt)
+    hit = Op("eq", (v, best), bool_)
+    if dt.is_floating_point:
+        hit = Op("or", (hit, Op("ne", (v, v), bool_)), bool_)
+    first = Op("where", (hit, pos, count), int64)
+
+    def scan(stmt):
+        for d in reversed(dims):
+            stmt = Loop(f"i{d}", shape[d], (stmt,))
+        return stmt
+    row = (Accumulator("best", identity(combine, dt)), scan(Reduce("best", combine, v)),
+           Accumulator("first", Const(int(count.value), int64)), scan(Reduce("first", "min", first)),
+           Store(out, row_major([shape[d] for d in kept]).index([at[d] for d in kept]),
+                 Var("first", int64)))
+    return Kernel(name, _rows(shape, kept, row))
+
+
+def _rows(shape, outer_dims, row) -> Loop:
+    """Loops over `outer_dims` around the statements of one row (a one-iteration loop when there are none)."""
+    if not outer_dims:
+        return Loop("row", 1, row)
+    body = row
+    for d in reversed(outer_dims):
+        body = (Loop(f"i{d}", shape[d], body),)
+    return body[0]
+
+
+def row_major(shape) -> IndexMap:
+    """The map of a contiguous array of `shape` (size-1 dims keep their stride, unlike IndexMap.contiguous)."""
+    strides, step = [], 1
+    for s in reversed(shape):
+        strides.append(step)
+        step *= max(s, 1)
+    return IndexMap(tuple(reversed(strides)), 0)
+
+
+def _pad(m: IndexMap, shape: tuple) -> IndexMap:
+    """A map over `shape` (a 0-d map becomes a map over (1,))."""
+    if len(m.strides) == len(shape):
+        return m
+    if not m.strides and shape == (1,):
+        return IndexMap((0,), m.offset)
+    raise ValueError(f"index map {m} does not fit shape {shape}")
+
+
+def strided_map(shape, element_strides, offset: int) -> IndexMap:
+    """The IndexMap of a strided view (element strides; dims of size 1 read stride 0)."""
+    return IndexMap(tuple(0 if s == 1 else st for s, st in zip(shape, element_strides)), offset)
+
+
+def span(shape, m: IndexMap) -> int:
+    """Elements a buffer needs to hold every index of `m` over `shape` (strides are never negative)."""
+    if 0 in tuple(shape):
+        return 0
+    return m.offset + sum(st * (s - 1) for s, st in zip(shape, m.strides)) + 1
+
+
+__all__ = ["RandSpec", "copy_kernel", "scatter_kernel", "cumsum_kernel", "arg_kernel", "row_major", "strided_map",
+           "span"]
