@@ -180,12 +180,15 @@ class _KernelRenderer:
                 self.accs[stmt.name] = (self.b.alloca(compute_type(dt), name=stmt.name), dt)
         self.scopes: list[dict] = [{}]       # name -> ir.Value for loop variables and Lets
         self.memo = ScopedMemo()
+        self._entry = entry
+        self._failed: list = []              # (check id, i8 flag alloca) per check of this kernel
         start, stop = fn.args[-2], fn.args[-1]
         b = self.b
         zero, extent = ir.Constant(I64, 0), ir.Constant(I64, kernel.outer.extent)
         start = b.select(b.icmp_signed("<", start, zero), zero, start)      # a range never leaves the loop
         stop = b.select(b.icmp_signed(">", stop, extent), extent, stop)
         self.loop(kernel.outer, start, stop, guard=True)
+        self.report_failures()
         self.b.ret_void()
 
     # ------------------------------------------------------------ statements
@@ -252,6 +255,13 @@ class _KernelRenderer:
                 return b.fadd(acc, value, flags=["reassoc"])
             if combine == "mul":
                 return b.fmul(acc, value, flags=["reassoc"])
+            if combine in ("max", "min"):
+                # freeze (a no-op on any value that is not poison) keeps InstCombine from folding a masked
+                # value `where(m, x, -inf)` into a conditional `select(m, max(acc, x), acc)`, which the loop
+                # vectorizer does not take as a max reduction (a causal softmax's max ran scalar, ~3x slower)
+                frozen = ir.instructions.Instruction(b.block, value.type, "freeze", [value])
+                b._insert(frozen)
+                value = frozen
         return self.binary(combine, acc, value, dt)
 
     def forget_state(self) -> None:
@@ -327,17 +337,31 @@ class _KernelRenderer:
         return b.select(b.fcmp_unordered("uno", v, v), v, b.bitcast(rounded, F32))
 
     def fail_if(self, bad, check: Check) -> None:
-        """If `bad`, store the check's id into the error flag (execution goes on with safe values)."""
+        """If `bad`, the check's id goes into the error flag when the kernel returns (execution goes on
+        with safe values). Inside the loops the check only ORs into a local flag, without a branch or a
+        store to memory, so the loop still vectorizes (a gather in a reduction loop ran scalar)."""
         self.checks.append(check)
         cid = len(self.checks)
+        at_entry = ir.IRBuilder(self._entry)
+        at_entry.position_at_start(self._entry)        # allocas in the entry block: promoted to registers
+        flag = at_entry.alloca(I8, name=f"failed{cid}")
+        at_entry.store(ir.Constant(I8, 0), flag)
+        self._failed.append((cid, flag))
         b = self.b
-        fail = self.fn.append_basic_block("check.fail")
-        cont = self.fn.append_basic_block("check.ok")
-        b.cbranch(bad, fail, cont)
-        b.position_at_end(fail)
-        b.store(ir.Constant(I32, cid), self.err, align=4)   # racing threads store ids; any one is reported
-        b.branch(cont)
-        b.position_at_end(cont)
+        b.store(b.or_(b.load(flag, typ=I8), b.zext(bad, I8)), flag)
+
+    def report_failures(self) -> None:
+        """Store the id of each failed check into the error flag (racing threads store ids; any one is
+        reported)."""
+        b = self.b
+        for cid, flag in self._failed:
+            fail = self.fn.append_basic_block("check.fail")
+            cont = self.fn.append_basic_block("check.ok")
+            b.cbranch(b.icmp_unsigned("!=", b.load(flag, typ=I8), ir.Constant(I8, 0)), fail, cont)
+            b.position_at_end(fail)
+            b.store(ir.Constant(I32, cid), self.err, align=4)
+            b.branch(cont)
+            b.position_at_end(cont)
 
     def checked_index(self, e: CheckedIndex):
         b = self.b

@@ -28,8 +28,8 @@ import numpy as np
 
 from tracetorch.dtypes import DType, bool_, int64
 
-from .kernel import (Accumulator, Arg, Assign, Buffer, Const, Expr, IndexMap, Kernel, Let, Load, Loop, Op,
-                     Reduce, Stmt, Store, Var, substitute, walk_exprs)
+from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, IndexMap, Kernel, Let, Load, Loop,
+                     Op, Reduce, Stmt, Store, Var, substitute, walk_exprs)
 from .scalar import const, op
 
 # An input is read through an affine map over the iteration space, or through a function of
@@ -311,6 +311,54 @@ def _moments_block(mean: str, m2: str, value, base, size, values, tag) -> list[S
                       op("mul", op("mul", op("mul", Var(delta, dt), Var(delta, dt)), Var(na, dt)), Var(frac, dt)))),
         Assign(mean, op("add", Var(mean, dt), op("mul", Var(delta, dt), Var(frac, dt)))),
     ]
+
+
+# ---------------------------------------------------------------- scatter
+def scatter_kernel(name: str, out: Buffer, x: Access, index: Access, values: Access, dim: int,
+                   shapes: tuple, accumulate: bool) -> Kernel:
+    """out = x with out[..., index[j], ...] = (or +=) values[..., j, ...] along `dim`, in index order.
+
+    `shapes` = (x, index, values) shapes; each access map is over its own shape, and values broadcast
+    to the region x.shape[:dim] + index.shape + x.shape[dim+1:]. One serial pass (outer extent 1: a
+    repeated index makes the updates depend on each other): copy x, then walk the region; the rows of
+    a leading-dim scatter (an embedding's gradient) are contiguous inner loops that vectorize. Indices
+    are bounds-checked (negatives wrap once, like PyTorch); a bad one raises IndexError after the call.
+    """
+    x_shape, i_shape, v_shape = (tuple(s) for s in shapes)
+    (x_buf, x_map), (i_buf, i_map), (v_buf, v_map) = x, index, values
+    region = x_shape[:dim] + i_shape + x_shape[dim + 1:]
+    strides = _strides(x_shape)                 # nonzero for unit dims too: the checked index is kept
+    copy_vars, copy_loops = _loop_vars(x_shape, [[d] for d in range(len(x_shape))], "c")
+    copy = Store(out, _dot(strides, copy_vars), Load(x_buf, x_map.index(copy_vars)))
+    r, loops = _loop_vars(region, [[d] for d in range(len(region))], "s")
+    nb = len(i_shape)
+    at = Load(i_buf, i_map.index(r[dim:dim + nb]))
+    if at.dtype is not int64:
+        at = Op("cast", (at,), int64)
+    checked = CheckedIndex(at, x_shape[dim], f"index out of bounds for dimension {dim} with size {x_shape[dim]} "
+                                             f"(index_put on a tensor of shape {list(x_shape)}):")
+    target = _dot(strides, list(r[:dim]) + [checked] + list(r[dim + nb:]))
+    lead = len(region) - len(v_shape)
+    value = Load(v_buf, v_map.index([Const(0, int64) if n == 1 else r[lead + j] for j, n in enumerate(v_shape)]))
+    new = op("add", Load(out, target), value) if accumulate else value
+    update = Store(out, target, new)
+    return Kernel(name, Loop("scatter", 1, (_nest(copy_loops, [copy]), _nest(loops, [update]))))
+
+
+def _strides(shape: tuple) -> list[int]:
+    out, step = [], 1
+    for size in reversed(shape):
+        out.append(step)
+        step *= size
+    return out[::-1]
+
+
+def _dot(strides: Sequence[int], at: Sequence[Expr]) -> Expr:
+    terms = [a if s == 1 else Op("mul", (a, Const(s, int64)), int64) for s, a in zip(strides, at)]
+    total: Expr = terms[0] if terms else Const(0, int64)
+    for t in terms[1:]:
+        total = Op("add", (total, t), int64)
+    return total
 
 
 # ---------------------------------------------------------------- helpers

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codegen.kernel import ExternCall, Loop, Program, Store, walk_stmts
+from codegen.kernel import Accumulator, ExternCall, Load, Loop, Op, Program, Store, walk_stmts
 from codegen.rendered import Check, RenderedProgram
 
 from .disk_cache import CODE_MODEL, DiskCache
@@ -56,8 +56,13 @@ _EXCEPTIONS = {e.__name__: e for e in (IndexError, ValueError, ZeroDivisionError
 
 
 
-PARALLEL_MIN_WORK = 1 << 18   # innermost iterations below which a kernel runs on one thread (a fork-join
-                              # costs ~15-20 us; 2^18 simple iterations take ~100 us on one core)
+PARALLEL_MIN_COST = 1 << 23   # estimated operations (`kernel_cost`) below which a kernel runs on one thread:
+                              # a fork-join of Python threads costs ~40-50 us on a 2-core machine, and one
+                              # core runs ~10-30 ps per estimated (vectorized) operation, so threads pay
+                              # from ~100 us of serial work up (an exact GELU over 2^18 elements gains
+                              # 300 -> 180 us; exp over 2^18 elements loses 60 -> 80 us)
+_OP_COST = {"exp": 10, "log": 10, "log1p": 10, "expm1": 10, "tanh": 12, "sigmoid": 12, "sin": 10, "cos": 10,
+            "pow": 20, "div": 4, "sqrt": 4, "rsqrt": 4, "floordiv": 4, "mod": 4}
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 RANGE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
@@ -272,6 +277,32 @@ def _address(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
+def kernel_cost(kernel) -> int:
+    """Estimated scalar operations of a whole kernel: per statement run, one for the statement plus its
+    loads and the operations of its value (transcendentals weighted by their polynomial's length);
+    index arithmetic is not counted (LLVM strength-reduces it)."""
+    return _stmt_cost(kernel.outer)
+
+
+def _stmt_cost(stmt) -> int:
+    if isinstance(stmt, Loop):
+        return stmt.extent * sum(_stmt_cost(s) for s in stmt.body)
+    value = getattr(stmt, "value", None) if not isinstance(stmt, Accumulator) else stmt.init
+    cost, seen, stack = 1, set(), [value] if value is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, Load):
+            cost += 1                    # not its index: address arithmetic
+            continue
+        if isinstance(node, Op):
+            cost += _OP_COST.get(node.op, 1)
+        stack.extend(node.children())
+    return cost
+
+
 class CompiledProgram:
     """A program linked and ready: call it with input arrays, get fresh output arrays.
 
@@ -316,7 +347,7 @@ class CompiledProgram:
         """None: one call to the entry. Else (kind, fn, extent, align, stores into an input) steps run
         in order."""
         kernels = self.program.kernels
-        parallel = [self.engine.threads > 1 and k.outer.extent >= 2 and k.work >= PARALLEL_MIN_WORK
+        parallel = [self.engine.threads > 1 and k.outer.extent >= 2 and kernel_cost(k) >= PARALLEL_MIN_COST
                     for k in kernels]
         if not any(parallel) and len(kernels) == len(self.program.steps):
             return None

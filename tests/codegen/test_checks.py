@@ -47,11 +47,11 @@ def test_gather_out_of_range_raises_index_error(embedding, bad):
 
 
 def test_checks_work_on_threaded_kernels(engine):
-    program = embedding_program(4096, 50, 64, name="big_embedding")
+    program = embedding_program(49152, 50, 64, name="big_embedding")     # above the threading threshold
     compiled = engine.compile(program)
     assert compiled._steps is not None and compiled._steps[0][0] == "parallel"
     table = np.random.default_rng(1).standard_normal((50, 64)).astype(np.float32)
-    idx = np.random.default_rng(2).integers(0, 50, 4096)
+    idx = np.random.default_rng(2).integers(0, 50, 49152)
     np.testing.assert_array_equal(compiled(table, idx)[0], table[idx] * 2)
     idx[4000] = 50
     with pytest.raises(IndexError):

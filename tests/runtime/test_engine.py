@@ -71,13 +71,13 @@ def big_program(rows: int, cols: int) -> Program:
 
 
 def test_threaded_kernels_match_single_thread(engine, tmp_path):
-    program = big_program(257, 1031)
+    program = big_program(601, 1031)          # above PARALLEL_MIN_COST: both kernels split across threads
     threaded = engine.compile(program)
     assert engine.threads > 1 or pytest.skip("one CPU")
     assert [s[0] for s in threaded._steps] == ["parallel", "parallel"]
     single = LLVMEngine(cache=DiskCache(tmp_path), threads=1).compile(program)
     assert single._steps is None
-    x = np.random.default_rng(1).standard_normal((257, 1031)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((601, 1031)).astype(np.float32)
     for a, b in zip(threaded(x), single(x)):
         np.testing.assert_array_equal(a, b)
     x64 = x.astype(np.float64)

@@ -22,11 +22,13 @@ import time
 
 import numpy as np
 
+from codegen.kernel import ExternCall
+
 from .ir import Graph
 from .lowering import LoweredProgram, lower_program
 from runtime.interrupts import FinishedInterrupt
 
-from .passes.fuse import EXTERN, REDUCTION, fuse
+from .passes.fuse import REDUCTION, fuse
 
 
 class LLVMCompileError(RuntimeError):
@@ -57,7 +59,8 @@ class LLVMBackend:
         try:
             groups = fuse(graph)
             stage = "lowering"
-            lowered = lower_program(graph, groups, donate=donate and self.donates_writebacks)
+            lowered = lower_program(graph, groups, donate=donate and self.donates_writebacks,
+                                    scatter=self.serial_scatter)
             stage = "code generation"
             compiled = self.build(lowered)
         except Exception as e:
@@ -66,6 +69,12 @@ class LLVMBackend:
                                      f"optimized IR:\n{graph.text()}") from e
         return self.executable(self, graph, lowered, compiled, time.perf_counter() - t0)
 
+
+    @property
+    def serial_scatter(self) -> bool:
+        """index_put as one serial scatter kernel (lowering): right for the CPU, not for a subclass
+        targeting a GPU, where a single thread would run it (that one keeps the extern call)."""
+        return self.name == "llvm"
 
     def build(self, lowered: LoweredProgram):
         """The engine's compiled program of `lowered` (a subclass may rewrite steps first)."""
@@ -97,7 +106,7 @@ class LLVMExecutable:
     # ------------------------------------------------------------ reports
     def explain(self) -> str:
         lw = self.lowered
-        externs = sum(1 for g in lw.groups if g.kind == EXTERN)
+        externs = sum(1 for s in lw.program.steps if isinstance(s, ExternCall))
         arena = lw.arena
         lines = [
             f"{self.backend.name}: {self.kernels} kernels after fusion ({externs} extern calls), "
@@ -136,7 +145,8 @@ class LLVMExecutable:
         interpreter's value (`reference`: {Value: array}), with its IR and generated code."""
         from .check import close
         from runtime.memory import sequential_plan
-        lowered = lower_program(self.graph, self.lowered.groups, inplace=False, name=self.graph.name + "_debug")
+        lowered = lower_program(self.graph, self.lowered.groups, inplace=False, name=self.graph.name + "_debug",
+                                scatter=self.backend.serial_scatter)
         program = lowered.program
         compiled = self.backend.engine.compile(program, sequential_plan(program.temps))
         arrays = [inputs[i] for i in lowered.input_positions] + list(lowered.constants)

@@ -1,9 +1,11 @@
 """`tt.nn.functional`: activations, normalization, convolution, pooling,
 attention and losses, composed from tracetorch ops.
 
-Nothing here has a hand-written backward: every function is built from the
-registry's primitives (elementwise, reductions, slices, index, matmul), so
-autograd differentiates it and the compiler can fuse it. Convolution and
+Every function is built from the registry's primitives (elementwise,
+reductions, slices, index, matmul), so autograd differentiates it and the
+compiler can fuse it. One has a hand-written backward, itself composed of
+primitives: exact GELU (`_ExactGELU`), whose erfc series differentiated step
+by step would keep a dozen intermediates for the backward pass. Convolution and
 pooling read their windows as strided slices of the padded input; class-index
 losses pick the target's log-probability with a one-hot mask (no gather).
 """
@@ -15,6 +17,7 @@ import warnings
 import numpy as np
 
 from .. import dtypes as D
+from ..autograd.function import Function
 from ..autograd.grad_mode import no_grad
 from ..creation import arange, full, tensor as _constant
 from ..math import (abs as _abs, exp, log, log1p, log_softmax as _log_softmax, matmul, maximum,
@@ -67,7 +70,30 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
         return 0.5 * input * (1 + _tanh(inner))
     if approximate != "none":
         raise RuntimeError(f"approximate argument must be either none or tanh, got {approximate!r}")
-    return input * 0.5 * _erfc(input * -math.sqrt(0.5))
+    return _ExactGELU.apply(input)
+
+
+def _normal_cdf(x: Tensor) -> Tensor:
+    return 0.5 * _erfc(x * -math.sqrt(0.5))
+
+
+class _ExactGELU(Function):
+    """x * Phi(x) with the derivative Phi(x) + x phi(x) written out: differentiating the erfc series
+    (a 14-step recurrence) would save every step's value for the backward pass (each a tensor the
+    size of x: a compiled GPT block wrote and read back 14 of them); this saves x alone (a compiled
+    program computes Phi once, in the forward kernel, and keeps at most that one tensor for the
+    backward). The backward is composed of primitives, so it is differentiable again."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * _normal_cdf(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, = ctx.saved_tensors
+        density = exp(x * x * -0.5) * (1.0 / math.sqrt(2.0 * math.pi))
+        return grad * (_normal_cdf(x) + x * density)
 
 
 # Chebyshev coefficients of f(t) = log(erfc(z) / t) + z^2 with t = 2 / (2 + z), z >= 0, in the variable

@@ -71,7 +71,10 @@ COMBINES = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min"}
 INLINE_COST = 10           # recompute a shared producer in each consumer kernel up to this cost
 SCALAR_INLINE_COST = 60    # ... and a scalar (loop-invariant, hoisted out of the loop by LLVM) up to this
 _OP_COST = {"exp": 6, "log": 6, "tanh": 6, "sin": 6, "cos": 6, "pow": 6, "sigmoid": 6, "log1p": 6, "expm1": 6,
-            "sqrt": 2, "rsqrt": 2, "div": 2, "reciprocal": 2, "floor_divide": 3, "remainder": 3, "index": 2}
+            "sqrt": 2, "rsqrt": 2, "div": 2, "reciprocal": 2, "floor_divide": 3, "remainder": 3,
+            "index": INLINE_COST + 1}
+# A gather is never cheap to recompute: its bounds check keeps the consumer's loop from vectorizing (an
+# embedding lookup recomputed in every layer norm of a GPT's residual stream cost 10x the layer norm).
 UPGRADE_MAX_SERIAL = 1 << 16   # elementwise work a full reduction (one thread) may take over
 
 
@@ -324,6 +327,15 @@ class _Fuser:
         v = x
         while self.kind.get(v) == "view" and v not in self.home:
             n = self.producer[v]
+            src = n.inputs[0]
+            while n.op.name == "reshape" and self.kind.get(src) == "view" and src not in self.home and \
+                    self.producer[src].op.name == "reshape":
+                src = self.producer[src].inputs[0]          # reshapes of reshapes: one reshape
+            if n.op.name == "reshape" and not (self.kind.get(src) == "view" and src not in self.home):
+                # a reshape of the materialized value keeps every element's C-order index: reading it
+                # flat stays affine where the per-dim source position would not ([8, 64, C] as [512, C]
+                # needs i0 // 64 and i0 % 64), which spared the copy a matmul's input took before
+                return src, flat_index(space, pos, n.out.shape)
             pos = _view_source(space, n, pos)
             v = n.inputs[0]
         return v, flat_index(space, pos, v.shape)

@@ -116,8 +116,8 @@ class Space:
         expr: Expr | None = None
         lo = hi = const
         for c, w in zip(coords, weights):
-            if w == 0 or (c.lo == c.hi == 0):
-                continue
+            if c.affine and (w == 0 or c.lo == c.hi == 0):
+                continue        # a general coordinate stays even when it can only be 0: its bounds check
             term = c.as_expr() if w == 1 else Op("mul", (c.as_expr(), Const(w, int64)), int64)
             expr = term if expr is None else Op("add", (expr, term), int64)
             a, b = w * c.lo, w * c.hi

@@ -1,0 +1,236 @@
+"""Kernel decisions of the LLVM backend made for speed (issue 5, the GPT block of W6): each checked on
+the fusion groups or the generated IR of a small program, and every time the compiled result against
+eager in float64."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import tracetorch as tt
+import tracetorch.nn.functional as F
+from tracetorch.jit.llvm_backend import LLVMExecutable
+
+
+def _compiled(fn, *args):
+    f = tt.compile(fn, backend="llvm")
+    f(*args)                                  # traces
+    out = f(*args)                            # runs the program
+    ex = f.programs[0].executable
+    assert isinstance(ex, LLVMExecutable) and f.stats()["cache_hits"] == 1
+    return ex, out
+
+
+def _close(got, want):
+    got, want = (got if isinstance(got, tuple) else (got,)), (want if isinstance(want, tuple) else (want,))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def _causal_softmax(x):
+    n = x.shape[-1]
+    causal = tt.arange(n).reshape(1, n) <= tt.arange(n).reshape(n, 1)
+    return F.softmax(tt.where(causal, x * 0.25, float("-inf")), -1)
+
+
+def test_masked_max_reduction_freezes_its_value_and_keeps_nan(rng):
+    # freeze keeps LLVM from turning max(acc, where(m, x, -inf)) into a conditional reduction it runs scalar
+    x = rng.standard_normal((3, 2, 9, 9))
+    x[1, 0, 4, 2] = np.nan                    # a NaN among the kept scores of one row: that row is all NaN
+    ex, out = _compiled(_causal_softmax, tt.tensor(x))
+    want = _causal_softmax(tt.tensor(x))
+    np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-12, atol=1e-15)
+    assert np.isnan(out.numpy()[1, 0, 4]).all() and not np.isnan(out.numpy()[1, 0, 3]).any()
+    (g,) = ex.lowered.groups
+    assert [type(s).__name__ for s in g.stages] == ["SoftmaxStats"]
+    assert "freeze" in ex.compiled.ir_text()
+
+    ex, out = _compiled(lambda x: tt.where(x > 0, x, float("-inf")).amax(-1), tt.tensor(x))
+    np.testing.assert_array_equal(out.numpy(), np.where(x > 0, x, -np.inf).max(-1))    # NaN propagates
+
+
+def test_gather_in_a_reduction_checks_its_indices_after_the_loop(rng):
+    # the check only ORs into a flag inside the loop (no branch: the loop vectorizes); the id is stored
+    # when the kernel returns, and the call still raises before committing anything
+    w, b = rng.standard_normal((11, 16)), rng.standard_normal(16)
+
+    def embed_norm(idx, w, b):
+        return F.layer_norm(F.embedding(idx, w), (16,), None, b)
+
+    idx = tt.tensor(rng.integers(-11, 11, (4, 5)))
+    ex, out = _compiled(embed_norm, idx, tt.tensor(w), tt.tensor(b))
+    _close(out, embed_norm(idx, tt.tensor(w), tt.tensor(b)))
+    assert ex.kernels == 1 and ex.lowered.groups[0].kind == "reduction"
+    f = tt.compile(embed_norm, backend="llvm")
+    f(idx, tt.tensor(w), tt.tensor(b))
+    bad = idx.numpy().copy()
+    bad[3, 4] = 11
+    with pytest.raises(IndexError, match="out of bounds for dimension 0 with size 11"):
+        f(tt.tensor(bad), tt.tensor(w), tt.tensor(b))
+    _close(f(idx, tt.tensor(w), tt.tensor(b)), out)         # the flag was reset: the next call runs clean
+
+
+def test_a_gather_read_by_two_kernels_is_written_once_not_recomputed(rng):
+    w = rng.standard_normal((13, 32))
+
+    def two_norms(idx, w):
+        e = F.embedding(idx, w) * 2.0
+        return F.layer_norm(e, (32,)), e.sum((0, 1))       # a row and a column reduction: two kernels
+
+    idx = tt.tensor(rng.integers(0, 13, (3, 7)))
+    ex, out = _compiled(two_norms, idx, tt.tensor(w))
+    _close(out, two_norms(idx, tt.tensor(w)))
+    gathers = [g for g in ex.lowered.groups if any(n.op.name == "index" for n in g.nodes)]
+    assert len(gathers) == 1 and ex.kernels == 2                     # the gather's kernel writes e once
+    assert not any(g.inlined for g in ex.lowered.groups)             # ... and nobody gathers again
+
+
+def test_reshapes_of_a_computed_value_feed_a_matmul_without_a_copy(rng):
+    x, w = rng.standard_normal((4, 6, 8)), rng.standard_normal((8, 5))
+
+    def merged(x, w):
+        return (x * 2.0 + 1.0).reshape(24, 8) @ w
+
+    def twice(x, w):                         # reshape of a reshape
+        return (x * 2.0).reshape(4, 48).reshape(24, 8) @ w
+
+    for fn in (merged, twice):
+        ex, out = _compiled(fn, tt.tensor(x), tt.tensor(w))
+        _close(out, fn(tt.tensor(x), tt.tensor(w)))
+        assert [g.kind for g in ex.lowered.groups] == ["elementwise", "extern"]
+        assert "copy" not in ex.lowered.groups[0].name
+
+    def transposed(x, w):                    # a permuted layout still needs its copy (not affine)
+        return (x * 2.0).transpose(0, 1).reshape(24, 8) @ w
+    ex, out = _compiled(transposed, tt.tensor(x), tt.tensor(w))
+    _close(out, transposed(tt.tensor(x), tt.tensor(w)))
+
+
+def _gelu_reference(x: np.ndarray) -> np.ndarray:
+    return x * 0.5 * np.array([math.erfc(-v / math.sqrt(2.0)) for v in x.ravel()]).reshape(x.shape)
+
+
+def test_exact_gelu_saves_its_input_alone_for_backward(rng):
+    x, w = rng.standard_normal((6, 5)), rng.standard_normal((5, 7))
+
+    def step(x, w):
+        w.grad = None
+        y = F.gelu(x @ w)
+        (y * y).sum().backward()
+        return y.detach(), w.grad
+
+    wt = tt.tensor(w, requires_grad=True)
+    ex, (y, gw) = _compiled(step, tt.tensor(x), wt)
+    z = x @ w
+    np.testing.assert_allclose(y.numpy(), _gelu_reference(z), rtol=1e-12, atol=1e-15)
+    cdf = 0.5 * np.vectorize(math.erfc)(-z / math.sqrt(2.0))
+    dgelu = cdf + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    np.testing.assert_allclose(gw.numpy(), x.T @ (2 * _gelu_reference(z) * dgelu), rtol=1e-10, atol=1e-12)
+    # forward matmul, gelu (writing y and at most one value for the backward, never the series' steps),
+    # the backward's elementwise kernel, the weight gradient's matmul
+    kinds = [g.kind for g in ex.lowered.groups]
+    outputs = [len(g.outputs) for g in ex.lowered.groups]
+    assert kinds == ["extern", "elementwise", "elementwise", "extern"] and max(outputs) <= 2
+
+
+def test_exact_gelu_double_backward_matches_finite_differences(rng):
+    x = rng.standard_normal(9) * 2.0
+    t = tt.tensor(x, requires_grad=True)
+    (g,) = tt.autograd.grad(F.gelu(t).sum(), t, create_graph=True)
+    (gg,) = tt.autograd.grad(g.sum(), t)
+
+    def dgelu(v):
+        return 0.5 * np.vectorize(math.erfc)(-v / math.sqrt(2.0)) + v * np.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+
+    np.testing.assert_allclose(g.detach().numpy(), dgelu(x), rtol=1e-12, atol=1e-14)
+    h = 1e-6
+    np.testing.assert_allclose(gg.numpy(), (dgelu(x + h) - dgelu(x - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+
+
+def test_index_put_is_a_serial_scatter_kernel_in_index_order(rng):
+    # duplicates accumulate (or the last one wins) exactly as numpy's add.at / assignment, in order
+    x, v = rng.standard_normal((6, 4, 5)), rng.standard_normal((3, 7, 5))
+    idx = rng.integers(-4, 4, (3, 7))
+    args = (tt.tensor(x), tt.tensor(v), tt.tensor(idx))
+    for accumulate in (True, False):
+        def fn(x, v, i, accumulate=accumulate):
+            return _index_put(x * 1.0, v, i, accumulate)
+        ex, out = _compiled(fn, *args)
+        _close(out, fn(*args))
+        assert sum(type(s).__name__ == "ExternCall" for s in ex.lowered.program.steps) == 0
+        assert any("serial scatter kernel" in n for g in ex.lowered.groups for n in g.notes)
+        assert "(0 extern calls)" in ex.explain()
+
+    f = tt.compile(lambda x, v, i: _index_put(x * 1.0, v, i, True), backend="llvm")
+    f(*args)
+    bad = idx.copy()
+    bad[2, 6] = 4
+    with pytest.raises(IndexError, match="out of bounds for dimension 1 with size 4"):
+        f(tt.tensor(x), tt.tensor(v), tt.tensor(bad))
+
+
+def _index_put(x, v, idx, accumulate):
+    """x with x[:, idx] = (+=) v: index_put on dim 1 with an index tensor of shape [3, 7]."""
+    from tracetorch.ops import REGISTRY
+    from tracetorch.ops.dispatch import apply
+    return apply(REGISTRY["index_put"], x, v, idx, dims=(1,), accumulate=accumulate)     # v broadcasts
+
+
+def test_embedding_gradient_is_exact_through_the_scatter_kernel(rng):
+    w = tt.tensor(rng.standard_normal((9, 16)), requires_grad=True)
+    idx = tt.tensor(rng.integers(0, 9, (5, 6)))                       # repeated rows accumulate
+
+    def step(idx):
+        w.grad = None
+        (F.embedding(idx, w) * tt.arange(16.0)).sum().backward()
+        return w.grad
+
+    ex, got = _compiled(step, idx)
+    want = np.zeros((9, 16))
+    np.add.at(want, idx.numpy(), np.broadcast_to(np.arange(16.0), (5, 6, 16)))
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert sum(type(s).__name__ == "ExternCall" for s in ex.lowered.program.steps) == 0
+
+
+def test_only_kernels_with_enough_work_for_a_fork_join_run_on_threads(rng):
+    # threads pay from ~100 us of serial work: an exact GELU over 2^18 elements, not a plain exp
+    from runtime.llvm_engine import PARALLEL_MIN_COST, kernel_cost
+    x = tt.tensor(rng.standard_normal((512, 512)).astype(np.float32))
+    ex_exp, out = _compiled(tt.exp, x)
+    np.testing.assert_allclose(out.numpy(), np.exp(x.numpy()), rtol=1e-6)
+    ex_gelu, out = _compiled(F.gelu, x)
+    np.testing.assert_allclose(out.numpy(), F.gelu(x).numpy(), rtol=1e-6, atol=1e-7)
+    (k_exp,), (k_gelu,) = ex_exp.compiled.program.kernels, ex_gelu.compiled.program.kernels
+    assert k_exp.work == k_gelu.work == 512 * 512
+    assert kernel_cost(k_exp) < PARALLEL_MIN_COST <= kernel_cost(k_gelu)
+    if ex_gelu.compiled.engine.threads > 1:
+        assert ex_exp.compiled._steps is None                         # one native call, no fork-join
+        assert [s[0] for s in ex_gelu.compiled._steps] == ["parallel"]
+
+
+def test_a_gather_from_a_unit_dim_keeps_its_bounds_check():
+    # the only valid index is 0 (or -1), so the coordinate is always 0, but its check must stay
+    x = tt.tensor(np.arange(4.0).reshape(1, 4))
+    f = tt.compile(lambda x, i: x[i] * 2, backend="llvm")
+    good = tt.tensor([0, -1])
+    f(x, good)
+    _close(f(x, good), x[good] * 2)
+    with pytest.raises(IndexError, match="out of bounds for dimension 0 with size 1"):
+        f(x, tt.tensor([0, 3]))
+
+
+def test_slice_scatter_extern_writes_straight_into_its_output(rng):
+    x = tt.tensor(rng.standard_normal((4, 9)), requires_grad=True)
+    w = tt.tensor(rng.standard_normal((9, 3)))
+
+    def step(x, w):
+        x.grad = None
+        q, k, v = (x @ w @ w.t()).split(3, dim=1)
+        (q * q + k * 2.0 + v.exp()).sum().backward()
+        return x.grad
+
+    ex, got = _compiled(step, x, w)
+    want = step(x, w)
+    _close(got, want)
+    assert any(g.kind == "extern" and g.extern.op.name == "slice_scatter" for g in ex.lowered.groups)
