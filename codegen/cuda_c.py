@@ -41,7 +41,7 @@ from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64,
 from .cuda_prelude import PRELUDE
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, ExternCall, Expr, Kernel, Let, Load, Loop,
                      Op, Program, Reduce, Stmt, Store, Var, stmt_exprs, walk_exprs, walk_stmts)
-from .llvm_ir import Check
+from .rendered import Check, unique_symbol
 from .templates import identity
 from .memo import ScopedMemo
 from .verify import verify_bounds
@@ -149,7 +149,7 @@ def render_program(program: Program) -> RenderedCuda:
         if isinstance(step, ExternCall):
             launches.append(None)
             continue
-        symbol = _symbol(f"k{n}_{step.name}", taken)
+        symbol = unique_symbol(f"k{n}_{step.name}", taken)
         if isinstance(step, Kernel):
             text, launch = render_kernel(step, symbol, checks)
         elif hasattr(step, "render_cuda"):
@@ -177,14 +177,6 @@ def _headers(program: Program) -> list[str]:
     for step in program.steps:
         out += [h for h in getattr(step, "cuda_headers", ()) if h not in out]
     return out
-
-
-def _symbol(name: str, taken: set) -> str:
-    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
-    while s in taken:
-        s += "_"
-    taken.add(s)
-    return s
 
 
 # ---------------------------------------------------------------- index analysis

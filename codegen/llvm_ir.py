@@ -30,7 +30,6 @@ messages for the runtime to raise after the call.
 from __future__ import annotations
 
 import math
-import re
 
 from llvmlite import ir
 
@@ -38,7 +37,7 @@ from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64,
 
 from . import llvm_math
 from .memo import ScopedMemo
-from .rendered import Check, RenderedProgram
+from .rendered import Check, RenderedProgram, unique_symbol
 from .verify import verify_bounds
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op,
                      Program, Reduce, Stmt, Store, Var, walk_stmts)
@@ -79,7 +78,7 @@ def render_program(program: Program) -> RenderedProgram:
     checked = []                          # per kernel: whether it may set the error flag
     for n, kernel in enumerate(program.kernels):
         verify_bounds(kernel)
-        base = _symbol(f"k{n}_{kernel.name}", names)
+        base = unique_symbol(f"k{n}_{kernel.name}", names)
         key = canonical_kernel(kernel)
         hit = shared.get(key)
         if hit is None:
@@ -133,14 +132,6 @@ def canonical_kernel(kernel: Kernel):
         return type(st)(**{**st.__dict__, "value": expr(st.value)})
 
     return stmt(kernel.outer)
-
-
-def _symbol(name: str, taken: set) -> str:
-    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
-    while s in taken:
-        s += "_"
-    taken.add(s)
-    return s
 
 
 def _range_entry(module, kernel_fn, kernel: Kernel, slots: dict, name: str) -> ir.Function:

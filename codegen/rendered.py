@@ -5,7 +5,17 @@ cached code, and the CUDA renderer can name checks, without importing LLVM.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+
+def unique_symbol(name: str, taken: set) -> str:
+    """`name` as a C/LLVM identifier not in `taken` (which it joins)."""
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    while s in taken:
+        s += "_"
+    taken.add(s)
+    return s
 
 
 @dataclass(frozen=True)

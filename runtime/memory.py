@@ -71,6 +71,14 @@ def sequential_plan(buffers) -> MemoryPlan:
     return MemoryPlan(offsets, sizes, end)
 
 
+def storage_root(a: np.ndarray) -> np.ndarray:
+    """The array that owns `a`'s memory (views of views lead back to it): two arrays with different
+    roots never share memory."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
 class Arena:
     """One aligned byte buffer holding the buffers of a plan."""
 

@@ -27,6 +27,7 @@ from codegen.kernel import ExternCall
 from .ir import Graph
 from .lowering import LoweredProgram, lower_program
 from runtime.interrupts import FinishedInterrupt
+from runtime.memory import storage_root
 
 from .passes.fuse import REDUCTION, fuse
 
@@ -211,7 +212,7 @@ def _caller(compiled, lowered: LoweredProgram, n_inputs: int):
 def _donatable(inputs: list, donated: tuple, dtypes: dict) -> list:
     """`inputs`, with a private copy in place of each donated input the program may not write into:
     not a writeable C-contiguous array of the program's dtype, or sharing memory with another input."""
-    roots = [id(_root(a)) if type(a) is np.ndarray else id(a) for a in inputs]
+    roots = [id(storage_root(a)) if type(a) is np.ndarray else id(a) for a in inputs]
     out = None
     for i in donated:
         a = inputs[i]
@@ -222,12 +223,6 @@ def _donatable(inputs: list, donated: tuple, dtypes: dict) -> list:
             out = list(inputs)
         out[i] = np.array(a, dtype=dtypes[i], order="C")
     return inputs if out is None else out
-
-
-def _root(a: np.ndarray):
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
 
 
 def _results(plan, outs, inputs) -> list:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.interrupts import FinishedInterrupt
+from runtime.memory import storage_root
 
 from ..autograd.function import Function, FunctionCtx, connect
 from ..ops.dispatch import STATE
@@ -98,7 +99,7 @@ class Program:
         if inputs is None:
             inputs = self.read_inputs(call)
         if self.precheck is not None:               # value guards that depend on small inputs only
-            self.check_values(self.precheck(inputs), [pos for _, pos in self.value_guards])
+            self.check_values(self.precheck(inputs), in_guard_order=True)
         try:
             results = self.executable(inputs)
         except FinishedInterrupt as stop:           # Ctrl-C after donated write-backs began: finish the call
@@ -117,11 +118,11 @@ class Program:
         """Result positions a backend stored straight into their write-back target (not copied)."""
         return frozenset(self.donated.values())
 
-    def check_values(self, results, positions=None) -> None:
-        """Raise ValueGuardFailed at the first value guard not holding; `results[positions[k]]` (default:
-        the guard's own result position) holds guard k's value."""
+    def check_values(self, results, in_guard_order: bool = False) -> None:
+        """Raise ValueGuardFailed at the first value guard not holding. Guard k's value is the result at
+        its position, or `results[k]` when they come `in_guard_order` (the precheck's)."""
         for k, ((spec, pos), expected) in enumerate(zip(self.value_guards, self.value_path())):
-            got = outcome_of(spec.kind, results[pos if positions is None else k])
+            got = outcome_of(spec.kind, results[k if in_guard_order else pos])
             if got != expected:
                 raise ValueGuardFailed(k, got, spec)
 
@@ -362,9 +363,9 @@ def owned(results: list, inputs: list, keep=frozenset()) -> list:
             continue
         if taken is None and (r.base is not None or not r.flags.writeable
                               or any(r is a for a in inputs) or any(r is o for o in out)):
-            taken = {id(_root(a)) for a in inputs} | {id(_root(o)) for o in out}
+            taken = {id(storage_root(a)) for a in inputs} | {id(storage_root(o)) for o in out}
         if taken is not None:
-            root = _root(r)
+            root = storage_root(r)
             if id(root) in taken or not r.flags.writeable:
                 r = root = np.array(r)
             taken.add(id(root))
@@ -372,10 +373,6 @@ def owned(results: list, inputs: list, keep=frozenset()) -> list:
     return out
 
 
-def _root(a: np.ndarray):
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
 
 
 __all__ = ["Program", "ValueGuardFailed", "build_program", "CompiledBackward"]
