@@ -2,26 +2,13 @@
 memory as device memory; kernels run by the CPU emulator, built with g++) for one test module."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
 
-def fake_pycuda():
-    path = Path(__file__).parent.parent / "runtime" / "fake_pycuda.py"
-    if "fake_pycuda" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_pycuda", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["fake_pycuda"] = module
-    return sys.modules["fake_pycuda"]
-
-
 @pytest.fixture(scope="module")
-def fake_cuda(tmp_path_factory):
+def fake_cuda(tmp_path_factory, fake_pycuda):
     """An emulated CUDA device for tensors, eager kernels and tt.compile; yields the fake's log."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not found (the emulated CUDA device needs it)")
@@ -32,7 +19,7 @@ def fake_cuda(tmp_path_factory):
     from tracetorch.ops import dispatch
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine_module, "_DRIVER", None)
-        log = fake_pycuda().install(mp)
+        log = fake_pycuda.install(mp)
         tracetorch.cuda._probe.cache_clear()
         engine = engine_module.CUDAEngine(cache_dir=str(tmp_path_factory.mktemp("cuda-cache")))
         mp.setattr(engine_module, "_DEFAULT_ENGINE", engine)

@@ -6,10 +6,7 @@ fusion, lowering, CUDA rendering, the engine's arena, device matmuls, host exter
 flag are all exercised. The last test runs a training step on a real GPU (`pytest -m cuda`)."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,25 +21,15 @@ from tracetorch.jit import backends
 from tracetorch.jit.cuda_backend import CUDABackend, CUDAExecutable
 
 
-def _fake_pycuda():
-    path = Path(__file__).parent.parent / "runtime" / "fake_pycuda.py"
-    if "fake_pycuda" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_pycuda", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["fake_pycuda"] = module
-    return sys.modules["fake_pycuda"]
-
-
 @pytest.fixture(scope="module")
-def cuda(tmp_path_factory):
+def cuda(tmp_path_factory, fake_pycuda):
     """A CUDA backend on an emulated device (host memory; kernels compiled for the CPU emulator)."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not found (the emulated CUDA device needs it)")
     import runtime.cuda_engine as cuda_engine_module
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cuda_engine_module, "_DRIVER", None)
-        log = _fake_pycuda().install(mp)
+        log = fake_pycuda.install(mp)
         backend = CUDABackend(cuda_engine_module.CUDAEngine(cache_dir=str(tmp_path_factory.mktemp("cuda-cache"))))
         backend.fake_log = log
         yield backend
