@@ -14,6 +14,7 @@ numpy kernel on (strided views of) its input buffers.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,15 +240,12 @@ def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
 
     Safe when: an elementwise kernel computes the new value and reads the target only at the element it
     writes (or not at all); no later step reads the target; neither the value nor the target's old value
-    is another result; and no step
-    that may fail (a bounds check, a non-matmul extern) runs at or after the first such kernel (the
-    program stops at the first failure, so a failed call still leaves the targets untouched). The caller
-    passes a private copy of a target whose array it cannot hand over (`Program.run`)."""
-    results = graph.results()
-    count = {}
-    for r in results:
-        count[r] = count.get(r, 0) + 1
-    targets = [dst for dst, _ in graph.writebacks]
+    is another result; and no step that may fail (a bounds check, a non-matmul extern) runs at or after
+    the first such kernel (the program stops at the first failure, so a failed call still leaves the
+    targets untouched). The caller passes a private copy of a target whose array it cannot hand over
+    (`Program.run`)."""
+    count = Counter(graph.results())
+    targets = Counter(dst for dst, _ in graph.writebacks)
     writer = {v: k for k, g in enumerate(groups) for v in g.outputs}
     last_read = {}
     for k, g in enumerate(groups):
@@ -256,7 +254,7 @@ def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
     chosen = {}
     for dst, src in graph.writebacks:
         k = writer.get(src)
-        if k is None or dst not in input_index or targets.count(dst) != 1 or count[src] != 1 or dst in count:
+        if k is None or dst not in input_index or targets[dst] != 1 or count[src] != 1 or dst in count:
             continue                    # (a target whose old value is itself a result must stay intact)
         g = groups[k]
         if (g.kind != ELEMENTWISE or tuple(src.shape) != tuple(dst.shape) or src.dtype is not dst.dtype
@@ -270,12 +268,8 @@ def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
         while mine and _store_order(g, mine) is None:
             del chosen[next(iter(mine))]
             mine = {v: chosen[v] for v in g.outputs if v in chosen}
-    if chosen:
-        first = min(writer[v] for v in chosen)
-        if any(_may_fail(g) for g in groups[first:]):
-            return {}
-        if any(_may_fail(g) for g in groups[:first]):
-            chosen = {v: d for v, d in chosen.items() if not any(_may_fail(g) for g in groups[writer[v]:])}
+    if chosen and any(_may_fail(g) for g in groups[min(writer[v] for v in chosen):]):
+        return {}
     return chosen
 
 
