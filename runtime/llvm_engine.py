@@ -324,7 +324,6 @@ class CompiledProgram:
         for kernel in program.kernels:
             plan.check_disjoint([b.name for b in kernel.buffers], f"kernel {kernel.name!r}")
         self.arena = Arena(plan)
-        self._pool = engine.pool
         buffers = program.buffers
         self._table = (ctypes.c_int64 * max(len(buffers), 1))()      # ctypes: cheaper to write than numpy
         self._table_addr = ctypes.addressof(self._table)
@@ -336,7 +335,7 @@ class CompiledProgram:
             self._table[slot] = self.arena.address(buf.name)
         self._n_inputs = n_in
         self._in_specs = [(b.shape, b.dtype.np, b.name) for b in program.inputs]
-        self._out_specs = [(b.shape, b.dtype.np, b.nbytes) for b in program.outputs]
+        self._outputs = engine.pool.outputs([(b.shape, b.dtype.np, b.nbytes) for b in program.outputs])
         self._last_inputs: list = [None] * len(program.inputs)
         self._entry = ENTRY_TYPE(library[rendered.entry])
         self._ranges = [RANGE_TYPE(library[name]) for name in rendered.kernel_entries]
@@ -387,7 +386,7 @@ class CompiledProgram:
                                      f"got {a.shape}")
                 table[slot] = _address(a)
                 last[slot] = a                       # held: its memory cannot move or be freed meanwhile
-            outputs = self._pool.arrays(self._out_specs, table, self._n_inputs)
+            outputs = self._outputs.arrays(table, self._n_inputs)
             if self._steps is None:
                 self._entry(self._table_addr, self._err_addr)
             else:

@@ -5,7 +5,7 @@
   reuse) produces it; `sequential_plan` is the trivial plan (no reuse).
 - `Arena`: one aligned numpy byte buffer holding a plan's buffers. Their
   addresses never move, so the runtime resolves them once.
-- `BufferPool`: result buffers keyed by size. Programs return fresh arrays
+- `BufferPool`: result buffers, per program output. Programs return fresh arrays
   (never views into the arena), and fresh large allocations cost page faults
   on every call; the pool hands back a buffer once nothing outside the pool
   references it any more (its reference count says so), so a training loop
@@ -100,7 +100,7 @@ class Arena:
 
 
 class BufferPool:
-    """Caching allocator for result buffers, keyed by byte size (see the module docstring).
+    """Caching allocator for result buffers (see the module docstring).
 
     A buffer is free when only the pool references it. Arrays handed out are
     made over the pooled owner array, and numpy points every view (and view
@@ -109,13 +109,20 @@ class BufferPool:
     with the same shape and dtype, it is handed out again as is (no new
     array object: the common case of a program called in a loop).
 
+    A program's outputs (`outputs`) each have their own few buffers, found in
+    O(1) however many outputs share a size: a training step returns every
+    gradient while the previous call's are still bound to `.grad`, so each
+    output alternates between two buffers. Other requests (`array`) share
+    buffers by byte size.
+
     Each thread keeps its own buffers (a thread cache, as in malloc): only the
     thread that allocated a buffer hands it out again, so no two threads can
     claim one buffer and a claim takes no lock. (An array handed out may be
     used and dropped by any thread.)
     """
 
-    MAX_PER_SIZE = 8
+    MAX_PER_SIZE = 8            # buffers kept per byte size (`array`)
+    MAX_PER_OUTPUT = 3          # buffers kept per program output (`outputs`)
 
     def __init__(self):
         self._local = _ThreadBuffers()
@@ -123,26 +130,20 @@ class BufferPool:
 
     def array(self, shape: tuple, dtype: np.dtype, nbytes: int | None = None) -> tuple[np.ndarray, int]:
         """(an uninitialized array of `shape` and `dtype`, its data address), reusing a free buffer."""
+        dtype = np.dtype(dtype)
         if nbytes is None:
-            dtype = np.dtype(dtype)
             nbytes = math.prod(shape) * dtype.itemsize
-        return self._array(shape, dtype, nbytes)
-
-    def arrays(self, specs, table, slot: int) -> list[np.ndarray]:
-        """A program's outputs: an array for each (shape, dtype, nbytes) of `specs`, its address
-        written to `table[slot]`, `table[slot + 1]`, ... (the program's buffer table)."""
-        out = []
-        for shape, dtype, nbytes in specs:
-            arr, table[slot] = self._array(shape, dtype, nbytes)
-            out.append(arr)
-            slot += 1
-        return out
-
-    def _array(self, shape: tuple, dtype: np.dtype, nbytes: int) -> tuple[np.ndarray, int]:
         owners = self._local.owners
         entries = owners.get(nbytes)
         if entries is None:
             entries = owners[nbytes] = []
+        return self._take(entries, shape, dtype, nbytes, self.MAX_PER_SIZE)
+
+    def outputs(self, specs) -> "OutputBuffers":
+        """The buffers of a program's outputs, one (shape, dtype, nbytes) of `specs` each."""
+        return OutputBuffers(specs, self)
+
+    def _take(self, entries: list, shape: tuple, dtype: np.dtype, nbytes: int, cap: int) -> tuple[np.ndarray, int]:
         for entry in entries:
             # references to a free owner: its entry, the getrefcount argument, and the last array's base
             if entry[3] is None:
@@ -152,14 +153,14 @@ class BufferPool:
                 continue
             self.reused += 1
             last = entry[3]
-            if last is None or last.shape != shape or last.dtype != dtype:
+            if last is None or last.shape != shape or (last.dtype is not dtype and last.dtype != dtype):
                 last = entry[3] = np.ndarray(shape, dtype, buffer=entry[0], offset=entry[1])
             return last, entry[2]
         owner = np.empty(nbytes + ALIGN, dtype=np.uint8)
         base = owner.ctypes.data
         shift = (-base) % ALIGN
         arr = np.ndarray(shape, dtype, buffer=owner, offset=shift)
-        if len(entries) >= self.MAX_PER_SIZE:
+        if len(entries) >= cap:
             entries.pop(0)                          # forget the oldest buffer (still in use)
         entries.append([owner, shift, base + shift, arr])
         self.allocated += 1
@@ -168,6 +169,29 @@ class BufferPool:
     def clear(self) -> None:
         """Forget every thread's buffers."""
         self._local = _ThreadBuffers()
+
+
+class OutputBuffers:
+    """A program's result buffers (`BufferPool.outputs`), kept while the program lives."""
+
+    def __init__(self, specs, pool: BufferPool):
+        self.specs = tuple(specs)
+        self._pool = pool
+        self._local = threading.local()     # .rings: per output, a list like _ThreadBuffers.owners' values
+
+    def arrays(self, table, slot: int) -> list[np.ndarray]:
+        """An array for each output, its address written to `table[slot]`, `table[slot + 1]`, ... (the
+        program's buffer table)."""
+        rings = getattr(self._local, "rings", None)
+        if rings is None:
+            rings = self._local.rings = [[] for _ in self.specs]
+        out = []
+        take, cap = self._pool._take, BufferPool.MAX_PER_OUTPUT
+        for (shape, dtype, nbytes), entries in zip(self.specs, rings):
+            arr, table[slot] = take(entries, shape, dtype, nbytes, cap)
+            out.append(arr)
+            slot += 1
+        return out
 
 
 class _ThreadBuffers(threading.local):

@@ -178,6 +178,64 @@ def test_an_index_error_before_the_update_commits_nothing():
     np.testing.assert_array_equal(acc.numpy(), before + [1, 2, 3, 4])
 
 
+def test_updates_after_the_last_checked_step_are_still_donated():
+    table = tt.arange(10.0, dtype=tt.float64)
+    acc = tt.ones(4, dtype=tt.float64)
+    calls = tt.zeros((), dtype=tt.float64)
+
+    def step(idx):
+        calls.add_(1)                                      # updated before the check: committed after the run
+        total = table[idx].sum()                           # a bounds-checked gather: the last step that may fail
+        acc.mul_(0.5).add_(total)                          # a later kernel: stored straight into acc
+        return total
+
+    f = tt.compile(step, backend="llvm")
+    good = tt.tensor([1, 2, 3])
+    want = np.ones(4)
+    for _ in range(3):
+        np.testing.assert_allclose(f(good).item(), 6.0)
+        want = want * 0.5 + 6.0
+    np.testing.assert_allclose(acc.numpy(), want, rtol=1e-12)
+    assert calls.item() == 3
+    program = f.programs[0]
+    assert list(program.donated) == [program.graph.inputs.index(program.graph.writebacks[-1][0])]   # acc only
+    arr = acc._data
+    with pytest.raises(IndexError):
+        f(tt.tensor([1, 20, 3]))
+    assert acc._data is arr
+    np.testing.assert_allclose(acc.numpy(), want, rtol=1e-12)       # nothing committed
+    assert calls.item() == 3
+
+
+def test_dropout_before_the_update_keeps_donation_on():
+    def make():
+        tt.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 8), nn.Dropout(0.2),
+                              nn.Linear(8, 3))          # a mask drawn after the generator's offset is updated
+        opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        return step, model
+
+    tt.manual_seed(1)
+    x, y = tt.randn(16, 5, dtype=tt.float32), tt.randint(0, 3, (16,))
+    (step_e, m_e), (step_c, m_c) = make(), make()
+    f = tt.compile(step_c, backend="llvm")
+    tt.manual_seed(2)                                      # the same masks in both runs
+    res_e = [step_e(x, y).item() for _ in range(4)]
+    tt.manual_seed(2)
+    res_c = [f(x, y).item() for _ in range(4)]
+    np.testing.assert_allclose(res_c, res_e, rtol=1e-5)
+    for (name, p_e), p_c in zip(m_e.named_parameters(), m_c.parameters()):
+        np.testing.assert_allclose(p_c.detach().numpy(), p_e.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert len(f.programs[0].donated) >= 6                 # the parameters at least (random masks never fail)
+
+
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
 def test_sigint_while_donated_updates_run_finishes_the_call():
     """Real SIGINTs at different moments of a call whose parallel kernels store into their targets:

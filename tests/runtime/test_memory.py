@@ -95,9 +95,24 @@ def test_pool_buffers_go_back_to_the_thread_that_allocated_them():
 def test_pool_arrays_writes_the_addresses_of_a_programs_outputs():
     pool = BufferPool()
     table = [0] * 4
-    a, b = pool.arrays([((2, 3), np.dtype(np.float32), 24), ((5,), np.dtype(np.int64), 40)], table, 2)
+    a, b = pool.outputs([((2, 3), np.dtype(np.float32), 24), ((5,), np.dtype(np.int64), 40)]).arrays(table, 2)
     assert (a.shape, a.dtype, b.shape, b.dtype) == ((2, 3), np.float32, (5,), np.int64)
     assert table == [0, 0, a.ctypes.data, b.ctypes.data]
+
+
+def test_each_program_output_alternates_between_its_own_buffers():
+    pool = BufferPool()
+    specs = [((10,), np.dtype(np.float32), 40)] * (2 * BufferPool.MAX_PER_SIZE)   # more than one size keeps
+    outputs = pool.outputs(specs)
+    table = [0] * len(specs)
+    held = outputs.arrays(table, 0)                 # like gradients still bound to .grad
+    first = list(table)
+    for call in range(4):
+        new = outputs.arrays(table, 0)
+        assert len(set(table)) == len(specs) and not set(table) & {a.ctypes.data for a in held}
+        held = new                                  # the previous call's results are dropped
+    assert pool.allocated == 2 * len(specs)         # two buffers per output, then reuse only
+    assert set(table) == set(first) or set(table).isdisjoint(first)
 
 
 def test_plan_must_keep_the_buffers_of_one_kernel_apart(engine):

@@ -11,8 +11,9 @@ position}) names write-backs stored straight into their target input's array
 (which is then that result; no copy to commit). The program copies any other
 result that aliases an input, so results may be views; a caller that must
 keep an input intact passes a copy. Optional attributes of an executable:
-`results_owned` (True: the results are writeable and share memory with no
-input and no other result, so the program skips that check on every call), `kernels` (launches per
+`results_owned` (True: the results other than the donated ones are writeable
+and share memory with no input and no other result, so the program skips that
+check on every call), `kernels` (launches per
 call, for `.stats()`), `explain()` (text for `.explain()`: fusion groups,
 kernels, memory plan), `dump(directory, stem)` (for TRACETORCH_DUMP), and
 `diagnose(inputs, reference) -> str`: when `check=True` finds the backend

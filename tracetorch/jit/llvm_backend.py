@@ -96,8 +96,8 @@ class LLVMExecutable:
         self.planned_peak_bytes = lowered.arena.size
         self.intermediate_bytes = lowered.arena.total_bytes
         self.donated = dict(lowered.donated)    # graph input index -> result position stored into it
-        # results_owned: the results share memory with no input and no other result and are writeable
-        # (fresh arrays from the runtime's pool): the program need not check them (program.owned)
+        # results_owned: the results (but the donated ones) share memory with no input and no other result
+        # and are writeable (fresh arrays from the runtime's pool): the program need not check them (owned())
         self._call, self.results_owned = _caller(compiled, lowered, len(graph.inputs))
 
     def __call__(self, inputs: list):
@@ -182,13 +182,14 @@ class LLVMExecutable:
 def _caller(compiled, lowered: LoweredProgram, n_inputs: int):
     """(the per-call function, whether its results are owned): kept short, W4-style programs are
     dominated by it. Results are owned (see `results_owned`) when the engine's outputs are fresh and no
-    result is an input or another result's output."""
+    result other than a donated one is an input or another result's output."""
     positions = lowered.input_positions
     constants = list(lowered.constants)
     plan = lowered.results
     indices = [k for kind, k in plan if kind == "output"]
-    owned = getattr(compiled, "fresh_outputs", False) and all(kind != "input" for kind, _ in plan) \
-        and len(set(indices)) == len(indices)
+    kept = set(lowered.donated.values())    # donated results are their target's own array (Program.run keeps them)
+    owned = getattr(compiled, "fresh_outputs", False) and len(set(indices)) == len(indices) \
+        and all(kind != "input" or pos in kept for pos, (kind, _) in enumerate(plan))
     run = getattr(compiled, "run", None) or (lambda arrays: list(compiled(*arrays)))   # run: list -> list
     if indices == list(range(len(plan))):                    # the results are the program's outputs
         if not constants and positions == tuple(range(n_inputs)):

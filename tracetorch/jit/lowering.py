@@ -240,10 +240,10 @@ def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
 
     Safe when: an elementwise kernel computes the new value and reads the target only at the element it
     writes (or not at all); no later step reads the target; neither the value nor the target's old value
-    is another result; and no step that may fail (a bounds check, a non-matmul extern) runs at or after
-    the first such kernel (the program stops at the first failure, so a failed call still leaves the
-    targets untouched). The caller passes a private copy of a target whose array it cannot hand over
-    (`Program.run`)."""
+    is another result; and the kernel comes after every step that may fail (a bounds check, an integer
+    division, an extern that checks values): the program stops at the first failure, so a failed call
+    still leaves the targets untouched. The caller passes a private copy of a target whose array it
+    cannot hand over (`Program.run`)."""
     count = Counter(graph.results())
     targets = Counter(dst for dst, _ in graph.writebacks)
     writer = {v: k for k, g in enumerate(groups) for v in g.outputs}
@@ -268,16 +268,15 @@ def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
         while mine and _store_order(g, mine) is None:
             del chosen[next(iter(mine))]
             mine = {v: chosen[v] for v in g.outputs if v in chosen}
-    if chosen and any(_may_fail(g) for g in groups[min(writer[v] for v in chosen):]):
-        return {}
-    return chosen
+    last_failing = max((k for k, g in enumerate(groups) if _may_fail(g)), default=-1)
+    return {v: dst for v, dst in chosen.items() if writer[v] > last_failing}
 
 
 def _may_fail(g: FusionGroup) -> bool:
     """Whether the step may stop the program with an error (an index check, an integer division,
-    an extern op other than a matmul)."""
+    an extern op not known never to fail)."""
     if g.kind == EXTERN:
-        return g.extern.op.name != "matmul"
+        return g.extern.op.name not in _NEVER_FAILING_EXTERNS
     if any(not acc.flat.affine for acc in g.args.values()):        # gathers: bounds-checked indices
         return True
     exprs = list(g.exprs.values()) + [f for stage in g.stages for f in vars(stage).values() if isinstance(f, Expr)]
@@ -287,6 +286,9 @@ def _may_fail(g: FusionGroup) -> bool:
 
 
 _CHECKED_INT_OPS = ("floordiv", "mod", "pow")       # division by zero, negative powers
+# extern ops whose numpy kernels raise only on shapes (checked when traced), never on values
+_NEVER_FAILING_EXTERNS = frozenset({"matmul", "rand", "randperm", "cat", "slice_scatter", "cumsum", "argmax",
+                                    "argmin", "full", "arange", "constant"})
 
 
 # ---------------------------------------------------------------- index_put as a scatter kernel
