@@ -107,6 +107,51 @@ def test_reshapes_of_a_computed_value_feed_a_matmul_without_a_copy(rng):
     _close(out, transposed(tt.tensor(x), tt.tensor(w)))
 
 
+def test_rows_split_then_merged_are_read_at_an_affine_index(rng):
+    # W6's logits: [512, V] -> [B, T, V] (+ bias) -> [B*T, V] for the loss; the rows' split divides the row
+    # index (by T), never the flat index, and the merge puts the row back together: contiguous loads
+    x, b = rng.standard_normal((24, 8)), rng.standard_normal(8)
+
+    def loss(x, b):
+        y = x.reshape(4, 6, 8) + b
+        return F.log_softmax(y.reshape(24, 8), -1)
+
+    ex, out = _compiled(loss, tt.tensor(x), tt.tensor(b))
+    _close(out, loss(tt.tensor(x), tt.tensor(b)))
+    (kernel,) = ex.lowered.program.kernels
+    assert "floordiv" not in str(kernel) and "mod(" not in str(kernel)
+
+
+def test_a_split_dim_keeps_the_other_dims_affine():
+    from tracetorch.jit.passes.positions import Space, flat_index, reshape_source
+    space = Space((6, 20))                          # [6, 20] read as [2, 3, 4, 5]: rows split, columns split
+    pos = reshape_source(space, space.identity(), (6, 20), (2, 3, 4, 5))
+    assert [c.affine for c in pos] == [False, False, False, False]
+    values = {}
+    for i in range(6):
+        for j in range(20):
+            env = {"@i0": i, "@i1": j}
+            values[i, j] = tuple(_evaluate(c, env) for c in pos)
+    assert all(values[i, j] == np.unravel_index(i * 20 + j, (2, 3, 4, 5)) for i, j in values)
+    back = flat_index(space, pos, (2, 3, 4, 5))     # merged again: affine, the row-major index
+    assert back.affine and back.coeffs == (20, 1) and back.const == 0
+
+
+def _evaluate(coord, env):
+    if coord.affine:
+        return sum(c * env[f"@i{k}"] for k, c in enumerate(coord.coeffs)) + coord.const
+    from codegen.kernel import Const, Op, Var
+
+    def ev(e):
+        if isinstance(e, Var):
+            return env[e.name]
+        if isinstance(e, Const):
+            return e.value
+        a, b = (ev(x) for x in e.args)
+        return {"add": int.__add__, "mul": int.__mul__, "floordiv": int.__floordiv__, "mod": int.__mod__}[e.op](a, b)
+    return ev(coord.as_expr())
+
+
 def _gelu_reference(x: np.ndarray) -> np.ndarray:
     return x * 0.5 * np.array([math.erfc(-v / math.sqrt(2.0)) for v in x.ravel()]).reshape(x.shape)
 

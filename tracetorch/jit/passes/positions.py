@@ -41,6 +41,9 @@ class Coord:
     expr: Expr | None
     lo: int
     hi: int
+    origin: tuple | None = None     # general: ("digit", x, stride, size) when it is (x // stride) % size
+                                    # (size None: x // stride), or ("sum", coords, weights, const) when
+                                    # made by `Space.linear`, so that `linear` can put digits back together
 
     @property
     def affine(self) -> bool:
@@ -95,8 +98,8 @@ class Space:
     def identity(self) -> tuple:
         return tuple(self.unit(k) for k in range(self.rank))
 
-    def general(self, expr: Expr, lo: int, hi: int) -> Coord:
-        return Coord(None, 0, expr, lo, hi)
+    def general(self, expr: Expr, lo: int, hi: int, origin: tuple | None = None) -> Coord:
+        return Coord(None, 0, expr, lo, hi, origin)
 
     def checked(self, index: Expr, size: int, what: str) -> Coord:
         """A data-dependent coordinate, bounds-checked at run time (IndexError, nothing committed)."""
@@ -105,6 +108,10 @@ class Space:
     # ------------------------------------------------------------ arithmetic
     def linear(self, coords: Sequence[Coord], weights: Sequence[int], const: int = 0) -> Coord:
         """sum(w * c) + const."""
+        if not all(c.affine for c in coords):
+            coords, weights, const = self._recombine(*_expand_sums(coords, weights, const))
+        if len(coords) == 1 and weights[0] == 1 and const == 0:
+            return coords[0]
         if all(c.affine for c in coords):
             total = [0] * self.rank
             k0 = const
@@ -126,24 +133,74 @@ class Space:
             return self.constant(const)
         if const:
             expr = Op("add", (expr, Const(const, int64)), int64)
-        return self.general(expr, lo, hi)
+        return self.general(expr, lo, hi, ("sum", tuple(coords), tuple(weights), const))
 
     def divmod(self, c: Coord, m: int) -> tuple[Coord, Coord]:
-        """(c // m, c % m) for c >= 0; affine when no carry crosses m."""
+        """(c // m, c % m) for c >= 0; affine when no carry crosses m. Otherwise, when c = g * h + l
+        with g dividing m and 0 <= l < g, the division is of h by m / g (flattening [512, 256] into
+        [8, 64, 256] divides the row index by 64, not the flat index by 16384). General results say
+        which digit of which coordinate they are (`origin`), so that `linear` can merge them again."""
         if m == 1:
             return c, self.constant(0)
         if 0 <= c.lo and c.hi < m:
             return self.constant(0), c
         if c.affine:
-            high = [a // m if a % m == 0 else 0 for a in c.coeffs]
-            low = [0 if a % m == 0 else a for a in c.coeffs]
-            q0, r0 = divmod(c.const, m)
-            rem = self.affine(low, r0)
-            if 0 <= rem.lo and rem.hi < m:
-                return self.affine(high, q0), rem
+            for g in sorted({math.gcd(a, m) for a in c.coeffs if a} - {1} | {m}, reverse=True):
+                high = [a // g if a % g == 0 else 0 for a in c.coeffs]
+                low = [0 if a % g == 0 else a for a in c.coeffs]
+                q0, r0 = divmod(c.const, g)
+                rem = self.affine(low, r0)
+                if not (0 <= rem.lo and rem.hi < g):
+                    continue
+                if g == m:
+                    return self.affine(high, q0), rem
+                q, r = self.divmod(self.affine(high, q0), m // g)
+                return q, self.linear([r, rem], [g, 1])
+        x, stride, size = c, 1, None                # c is digit (x // stride) % size of x
+        if c.origin is not None and c.origin[0] == "digit":
+            _, x, stride, size = c.origin
+        if size is not None and size % m:
+            x, stride, size = c, 1, None            # not a digit of x any more: of c itself
         e = c.as_expr()
-        q = self.general(Op("floordiv", (e, Const(m, int64)), int64), c.lo // m, c.hi // m)
-        return q, self.general(Op("mod", (e, Const(m, int64)), int64), 0, m - 1)
+        q = self.general(Op("floordiv", (e, Const(m, int64)), int64), c.lo // m, c.hi // m,
+                         ("digit", x, stride * m, None if size is None else size // m))
+        return q, self.general(Op("mod", (e, Const(m, int64)), int64), 0, m - 1, ("digit", x, stride, m))
+
+    def digit(self, x: Coord, stride: int, size: int | None) -> Coord:
+        """(x // stride) % size (x // stride when size is None)."""
+        q = self.divmod(x, stride)[0]
+        return q if size is None else self.divmod(q, size)[1]
+
+    def _recombine(self, coords: list, weights: list, const: int) -> tuple[list, list, int]:
+        """Merge digits of one coordinate in the terms: w * ((x // s) % n) + n * w * ((x // (s * n)) % k)
+        is w * ((x // s) % (n * k)), and the digits of all of x add up to x."""
+        for i, a in enumerate(coords):
+            if a.origin is None or a.origin[0] != "digit" or a.origin[3] is None:
+                continue
+            _, x, s, n = a.origin
+            for j, b in enumerate(coords):
+                if (b.origin is not None and b.origin[0] == "digit" and b.origin[1] == x and b.origin[2] == s * n
+                        and weights[j] == weights[i] * n):
+                    size = None if b.origin[3] is None else n * b.origin[3]
+                    rest = [k for k in range(len(coords)) if k not in (i, j)]
+                    return self._recombine(*_expand_sums([coords[k] for k in rest] + [self.digit(x, s, size)],
+                                                         [weights[k] for k in rest] + [weights[i]], const))
+        return coords, weights, const
+
+
+def _expand_sums(coords, weights, const: int) -> tuple[list, list, int]:
+    """The terms of `linear`, with each general sum it made before replaced by its own terms."""
+    out_c, out_w = [], []
+    for c, w in zip(coords, weights):
+        if c.origin is not None and c.origin[0] == "sum":
+            inner_c, inner_w, inner_const = _expand_sums(c.origin[1], c.origin[2], c.origin[3])
+            out_c += inner_c
+            out_w += [w * v for v in inner_w]
+            const += w * inner_const
+        else:
+            out_c.append(c)
+            out_w.append(w)
+    return out_c, out_w, const
 
 
 # ---------------------------------------------------------------- views move positions
