@@ -182,9 +182,14 @@ class OutputBuffers:
     def arrays(self, table, slot: int) -> list[np.ndarray]:
         """An array for each output, its address written to `table[slot]`, `table[slot + 1]`, ... (the
         program's buffer table)."""
-        rings = getattr(self._local, "rings", None)
-        if rings is None:
+        try:
+            rings = self._local.rings
+        except AttributeError:              # this thread's first call
             rings = self._local.rings = [[] for _ in self.specs]
+        if len(rings) == 1:                 # one result (W4-style programs)
+            (shape, dtype, nbytes), = self.specs
+            arr, table[slot] = self._pool._take(rings[0], shape, dtype, nbytes, BufferPool.MAX_PER_OUTPUT)
+            return [arr]
         out = []
         take, cap = self._pool._take, BufferPool.MAX_PER_OUTPUT
         for (shape, dtype, nbytes), entries in zip(self.specs, rings):

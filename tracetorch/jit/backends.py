@@ -13,7 +13,8 @@ result that aliases an input, so results may be views; a caller that must
 keep an input intact passes a copy. Optional attributes of an executable:
 `results_owned` (True: the results other than the donated ones are writeable
 and share memory with no input and no other result, so the program skips that
-check on every call), `kernels` (launches per
+check on every call), `call_list` (the same as calling the executable, a
+Python frame shorter), `kernels` (launches per
 call, for `.stats()`), `explain()` (text for `.explain()`: fusion groups,
 kernels, memory plan), `dump(directory, stem)` (for TRACETORCH_DUMP), and
 `diagnose(inputs, reference) -> str`: when `check=True` finds the backend

@@ -75,7 +75,7 @@ class CompiledFunction:
         self._failures: Counter = Counter()
         self._failure_detail: dict = {}
         self._stats = _new_stats()
-        self._call_counts: dict = {}        # thread id -> [calls, cache hits] (see _count_call)
+        self._call_counts: dict = {}        # thread id -> [calls, cache hits] (see __call__)
         try:
             functools.update_wrapper(self, fn)
         except (AttributeError, TypeError):
@@ -139,14 +139,29 @@ class CompiledFunction:
                             self._note_static_failure(guard, call)
                     return self._trace(call, target)
         finally:
-            self._count_call(served_by)
+            # count the call in this thread's [calls, cache hits]: only this thread writes them, so no lock
+            # is taken (`stats()` adds up the threads'); a cache hit moves its program to the front
+            counts = self._call_counts.get(get_ident())
+            if counts is None:
+                counts = self._call_counts.setdefault(get_ident(), [0, 0])
+            counts[0] += 1
+            if served_by is not None:
+                counts[1] += 1
+                cached = self._programs
+                if cached and cached[0] is not served_by:
+                    self._move_to_front(served_by)
 
     def _run_cached(self, call, programs):
         """(program, result): run the first program whose static guards pass (most recently used first);
         on a value-guard failure, the one whose recorded outcomes agree with the ones just observed (the
         trace tree). (None, None) if none fits."""
         tried = []
-        program, inputs = _first_fitting(programs, call)
+        for program in programs:        # (_first_fitting, inlined: W4-style calls are dominated by this path)
+            inputs = program.inputs_if_fits(call)
+            if inputs is not None:
+                break
+        else:
+            program = None
         while program is not None:
             try:
                 return program, program.run(call, inputs)
@@ -158,22 +173,11 @@ class CompiledFunction:
                                                   and p.value_path()[:fail.position + 1] == path], call)
         return None, None
 
-    def _count_call(self, served_by) -> None:
-        """Count one compiled call, after it ran, in this thread's [calls, cache hits]: only this thread
-        writes them, so no lock is taken (`stats()` adds up the threads'). A cache hit moves its program
-        to the front."""
-        counts = self._call_counts.get(get_ident())
-        if counts is None:
-            counts = self._call_counts.setdefault(get_ident(), [0, 0])
-        counts[0] += 1
-        if served_by is not None:
-            counts[1] += 1
+    def _move_to_front(self, program) -> None:
+        with self._lock:
             cached = self._programs
-            if cached and cached[0] is not served_by:
-                with self._lock:
-                    cached = self._programs
-                    if served_by in cached:
-                        self._programs = (served_by,) + tuple(p for p in cached if p is not served_by)
+            if program in cached:
+                self._programs = (program,) + tuple(p for p in cached if p is not program)
 
     def _note_static_failure(self, guard, call):
         detail, key = guard.actual(call), guard.failure_key(call)
@@ -403,7 +407,7 @@ def _wrap(fn, opts):
 
 
 def _new_stats() -> dict:
-    # "calls" and "cache_hits" are counted per thread (CompiledFunction._count_call), filled in by stats()
+    # "calls" and "cache_hits" are counted per thread (CompiledFunction.__call__), filled in by stats()
     return {"calls": 0, "traces": 0, "failed_traces": 0, "compiles": 0, "cache_hits": 0, "guard_failures": Counter(),
             "value_guard_misses": 0, "uncached_traces": 0, "fallbacks": 0, "checked_calls": 0, "nodes": 0,
             "kernels": 0,

@@ -99,6 +99,7 @@ class LLVMExecutable:
         # results_owned: the results (but the donated ones) share memory with no input and no other result
         # and are writeable (fresh arrays from the runtime's pool): the program need not check them (owned())
         self._call, self.results_owned = _caller(compiled, lowered, len(graph.inputs))
+        self.call_list = self._call             # the same as calling self, one Python frame shorter
 
     def __call__(self, inputs: list):
         """The results (a sequence of arrays) for `graph.results()`."""
