@@ -198,13 +198,44 @@ def test_updates_after_the_last_checked_step_are_still_donated():
     np.testing.assert_allclose(acc.numpy(), want, rtol=1e-12)
     assert calls.item() == 3
     program = f.programs[0]
-    assert list(program.donated) == [program.graph.inputs.index(program.graph.writebacks[-1][0])]   # acc only
+    assert len(program.donated) == 2            # acc by its kernel; calls, updated first, by the final copy
+    assert [k.name for k in program.executable.lowered.program.kernels][-1].startswith("writeback")
     arr = acc._data
     with pytest.raises(IndexError):
         f(tt.tensor([1, 20, 3]))
     assert acc._data is arr
     np.testing.assert_allclose(acc.numpy(), want, rtol=1e-12)       # nothing committed
     assert calls.item() == 3
+
+
+def test_write_backs_computed_by_reductions_are_copied_in_by_the_last_kernel():
+    table = tt.arange(12.0, dtype=tt.float64).reshape(3, 4)
+    mean = tt.zeros(4, dtype=tt.float64)           # a running mean: updated by the reduction's epilogue
+
+    def step(x, idx):
+        mean.mul_(0.9).add_(0.1 * x.sum(0))
+        return table[idx].sum()                    # a bounds-checked gather after the update
+
+    eager_mean = tt.zeros(4, dtype=tt.float64)
+    f = tt.compile(step, backend="llvm")
+    x = tt.tensor(np.linspace(-1, 1, 20).reshape(5, 4))
+    good = tt.tensor([0, 2])
+    for _ in range(3):
+        np.testing.assert_allclose(f(x, good).item(), 44.0)
+        eager_mean.mul_(0.9).add_(0.1 * x.sum(0))
+    np.testing.assert_allclose(mean.numpy(), eager_mean.numpy(), rtol=1e-12)
+    program = f.programs[0]
+    kinds = [g.kind for g in program.executable.lowered.groups]
+    assert "reduction" in kinds and len(program.donated) == 1
+    assert program.executable.lowered.program.kernels[-1].name.startswith("writeback")
+    arr, version = mean._data, mean._version[0]
+    with pytest.raises(IndexError):
+        f(x, tt.tensor([0, 7]))
+    assert mean._data is arr and mean._version[0] == version
+    np.testing.assert_allclose(mean.numpy(), eager_mean.numpy(), rtol=1e-12)    # nothing committed
+    f(x, good)
+    assert mean._data is arr                        # stored into the tensor's own array
+    np.testing.assert_allclose(mean.numpy(), (eager_mean * 0.9 + 0.1 * x.sum(0)).numpy(), rtol=1e-12)
 
 
 def test_dropout_before_the_update_keeps_donation_on():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -117,6 +118,9 @@ class LLVMExecutable:
             f"{len(arena.slot_of)} intermediates with a buffer each ({len(arena.inplace)} computed in place)",
             f"bytes moved per call: {_bytes(self.bytes_moved)}",
             f"compile: {self.compile_seconds * 1e3:.1f} ms",
+            f"write-backs: {len(self.donated) - len(lw.copied)} stored by the kernels computing them, "
+            f"{len(lw.copied)} copied in by the last kernels, "
+            f"{len(self.graph.writebacks) - len(self.donated)} copied by the caller after the run",
             "fusion groups (in execution order):",
         ]
         for g in lw.groups:
@@ -214,13 +218,16 @@ def _caller(compiled, lowered: LoweredProgram, n_inputs: int):
 def _donatable(inputs: list, donated: tuple, dtypes: dict) -> list:
     """`inputs`, with a private copy in place of each donated input the program may not write into:
     not a writeable C-contiguous array of the program's dtype, or sharing memory with another input."""
-    roots = [id(storage_root(a)) if type(a) is np.ndarray else id(a) for a in inputs]
+    roots = [(id(a) if a.base is None else id(storage_root(a))) if type(a) is np.ndarray else id(a)
+             for a in inputs]
+    shared = {r for r, n in Counter(roots).items() if n > 1} if len(set(roots)) < len(roots) else ()
     out = None
     for i in donated:
         a = inputs[i]
-        if (type(a) is np.ndarray and a.dtype == dtypes[i] and a.flags.c_contiguous and a.flags.writeable
-                and roots.count(roots[i]) == 1):
-            continue
+        if type(a) is np.ndarray and (a.dtype is dtypes[i] or a.dtype == dtypes[i]) and roots[i] not in shared:
+            flags = a.flags
+            if flags.c_contiguous and flags.writeable:
+                continue
         if out is None:
             out = list(inputs)
         out[i] = np.array(a, dtype=dtypes[i], order="C")

@@ -6,7 +6,9 @@ for the caller), everything else a temporary placed in the arena by the
 memory planner (`passes.memplan`; an elementwise kernel may update a dying
 input in place). With `donate`, a write-back computed by an elementwise
 kernel is stored straight into its target input (`_donations` says when that
-is safe), so the caller commits it without a copy. Then each group becomes a kernel through the templates of
+is safe), and other write-backs are copied into their targets by the
+program's last kernels (`_final_copies`), so the caller commits them without
+a copy. Then each group becomes a kernel through the templates of
 `codegen.templates` (its expressions already built by fusion; here their
 `Arg`s get buffers and index maps) or an `ExternCall` that runs the op's
 numpy kernel on (strided views of) its input buffers.
@@ -43,6 +45,7 @@ class LoweredProgram:
     buffer_of: dict                  # Value -> Buffer
     kernels_before_fusion: int
     bytes_moved: int
+    copied: tuple = ()               # graph input indices of `donated` stored by the final copy kernels
 
     @property
     def kernels_after_fusion(self) -> int:
@@ -60,16 +63,18 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
         if n.op.name == "constant":
             constants[n.out] = np.array(n.attrs["value"], dtype=n.out.dtype.np)
     donations = _donations(graph, groups, input_index) if donate else {}     # new Value -> target input
+    copies = _final_copies(graph, groups, input_index, donations) if donate else {}     # the same, copied last
 
     # ---------------------------------------------------------------- which values need a buffer
     loaded: dict = {}
     for g in groups:
         for v in g.inputs:
             loaded.setdefault(v)
-    for dst in donations.values():
+    for dst in list(donations.values()) + list(copies.values()):
         loaded.setdefault(dst)
     results = graph.results()
-    result_values = [r for r in results if r not in input_index and r not in constants and r not in donations]
+    result_values = [r for r in results if r not in input_index and r not in constants and r not in donations
+                     and r not in copies]
     outputs = list(dict.fromkeys(result_values))
     written = [v for g in groups for v in g.outputs]
     temps = [v for v in dict.fromkeys(written) if v not in set(outputs) and v not in donations]
@@ -83,6 +88,8 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
         donating = any(v in donations for v in g.outputs)
         pairs = _inplace_pairs(g, reads, writes) if inplace and not donating else ()
         steps.append(StepUse(reads, writes, pairs))
+    if copies:
+        steps.append(StepUse(tuple(copies), (), ()))
     arena = plan_memory(steps, {v: _nbytes(v) for v in temps})
 
     buffer_of: dict = {}
@@ -115,6 +122,8 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
     # ---------------------------------------------------------------- kernels and extern calls
     overwrites = {w: r for r, w in arena.inplace} | donations      # output -> the input whose memory it takes
     program_steps = [_lower_group(g, buffer_of, overwrites, scatter) for g in groups]
+    program_steps += _copy_kernels(copies, buffer_of)
+    donations = donations | copies
     updated = tuple(dict.fromkeys(buffer_of[dst] for dst in donations.values()))
     program = Program(name, tuple(program_steps), tuple(prog_inputs), tuple(prog_outputs), updated)
     offsets, sizes = {}, {}
@@ -136,7 +145,8 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
     moved = sum(_step_bytes(s) for s in program.steps)
     donated = {input_index[dst]: results.index(src) for src, dst in donations.items()}
     return LoweredProgram(program, plan, arena, groups, tuple(input_positions), tuple(const_arrays),
-                          tuple(result_plan), donated, buffer_of, kernels_before_fusion(graph), moved)
+                          tuple(result_plan), donated, buffer_of, kernels_before_fusion(graph), moved,
+                          tuple(input_index[dst] for dst in copies.values()))
 
 
 # ---------------------------------------------------------------- one group
@@ -270,6 +280,34 @@ def _donations(graph: Graph, groups: list, input_index: dict) -> dict:
             mine = {v: chosen[v] for v in g.outputs if v in chosen}
     last_failing = max((k for k, g in enumerate(groups) if _may_fail(g)), default=-1)
     return {v: dst for v, dst in chosen.items() if writer[v] > last_failing}
+
+
+def _final_copies(graph: Graph, groups: list, input_index: dict, donations: dict) -> dict:
+    """{new value: target input} for the other write-backs the program copies into their targets in its
+    last kernels, after every step that may fail and every read of the targets, so the caller commits
+    them without a copy either (W5's optimizer state updated by reduction kernels; 0-d step counters).
+    Same conditions as `_donations` on results: neither the value nor the target's old value is another
+    result."""
+    count = Counter(graph.results())
+    targets = Counter(dst for dst, _ in graph.writebacks)
+    written = {v for g in groups for v in g.outputs}
+    return {src: dst for dst, src in graph.writebacks
+            if src not in donations and src in written and dst in input_index and targets[dst] == 1
+            and count[src] == 1 and dst not in count and src.dtype is dst.dtype
+            and tuple(src.shape) == tuple(dst.shape)}
+
+
+def _copy_kernels(copies: dict, buffer_of: dict) -> list:
+    """One elementwise kernel per shape storing every value of `copies` of that shape into its target."""
+    by_shape: dict = {}
+    for src, dst in copies.items():
+        by_shape.setdefault(tuple(src.shape), []).append((buffer_of[src], buffer_of[dst]))
+    kernels = []
+    for k, (shape, pairs) in enumerate(by_shape.items()):
+        inputs = {f"v{j}": (src, IndexMap.contiguous(shape)) for j, (src, _) in enumerate(pairs)}
+        outputs = [(dst, Arg(f"v{j}", src.dtype)) for j, (src, dst) in enumerate(pairs)]
+        kernels.append(elementwise_kernel(f"writeback{k}", shape, inputs, outputs))
+    return kernels
 
 
 def _may_fail(g: FusionGroup) -> bool:
