@@ -77,8 +77,10 @@ def test_training_steps_compiled_equal_eager(kind, opt_name):
     for (name, a), (_, b) in zip(mc.state_dict().items(), me.state_dict().items()):
         np.testing.assert_allclose(a.numpy(force=True), b.numpy(force=True), rtol=1e-5, atol=1e-6, err_msg=name)
     s = f.stats()
-    # step 1 finds no .grad and may create optimizer state; from step 2 on one program serves every call
-    assert s["traces"] == 2 and s["cache_hits"] == 3, s
+    # step 1 may create optimizer state (then step 2 traces again); from then on one program serves every
+    # call (zero_grad does not read the .grad the previous step left)
+    want = 1 if opt_name == "sgd" else 2
+    assert s["traces"] == want and s["cache_hits"] == s["calls"] - want, s
 
 
 def test_eval_step_with_no_grad_and_train_eval_switch():

@@ -47,7 +47,8 @@ def test_training_steps_llvm_equal_eager(kind, opt_name):
             a[noise] = b[noise] = 0
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6, err_msg=name)
     s = f.stats()
-    assert s["traces"] == 2 and s["cache_hits"] == STEPS - 2, s
+    traces = 1 if opt_name == "sgd" else 2          # plain SGD creates no state: step 2 needs no new trace
+    assert s["traces"] == traces and s["cache_hits"] == STEPS - traces, s
 
 
 def test_demo_training_step_llvm_equals_eager():

@@ -226,14 +226,15 @@ class Optimizer:
 
     # ------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop (default) or zero every parameter's `.grad`."""
+        """Drop (default) or zero every parameter's `.grad`. (Dropping does not read `.grad` first: a
+        compiled step then does not depend on, or guard, what the previous step left there.)"""
         for group in self.param_groups:
             for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
                 if set_to_none:
                     p.grad = None
+                    continue
+                g = p.grad
+                if g is None:
                     continue
                 if g.grad_fn is not None:
                     g.detach_()
