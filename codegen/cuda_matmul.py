@@ -7,14 +7,16 @@ and writes; `codegen.cuda_c.render_program` calls its `render_cuda`). Two kernel
 - float32 on the CUDA cores: a block computes a BM x BN tile of the output, staging BK-deep slices of A
   (transposed) and B in shared memory; each of its 256 threads accumulates a TM x TN register block with
   FMAs. The tile shape shrinks (128, 64, 32) until the grid has enough blocks to fill the GPU. float64
-  runs the same kernel in double precision.
+  runs the same kernel in double precision; float16 and bfloat16 run it in float32 (loads widened,
+  the sum rounded once at the store), as PyTorch and the CPU path (numpy's float16 matmul) accumulate.
 - TF32 on the tensor cores (`tf32=True`, opt-in: inputs rounded to 10-bit mantissas, like PyTorch's
   `allow_tf32`): `nvcuda::wmma` 16x16x8 fragments, a 64 x 64 block tile of four warps, the accumulator
   staged through shared memory for the epilogue.
 
 Any shapes: tile loads outside the matrices read zeros, stores outside are skipped. Operands may be
 transposed, strided (a leading dimension and an offset: slices of a bigger buffer) and batched (a batch
-stride of 0 broadcasts); they are read through their strides, never copied.
+stride of 0 broadcasts; batch dims that do not fold into one stride, e.g. (B, 1, ..) @ (H, ..), are
+given per dim in `batch_dims`); they are read through their strides, never copied.
 The epilogue is an expression over `Arg("acc", float32)` (the dot product) and the Args of
 `epilogue_inputs`, read through index maps over the output's iteration space ((m, n), or (batch, m, n)
 when batched): a bias row and an activation cost no extra pass over memory.
@@ -25,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from tracetorch.dtypes import float32, float64
+from tracetorch.dtypes import bfloat16, float16, float32, float64
 
 from .cuda_c import TARGET_SMS, Launch, _Emitter, storage_ctype
 from .kernel import Arg, Buffer, Expr, IndexMap, Load, Var, substitute, walk_exprs
@@ -46,8 +48,10 @@ class MatmulSpec:
     from element `a_offset` of its buffer; B likewise, (k, n) or (n, k) when `trans_b`. `a_strides` /
     `b_strides` (element strides of the (m, k) / (k, n) matrix, 0 for a broadcast) replace trans/ld for the
     addresses, and `trans_*` then only picks the coalesced tile-loading order. Batch strides default to one
-    matrix (a buffer holding a single matrix is broadcast: stride 0). `out` is contiguous (batch, m, n);
-    a, b and out share one dtype, float32 or float64."""
+    matrix (a buffer holding a single matrix is broadcast: stride 0); `batch_dims`, when given, replaces
+    them: per batch dim, outermost first, (size, A's stride, B's stride), and `batch` is their product.
+    `out` is contiguous (batch, m, n); a, b and out share one dtype: float32, float64, or float16 /
+    bfloat16 (computed in float32)."""
     name: str
     a: Buffer
     b: Buffer
@@ -69,24 +73,29 @@ class MatmulSpec:
     ldb: Optional[int] = None
     a_strides: Optional[tuple[int, int]] = None
     b_strides: Optional[tuple[int, int]] = None
+    batch_dims: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self):
         dt = self.out.dtype
         for buf in (self.a, self.b, self.out):
-            if buf.dtype is not dt or dt not in (float32, float64):
-                raise TypeError(f"matmul {self.name!r}: {buf!r} must be float32 or float64, like the output")
+            if buf.dtype is not dt or dt not in (float32, float64, float16, bfloat16):
+                raise TypeError(f"matmul {self.name!r}: {buf!r} must be float32 or float64 (or float16, bfloat16), "
+                                "like the output")
+        if self.batch_dims and math.prod(size for size, _, _ in self.batch_dims) != self.batch:
+            raise ValueError(f"matmul {self.name!r}: batch dims {self.batch_dims} do not make batch {self.batch}")
         if self.tf32 and dt is not float32:
             raise TypeError(f"matmul {self.name!r}: tf32 needs float32 operands")
         if self.out.size != self.batch * self.m * self.n:
             raise ValueError(f"matmul {self.name!r}: output {self.out!r} must hold {self.batch}x{self.m}x{self.n}")
-        for buf, stride, offset, shape, strides in ((self.a, self.stride_a, self.a_offset, (self.m, self.k),
-                                                      self.strides_a),
-                                                     (self.b, self.stride_b, self.b_offset, (self.k, self.n),
-                                                      self.strides_b)):
-            if min(strides) < 0 or stride < 0 or offset < 0:
+        for j, (buf, stride, offset, shape, strides) in enumerate(
+                ((self.a, self.stride_a, self.a_offset, (self.m, self.k), self.strides_a),
+                 (self.b, self.stride_b, self.b_offset, (self.k, self.n), self.strides_b))):
+            reach = sum((s[0] - 1) * s[1 + j] for s in self.batch_dims) if self.batch_dims \
+                else stride * (self.batch - 1)
+            if min(strides) < 0 or stride < 0 or offset < 0 or any(s[1 + j] < 0 for s in self.batch_dims):
                 raise ValueError(f"matmul {self.name!r}: {buf!r} read with strides {strides}, batch stride "
                                  f"{stride}, offset {offset}")
-            need = offset + stride * (self.batch - 1) + sum((s - 1) * st for s, st in zip(shape, strides)) + 1
+            need = offset + reach + sum((s - 1) * st for s, st in zip(shape, strides)) + 1
             if need > buf.size:
                 raise IndexError(f"matmul {self.name!r}: {buf!r} holds {buf.size} elements, batch {self.batch} of "
                                  f"{shape[0]}x{shape[1]} (strides {strides}) with stride {stride} from {offset} "
@@ -189,17 +198,33 @@ class MatmulSpec:
         return text, Launch(symbol, buffers, threads, work, bm * bn, "matmul", grid if work else (0, 0, 0))
 
     def _a(self, names, row: str, col: str) -> str:
-        """A[row, col] of this block's batch (row < m, col < k)."""
-        return f"{names[self.a]}[tt_a_base + {_strided(row, col, self.strides_a)}]"
+        """A[row, col] of this block's batch (row < m, col < k), as float (or double)."""
+        return self._widen(f"{names[self.a]}[tt_a_base + {_strided(row, col, self.strides_a)}]")
 
     def _b(self, names, row: str, col: str) -> str:
         """B[row, col] of this block's batch (row < k, col < n)."""
-        return f"{names[self.b]}[tt_b_base + {_strided(row, col, self.strides_b)}]"
+        return self._widen(f"{names[self.b]}[tt_b_base + {_strided(row, col, self.strides_b)}]")
+
+    def _widen(self, raw: str) -> str:
+        return f"__half2float({raw})" if self.out.dtype is float16 else raw
 
     def _prologue(self, em: _Emitter) -> None:
         em.emit("const long long tt_batch = blockIdx.z;")
-        em.emit(f"const long long tt_a_base = tt_batch * {self.stride_a}LL + {self.a_offset}LL;")
-        em.emit(f"const long long tt_b_base = tt_batch * {self.stride_b}LL + {self.b_offset}LL;")
+        if not self.batch_dims:
+            em.emit(f"const long long tt_a_base = tt_batch * {self.stride_a}LL + {self.a_offset}LL;")
+            em.emit(f"const long long tt_b_base = tt_batch * {self.stride_b}LL + {self.b_offset}LL;")
+            return
+        bases = [[str(self.a_offset)], [str(self.b_offset)]]
+        inner = self.batch
+        for k, (size, sa, sb) in enumerate(self.batch_dims):
+            inner //= size
+            coord = f"tt_batch / {inner}LL" if inner > 1 else "tt_batch"
+            em.emit(f"const long long tt_z{k} = {coord if k == 0 else f'({coord}) % {size}LL'};")
+            for base, stride in zip(bases, (sa, sb)):
+                if stride:
+                    base.append(f"tt_z{k} * {stride}LL")
+        em.emit(f"const long long tt_a_base = {' + '.join(bases[0])};")
+        em.emit(f"const long long tt_b_base = {' + '.join(bases[1])};")
 
     def _load_tiles(self, em: _Emitter, names, threads: int, bm: int, bn: int, bk: int, a_tile, b_tile) -> None:
         """Stage A[row0.., k0..] and B[k0.., col0..] in shared memory (zeros outside), coalesced reads:
@@ -339,6 +364,7 @@ class MatmulSpec:
             for name, buf, index in self.epilogue_inputs:
                 mapping[name] = Load(buf, index.index(at))
             value = em.expr(substitute(self.epilogue, mapping))
+        value = em.to_storage(value, self.out.dtype)             # float16 / bfloat16: rounded once, here
         em.emit(f"{names[self.out]}[tt_batch * {self.m * self.n}LL + (long long)tt_r * {self.n} + tt_c] = {value};")
         em.forget_state()
         em.close()

@@ -8,12 +8,13 @@
   memory, so one compiled kernel serves every call.
 - `copy_kernel`: a loop-level kernel `dst[dst_map(i)] = src[src_map(i)]` over a shape, rendered by the
   ordinary renderers: writes into strided device views, and the pieces of `cat` and `slice_scatter`.
-- `scatter_kernel`: `out[..., idx[j], ...] = v[..., j, ...]` along one dim (index_put without accumulate:
-  duplicate indices write in an unspecified order, as in PyTorch on CUDA), bounds-checked through the
-  error flag.
-- `cumsum_kernel`: a running sum along one dim, one row per team, added in order (numpy's rounding).
+- (index_put: `codegen.cuda_index`; the device sort and randperm: `codegen.cuda_sort`.)
+- `cumsum_kernel`: a running sum along one dim, one row per team, added in order (numpy's rounding;
+  float16/bfloat16 add in float32 and round at the store, as eager computes them).
 - `arg_kernel`: argmax/argmin as two reductions per row: the max (NaN-propagating), then the first
   position holding it (or holding a NaN), numpy's first-occurrence rule.
+- `int_matmul_kernel`: integer and bool matmuls (any batch dims) as a reduction per output element in
+  int64, wrapped to the output dtype: what the CPU computes (numpy in int64, then `astype`).
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from dataclasses import dataclass
 from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64, int64
 
 from .cuda_c import FLAT_THREADS, Launch, storage_ctype
-from .kernel import (Accumulator, Assign, Buffer, CheckedIndex, Const, IndexMap, Kernel, Let, Load, Loop, Op, Reduce,
-                     Store, Var)
+from .kernel import Accumulator, Assign, Buffer, Const, IndexMap, Kernel, Load, Loop, Op, Reduce, Store, Var
 from .templates import identity
 from .llvm_ir import Check
 
@@ -137,33 +137,6 @@ def copy_kernel(name: str, shape, dst: Buffer, dst_map: IndexMap, src, src_map: 
     return Kernel(name, body[0])
 
 
-def scatter_kernel(name: str, out: Buffer, dim: int, count: int, idx: Buffer, idx_map: IndexMap, v,
-                   v_map: IndexMap | None = None) -> Kernel:
-    """out[pre, idx[j], post] = v[pre, j, post] for j < count, along `dim` of the contiguous `out`; the 1-D
-    index is read through `idx_map`, `v` is a Buffer read through `v_map` over the region (pre, j, post)
-    (broadcast dims: stride 0) or a Python number. One team per index, so a bad index is checked once."""
-    shape = out.shape
-    strides = row_major(shape).strides
-    others = [d for d in range(len(shape)) if d != dim]
-    at = {d: Var(f"i{d}") for d in others}
-    j, pos = Var("j"), Var("pos")
-    target = pos if strides[dim] == 1 else Op("mul", (pos, Const(strides[dim], int64)), int64)
-    if others:
-        rest = IndexMap(tuple(strides[d] for d in others), 0).index([at[d] for d in others])
-        target = Op("add", (target, rest), int64)
-    if isinstance(v, Buffer):
-        value = Load(v, v_map.index([at[d] if d != dim else j for d in range(len(shape))]))
-        if v.dtype is not out.dtype:
-            value = Op("cast", (value,), out.dtype)
-    else:
-        value = Const(v, out.dtype)
-    body = (Store(out, target, value),)
-    for d in reversed(others):
-        body = (Loop(f"i{d}", shape[d], body),)
-    checked = CheckedIndex(Load(idx, idx_map.index([j])), shape[dim], f"index_put index along dim {dim}")
-    return Kernel(name, Loop("j", count, (Let("pos", checked),) + body))
-
-
 def cumsum_kernel(name: str, out: Buffer, dim: int, x: Buffer, x_map: IndexMap) -> Kernel:
     """out = cumsum(x, dim) (x read through `x_map` over out's shape, cast to out's dtype); out contiguous."""
     shape, dt = out.shape, out.dtype
@@ -207,6 +180,25 @@ def arg_kernel(name: str, combine: str, out: Buffer, x: Buffer, x_map: IndexMap,
     return Kernel(name, _rows(shape, kept, row))
 
 
+def int_matmul_kernel(name: str, out: Buffer, a: Buffer, a_map: IndexMap, b: Buffer, b_map: IndexMap, k: int
+                      ) -> Kernel:
+    """out[..., i, j] = sum_k a[..., i, k] * b[..., k, j] in int64 (wrapping), cast to out's dtype (bool:
+    nonzero). `a_map` / `b_map` are over (*batch, m, k) / (*batch, k, n), broadcast dims with stride 0."""
+    shape = out.shape
+    at = [Var(f"i{d}") for d in range(len(shape))]
+    kv = Var("kk")
+
+    def wide(buf, m, idx):
+        x = Load(buf, m.index(idx))
+        return x if buf.dtype is int64 else Op("cast", (x,), int64)
+    product = Op("mul", (wide(a, a_map, at[:-1] + [kv]), wide(b, b_map, at[:-2] + [kv, at[-1]])), int64)
+    total = Var("total", int64)
+    value = total if out.dtype is int64 else Op("cast", (total,), out.dtype)
+    row = (Accumulator("total", Const(0, int64)), Loop("kk", k, (Reduce("total", "add", product),)),
+           Store(out, row_major(shape).index(at), value))
+    return Kernel(name, _rows(shape, list(range(len(shape))), row))
+
+
 def _rows(shape, outer_dims, row) -> Loop:
     """Loops over `outer_dims` around the statements of one row (a one-iteration loop when there are none)."""
     if not outer_dims:
@@ -247,5 +239,5 @@ def span(shape, m: IndexMap) -> int:
     return m.offset + sum(st * (s - 1) for s, st in zip(shape, m.strides)) + 1
 
 
-__all__ = ["RandSpec", "copy_kernel", "scatter_kernel", "cumsum_kernel", "arg_kernel", "row_major", "strided_map",
+__all__ = ["RandSpec", "copy_kernel", "cumsum_kernel", "arg_kernel", "int_matmul_kernel", "row_major", "strided_map",
            "span"]

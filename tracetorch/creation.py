@@ -112,7 +112,18 @@ def full(size, fill_value, *, dtype=None, device=None, requires_grad=False) -> T
 
 def zeros(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
     dt = D.as_dtype(dtype) if dtype is not None else D.get_default_dtype()
-    return _finish(apply(FULL, shape=_sizes(size), value=0, dtype=dt), requires_grad, device)
+    return _zeros(_sizes(size), dt, requires_grad, device)
+
+
+def _zeros(shape, dt, requires_grad, device) -> Tensor:
+    """On the device (outside tt.compile): one memset, no host array to upload (the zero base of an
+    embedding's gradient is as big as its table)."""
+    if device is not None and as_device(device).type == "cuda" and STATE.tracer is None:
+        as_device(device).check_available()
+        from .device_array import DeviceArray
+        t = Tensor._make(DeviceArray.zeros(shape, dt.np), dt)
+        return t.requires_grad_(True) if requires_grad else t
+    return _finish(apply(FULL, shape=shape, value=0, dtype=dt), requires_grad, device)
 
 
 def ones(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
@@ -133,8 +144,7 @@ def _like_device(x, device):
 
 
 def zeros_like(x, *, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _finish(apply(FULL, shape=x._data.shape, value=0, dtype=_like(x, dtype)), requires_grad,
-                   _like_device(x, device))
+    return _zeros(x._data.shape, _like(x, dtype), requires_grad, _like_device(x, device))
 
 
 def ones_like(x, *, dtype=None, device=None, requires_grad=False) -> Tensor:

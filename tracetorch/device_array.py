@@ -95,6 +95,14 @@ class DeviceArray:
         return DeviceArray(block, shape, dtype)
 
     @staticmethod
+    def zeros(shape, dtype) -> "DeviceArray":
+        """All-zero bits (0, 0.0, False in every dtype): a memset on the device."""
+        out = DeviceArray.empty(shape, dtype)
+        if out.nbytes:
+            device_runtime().driver.memset_d8(out.ptr, 0, out.nbytes)
+        return out
+
+    @staticmethod
     def from_host(arr) -> "DeviceArray":
         arr = np.asarray(arr)
         if not arr.flags.c_contiguous:

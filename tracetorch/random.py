@@ -142,9 +142,13 @@ def randint_like(x, low, high=None, *, dtype=None, generator=None) -> Tensor:
 
 def randperm(n: int, *, generator=None, dtype=None, device=None) -> Tensor:
     gen = generator if generator is not None else default_generator
-    out = apply(RANDPERM, gen.seed_t, gen.offset_t, n=int(n))
+    on_device = device is not None and str(device) != "cpu"
+    seed, offset = gen.seed_t, gen.offset_t
+    if on_device and STATE.tracer is None:      # sorted on the device, the same permutation (as in _draw)
+        seed, offset = seed.to(device), offset.to(device)
+    out = apply(RANDPERM, seed, offset, n=int(n))
     gen._advance(int(n))
-    if device is not None and str(device) != "cpu":
+    if on_device:
         out = out.to(device)
     return out if dtype is None else out.to(dtype)
 

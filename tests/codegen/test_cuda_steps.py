@@ -1,6 +1,7 @@
-"""Device steps of codegen.cuda_steps and the float64 / strided forms of codegen.cuda_matmul: every variant in
-ONE program, run once on the CPU emulator (threads forward, then reversed with one block so grid-stride
-loops take several steps) against numpy / the CPU random stream, and compiled by one nvcc call."""
+"""Device steps of codegen.cuda_steps, cuda_index and cuda_sort, and the float64 / strided / float16 /
+unfolded-batch forms of codegen.cuda_matmul: every variant in ONE program, run once on the CPU emulator
+(threads forward, then reversed with one block so grid-stride loops take several steps) against numpy /
+the CPU random stream, and compiled by one nvcc call."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,9 @@ import pytest
 
 from codegen.cuda_c import render_program
 from codegen.cuda_matmul import MatmulSpec
-from codegen.cuda_steps import RandSpec, arg_kernel, copy_kernel, cumsum_kernel, scatter_kernel, span, strided_map
+from codegen.cuda_index import IndexRegion, SegmentSumSpec, index_keys_kernel, index_scatter_kernel
+from codegen.cuda_sort import SortPlan, randperm_steps
+from codegen.cuda_steps import RandSpec, arg_kernel, copy_kernel, cumsum_kernel, int_matmul_kernel, span, strided_map
 from codegen.kernel import Buffer, IndexMap, Program
 from tracetorch.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64, round_bfloat16
 from tracetorch.ops import REGISTRY
@@ -57,7 +60,8 @@ def _copy_cases(rng):
 
 
 def _scatter_cases(rng):
-    """index_put along dim 1 (negative indices wrap; v broadcast along dim 0), and a number along dim 0."""
+    """index_put without accumulate: along dim 1 (negative indices wrap; v broadcast along dim 0), a number
+    along dim 0, and two index tensors on dims 0 and 2 broadcast to (2, 3) (region (2, 3, 3))."""
     steps, inputs, wants = [], {}, {}
     base = Buffer("scatter_base", float32, (3, 5))
     idx = Buffer("scatter_idx", int64, (3,))
@@ -66,18 +70,87 @@ def _scatter_cases(rng):
     base_np, v_np, idx_np = rng.standard_normal((3, 5)).astype(np.float32), np.float32([1, 2, 3]), np.array([4, -5, 2])
     inputs.update({base: base_np, idx: idx_np, v: v_np})
     steps.append(copy_kernel("scatter_copy", (3, 5), out, IndexMap.contiguous((3, 5)), base, IndexMap((5, 1), 0)))
-    steps.append(scatter_kernel("scatter_put", out, 1, 3, idx, IndexMap((1,), 0), v, IndexMap((0, 1), 0)))
+    steps.append(index_scatter_kernel("scatter_put", out, IndexRegion((3, 5), (1,), (3,)), [(idx, IndexMap((1,), 0))],
+                                      v, IndexMap((0, 1), 0)))
     want = base_np.copy()
     want[:, idx_np] = v_np
     wants[out] = want
     ints = Buffer("scatter_ints", int32, (6,))
     small = Buffer("scatter_small", int32, (2,))
     inputs[small] = np.int32([5, -1])
-    steps.append(scatter_kernel("scatter_number", ints, 0, 2, small, IndexMap((1,), 0), 7))
+    steps.append(index_scatter_kernel("scatter_number", ints, IndexRegion((6,), (0,), (2,)),
+                                      [(small, IndexMap((1,), 0))], 7))
     want = np.full(6, 0x5A5A5A5A, np.int32)                   # the emulator's poison for integers
     want[[5, -1]] = 7
     wants[ints] = want
+    cube = Buffer("scatter_cube", float64, (4, 3, 5))
+    i, j = Buffer("scatter_i", int64, (2, 1)), Buffer("scatter_j", int32, (3,))
+    vals = Buffer("scatter_vals", float32, (3, 3))            # broadcast over the region's first dim, cast
+    i_np, j_np, vals_np = np.array([[3], [-4]]), np.int32([0, 4, 2]), rng.standard_normal((3, 3)).astype(np.float32)
+    inputs.update({i: i_np, j: j_np, vals: vals_np})
+    region = IndexRegion((4, 3, 5), (0, 2), (2, 3))
+    steps.append(index_scatter_kernel("scatter_two", cube, region, [(i, IndexMap((1, 0), 0)), (j, IndexMap((0, 1), 0))],
+                                      vals, IndexMap((0, 3, 1), 0)))
+    want = np.full((4, 3, 5), np.nan)
+    want[i_np, :, j_np] = vals_np
+    wants[cube] = want
     return steps, inputs, wants
+
+
+def _accumulate_cases(rng):
+    """index_put with accumulate: float16 rows with repeated (and negative) indices, summed in numpy's order
+    with float16 rounding after each add; a number into int32 along dim 1; float32 with two index tensors."""
+    steps, inputs, wants = [], {}, {}
+
+    def add(name, x_np, dtype, dims, index_arrays, index_maps, v, v_map, want):
+        x = Buffer(f"{name}_x", dtype, x_np.shape)
+        out = Buffer(f"{name}_out", dtype, x_np.shape)
+        inputs[x] = x_np
+        indices = []
+        for k, (a, m) in enumerate(zip(index_arrays, index_maps)):
+            buf = Buffer(f"{name}_i{k}", int64, a.shape)
+            inputs[buf] = a
+            indices.append((buf, m))
+        region = IndexRegion(x_np.shape, dims, np.broadcast_shapes(*(a.shape for a in index_arrays)))
+        sort = SortPlan.make(name, region.positions)
+        steps.extend([copy_kernel(f"{name}_copy", x_np.shape, out, IndexMap.contiguous(x_np.shape), x,
+                                  IndexMap.contiguous(x_np.shape)),
+                      index_keys_kernel(f"{name}_keys", region, indices, sort.keys[0], sort.vals[0]),
+                      *sort.steps(),
+                      SegmentSumSpec(f"{name}_add", region, sort.sorted_keys, sort.sorted_vals, out, v, v_map)])
+        wants[out] = want
+
+    rows = (rng.standard_normal((5, 3)) * 8).astype(np.float16)
+    idx = np.array([2, 0, 2, 2, -1, 4, 2, 0, 2, 3, 2])             # 11 positions: 4 merge passes, a partial run
+    v_np = (rng.standard_normal((11, 3)) * 100).astype(np.float16)
+    v = Buffer("acc16_v", float16, v_np.shape)
+    inputs[v] = v_np
+    want = rows.copy()
+    np.add.at(want, idx, v_np)
+    add("acc16", rows, float16, (0,), [idx], [IndexMap((1,), 0)], v, IndexMap((3, 1), 0), want)
+    counts = np.arange(12, dtype=np.int32).reshape(3, 4)
+    idx = np.array([1, 3, 1, 1])
+    want = counts.copy()
+    np.add.at(want, (slice(None), idx), 5)
+    add("acc_ints", counts, int32, (1,), [idx], [IndexMap((1,), 0)], 5, None, want)
+    grid = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    i_np, j_np = np.array([[0], [2], [0]]), np.array([1, 1])        # repeated pairs
+    vals_np = rng.standard_normal((3, 1, 2)).astype(np.float32)
+    vals = Buffer("acc_two_v", float32, vals_np.shape)
+    inputs[vals] = vals_np
+    want = grid.copy()
+    np.add.at(want, (i_np, j_np), vals_np)
+    add("acc_two", grid, float32, (0, 1), [i_np, j_np], [IndexMap((1, 0), 0), IndexMap((0, 1), 0)], vals,
+        IndexMap((2, 0, 1), 0), want)
+    return steps, inputs, wants
+
+
+def _perm_cases(seed, offset):
+    out = Buffer("perm_out", int64, (N,))
+    one = Buffer("perm_one", int64, (1,))
+    want = REGISTRY["randperm"].eager(np.int64(SEED), np.int64(OFFSET), n=N)
+    return (randperm_steps("perm", seed, offset, out) + randperm_steps("perm1", seed, offset, one),
+            {out: want, one: np.zeros(1, np.int64)})
 
 
 def _matmul_cases(rng):
@@ -98,6 +171,29 @@ def _matmul_cases(rng):
     steps.append(MatmulSpec("mms", a, b, out, 17, 21, 8, batch=2, trans_b=True, a_batch_stride=600,
                             b_batch_stride=0, a_offset=2 * 30 + 3, b_offset=5 * 12 + 1, lda=30, ldb=12))
     wants[out] = big_a[:, 2:19, 3:11].astype(np.float64) @ big_b[5:26, 1:9].T.astype(np.float64)
+    a = Buffer("mm_bdims_a", float32, (2, 1, 3, 4))                 # (2,1,3,4) @ (3,4,5): batch dims that do not fold
+    b = Buffer("mm_bdims_b", float32, (3, 4, 5))
+    out = Buffer("mm_bdims_out", float32, (2, 3, 3, 5))
+    inputs[a], inputs[b] = (rng.standard_normal(x.shape).astype(np.float32) for x in (a, b))
+    steps.append(MatmulSpec("mm_bdims", a, b, out, 3, 5, 4, batch=6, batch_dims=((2, 12, 0), (3, 0, 20))))
+    wants[out] = np.matmul(inputs[a].astype(np.float64), inputs[b])
+    h = [rng.standard_normal(shape).astype(np.float16) for shape in ((9, 40), (6, 40))]
+    ha, hb = Buffer("mmh_a", float16, (9, 40)), Buffer("mmh_b", float16, (6, 40))
+    hout = Buffer("mmh_out", float16, (9, 6))
+    inputs[ha], inputs[hb] = h
+    steps.append(MatmulSpec("mmh", ha, hb, hout, 9, 6, 40, trans_b=True))
+    wants[hout] = (h[0].astype(np.float32) @ h[1].T.astype(np.float32)).astype(np.float16)
+    bf = [round_bfloat16(rng.standard_normal(shape).astype(np.float32)) for shape in ((5, 30), (30, 3))]
+    ba, bb = Buffer("mmh_bf_a", bfloat16, (5, 30)), Buffer("mmh_bf_b", bfloat16, (30, 3))
+    bout = Buffer("mmh_bf_out", bfloat16, (5, 3))
+    inputs[ba], inputs[bb] = bf
+    steps.append(MatmulSpec("mmh_bf", ba, bb, bout, 5, 3, 30))
+    wants[bout] = round_bfloat16(bf[0] @ bf[1])
+    ia, ib = Buffer("imm_a", int32, (2, 3, 20)), Buffer("imm_b", int32, (20, 4))
+    iout = Buffer("imm_out", int32, (2, 3, 4))
+    inputs[ia], inputs[ib] = rng.integers(-2 ** 20, 2 ** 20, (2, 3, 20)), rng.integers(-2 ** 20, 2 ** 20, (20, 4))
+    steps.append(int_matmul_kernel("imm", iout, ia, IndexMap((60, 20, 1), 0), ib, IndexMap((0, 4, 1), 0), 20))
+    wants[iout] = np.matmul(inputs[ia].astype(np.int64), inputs[ib].astype(np.int64)).astype(np.int32)   # wraps
     return steps, inputs, wants
 
 
@@ -142,11 +238,14 @@ def _program():
     copy_steps, inputs, copy_wants = _copy_cases(rng)
     mm_steps, mm_inputs, mm_wants = _matmul_cases(rng)
     sc_steps, sc_inputs, sc_wants = _scatter_cases(rng)
+    acc_steps, acc_inputs, acc_wants = _accumulate_cases(rng)
+    perm_steps, perm_wants = _perm_cases(seed, offset)
     scan_steps, scan_inputs, scan_wants = _scan_cases(rng)
-    inputs = {seed: np.int64(SEED), offset: np.int64(OFFSET), **inputs, **mm_inputs, **sc_inputs, **scan_inputs}
-    wants = {**wants, **copy_wants, **mm_wants, **sc_wants, **scan_wants}
-    program = Program("device_steps", tuple(rand_steps + copy_steps + mm_steps + sc_steps + scan_steps),
-                      tuple(inputs), tuple(wants))
+    inputs = {seed: np.int64(SEED), offset: np.int64(OFFSET), **inputs, **mm_inputs, **sc_inputs, **acc_inputs,
+              **scan_inputs}
+    wants = {**wants, **copy_wants, **mm_wants, **sc_wants, **acc_wants, **perm_wants, **scan_wants}
+    program = Program("device_steps", tuple(rand_steps + copy_steps + mm_steps + sc_steps + acc_steps + perm_steps
+                                            + scan_steps), tuple(inputs), tuple(wants))
     return program, [inputs[b] for b in program.inputs], wants
 
 
@@ -171,7 +270,11 @@ def test_device_steps_match_numpy_on_the_emulator():
                                        err_msg=buf.name)
         elif buf.dtype is float32 and buf.name.startswith("mm"):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=buf.name)
-        elif buf.name.startswith(("cumsum", "arg")):
+        elif buf.name.startswith("mmh"):                # float32 sums rounded once: equal but at a boundary
+            ulp = 2.0 ** (-7 if buf.dtype is bfloat16 else -10)
+            np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=ulp, atol=ulp,
+                                       err_msg=buf.name)
+        elif buf.name.startswith(("cumsum", "arg", "acc", "perm", "imm")):
             np.testing.assert_array_equal(got, want, err_msg=buf.name)         # in order: numpy's rounding
         else:
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13, err_msg=buf.name)

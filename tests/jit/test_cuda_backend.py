@@ -145,9 +145,28 @@ def test_float64_batched_matmul_runs_on_the_device(cuda, rng):
     assert not any(isinstance(s, ExternCall) for s in steps)
 
 
-def test_other_extern_ops_run_on_the_host_between_kernels(cuda, rng):
-    x = tt.tensor(rng.standard_normal((4, 9)))            # a float16 running sum rounds like numpy: on the host
-    f, _ = _run_both(lambda x: (x.exp().half().cumsum(1) * 2).relu(), cuda, x, rtol=1e-3, atol=1e-3)
+def test_every_extern_op_runs_on_the_device(cuda, rng):
+    """randperm, an embedding-style scatter-add, a float16 cumsum and an integer matmul: no host step."""
+    x, w = tt.tensor(rng.standard_normal((4, 9))), tt.tensor(rng.standard_normal((6, 3)).astype(np.float32))
+    idx, m = tt.tensor([[1, 4], [1, 0]]), tt.tensor(rng.integers(-9, 9, (3, 4)).astype(np.int32))
+
+    def f(x, w, idx, m):
+        tt.manual_seed(3)
+        grad = tt.index_put(tt.zeros_like(w), (idx.reshape(-1),), w[:4] * 2.0, accumulate=True)
+        return grad.sum() + x.half().cumsum(1).float().sum() + (m @ m.T).sum() + tt.randperm(5)[1]
+
+    f_, _ = _run_both(f, cuda, x, w, idx, m, rtol=1e-5, atol=1e-5)
+    (exe,) = _executables(f_)
+    assert not any(isinstance(s, ExternCall) for s in exe.compiled.program.steps)
+    assert "0 extern call(s) run on the host" in exe.explain()
+
+
+def test_extern_ops_without_a_device_step_run_on_the_host(cuda, rng, monkeypatch):
+    """The fallback (numpy between kernels, with copies) stays correct for an op no device step takes."""
+    from tracetorch.jit import cuda_backend
+    monkeypatch.delitem(cuda_backend._DEVICE_STEPS, "cumsum")
+    x = tt.tensor(rng.standard_normal((4, 9)))
+    f, _ = _run_both(lambda x: (x.exp().cumsum(1) * 2).relu(), cuda, x, rtol=1e-12, atol=1e-12)
     (exe,) = _executables(f)
     assert any(isinstance(s, ExternCall) for s in exe.compiled.program.steps)
     assert "1 extern call(s) run on the host" in exe.explain()

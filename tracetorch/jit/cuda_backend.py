@@ -4,18 +4,23 @@ The same pipeline as the LLVM backend (jit/llvm_backend.py, which this subclasse
 plan memory and lower to loop-level kernels; then `codegen.cuda_c` renders the program to one CUDA
 module and `runtime.cuda_engine` loads it (pycuda, imported lazily) into one device arena.
 
-Extern ops that become device steps (`device_steps`): float32/float64 matmuls, batched too, whose
-operands are plain, transposed or strided views of their buffers (`codegen.cuda_matmul.MatmulSpec`);
-random numbers (`codegen.cuda_steps.RandSpec`: the CPU's counter-based stream, same bits); `cat`,
-`slice_scatter` (strided copy kernels), index_put without accumulate along one dim with a 1-D
-index (a copy and a scatter kernel: writes through non-slice views with autograd), cumsum (a running
-sum per row) and argmax/argmin (two reductions per row). The rest stays an
-`ExternCall` and runs its numpy kernel on the host between kernels, with device->host and
-host->device copies of its buffers (`CUDAProgram._host_step`): slow but correct, and `explain()`
-counts them. Those are index_put with accumulate (scatter-add: atomics) or several index tensors,
-randperm (an argsort), float16 cumsum (numpy rounds each partial sum to half), integer and
-float16/bfloat16 matmuls, and matmuls whose batch dims do not fold into one stride (e.g. (B,1,..) @
-(1,H,..)).
+Every extern op becomes device steps (`device_steps`):
+- matmul: float32/float64/float16/bfloat16 through the tiled `codegen.cuda_matmul.MatmulSpec` (halves
+  accumulate in float32), operands read in place through their strides and batch strides, batch dims
+  that do not fold into one stride given per dim (e.g. (B,1,..) @ (H,..)); integer and bool matmuls
+  as an int64 reduction kernel (`cuda_steps.int_matmul_kernel`);
+- random numbers (`cuda_steps.RandSpec`: the CPU's counter-based stream, same bits) and randperm
+  (`cuda_sort`: the stream's words sorted on the device, the CPU's permutation);
+- `cat`, `slice_scatter` (strided copy kernels); index_put with any index tensors (`cuda_index`: a
+  scatter kernel, or with accumulate a device sort of the positions and an in-order sum per
+  destination, deterministic and equal to the CPU's);
+- cumsum (a running sum per row, in float32 for float16 as eager does) and argmax/argmin (two
+  reductions per row).
+Anything a device step does not take (an operand layout it cannot read, buffers that share memory, an
+argmax of an empty tensor, which must raise) stays an `ExternCall` and runs its numpy kernel on the
+host between kernels, with device->host and host->device copies of its buffers
+(`CUDAProgram._host_step`): slow but correct, and `explain()` counts them. Steps may add scratch
+buffers (the sort's); `build` places them after the planned arena.
 
 The executable takes and returns numpy arrays: inputs are copied into the arena, every kernel
 runs, and the outputs come back in fresh arrays. A failed in-kernel check (an index out of range)
@@ -28,7 +33,7 @@ import math
 import numpy as np
 
 from codegen.kernel import ExternCall, IndexMap, Kernel, Program
-from tracetorch.dtypes import float16, float32, float64
+from runtime.memory import MemoryPlan, align_up
 
 from .llvm_backend import LLVMBackend, LLVMExecutable
 from .passes.fuse import EXTERN
@@ -130,7 +135,18 @@ class CUDABackend(LLVMBackend):
         return self._engine
 
     def build(self, lowered):
-        return self.engine.compile(device_steps(lowered), lowered.plan)
+        program = device_steps(lowered)
+        return self.engine.compile(program, with_scratch(lowered.plan, program))
+
+
+def with_scratch(plan: MemoryPlan, program: Program) -> MemoryPlan:
+    """`plan` with the temporaries device steps added (e.g. a sort's buffers) placed after its arena."""
+    offsets, nbytes, end = dict(plan.offsets), dict(plan.nbytes), align_up(plan.size)
+    for buf in program.temps:
+        if buf.name not in offsets:
+            offsets[buf.name], nbytes[buf.name] = end, buf.nbytes
+            end = align_up(end + max(buf.nbytes, 1))
+    return plan if end == align_up(plan.size) else MemoryPlan(offsets, nbytes, end)
 
 
 def device_steps(lowered) -> Program:
@@ -169,10 +185,12 @@ def _operands(lowered, g):
 
 
 def _matmul_step(lowered, g, step):
+    from codegen.cuda_index import broadcast_map
     from codegen.cuda_matmul import MatmulSpec
+    from codegen.cuda_steps import copy_kernel, int_matmul_kernel, row_major
     node = g.extern
     out = step.outputs[0]
-    if out.dtype not in (float32, float64) or len(g.extern_inputs) != 2:
+    if len(g.extern_inputs) != 2:
         return None
     (a_buf, a_map), (b_buf, b_map) = _operands(lowered, g)
     a_in, b_in = (x for x in node.inputs if hasattr(x, "shape"))
@@ -180,40 +198,50 @@ def _matmul_step(lowered, g, step):
         return None
     *batch, m, n = node.out.shape
     k = a_in.shape[-1]
-    if 0 in (m, n, k) or 0 in batch:
-        return None
-    a = _matrix(a_map, tuple(a_in.shape), tuple(batch))
-    b = _matrix(b_map, tuple(b_in.shape), tuple(batch))
-    if a is None or b is None:
-        return None
-    (ta, a_strides, sa, oa), (tb, b_strides, sb, ob) = a, b
+    if 0 in (m, n) or 0 in batch:
+        return []                                                  # an empty result
+    if k == 0:                                                     # sums of nothing
+        return [copy_kernel(step.name, out.shape, out, row_major(out.shape), 0)]
+    if not out.dtype.is_floating_point:
+        rank = len(out.shape)
+        return [int_matmul_kernel(step.name, out, a_buf, broadcast_map(a_map, a_in.shape, rank), b_buf,
+                                  broadcast_map(b_map, b_in.shape, rank), k)]
+    ta, a_strides, a_batch, oa = _matrix(a_map, tuple(a_in.shape), tuple(batch))
+    tb, b_strides, b_batch, ob = _matrix(b_map, tuple(b_in.shape), tuple(batch))
+    sa, sb = _fold(a_batch, batch), _fold(b_batch, batch)
+    if sa is not None and sb is not None:
+        batching = dict(a_batch_stride=sa, b_batch_stride=sb)
+    else:
+        batching = dict(batch_dims=tuple((size, ca, cb) for size, ca, cb in zip(batch, a_batch, b_batch) if size > 1))
     try:
         return [MatmulSpec(step.name, a_buf, b_buf, out, m, n, k, batch=math.prod(batch), trans_a=ta, trans_b=tb,
-                           a_batch_stride=sa, b_batch_stride=sb, a_offset=oa, b_offset=ob, a_strides=a_strides,
-                           b_strides=b_strides)]
+                           a_offset=oa, b_offset=ob, a_strides=a_strides, b_strides=b_strides, **batching)]
     except (ValueError, IndexError, TypeError):
         return None
 
 
 def _matrix(m: IndexMap, shape: tuple, batch: tuple):
     """How MatmulSpec reads an operand of `shape` (batch dims broadcast to `batch`) through `m`:
-    (transposed load order, (row, column) element strides, batch stride, offset), or None when its batch
-    dims do not fold into one stride."""
+    (transposed load order, (row, column) element strides, its stride per dim of `batch` (0: broadcast),
+    offset)."""
     rows, cols = shape[-2:]
     strides = (m.strides[-2] if rows > 1 else 0, m.strides[-1] if cols > 1 else 0)
     trans = strides[0] == 1 and strides[1] != 1           # columns contiguous: load the tile column-wise
-    own = (0,) * (len(batch) - (len(shape) - 2)) + tuple(m.strides[:-2])
-    own_sizes = (1,) * (len(batch) - (len(shape) - 2)) + tuple(shape[:-2])
+    own = tuple(0 if size == 1 else c for size, c in zip(shape[:-2], m.strides[:-2]))
+    return trans, strides, (0,) * (len(batch) - len(own)) + own, m.offset
+
+
+def _fold(strides: tuple, batch: tuple):
+    """The one stride of the flattened batch index that gives these per-dim strides, or None."""
     stride, inner = None, 1
-    for size, own_size, c in reversed(tuple(zip(batch, own_sizes, own))):
+    for size, c in reversed(tuple(zip(batch, strides))):
         if size > 1:
-            c = c if own_size > 1 else 0
             if stride is None:
-                stride = c // inner if c % inner == 0 else -1
-            if stride < 0 or c != stride * inner:
+                stride = c
+            if c != stride * inner:
                 return None
         inner *= size
-    return trans, strides, stride or 0, m.offset
+    return stride or 0
 
 
 def _rand_step(lowered, g, step):
@@ -274,57 +302,76 @@ def _slice_scatter_step(lowered, g, step):
 
 
 def _index_put_step(lowered, g, step):
-    """index_put without accumulate along one dim with a 1-D index: a copy of the base, then a scatter
-    kernel (accumulate=True needs atomics: it stays on the host)."""
-    from codegen.cuda_steps import copy_kernel, row_major, scatter_kernel
+    """A copy of the base, then a scatter kernel (or, with accumulate, the deterministic sort-and-sum of
+    `codegen.cuda_index`)."""
+    from codegen.cuda_index import IndexRegion, SegmentSumSpec, broadcast_map, index_keys_kernel, index_scatter_kernel
+    from codegen.cuda_sort import SortPlan
+    from codegen.cuda_steps import copy_kernel, row_major
     node, out = g.extern, step.outputs[0]
-    dims = node.attrs["dims"]
-    if node.attrs["accumulate"] or len(dims) != 1:
-        return None
     values = iter(_operands(lowered, g))
-    operands = [next(values) if hasattr(x, "shape") else (x, None) for x in node.inputs]
-    (base_buf, base_map), (v, v_map), (idx_buf, idx_map) = operands
-    x, v_in, idx = node.inputs
-    if base_map is None or idx_map is None or len(idx.shape) != 1 or (hasattr(v_in, "shape") and v_map is None):
+    (base_buf, base_map), (v, v_map), *idx_ops = [next(values) if hasattr(x, "shape") else (x, None)
+                                                  for x in node.inputs]
+    x, v_in, *idx = node.inputs
+    if base_map is None or any(m is None for _, m in idx_ops) or (hasattr(v_in, "shape") and v_map is None):
         return None
-    dim = dims[0]
     kernels = [copy_kernel(f"{step.name}_base", out.shape, out, row_major(out.shape), base_buf, base_map)]
-    if idx.shape[0] == 0 or 0 in out.shape:
+    region = IndexRegion(tuple(out.shape), tuple(node.attrs["dims"]),
+                         tuple(np.broadcast_shapes(*(tuple(i.shape) for i in idx))))
+    if region.positions == 0 or 0 in out.shape:
         return kernels
-    if hasattr(v_in, "shape"):             # v broadcast to the region (pre, j, post)
-        region = tuple(out.shape[:dim]) + (idx.shape[0],) + tuple(out.shape[dim + 1:])
-        lead = len(region) - len(v_in.shape)
-        v_map = IndexMap((0,) * lead + tuple(0 if s == 1 else st for s, st in zip(v_in.shape, v_map.strides)),
-                         v_map.offset)
-    kernels.append(scatter_kernel(f"{step.name}_put", out, dim, idx.shape[0], idx_buf, idx_map, v, v_map))
-    return kernels
+    indices = [(buf, broadcast_map(m, i.shape, len(region.index_shape))) for (buf, m), i in zip(idx_ops, idx)]
+    if hasattr(v_in, "shape"):
+        v_map = broadcast_map(v_map, v_in.shape, len(region.region))
+    if not node.attrs["accumulate"]:
+        return kernels + [index_scatter_kernel(f"{step.name}_put", out, region, indices, v, v_map)]
+    sort = SortPlan.make(step.name, region.positions)
+    return (kernels + [index_keys_kernel(f"{step.name}_keys", region, indices, sort.keys[0], sort.vals[0])]
+            + sort.steps() + [SegmentSumSpec(f"{step.name}_add", region, sort.sorted_keys, sort.sorted_vals, out,
+                                             v, v_map)])
 
 
 def _cumsum_step(lowered, g, step):
-    """A running sum per row; float16 stays on the host (numpy rounds the running sum to half each step)."""
-    from codegen.cuda_steps import cumsum_kernel
+    """A running sum per row (float16 and bfloat16 add in float32 and round at the store, as eager does);
+    a 0-d cumsum is a (casting) copy."""
+    from codegen.cuda_steps import copy_kernel, cumsum_kernel
     ((x_buf, x_map),), out = _operands(lowered, g), step.outputs[0]
-    if x_map is None or out.dtype is float16 or not out.shape or 0 in out.shape:
+    if x_map is None:
         return None
+    if not out.shape:
+        return [copy_kernel(step.name, (), out, IndexMap((), 0), x_buf, x_map)]
+    if 0 in out.shape:
+        return []
     return [cumsum_kernel(step.name, out, g.extern.attrs["dim"], x_buf, x_map)]
 
 
 def _arg_step(lowered, g, step):
-    from codegen.cuda_steps import arg_kernel
+    from codegen.cuda_steps import arg_kernel, copy_kernel
     node, out = g.extern, step.outputs[0]
     ((x_buf, x_map),) = _operands(lowered, g)
     shape = tuple(node.inputs[0].shape)
-    if x_map is None or not shape or 0 in shape:
+    if x_map is None or 0 in shape:                 # (an empty tensor: the host call raises numpy's error)
         return None
+    if not shape:
+        return [copy_kernel(step.name, (), out, IndexMap((), 0), 0)]
     dim = node.attrs["dim"]
     dims = tuple(range(len(shape))) if dim is None else (dim,)
     combine = "max" if node.op.name == "argmax" else "min"
     return [arg_kernel(step.name, combine, out, x_buf, x_map, shape, dims)]
 
 
-_DEVICE_STEPS = {"matmul": _matmul_step, "rand": _rand_step, "cat": _cat_step, "slice_scatter": _slice_scatter_step,
-                 "index_put": _index_put_step, "cumsum": _cumsum_step, "argmax": _arg_step, "argmin": _arg_step}
+def _randperm_step(lowered, g, step):
+    from codegen.cuda_sort import randperm_steps
+    (seed, seed_map), (offset, offset_map) = _operands(lowered, g)
+    if seed_map is None or offset_map is None:
+        return None
+    return randperm_steps(step.name, seed, offset, step.outputs[0], seed_map.offset, offset_map.offset)
+
+
+_DEVICE_STEPS = {"matmul": _matmul_step, "rand": _rand_step, "randperm": _randperm_step, "cat": _cat_step,
+                 "slice_scatter": _slice_scatter_step, "index_put": _index_put_step, "cumsum": _cumsum_step,
+                 "argmax": _arg_step, "argmin": _arg_step}
 
 
 BACKEND = CUDABackend()
-__all__ = ["CUDABackend", "CUDAExecutable", "CUDACompileError", "BACKEND", "unavailable_reason", "device_steps"]
+__all__ = ["CUDABackend", "CUDAExecutable", "CUDACompileError", "BACKEND", "unavailable_reason", "device_steps",
+           "with_scratch"]
