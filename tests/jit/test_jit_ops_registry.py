@@ -136,3 +136,14 @@ def test_gradient_across_compiled_boundary(name, rng):
         run(f, _perturbed(s))
         _assert_same(run(f, s.tensors()), run(lambda *a: s.fn(*a, **s.attrs), s.tensors()), f"{name} {s.desc}")
         assert f.stats()["cache_hits"] == 1
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_float16_scans_and_reductions_accumulate_in_float32_as_eager(backend):
+    # eager computes a float16 op in float32 and rounds once (PyTorch's opmath); an op the compiled
+    # program runs through the registry's numpy kernel must too, or a long cumsum drifts
+    x = tt.tensor(np.random.default_rng(0).standard_normal((4, 500)).astype(np.float16))
+    for fn in (lambda x: tt.cumsum(x, 1), lambda x: x.sum(1)):
+        f = tt.compile(fn, backend=backend)
+        f(x)
+        np.testing.assert_array_equal(f(x).numpy(), fn(x).numpy())

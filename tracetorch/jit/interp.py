@@ -10,11 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import bfloat16, round_bfloat16
+from ..ops.dispatch import computes_in_float32, in_float32
 from .ir import Graph, Value, format_node
 
 
 def run_kernel(op, args, attrs, dtype) -> np.ndarray:
-    """One op on numpy arrays, exactly as `apply` runs it eagerly (bfloat16 rounding included)."""
+    """One op on numpy arrays, exactly as `apply` runs it eagerly (bfloat16 rounding, float16 computed
+    in float32, included)."""
+    if computes_in_float32(op, attrs, dtype):
+        return in_float32(op, args, attrs)
     data = op.eager(*args, **attrs)
     if type(data) is not np.ndarray:
         data = np.asarray(data)

@@ -74,8 +74,8 @@ def apply(op: OpDef, *inputs, **attrs):
         if want is bfloat16 or (want is None and _has_bf16(inputs)):
             dtype = bfloat16
             data = round_bfloat16(data)
-    elif dtype is float16 and op.kind in _HALF_IN_FLOAT32 and "dtype" not in attrs:
-        data = _in_float32(op, args, attrs)
+    elif computes_in_float32(op, attrs, dtype):
+        data = in_float32(op, args, attrs)
     return finish(op, inputs, attrs, Tensor._make(data, dtype),
                   op.view and inputs and data.base is not None and np.may_share_memory(data, args[0]))
 
@@ -99,7 +99,12 @@ def finish(op: OpDef, inputs, attrs, out, is_view: bool):
     return out
 
 
-def _in_float32(op, args, attrs) -> np.ndarray:
+def computes_in_float32(op: OpDef, attrs, dtype) -> bool:
+    """Whether a float16 result of `op` is computed in float32 and rounded once (`in_float32`)."""
+    return dtype is float16 and op.kind in _HALF_IN_FLOAT32 and "dtype" not in attrs
+
+
+def in_float32(op, args, attrs) -> np.ndarray:
     """A float16 op computed in float32 and rounded once, as PyTorch does ("opmath"): a Python scalar
     beyond float16's range (x / 1e5) and long accumulations (cumsum) stay accurate."""
     wide = [a.astype(np.float32) if type(a) is np.ndarray and a.dtype == np.float16 else a for a in args]
