@@ -42,6 +42,7 @@ from .cuda_prelude import PRELUDE
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, ExternCall, Expr, Kernel, Let, Load, Loop,
                      Op, Program, Reduce, Stmt, Store, Var, stmt_exprs, walk_exprs, walk_stmts)
 from .rendered import Check, unique_symbol
+from .scalar import RANDOM_BITS
 from .templates import identity
 from .memo import ScopedMemo
 from .verify import verify_bounds
@@ -561,6 +562,10 @@ class _Emitter:
             return f"{args[0]} ? {args[1]} : {args[2]}"
         if name in _COMPARE:
             return f"{args[0]} {_COMPARE[name]} {args[1]}"
+        if name == "random":
+            if dt is float64:
+                return f"tt_random_double({args[0]}, {args[1]})"
+            return f"tt_random_float<{RANDOM_BITS[dt]}>({args[0]}, {args[1]})"
         if len(args) == 2:
             return self.binary(name, e.args, args, in_dt, index)
         return self.unary(name, args[0], in_dt)

@@ -31,7 +31,7 @@ from tracetorch.dtypes import bool_, float16, int64
 
 from .cuda_c import FLAT_THREADS, Launch, _Emitter, ctype, literal, storage_ctype
 from .kernel import Buffer, CheckedIndex, Const, Expr, IndexMap, Kernel, Let, Load, Loop, Op, Store, Var
-from .llvm_ir import Check
+from .rendered import Check
 
 
 def row_strides(shape) -> tuple[int, ...]:

@@ -31,7 +31,7 @@ from tracetorch.dtypes import bfloat16, float16, float32, float64
 
 from .cuda_c import TARGET_SMS, Launch, _Emitter, storage_ctype
 from .kernel import Arg, Buffer, Expr, IndexMap, Load, Var, substitute, walk_exprs
-from .llvm_ir import Check
+from .rendered import Check
 
 ACC = Arg("acc", float32)
 THREADS = 256

@@ -5,6 +5,7 @@ Why helpers instead of plain C operators:
   renderer: integer add/sub/mul/neg/abs go through unsigned arithmetic (`tt_wrap_*`);
 - numpy's floor division and remainder (Python signs, x // 0, INT_MIN // -1) need a few branches;
 - float max/min propagate NaN (like numpy and `llvm.maximum`), which `fmaxf` does not;
+- random draws (`tt_random_*`) hash in unsigned 64-bit arithmetic, bit for bit like ops/random.py;
 - team reductions (a warp, or a whole block) combine per-thread partials with warp shuffles
   (`__shfl_down_sync`) and one shared-memory step across warps; every thread gets the same result.
 
@@ -95,6 +96,26 @@ template <class T> TT_DEVICE void tt_divmod_float(T a, T d, T* floordiv, T* mod)
 }
 template <class T> TT_DEVICE T tt_floordiv_float(T a, T d) { T q, m; tt_divmod_float(a, d, &q, &m); return q; }
 template <class T> TT_DEVICE T tt_mod_float(T a, T d) { T q, m; tt_divmod_float(a, d, &q, &m); return m; }
+
+// The counter-based generator of ops/random.py (the `random` op, codegen.scalar.random): splitmix64's
+// finalizer, the 64-bit word of draw `counter` of stream `seed` (unsigned: wrapping multiplies, logical
+// shifts), and floats in [0, 1) made of its top BITS bits times 2^-BITS (exact, as eager draws them).
+TT_DEVICE unsigned long long tt_rng_mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+TT_DEVICE unsigned long long tt_rng_word(long long counter, long long seed) {
+    const unsigned long long golden = 0x9E3779B97F4A7C15ULL;
+    const unsigned long long key = tt_rng_mix64((unsigned long long)seed * golden + golden);
+    return tt_rng_mix64((unsigned long long)counter * golden + key);
+}
+template <int BITS> TT_DEVICE float tt_random_float(long long counter, long long seed) {     // BITS <= 24
+    return __fmul_rn((float)(int)(tt_rng_word(counter, seed) >> (64 - BITS)), 1.0f / (float)(1 << BITS));
+}
+TT_DEVICE double tt_random_double(long long counter, long long seed) {
+    return __dmul_rn((double)(long long)(tt_rng_word(counter, seed) >> 11), 1.1102230246251565e-16);
+}
 
 // Combine functions of reductions (float add/mul unfused: no contraction into FMAs).
 TT_DEVICE float tt_add(float a, float b) { return __fadd_rn(a, b); }

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from tracetorch.dtypes import int64
 
 from .cuda_c import FLAT_THREADS, Launch
-from .cuda_steps import _RNG_HELPERS, GOLDEN
 from .kernel import Buffer
-from .llvm_ir import Check
+from .rendered import Check
 
 
 def _flat_kernel(symbol: str, params: list[str], n: int, body: list[str], comment: str) -> str:
@@ -168,13 +167,11 @@ class RandpermKeysSpec:
             params.append("const long long* __restrict__ st_offset")
         offset = "st_offset" if self.seed is not self.offset else "st_state"
         params += ["long long* __restrict__ keys", "long long* __restrict__ vals"]
-        body = [f"const unsigned long long key = tt_rng_mix64((unsigned long long){seed}[{self.seed_at}] * "
-                f"{GOLDEN} + {GOLDEN});",
-                f"const unsigned long long base = (unsigned long long){offset}[{self.offset_at}];",
-                f"keys[i] = (long long)tt_rng_mix64((base + (unsigned long long)i) * {GOLDEN} + key);",
+        body = [f"const unsigned long long base = (unsigned long long){offset}[{self.offset_at}];",
+                f"keys[i] = (long long)tt_rng_word((long long)(base + (unsigned long long)i), "
+                f"{seed}[{self.seed_at}]);",          # the prelude's generator (ops/random.py)
                 "vals[i] = i;"]
-        text = _RNG_HELPERS + _flat_kernel(symbol, params, self.n, body,
-                                           f"randperm {self.name!r}: {self.n} random keys")
+        text = _flat_kernel(symbol, params, self.n, body, f"randperm {self.name!r}: {self.n} random keys")
         return text, Launch(symbol, self.inputs + self.outputs, FLAT_THREADS, self.n, FLAT_THREADS, "flat")
 
 

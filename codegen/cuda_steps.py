@@ -1,11 +1,10 @@
 """Device code for the extern ops the fused kernels do not cover (the CUDA backend's `device_steps`).
 
-- `RandSpec`: a program step (like `cuda_matmul.MatmulSpec`) rendering `ops/random.py`'s generator in CUDA
-  C: draw i of a call is splitmix64 of counter `offset + i` keyed by the hashed seed, turned into a float
-  with the same integer arithmetic as numpy (uniform: exact; float16/bfloat16: the top bits the dtype
-  holds; normal: Box-Muller in float64 of draws i and n + i), so a device draw has the CPU's bits
-  (Box-Muller: up to libm's last-bit differences in log1p/cos). Seed and offset are read from device
-  memory, so one compiled kernel serves every call.
+- `RandSpec`: a program step (like `cuda_matmul.MatmulSpec`) drawing `ops/random.py`'s standard normal
+  numbers in CUDA C: Box-Muller in float64 of the uniform draws i and n + i of the generator (the prelude's
+  `tt_random_double`, bit for bit the CPU's), so a device draw has the CPU's bits up to libm's last-bit
+  differences in log1p/cos. Seed and offset are read from device memory, so one compiled kernel serves
+  every call. (Uniform draws need no step: they are the `random` op of the fused kernels.)
 - `copy_kernel`: a loop-level kernel `dst[dst_map(i)] = src[src_map(i)]` over a shape, rendered by the
   ordinary renderers: writes into strided device views, and the pieces of `cat` and `slice_scatter`.
 - (index_put: `codegen.cuda_index`; the device sort and randperm: `codegen.cuda_sort`.)
@@ -26,20 +25,16 @@ from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64,
 from .cuda_c import FLAT_THREADS, Launch, storage_ctype
 from .kernel import Accumulator, Assign, Buffer, Const, IndexMap, Kernel, Load, Loop, Op, Reduce, Store, Var
 from .templates import identity
-from .llvm_ir import Check
-
-GOLDEN, MIX1, MIX2 = "0x9E3779B97F4A7C15ULL", "0xBF58476D1CE4E5B9ULL", "0x94D049BB133111EBULL"
-SHORT_FLOAT_DIGITS = {float16: 11, bfloat16: 8}      # as ops/random.py: bits kept so rounding never gives 1.0
+from .rendered import Check
 
 
 @dataclass(frozen=True)
 class RandSpec:
-    """out[i] = draw i of the stream (seed[seed_at], offset[offset_at]): uniform [0, 1), or standard normal."""
+    """out[i] = standard normal draw i of the stream (seed[seed_at], offset[offset_at])."""
     name: str
     seed: Buffer
     offset: Buffer
     out: Buffer
-    normal: bool = False
     seed_at: int = 0
     offset_at: int = 0
 
@@ -68,54 +63,23 @@ class RandSpec:
         params = [f"{'' if buf is self.out else 'const '}{storage_ctype(buf.dtype)}* __restrict__ {names[buf]}"
                   for buf in buffers] + ["int* __restrict__ tt_err"]
         n = self.out.size
-        lines = [f"// rand {self.name!r}: {n} {'normal' if self.normal else 'uniform'} {self.out.dtype.name}",
+        lines = [f"// rand {self.name!r}: {n} normal {self.out.dtype.name}",
                  f'extern "C" __global__ void __launch_bounds__({FLAT_THREADS}) {symbol}({", ".join(params)}) {{',
-                 f"    const unsigned long long key = tt_rng_mix64((unsigned long long){names[self.seed]}"
-                 f"[{self.seed_at}] * {GOLDEN} + {GOLDEN});",
-                 f"    const unsigned long long base = (unsigned long long){names[self.offset]}[{self.offset_at}];",
+                 f"    const long long seed = {names[self.seed]}[{self.seed_at}];",
+                 f"    const long long base = {names[self.offset]}[{self.offset_at}];",
                  f"    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < {n}LL; "
                  "i += (long long)gridDim.x * blockDim.x) {",
                  f"        {names[self.out]}[i] = {self._value()};",
                  "    }", "}", ""]
-        return _RNG_HELPERS + "\n".join(lines), Launch(symbol, buffers, FLAT_THREADS, n, FLAT_THREADS, "flat")
+        return "\n".join(lines), Launch(symbol, buffers, FLAT_THREADS, n, FLAT_THREADS, "flat")
 
     def _value(self) -> str:
         dt, n = self.out.dtype, self.out.size
-        word = "tt_rng_mix64((base + (unsigned long long)({})) * " + GOLDEN + " + key)"
-        if self.normal:
-            u1 = f"tt_rng_u53({word.format('i')})"
-            u2 = f"tt_rng_u53({word.format(f'i + {n}LL')})"
-            x = f"(sqrt(-2.0 * log1p(-{u1})) * cos(6.283185307179586 * {u2}))"
-            return {float64: x, float32: f"(float){x}", float16: f"__double2half({x})",
-                    bfloat16: f"__bfloat162float(__float2bfloat16_rn((float){x}))"}[dt]
-        if dt is float64:
-            return f"tt_rng_u53({word.format('i')})"
-        u = f"tt_rng_u24({word.format('i')})"
-        digits = SHORT_FLOAT_DIGITS.get(dt)
-        if digits is None:
-            return u
-        scale = float(2 ** digits)
-        short = f"(floorf({u} * {scale!r}f) * {1.0 / scale!r}f)"
-        return f"__float2half_rn({short})" if dt is float16 else short
-
-
-# emitted before each rand kernel; the macro keeps one copy per module
-_RNG_HELPERS = r"""#ifndef TT_RNG_HELPERS
-#define TT_RNG_HELPERS
-// splitmix64's finalizer (ops/random.py mix64)
-__device__ __forceinline__ unsigned long long tt_rng_mix64(unsigned long long z) {
-    z = (z ^ (z >> 30)) * """ + MIX1 + r""";
-    z = (z ^ (z >> 27)) * """ + MIX2 + r""";
-    return z ^ (z >> 31);
-}
-__device__ __forceinline__ float tt_rng_u24(unsigned long long bits) {       // exact: 24-bit integer * 2^-24
-    return (float)(bits >> 40) * 5.9604644775390625e-08f;
-}
-__device__ __forceinline__ double tt_rng_u53(unsigned long long bits) {      // exact: 53-bit integer * 2^-53
-    return (double)(bits >> 11) * 1.1102230246251565e-16;
-}
-#endif
-"""
+        u1 = "tt_random_double(tt_wrap_add<long long>(base, i), seed)"
+        u2 = f"tt_random_double(tt_wrap_add<long long>(base, i + {n}LL), seed)"
+        x = f"(sqrt(-2.0 * log1p(-{u1})) * cos(6.283185307179586 * {u2}))"
+        return {float64: x, float32: f"(float){x}", float16: f"__double2half({x})",
+                bfloat16: f"__bfloat162float(__float2bfloat16_rn((float){x}))"}[dt]
 
 
 # ---------------------------------------------------------------- strided copies

@@ -34,7 +34,8 @@ SCALAR_OPS: dict[str, int] = {
         "abs", "sign", "floor", "ceil", "rint", "isnan", "isfinite", "not", "invert", "cast")},
     **{name: 2 for name in (
         "add", "sub", "mul", "div", "pow", "max", "min", "floordiv", "mod",
-        "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "xor")},
+        "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "xor",
+        "random")},     # random(counter, seed): draw `counter` of stream `seed` in [0, 1) (codegen.scalar.random)
     "where": 3,
 }
 

@@ -38,6 +38,7 @@ from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64,
 from . import llvm_math
 from .memo import ScopedMemo
 from .rendered import Check, RenderedProgram, unique_symbol
+from .scalar import RANDOM_BITS, RNG_GOLDEN, RNG_MIX1, RNG_MIX2
 from .verify import verify_bounds
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op,
                      Program, Reduce, Stmt, Store, Var, walk_stmts)
@@ -375,9 +376,30 @@ class _KernelRenderer:
             return b.select(args[0], args[1], args[2])
         if name in ("eq", "ne", "lt", "le", "gt", "ge"):
             return self.compare(name, args[0], args[1], in_dt)
+        if name == "random":
+            return self.random(args[0], args[1], dt)
         if len(args) == 2:
             return self.binary(name, args[0], args[1], in_dt, index)
         return self.unary(name, args[0], in_dt)
+
+    def random(self, counter, seed, dt: DType):
+        """codegen.scalar.random: 64-bit wrapping multiplies, xors and logical shifts (AVX-512 vectorizes
+        them; the key of the seed is loop-invariant and hoisted)."""
+        b = self.b
+        golden = ir.Constant(I64, RNG_GOLDEN)
+
+        def mix64(z):
+            for shift, factor in ((30, RNG_MIX1), (27, RNG_MIX2)):
+                z = b.mul(b.xor(z, b.lshr(z, ir.Constant(I64, shift))), ir.Constant(I64, factor))
+            return b.xor(z, b.lshr(z, ir.Constant(I64, 31)))
+
+        key = mix64(b.add(b.mul(seed, golden), golden))
+        bits = RANDOM_BITS[dt]
+        top = b.lshr(mix64(b.add(b.mul(counter, golden), key)), ir.Constant(I64, 64 - bits))
+        ty = compute_type(dt)
+        if bits < 32:
+            top = b.trunc(top, I32)             # int32 -> float converts in one vector instruction
+        return b.fmul(b.sitofp(top, ty), ir.Constant(ty, 2.0 ** -bits))
 
     def compare(self, name, x, y, dt: DType):
         sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]

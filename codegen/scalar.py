@@ -12,7 +12,8 @@ composite layer in tracetorch.math promotes before calling them):
 - cast: the requested output dtype;
 - float-only ops (exp, div, sigmoid, ...) reject integer and bool operands;
 - on bool, add is `or` and mul is `and` (numpy's and PyTorch's semantics);
-- a Python scalar operand adopts the dtype of the expression it meets.
+- a Python scalar operand adopts the dtype of the expression it meets;
+- random(counter, seed): int64 operands, a floating-point result (`random`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import ast
 import functools
 from typing import Sequence, Union
 
-from tracetorch.dtypes import DType, bool_
+from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64, int64
 
 from .kernel import SCALAR_OPS, Const, Expr, Op
 
@@ -79,6 +80,25 @@ def const(value, dtype: DType) -> Const:
     return Const(int(value), dtype)
 
 
+# The counter-based generator of tracetorch/ops/random.py, for the `random` op: the 64-bit word of draw
+# `counter` of stream `seed` is mix64(counter * GOLDEN + mix64(seed * GOLDEN + GOLDEN)) (splitmix64's
+# finalizer, wrapping unsigned arithmetic), and the float in [0, 1) is its top RANDOM_BITS[dtype] bits
+# times 2^-bits: exact in the dtype, never 1.0, bit for bit what eager draws (float16/bfloat16 keep the
+# bits they hold, as eager does with _SHORT_FLOAT_DIGITS).
+RNG_GOLDEN, RNG_MIX1, RNG_MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+RANDOM_BITS = {float64: 53, float32: 24, float16: 11, bfloat16: 8}
+
+
+def random(counter: Expr, seed: Expr, dtype: DType) -> Op:
+    """Uniform draw `counter` (the draw's index in the generator's stream: offset + element index) of
+    stream `seed`, as a `dtype` in [0, 1)."""
+    if counter.dtype is not int64 or seed.dtype is not int64:
+        raise LoweringError(f"random: counter and seed must be int64, got {counter.dtype.name}, {seed.dtype.name}")
+    if dtype not in RANDOM_BITS:
+        raise LoweringError(f"random: expected a floating-point dtype, got {dtype.name}")
+    return Op("random", (counter, seed), dtype)
+
+
 def op(name: str, *args: Operand, dtype: DType | None = None) -> Expr:
     """Build one scalar op with the type rules (Python scalars adopt the other operands' dtype)."""
     return _make(name, list(args), dtype, context=name)
@@ -129,6 +149,8 @@ class _Builder:
 
 
 def _make(name: str, args: list, cast_to: DType | None, context: str) -> Expr:
+    if name == "random":
+        raise LoweringError(f"{context}: build random draws with codegen.scalar.random (it needs the output dtype)")
     if SCALAR_OPS.get(name) != len(args):
         raise LoweringError(f"{context}: {name} takes {SCALAR_OPS.get(name)} operands, got {len(args)}")
     if name == "cast":

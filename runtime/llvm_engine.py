@@ -62,7 +62,7 @@ PARALLEL_MIN_COST = 1 << 23   # estimated operations (`kernel_cost`) below which
                               # from ~100 us of serial work up (an exact GELU over 2^18 elements gains
                               # 300 -> 180 us; exp over 2^18 elements loses 60 -> 80 us)
 _OP_COST = {"exp": 10, "log": 10, "log1p": 10, "expm1": 10, "tanh": 12, "sigmoid": 12, "sin": 10, "cos": 10,
-            "pow": 20, "div": 4, "sqrt": 4, "rsqrt": 4, "floordiv": 4, "mod": 4}
+            "pow": 20, "div": 4, "sqrt": 4, "rsqrt": 4, "floordiv": 4, "mod": 4, "random": 12}
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 RANGE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 

@@ -23,13 +23,13 @@ SEED, OFFSET, N = 1234567, 987, 301          # N: not a multiple of the block
 
 
 def _rand_cases(seed, offset):
+    """Normal draws (uniform ones are the `random` op of ordinary kernels: tests/codegen/test_random_op.py)."""
     steps, wants = [], {}
     for dt in (float16, bfloat16, float32, float64):
-        for normal in (False, True):
-            out = Buffer(f"rand_{dt.name}_{'normal' if normal else 'uniform'}", dt, (N,))
-            steps.append(RandSpec(out.name, seed, offset, out, normal=normal))
-            want = REGISTRY["rand"].eager(np.int64(SEED), np.int64(OFFSET), shape=(N,), dtype=dt, normal=normal)
-            wants[out] = round_bfloat16(want) if dt is bfloat16 else want
+        out = Buffer(f"rand_{dt.name}_normal", dt, (N,))
+        steps.append(RandSpec(out.name, seed, offset, out))
+        want = REGISTRY["rand"].eager(np.int64(SEED), np.int64(OFFSET), shape=(N,), dtype=dt, normal=True)
+        wants[out] = round_bfloat16(want) if dt is bfloat16 else want
     return steps, wants
 
 
@@ -261,10 +261,7 @@ def test_device_steps_match_numpy_on_the_emulator():
     for buf, got, again in zip(PROGRAM.outputs, forward, backward):
         want = WANTS[buf]
         np.testing.assert_array_equal(got, again, err_msg=buf.name)
-        if buf.name.startswith("rand_") and buf.name.endswith("uniform"):
-            np.testing.assert_array_equal(got, want, err_msg=buf.name)      # the CPU's bits
-            assert got.min() >= 0 and got.max() < 1
-        elif buf.name.startswith("rand_"):                                  # libm's last bit aside
+        if buf.name.startswith("rand_"):                                    # libm's last bit aside
             tol = {"float64": 1e-14, "float32": 1e-6}.get(buf.dtype.name, 1e-2)
             np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol,
                                        err_msg=buf.name)
@@ -283,7 +280,7 @@ def test_device_steps_match_numpy_on_the_emulator():
 def test_rand_reads_the_state_from_memory():
     """One kernel serves every call: the seed and offset are arguments, not literals."""
     text = render_program(Program("r", PROGRAM.steps[:1], PROGRAM.inputs[:2], PROGRAM.outputs[:1])).source
-    assert str(SEED) not in text and str(OFFSET) not in text and "tt_rng_mix64" in text
+    assert str(SEED) not in text and str(OFFSET) not in text
 
 
 def test_matmul_spec_rejects_reads_outside_its_buffers():

@@ -12,8 +12,9 @@ import pytest
 import tracetorch as tt
 import tracetorch.nn.functional as F
 from codegen.cuda_steps import RandSpec
-from codegen.kernel import ExternCall
+from codegen.kernel import ExternCall, Kernel, Op, walk_exprs
 from device_samples import on_cpu_and_device as _both, on_device_only
+from runtime.cuda_engine import CUDAProgram
 from tracetorch.ops import REGISTRY
 from tracetorch.ops.dispatch import apply
 
@@ -35,8 +36,14 @@ def test_rand_randn_and_dropout_masks_are_the_cpu_draws(fake_cuda, rng):
     assert not np.array_equal(results["cuda"][0], results["cuda"][1])
     mask = results["cuda"][3] != 0
     assert 0 < mask.sum() < mask.size
-    programs = [p for k, p in _eager_programs() if k[0] == "rand"]
-    assert programs and all(isinstance(s, RandSpec) for p in programs for s in p.compiled.program.steps)
+    steps = [s for k, p in _eager_programs() if k[0] == "rand" for s in p.compiled.program.steps]
+    assert any(isinstance(s, RandSpec) for s in steps)                   # normal draws: a device step
+    assert any(_draws_uniform(s) for s in steps)                         # uniform: a kernel's `random` op
+    assert all(isinstance(s, RandSpec) or _draws_uniform(s) for s in steps)
+
+
+def _draws_uniform(step) -> bool:
+    return isinstance(step, Kernel) and any(isinstance(e, Op) and e.op == "random" for e in walk_exprs(step.outer))
 
 
 def test_compiled_dropout_step_draws_on_the_device(fake_cuda, rng):
@@ -55,7 +62,8 @@ def test_compiled_dropout_step_draws_on_the_device(fake_cuda, rng):
     assert not np.array_equal(got[0], got[1])
     (program,) = g.programs
     steps = program.executable.compiled.program.steps
-    assert any(isinstance(s, RandSpec) for s in steps) and not any(isinstance(s, ExternCall) for s in steps)
+    assert not any(isinstance(s, (RandSpec, ExternCall)) for s in steps)   # the mask is drawn inside the kernel
+    assert any(_draws_uniform(s) for s in steps)
 
 
 # ---------------------------------------------------------------- matmuls

@@ -233,3 +233,15 @@ def test_dump_and_diagnose_show_the_cuda_source(cuda, rng, tmp_path):
     inputs = [x.numpy()]
     report = exe.diagnose(inputs, {value: np.full(value.shape, 123.0, value.dtype.np)})
     assert report.startswith(f"first differing kernel: {group.describe()}") and "CUDA C of the program" in report
+
+
+def test_cuda_code_generation_does_not_need_llvmlite():
+    # the CUDA renderer and its device steps take `Check` from codegen.rendered: a GPU machine without
+    # llvmlite's native library still renders programs
+    import subprocess
+    import sys
+    code = ("import sys; import codegen.cuda_c, codegen.cuda_steps, codegen.cuda_matmul, codegen.cuda_index, "
+            "codegen.cuda_sort; print('llvmlite' in sys.modules)")
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "False"

@@ -9,8 +9,9 @@ Every extern op becomes device steps (`device_steps`):
   accumulate in float32), operands read in place through their strides and batch strides, batch dims
   that do not fold into one stride given per dim (e.g. (B,1,..) @ (H,..)); integer and bool matmuls
   as an int64 reduction kernel (`cuda_steps.int_matmul_kernel`);
-- random numbers (`cuda_steps.RandSpec`: the CPU's counter-based stream, same bits) and randperm
-  (`cuda_sort`: the stream's words sorted on the device, the CPU's permutation);
+- normal random numbers (`cuda_steps.RandSpec`: the CPU's counter-based stream, same bits; uniform
+  draws are the `random` op inside the fused kernels) and randperm (`cuda_sort`: the stream's words
+  sorted on the device, the CPU's permutation);
 - `cat`, `slice_scatter` (strided copy kernels); index_put with any index tensors (`cuda_index`: a
   scatter kernel, or with accumulate a device sort of the positions and an in-order sum per
   destination, deterministic and equal to the CPU's);
@@ -247,11 +248,11 @@ def _fold(strides: tuple, batch: tuple):
 def _rand_step(lowered, g, step):
     from codegen.cuda_steps import RandSpec
     (seed, seed_map), (offset, offset_map) = _operands(lowered, g)
-    if seed_map is None or offset_map is None:
+    if seed_map is None or offset_map is None or not g.extern.attrs["normal"]:
         return None
     try:
-        return [RandSpec(step.name, seed, offset, step.outputs[0], normal=bool(g.extern.attrs["normal"]),
-                         seed_at=seed_map.offset, offset_at=offset_map.offset)]
+        return [RandSpec(step.name, seed, offset, step.outputs[0], seed_at=seed_map.offset,
+                         offset_at=offset_map.offset)]
     except TypeError:
         return None
 

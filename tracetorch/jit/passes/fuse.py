@@ -21,11 +21,16 @@ becomes one loop-level kernel (lowering) or one extern call:
 - **extern**: ops the kernels cannot express, run by their registry eager
   kernel (numpy) between kernels: matmul (numpy's BLAS, the choice Inductor
   makes on CPU; its consumers such as bias add and activation fuse into the
-  next kernel), index_put/scatter-add, cumsum, arg-reductions, random
-  numbers, sort-like ops, cat and slice_scatter. Inputs that are views
+  next kernel), index_put/scatter-add, cumsum, arg-reductions, normal
+  random numbers, sort-like ops, cat and slice_scatter. Inputs that are views
   reach them as strided numpy views, without a copy. A matmul read only
   transposed computes the transposed product instead (weight gradients),
   so its reader gets contiguous rows.
+
+Uniform random numbers (`rand`) are elementwise: draw i of a call is a hash
+of (seed, offset + i), the scalar op `random` of the element's flat index in
+rand's own output (like `arange`), so a dropout mask is computed inside the
+kernel that uses it and never written to memory.
 
 Gathers (`index`) are loads at data-dependent positions: bounds-checked in
 the kernel (`CheckedIndex`; an out-of-range index raises IndexError after
@@ -57,7 +62,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from codegen.kernel import Arg, Const, Expr, Load, Op, Var, substitute, walk_exprs
-from codegen.scalar import const, lower
+from codegen.scalar import const, lower, random
 from codegen.templates import FLAT_INDEX, Moments, Reduction, SoftmaxStats
 from tracetorch.dtypes import float64, int64
 
@@ -72,7 +77,7 @@ INLINE_COST = 10           # recompute a shared producer in each consumer kernel
 SCALAR_INLINE_COST = 60    # ... and a scalar (loop-invariant, hoisted out of the loop by LLVM) up to this
 _OP_COST = {"exp": 6, "log": 6, "tanh": 6, "sin": 6, "cos": 6, "pow": 6, "sigmoid": 6, "log1p": 6, "expm1": 6,
             "sqrt": 2, "rsqrt": 2, "div": 2, "reciprocal": 2, "floor_divide": 3, "remainder": 3,
-            "index": INLINE_COST + 1}
+            "rand": 6, "index": INLINE_COST + 1}
 # A gather is never cheap to recompute: its bounds check keeps the consumer's loop from vectorizing (an
 # embedding lookup recomputed in every layer norm of a GPT's residual stream cost 10x the layer norm).
 UPGRADE_MAX_SERIAL = 1 << 16   # elementwise work a full reduction (one thread) may take over
@@ -221,7 +226,7 @@ class _Fuser:
             elif name in COMBINES and n.attrs.get("dims"):
                 self.kind[n.out] = "red"
                 self.place_reduction(n)
-            elif n.op.kind == "elementwise" or name in ("full", "arange", "index") or \
+            elif n.op.kind == "elementwise" or name in ("full", "arange", "index") or _uniform_draws(n) or \
                     (name in COMBINES and not n.attrs.get("dims")):
                 self.kind[n.out] = "elem"
                 self.place_elementwise(n)
@@ -631,6 +636,8 @@ class _Trial:
             return const(n.attrs["value"], out.dtype)
         if name == "arange":
             return self.arange(n, pos)
+        if name == "rand":
+            return self.rand(n, pos)
         if name == "index":
             return self.gather(n, pos)
         if name in COMBINES:                    # a reduction over no dims: a (casting) copy
@@ -652,6 +659,15 @@ class _Trial:
         else:
             x = Op("add", (const(a["start"], int64), Op("mul", (i, const(a["step"], int64)), int64)), int64)
         return x if x.dtype is dt else Op("cast", (x,), dt)
+
+    def rand(self, n: Node, pos: tuple) -> Expr:
+        """Uniform draw `offset + i` of stream `seed`, i the flat index of `pos` in rand's OWN output (not
+        the kernel's iteration space: a permuted, expanded or sliced read of the draws gets eager's)."""
+        seed, offset = (self.value(x, broadcast(self.space, pos, x.shape)) for x in n.inputs)
+        flat = flat_index(self.space, pos, n.out.shape)
+        index = FLAT_INDEX if flat == flat_index(self.space, self.space.identity(), self.space.shape) \
+            else self.position_value(flat)
+        return random(Op("add", (offset, index), int64), seed, n.out.dtype)
 
     def position_value(self, c: Coord) -> Expr:
         """A coordinate as a value inside the kernel body (loop indices recovered from FLAT_INDEX)."""
@@ -690,6 +706,13 @@ class _Trial:
             else:
                 src.append(next(it))
         return self.value(x, tuple(src))
+
+
+def _uniform_draws(n: Node) -> bool:
+    """rand without normal=True, from an int64 generator state: the elementwise `random` op (normal draws
+    stay an extern call: numpy's log1p and cos are not the kernels')."""
+    return n.op.name == "rand" and not n.attrs["normal"] and all(
+        isinstance(x, Value) and x.dtype is int64 for x in n.inputs)
 
 
 def _view_source(space: Space, n: Node, pos: tuple) -> tuple:
