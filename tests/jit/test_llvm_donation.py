@@ -238,6 +238,27 @@ def test_write_backs_computed_by_reductions_are_copied_in_by_the_last_kernel():
     np.testing.assert_allclose(mean.numpy(), (eager_mean * 0.9 + 0.1 * x.sum(0)).numpy(), rtol=1e-12)
 
 
+def test_index_arithmetic_by_constants_does_not_turn_donation_off():
+    w = tt.zeros(4, 3, dtype=tt.float64)
+
+    def step():
+        w.add_(tt.rand(3, 4, dtype=tt.float64).t())    # draws read transposed: positions from the flat index
+        return w * 2.0
+
+    f = tt.compile(step, backend="llvm")
+    eager_w = tt.zeros(4, 3, dtype=tt.float64)
+    tt.manual_seed(3)
+    for _ in range(3):
+        f()
+    tt.manual_seed(3)
+    for _ in range(3):
+        eager_w.add_(tt.rand(3, 4, dtype=tt.float64).t())
+    np.testing.assert_array_equal(w.numpy(), eager_w.numpy())
+    assert "floordiv" in str(f.programs[0].executable.lowered.program)   # (the kernel divides by constants)
+    lowered = f.programs[0].executable.lowered
+    assert len(lowered.donated) == 2 and len(lowered.copied) == 1   # w by its kernel, the offset by the copy
+
+
 def test_dropout_before_the_update_keeps_donation_on():
     def make():
         tt.manual_seed(0)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codegen.kernel import (Arg, Buffer, CheckedIndex, Expr, ExternCall, IndexMap, Load, Op, Program, substitute,
-                            walk_exprs)
+from codegen.kernel import (Arg, Buffer, CheckedIndex, Const, Expr, ExternCall, IndexMap, Load, Op, Program,
+                            substitute, walk_exprs)
 from codegen.templates import FLAT_INDEX, elementwise_kernel, reduction_kernel, scatter_kernel
 from runtime.memory import MemoryPlan
 
@@ -319,8 +319,15 @@ def _may_fail(g: FusionGroup) -> bool:
         return True
     exprs = list(g.exprs.values()) + [f for stage in g.stages for f in vars(stage).values() if isinstance(f, Expr)]
     return any(isinstance(node, CheckedIndex) or (isinstance(node, Op) and node.op in _CHECKED_INT_OPS
-                                                  and not node.dtype.is_floating_point)
+                                                  and not node.dtype.is_floating_point and not _safe(node))
                for e in exprs for node in walk_exprs(e))
+
+
+def _safe(node: Op) -> bool:
+    """An integer division by a nonzero constant, or a power with a constant exponent >= 0 (index
+    arithmetic: positions rebuilt from the flat index): it cannot fail."""
+    d = node.args[1]
+    return isinstance(d, Const) and (d.value >= 0 if node.op == "pow" else d.value != 0)
 
 
 _CHECKED_INT_OPS = ("floordiv", "mod", "pow")       # division by zero, negative powers
