@@ -58,19 +58,25 @@ def test_a_captured_update_is_stored_in_place_and_matches_eager():
     assert (a_c._version[0], b_c._version[0]) == (versions[0] + 1, versions[1] + 1)   # one commit each
 
 
+def _sgd_step(layers):
+    """(a training step of a fresh model made of `layers()` with SGD momentum, the model, its optimizer):
+    the same initial weights every time."""
+    tt.manual_seed(0)
+    model = nn.Sequential(*layers())
+    opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step, model, opt
+
+
 def test_sgd_momentum_step_donates_parameters_and_buffers():
     def make():
-        tt.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
-        opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-        return step, model, opt
+        return _sgd_step(lambda: [nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)])
 
     tt.manual_seed(1)
     x, y = tt.randn(16, 5, dtype=tt.float32), tt.randint(0, 3, (16,))
@@ -260,23 +266,13 @@ def test_index_arithmetic_by_constants_does_not_turn_donation_off():
 
 
 def test_dropout_before_the_update_keeps_donation_on():
-    def make():
-        tt.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 8), nn.Dropout(0.2),
-                              nn.Linear(8, 3))          # a mask drawn after the generator's offset is updated
-        opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-        return step, model
+    def make():             # the second mask is drawn after the generator's offset is updated
+        return _sgd_step(lambda: [nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 8), nn.Dropout(0.2),
+                                  nn.Linear(8, 3)])
 
     tt.manual_seed(1)
     x, y = tt.randn(16, 5, dtype=tt.float32), tt.randint(0, 3, (16,))
-    (step_e, m_e), (step_c, m_c) = make(), make()
+    (step_e, m_e, _), (step_c, m_c, _) = make(), make()
     f = tt.compile(step_c, backend="llvm")
     tt.manual_seed(2)                                      # the same masks in both runs
     res_e = [step_e(x, y).item() for _ in range(4)]
