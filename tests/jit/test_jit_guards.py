@@ -164,3 +164,76 @@ def test_module_structure_changes_retrace():
     model[3] = nn.Linear(8, 3)                                  # a layer replaced
     assert _list(f(x)) == _list(model(x)) != base
     assert {"forward hooks of self", "submodules of self"} <= set(f.stats()["guard_failures"])
+
+
+class _Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.factor = 2.0
+
+    def forward(self, x):
+        return x * self.factor * getattr(self, "extra", 1.0)
+
+
+def _scaled_model():
+    tt.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), _Scale())
+    m[3].extra = 3.0
+    return m
+
+
+def _registry_set(m):
+    m._modules["1"] = nn.Tanh()                         # straight into the registry dict
+
+
+def _registry_pop(m):
+    m._modules.pop("1")
+
+
+def _parameter_dict(m):
+    m[0]._parameters["weight"] = nn.Parameter(tt.ones(8, 4))
+
+
+def _hook(m):
+    m[0].register_forward_hook(lambda mod, inputs, out: out * 0.5)
+
+
+def _hook_removed(m):
+    m._handle.remove()
+
+
+def _attribute(m):
+    m[3].factor = 0.5
+
+
+def _delattr(m):
+    del m[3].extra
+
+
+def _training_flag(m):
+    m.eval()
+
+
+_MUTATIONS = [_registry_set, _registry_pop, _parameter_dict, _hook, _hook_removed, _attribute, _delattr,
+              _training_flag]
+
+
+@pytest.mark.parametrize("mutate", _MUTATIONS, ids=[f.__name__[1:] for f in _MUTATIONS])
+def test_every_kind_of_module_change_is_seen_by_the_cached_guards(mutate):
+    # the module snapshots are compared only after nn.module.STATE_VERSION moved: every way of changing
+    # a module must move it, or a stale program would run
+    model = _scaled_model()
+    if mutate is _hook_removed:
+        model._handle = model[2].register_forward_hook(lambda mod, inputs, out: out + 1.0)
+    f = tt.compile(model)
+    x = tt.randn(5, 4)
+    for _ in range(3):
+        f(x)
+    model.train()                                       # no change (already training): nothing retraces
+    f(x)
+    traces = f.stats()["traces"]
+    assert f.stats()["cache_hits"] >= 2
+    mutate(model)
+    got, want = f(x), model(x)
+    assert f.stats()["traces"] == traces + 1
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-6)

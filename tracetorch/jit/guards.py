@@ -19,6 +19,7 @@ in the cache-limit warning), `describe()` (what it expects) and
 """
 from __future__ import annotations
 
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -135,11 +136,14 @@ class GradGuard(Guard):
 
 @dataclass(frozen=True, eq=False)
 class ObjectGuard(Guard):
-    """A Module's or Optimizer's Python-visible state, by snapshot."""
+    """A Module's or Optimizer's Python-visible state, by snapshot. `version`: a one-element list that
+    changes whenever that kind of state may have changed (modules: nn.module.STATE_VERSION), so the
+    compiled guards compare snapshots only after it moved."""
     ref: weakref.ref
     name: str
     snapshot: Callable
     expected: tuple
+    version: list | None = None
 
     @property
     def subject(self) -> str:
@@ -223,7 +227,13 @@ def compile_guards(guards, sources=(), name: str = "a program") -> Callable:
         return objects[id(obj)][0]
 
     lines = ["def inputs_if_fits(call):", "leaves = call.leaves"]
-    lines += [line for g in guards for line in g.code(bind)]
+    versioned = [g for g in guards if getattr(g, "version", None) is not None]
+    for g in guards:
+        if g in versioned:
+            if g is versioned[0]:
+                lines += _versioned_block(versioned, bind)
+            continue
+        lines += g.code(bind)
     lines.append(f"return [{', '.join(f'{src.expression(bind)}._data' for src in sources)}]")
     source = "\n    ".join(lines) + "\n"
     namespace = {ident: obj for ident, obj in objects.values()}
@@ -231,6 +241,18 @@ def compile_guards(guards, sources=(), name: str = "a program") -> Callable:
     fn = namespace["inputs_if_fits"]
     fn.source = source
     return fn
+
+
+def _versioned_block(guards, bind) -> list:
+    """The snapshot guards sharing one version counter, compared only when the counter moved since they
+    last all held (the version is read first: a change landing meanwhile moves it again). Each object's
+    liveness is checked every call."""
+    version, seen = bind(guards[0].version, "version"), bind([None], "seen")
+    lines = [f"if {bind(g.ref, 'ref')}() is None: return None" for g in guards]
+    lines += [f"v = {version}[0]", f"if v != {seen}[0]:"]
+    lines += ["    " + line for g in guards for line in g.code(bind)]
+    lines.append(f"    {seen}[0] = v")
+    return lines
 
 
 # ---------------------------------------------------------------- snapshots, as data
@@ -282,9 +304,10 @@ def state_guards(reach: Reach) -> list:
         if id(m) in reach.bindings:
             path, read = reach.bindings[id(m)]
             guards.append(BindingGuard(path, read, weakref.ref(m)))
+    version = getattr(sys.modules.get("tracetorch.nn.module"), "STATE_VERSION", None)
     for name, m in reach.modules:
         snap = module_snapshot(_module_keys(m))
-        guards.append(ObjectGuard(weakref.ref(m), name, snap, snap(m)))
+        guards.append(ObjectGuard(weakref.ref(m), name, snap, snap(m), version))
     for name, opt in reach.optimizers:
         guards.append(ObjectGuard(weakref.ref(opt), name, optimizer_snapshot, optimizer_snapshot(opt)))
     for name, read, value in reach.constants:

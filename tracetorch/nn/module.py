@@ -10,6 +10,7 @@ keep seeing the module's state.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import OrderedDict, namedtuple
 from collections.abc import Mapping
 from typing import Callable, Iterator
@@ -29,6 +30,70 @@ class _IncompatibleKeys(namedtuple("_IncompatibleKeys", ["missing_keys", "unexpe
         return super().__repr__()
 
     __str__ = __repr__
+
+
+# Changed after every change to any Module's attributes, parameters, buffers, submodules or hooks (made
+# through the Module API or the registry dicts): a compiled call compares module snapshots only when it
+# moved (jit/guards.py). Bumped after the change lands, under a lock, so a reader never records a
+# version whose change it did not see.
+STATE_VERSION = [0]
+_VERSION_LOCK = threading.Lock()
+
+
+def _changed() -> None:
+    with _VERSION_LOCK:
+        STATE_VERSION[0] += 1
+
+
+class _Registry(OrderedDict):
+    """A Module's parameters, buffers, submodules or hooks: an OrderedDict whose changes move
+    STATE_VERSION."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        _changed()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        _changed()
+
+    def pop(self, *args):
+        try:
+            return super().pop(*args)
+        finally:
+            _changed()
+
+    def popitem(self, last=True):
+        try:
+            return super().popitem(last)
+        finally:
+            _changed()
+
+    def setdefault(self, key, default=None):
+        try:
+            return super().setdefault(key, default)
+        finally:
+            _changed()
+
+    def update(self, *args, **kwargs):
+        try:
+            super().update(*args, **kwargs)
+        finally:
+            _changed()
+
+    def clear(self):
+        super().clear()
+        _changed()
+
+    def move_to_end(self, key, last=True):
+        super().move_to_end(key, last)
+        _changed()
+
+    def __ior__(self, other):
+        try:
+            return super().__ior__(other)
+        finally:
+            _changed()
 
 
 class RemovableHandle:
@@ -73,12 +138,12 @@ class Module:
             raise TypeError(f"{type(self).__name__}.__init__() got unexpected arguments: {args}, {kwargs}")
         set_ = object.__setattr__
         set_(self, "training", True)
-        set_(self, "_parameters", OrderedDict())
-        set_(self, "_buffers", OrderedDict())
+        set_(self, "_parameters", _Registry())
+        set_(self, "_buffers", _Registry())
         set_(self, "_non_persistent_buffers_set", set())
-        set_(self, "_modules", OrderedDict())
-        set_(self, "_forward_pre_hooks", OrderedDict())
-        set_(self, "_forward_hooks", OrderedDict())
+        set_(self, "_modules", _Registry())
+        set_(self, "_forward_pre_hooks", _Registry())
+        set_(self, "_forward_hooks", _Registry())
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required "forward" function')
@@ -160,6 +225,12 @@ class Module:
     register_module = add_module
 
     def __setattr__(self, name: str, value) -> None:
+        try:
+            self._set(name, value)
+        finally:
+            _changed()
+
+    def _set(self, name: str, value) -> None:
         d = self.__dict__
         params = d.get("_parameters")
         if isinstance(value, Parameter):
@@ -213,6 +284,12 @@ class Module:
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __delattr__(self, name: str) -> None:
+        try:
+            self._delete(name)
+        finally:
+            _changed()
+
+    def _delete(self, name: str) -> None:
         for registry in ("_parameters", "_buffers", "_modules"):
             entries = self.__dict__[registry]
             if name in entries:
