@@ -56,11 +56,11 @@ _EXCEPTIONS = {e.__name__: e for e in (IndexError, ValueError, ZeroDivisionError
 
 
 
-PARALLEL_MIN_COST = 1 << 23   # estimated operations (`kernel_cost`) below which a kernel runs on one thread:
-                              # a fork-join of Python threads costs ~40-50 us on a 2-core machine, and one
-                              # core runs ~10-30 ps per estimated (vectorized) operation, so threads pay
-                              # from ~100 us of serial work up (an exact GELU over 2^18 elements gains
-                              # 300 -> 180 us; exp over 2^18 elements loses 60 -> 80 us)
+PARALLEL_MIN_COST = 1 << 22   # estimated operations (`kernel_cost`) below which a kernel runs on one thread:
+                              # a fork-join of Python threads costs ~20 us on the 2-core machine, so threads
+                              # pay from ~50 us of serial work up; 1 << 23 left W3's [1024, 512] ReLU and
+                              # momentum kernels serial (W3 B=1024 16.3 -> 15.8 ms with 1 << 22), 1 << 21
+                              # makes W6 slower (exp over 2^18 elements still runs on one thread)
 _OP_COST = {"exp": 10, "log": 10, "log1p": 10, "expm1": 10, "tanh": 12, "sigmoid": 12, "sin": 10, "cos": 10,
             "pow": 20, "div": 4, "sqrt": 4, "rsqrt": 4, "floordiv": 4, "mod": 4, "random": 12}
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
