@@ -26,7 +26,7 @@ addresses into the program's buffer table (temporaries' addresses, in the
 arena, were written once), takes the outputs from a caching allocator and,
 for a program whose kernels are all small and which has no extern steps,
 makes ONE foreign call to the generated `program(table, err)` entry. Big
-kernels split their outer loop across threads; extern steps (e.g. matmul
+kernels split their outer loop across threads (runtime.native_team); extern steps (e.g. matmul
 through numpy) run in Python between kernels. After the call the int32
 error flag is checked and a failed check raises its exception.
 """
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import threading
 import time
 import weakref
@@ -48,6 +49,7 @@ from .disk_cache import CODE_MODEL, DiskCache
 from .host import host_fingerprint
 from .interrupts import FinishedInterrupt
 from .memory import Arena, BufferPool, MemoryPlan, sequential_plan
+from . import native_team
 from .parallel import ThreadTeam, default_threads
 from .program_key import program_key
 from .shared_object import LinkError, SharedLibrary, find_linker, link_shared
@@ -57,7 +59,8 @@ _EXCEPTIONS = {e.__name__: e for e in (IndexError, ValueError, ZeroDivisionError
 
 
 PARALLEL_MIN_COST = 1 << 22   # estimated operations (`kernel_cost`) below which a kernel runs on one thread:
-                              # a fork-join of Python threads costs ~20 us on the 2-core machine, so threads
+                              # a fork-join of Python threads cost ~20 us on the 2-core machine (the native
+                              # team: ~2 us while its worker spins, ~18 us once it sleeps), so threads
                               # pay from ~50 us of serial work up; 1 << 23 left W3's [1024, 512] ReLU and
                               # momentum kernels serial (W3 B=1024 16.3 -> 15.8 ms with 1 << 22), 1 << 21
                               # makes W6 slower (exp over 2^18 elements still runs on one thread)
@@ -109,15 +112,27 @@ class LLVMEngine:
         self._programs: dict = {}     # program key -> (object key, rendered program without IR text)
         self._lock = threading.Lock()
         self._compiler_lock = threading.Lock()
-        self._team: ThreadTeam | None = None
+        self._team = None
+        self.team_error: str | None = None      # why the native team could not be made, if it could not
         self.threads = threads or default_threads()
         self.pool = BufferPool()
 
     @property
-    def team(self) -> ThreadTeam:
-        if self._team is None:
-            self._team = ThreadTeam(self.threads)
-        return self._team
+    def team(self):
+        """The fork-join team of parallel kernels: a NativeTeam where the platform has one (unless
+        `$TRACETORCH_NATIVE_TEAM` is 0), else a ThreadTeam. Made anew in a forked child."""
+        team = self._team
+        if team is None or getattr(team, "pid", None) not in (None, os.getpid()):
+            self._team = team = self._make_team()
+        return team
+
+    def _make_team(self):
+        if native_team.supported() and os.environ.get("TRACETORCH_NATIVE_TEAM", "1").strip() not in ("0", ""):
+            try:
+                return native_team.NativeTeam(self, self.threads)
+            except Exception as e:           # no code for it here: Python threads do the same job
+                self.team_error = f"{type(e).__name__}: {e}"
+        return ThreadTeam(self.threads)
 
     @property
     def compiler(self):
@@ -351,6 +366,7 @@ class CompiledProgram:
         if not any(parallel) and len(kernels) == len(self.program.steps):
             return None
         inputs = set(self.program.inputs)
+        team = self.engine.team if any(parallel) else None
         steps, n = [], 0
         for step in self.program.steps:
             if isinstance(step, ExternCall):
@@ -360,7 +376,7 @@ class CompiledProgram:
             flat = not any(isinstance(s, Loop) for s in step.outer.body)
             writes = any(isinstance(st, Store) and st.buffer in inputs for st in walk_stmts(step.outer))
             if parallel[n]:
-                steps.append(("parallel", fn, extent, 64 if flat else 1, writes))   # 64: whole vectors per thread
+                steps.append(("parallel", team.entry(fn), extent, 64 if flat else 1, writes))   # 64: whole vectors per thread
             elif extent > 0:
                 steps.append(("serial", fn, extent, 1, writes))
             n += 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from codegen.kernel import Arg, Buffer, IndexMap, Program, Var
 from codegen.scalar import op
-from codegen.templates import Reduction, elementwise_kernel, reduction_kernel
+from codegen.templates import Reduction, SoftmaxStats, elementwise_kernel, reduction_kernel
 from tracetorch.dtypes import float32
 
 
@@ -19,3 +19,16 @@ def two_stage_program(n: int, name: str = "two_stage") -> Program:
                           [Reduction("acc", "add", Arg("t", float32))], row_outputs=[(s, Var("acc", float32))])
     return Program(name, (k1, k2, k3), (x,), (y, s))
 
+
+def big_program(rows: int, cols: int) -> Program:
+    """y = x * sigmoid(1.702 x) and rowsum = logsumexp of each row: two kernels big enough for threads."""
+    shape = (rows, cols)
+    x, y = Buffer("x", float32, shape), Buffer("y", float32, shape)
+    ssum = Buffer("rowsum", float32, (rows,))
+    X = Arg("x", float32)
+    k1 = elementwise_kernel("gelu_like", shape, {"x": (x, IndexMap.contiguous(shape))},
+                            [(y, op("mul", X, op("sigmoid", op("mul", X, 1.702))))])
+    k2 = reduction_kernel("softmax_sum", shape, (1,), {"x": (x, IndexMap.contiguous(shape))},
+                          [SoftmaxStats("m", "s", X)], row_outputs=[(ssum, op("add", Var("m", float32),
+                                                                                   op("log", Var("s", float32))))])
+    return Program("big", (k1, k2), (x,), (y, ssum))

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codegen.kernel import Arg, Buffer, ExternCall, IndexMap, Program, Var
+from codegen.kernel import Arg, Buffer, ExternCall, IndexMap, Program
 from codegen.scalar import op
-from codegen.templates import SoftmaxStats, elementwise_kernel, reduction_kernel
+from codegen.templates import elementwise_kernel
 from runtime.disk_cache import DiskCache
 from runtime.llvm_engine import LLVMEngine
 from runtime.parallel import ThreadTeam, split
-from sample_programs import two_stage_program
+from sample_programs import big_program, two_stage_program
 from tracetorch.dtypes import float32
 
 
@@ -55,19 +55,6 @@ def test_identical_programs_share_loaded_code(engine):
     disk_hits = engine.stats.disk_hits
     engine.compile(two_stage_program(333, name="shared"))
     assert engine.stats.compiles == before + 1 and engine.stats.disk_hits == disk_hits + 1
-
-
-def big_program(rows: int, cols: int) -> Program:
-    shape = (rows, cols)
-    x, y = Buffer("x", float32, shape), Buffer("y", float32, shape)
-    ssum = Buffer("rowsum", float32, (rows,))
-    X = Arg("x", float32)
-    k1 = elementwise_kernel("gelu_like", shape, {"x": (x, IndexMap.contiguous(shape))},
-                            [(y, op("mul", X, op("sigmoid", op("mul", X, 1.702))))])
-    k2 = reduction_kernel("softmax_sum", shape, (1,), {"x": (x, IndexMap.contiguous(shape))},
-                          [SoftmaxStats("m", "s", X)], row_outputs=[(ssum, op("add", Var("m", float32),
-                                                                                   op("log", Var("s", float32))))])
-    return Program("big", (k1, k2), (x,), (y, ssum))
 
 
 def test_threaded_kernels_match_single_thread(engine, tmp_path):

@@ -1,0 +1,148 @@
+"""The native fork-join team: every index run exactly once, by more than one thread, across fork and close."""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import pytest
+
+from runtime import native_team
+from runtime.llvm_engine import LLVMEngine
+
+pytestmark = pytest.mark.skipif(not native_team.supported(), reason="the native team needs Linux on x86-64/AArch64")
+
+# range(table, err, lo, hi): counts[i] += 1 (atomically) and owner[i] = pthread_self() for i in [lo, hi),
+# after `table[2]` rounds of busy work per index (slow chunks, so that the worker surely joins in)
+MARK_IR = """
+declare i64 @pthread_self()
+
+define void @mark(ptr %table, ptr %err, i64 %lo, i64 %hi) nounwind {
+entry:
+  %counts = load ptr, ptr %table
+  %pown = getelementptr ptr, ptr %table, i64 1
+  %owner = load ptr, ptr %pown
+  %pwork = getelementptr ptr, ptr %table, i64 2
+  %work = load i64, ptr %pwork
+  %me = call i64 @pthread_self()
+  %sink = alloca i64
+  %any = icmp slt i64 %lo, %hi
+  br i1 %any, label %body, label %done
+body:
+  %i = phi i64 [%lo, %entry], [%i1, %busy.done]
+  br label %busy
+busy:
+  %k = phi i64 [0, %body], [%k1, %busy]
+  store volatile i64 %k, ptr %sink
+  %k1 = add i64 %k, 1
+  %more.k = icmp slt i64 %k1, %work
+  br i1 %more.k, label %busy, label %busy.done
+busy.done:
+  %c = getelementptr i32, ptr %counts, i64 %i
+  %old = atomicrmw add ptr %c, i32 1 monotonic
+  %o = getelementptr i64, ptr %owner, i64 %i
+  store i64 %me, ptr %o
+  %i1 = add i64 %i, 1
+  %more = icmp slt i64 %i1, %hi
+  br i1 %more, label %body, label %done
+done:
+  ret void
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def mark(engine):
+    lib = engine._library("test-native-team-mark", MARK_IR, ("mark",))
+    return lib, lib["mark"]
+
+
+def _job(extent: int, work: int):
+    counts = np.zeros(extent, np.int32)
+    owner = np.zeros(extent, np.uint64)
+    table = (ctypes.c_int64 * 3)(counts.ctypes.data, owner.ctypes.data, work)
+    return counts, owner, table
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_each_index_runs_once_over_many_jobs_of_any_extent_and_alignment(engine, mark, threads):
+    team = native_team.NativeTeam(engine, threads)
+    try:
+        rng = np.random.default_rng(0)
+        for _ in range(300):
+            extent, align = int(rng.integers(1, 300)), int(rng.choice([1, 4, 64]))
+            counts, _, table = _job(extent, 0)
+            team.run(mark[1], (ctypes.addressof(table), 0), extent, align)
+            np.testing.assert_array_equal(counts, 1)
+    finally:
+        team.close()
+
+
+def test_slow_chunks_are_shared_between_threads(engine, mark):
+    team = native_team.NativeTeam(engine, 2)
+    try:
+        counts, owner, table = _job(64, 200_000)          # ~0.1 ms of busy work per index
+        team.run(mark[1], (ctypes.addressof(table), 0), 64, 1)
+        np.testing.assert_array_equal(counts, 1)
+        assert len(set(owner.tolist())) == 2              # the caller and the worker both ran chunks
+    finally:
+        team.close()
+
+
+def test_close_stops_the_workers_and_refuses_more_jobs(engine, mark):
+    team = native_team.NativeTeam(engine, 3)
+    team.close()
+    assert not any(t.is_alive() for t in team._workers)
+    counts, _, table = _job(8, 0)
+    with pytest.raises(RuntimeError, match="closed"):
+        team.run(mark[1], (ctypes.addressof(table), 0), 8, 1)
+    team.close()                                          # twice: nothing happens
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_team_of_its_own(tmp_path, mark):
+    from runtime.disk_cache import DiskCache
+    engine = LLVMEngine(cache=DiskCache(tmp_path), threads=2)
+    parent_team = engine.team
+    assert isinstance(parent_team, native_team.NativeTeam)
+    lib = engine._library("test-native-team-mark", MARK_IR, ("mark",))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                          # the child: the parent's worker did not survive fork
+        ok = 0
+        try:
+            team = engine.team
+            counts, owner, table = _job(64, 200_000)
+            team.run(lib["mark"], (ctypes.addressof(table), 0), 64, 1)
+            ok = int(team is not parent_team and bool((counts == 1).all()) and len(set(owner.tolist())) == 2)
+        finally:
+            os.write(w, bytes([ok]))
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"\x01"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert engine.team is parent_team
+    parent_team.close()
+
+
+def test_parallel_programs_match_with_either_team(engine, monkeypatch):
+    """The same parallel kernels through the native team and through Python threads."""
+    from sample_programs import big_program
+    program = big_program(601, 1031)
+    x = np.random.default_rng(1).standard_normal((601, 1031)).astype(np.float32)
+    results = {}
+    for kind in ("1", "0"):
+        monkeypatch.setenv("TRACETORCH_NATIVE_TEAM", kind)
+        eng = LLVMEngine(cache=engine.cache, threads=2)
+        compiled = eng.compile(program)
+        assert [s[0] for s in compiled._steps] == ["parallel", "parallel"]
+        assert isinstance(eng.team, native_team.NativeTeam) == (kind == "1")
+        results[kind] = compiled(x)
+        if kind == "1":
+            eng.team.close()
+    for a, b in zip(results["1"], results["0"]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(results["1"][1], np.log(np.exp(x.astype(np.float64)).sum(1)), rtol=1e-5)
