@@ -24,10 +24,13 @@ Protocol (one state block per team; hot words on their own cache lines):
 
 Linux on x86-64 and AArch64 only (futex system call numbers); elsewhere the
 engine keeps ThreadTeam. A team belongs to the process that made it: after
-fork the engine makes a new one (its workers did not survive the fork).
+fork the engine makes a new one (its workers did not survive the fork). At
+exit the workers are stopped before the interpreter tears down (and could
+free) the code they wait in.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
@@ -271,6 +274,7 @@ class NativeTeam:
                                           name=f"tracetorch-native-worker-{k}") for k in range(1, threads)]
         for t in self._workers:
             t.start()
+        atexit.register(self.close)          # before teardown can free the code the workers wait in
 
     @staticmethod
     def entry(fn) -> int:

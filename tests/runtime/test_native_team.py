@@ -100,6 +100,7 @@ def test_close_stops_the_workers_and_refuses_more_jobs(engine, mark):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")     # 3.12: fork of a threaded process
 def test_a_forked_child_gets_a_team_of_its_own(tmp_path, mark):
     from runtime.disk_cache import DiskCache
     engine = LLVMEngine(cache=DiskCache(tmp_path), threads=2)
