@@ -5,7 +5,9 @@ process (tracetorch eager, tracetorch compiled per backend, hand-written
 numpy, PyTorch eager and `torch.compile`) and writes `report.md`,
 `report.json` and PNG charts into `--out` (default `bench/results/`).
 Every time is a median of repeated calls after warm-up; every comparison is
-a ratio of times taken in the same run.
+a ratio of times taken in the same run: the systems of a case are sampled in
+12 short turns, and a speedup is the median over the turns of the ratio
+within each turn (load on a shared machine comes in phases of seconds).
 
 Modules: `workloads` (what is run), `runner` (timing, checks, systems),
 `machine` (machine description, copy-bandwidth probe), `compile_probe`

@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 
 from .charts import write_charts
-from .targets import evaluate
+from .targets import evaluate, speedup as paired_speedup
 
 COMPARED_WITH = (("tt-eager", "tt eager"), ("numpy", "numpy"), ("torch-eager", "torch eager"),
                  ("torch-compile", "torch.compile"))
@@ -96,7 +96,7 @@ def speedup(case: dict, system: str | None, other: str):
     results = case["results"]
     if system is None or results.get(other, {}).get("status") != "ok":
         return None
-    return results[other]["median_s"] / results[system]["median_s"]
+    return paired_speedup(results[system], results[other])
 
 
 def _ran_anywhere(data: dict, system: str) -> bool:
@@ -122,7 +122,8 @@ def _header(data: dict) -> str:
             f"Copy bandwidth ({copy['system']}, {copy['elements']} float32, read + write): "
             f"**{copy['gb_per_s']:.1f} GB/s**.", "",
             "Times are medians per call after warm-up, the systems of a workload sampled in blocks taken in "
-            "turn; speedups are ratios of times of this run (x > 1: tracetorch is faster). Compiles start "
+            "turn; speedups are ratios of times of this run (x > 1: tracetorch is faster), the median over the "
+            "turns of the ratio within each turn. Compiles start "
             "from an empty on-disk cache: first calls are cold."]
     load, cpus = data.get("load_average_at_start"), m["usable_cpus"] or 1
     if load is not None and load >= 0.5 * cpus:

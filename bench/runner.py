@@ -38,7 +38,8 @@ class Options:
     backends: tuple[str, ...] = DEFAULT_BACKENDS
     budget_s: float = 1.0                     # time spent on the timed calls of one system on one case
     min_repeats: int = 7
-    rounds: int = 3                           # blocks of samples per system, taken in turn
+    rounds: int = 12                          # blocks of samples per system, taken in turn: load on a shared
+                                              # machine comes in phases of seconds, which short turns share out
     probe_timeout_s: float = 600.0
 
     @classmethod
@@ -150,11 +151,14 @@ def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: i
     run hold. Blocks, not single samples: right after a system ran, its thread pools (OpenBLAS,
     OpenMP) still spin and on a 2-core machine slow the next system's calls threefold; so each block
     starts with `settle_s` of untimed calls. The samples fit `budget_s` per entry, `min_repeats` at
-    least. A call that raises ends that entry's sampling; its result is the error."""
+    least. Each entry's median per round is kept too (`round_medians_s`): the ratio of two systems is
+    best taken round by round (`targets.speedup`), each round's pair having run under the same load.
+    A call that raises ends that entry's sampling; its result is the error."""
     per_block = {name: int(min(max_repeats / rounds, max(math.ceil(min_repeats / rounds),
                                                          budget_s / rounds / (t.estimate_s * t.inner))))
                  for name, t in timed.items()}
     samples: dict[str, list[float]] = {name: [] for name in timed}
+    rounds_of: dict[str, list[float]] = {name: [] for name in timed}
     failed: dict[str, dict] = {}
     gc.collect()
     for _ in range(rounds):
@@ -169,6 +173,7 @@ def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: i
                         t.call()
                     t.sync()
                     samples[name].append((time.perf_counter() - t0) / t.inner)
+                rounds_of[name].append(median(samples[name][-per_block[name]:]))
             except Exception as e:
                 failed[name] = _error(e, "the timed calls")
     out = {}
@@ -177,14 +182,15 @@ def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: i
             out[name] = failed[name]
             continue
         out[name] = {"median_s": median(values), "min_s": min(values), "max_s": max(values),
-                     "repeats": len(values), "inner": timed[name].inner, "rounds": rounds, "samples_s": values}
+                     "repeats": len(values), "inner": timed[name].inner, "rounds": rounds, "samples_s": values,
+                     "round_medians_s": rounds_of[name]}
     return out
 
 
 def _settle(timed: Timed, seconds: float) -> None:
-    """Untimed calls, two at least, until `seconds` passed."""
+    """Untimed calls, one at least, until `seconds` passed."""
     start, calls = time.perf_counter(), 0
-    while calls < 2 or time.perf_counter() - start < seconds:
+    while calls < 1 or time.perf_counter() - start < seconds:
         timed.call()
         timed.sync()
         calls += 1

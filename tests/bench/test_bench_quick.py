@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -134,3 +135,35 @@ def test_compile_time_probe_runs_cold_then_warm():
         assert row["status"] == "ok", row
         for phase in ("cold", "warm"):
             assert row[phase]["first_call_s"] > 0 and set(row[phase]["figures"]) == set(STATS_KEYS)
+
+
+def test_interleaved_rounds_pair_systems_under_the_same_load(monkeypatch):
+    """A fake clock: load on the machine changes from round to round (3x slow in rounds 0 and 3), and in
+    round 1 it changes between the two systems' blocks. Each system's round medians follow its load,
+    and the speedup is the median of the per-round ratios (2.0, what b costs over a), where the ratio
+    of the overall medians (here 6) is skewed by the round that changed mid-way."""
+    import bench.runner as runner
+    from bench.targets import speedup
+
+    clock = {"now": 0.0, "round": -1, "last": None}
+    load = {0: (3, 3), 1: (1, 3), 2: (1, 1), 3: (3, 3), 4: (1, 1)}      # round -> (load for a, load for b)
+
+    def call(system, cost):
+        def run():
+            if system == "a" and clock["last"] != "a":
+                clock["round"] += 1
+            clock["last"] = system
+            clock["now"] += cost * load[clock["round"]][system == "b"]
+        return run
+
+    monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    timed = {"a": runner.Timed(call("a", 1e-3), lambda: None, estimate_s=1e-3),
+             "b": runner.Timed(call("b", 2e-3), lambda: None, estimate_s=2e-3)}
+    out = runner.measure_interleaved(timed, budget_s=0.1, min_repeats=5, rounds=5, settle_s=0.0)
+    assert out["a"]["round_medians_s"] == pytest.approx([3e-3, 1e-3, 1e-3, 3e-3, 1e-3])
+    assert out["b"]["round_medians_s"] == pytest.approx([6e-3, 6e-3, 2e-3, 6e-3, 2e-3])
+    assert out["b"]["median_s"] / out["a"]["median_s"] == pytest.approx(6.0)
+    assert speedup(out["a"], out["b"]) == pytest.approx(2.0)
+    assert speedup(out["b"], out["a"]) == pytest.approx(0.5)
+    # without rounds (an older report): the ratio of the medians
+    assert speedup({"median_s": 1.0}, {"median_s": 3.0}) == pytest.approx(3.0)
