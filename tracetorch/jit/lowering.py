@@ -392,6 +392,8 @@ def _extern_fn(node, layouts):
     # slice_scatter of one dtype: straight into the output (the registry's kernel copies into a new array)
     scatter_key = tuple(map(slice, attrs["starts"], attrs["stops"], attrs["steps"])) \
         if op.name == "slice_scatter" and n_in == 2 and all(x.dtype is out_dtype for x in values) else None
+    # cat of one dtype: straight into the output too
+    cat_dim = attrs["dim"] if op.name == "cat" and all(x.dtype is out_dtype for x in values) else None
 
     def view(arr, spec, shape):
         if spec is None:                    # the whole buffer, in order
@@ -412,6 +414,9 @@ def _extern_fn(node, layouts):
         if scatter_key is not None:
             np.copyto(outs[0], ins[0])
             outs[0][scatter_key] = ins[1]
+            return
+        if cat_dim is not None:
+            np.concatenate(ins, axis=cat_dim, out=outs[0])
             return
         it = iter(ins)
         args = [next(it) if is_value else x for x, is_value in zip(node.inputs, pattern)]
