@@ -138,24 +138,21 @@ def _sum_of_disjoint_scatters(n, ctx):
     a, b = n.inputs
     if not (_same(a, n) and _same(b, n)):
         return None
-    for chain, piece in ((a, b), (b, a)):
-        p = ctx.producer.get(piece)
-        if p is None or p.op.name != "slice_scatter" or not isinstance(p.inputs[1], Value) \
-                or p.inputs[1].dtype is not n.out.dtype:
+    chains = _zeros_chain(a, ctx), _zeros_chain(b, ctx)
+    for chain, (below, above) in ((a, chains), (b, chains[::-1])):
+        if below is None or above is None or len(above) != 1:
             continue
-        if _zeros_chain(p.inputs[0], ctx) != [] or _zeros_chain(chain, ctx) is None:
-            continue
-        regions = [r for r, _ in _zeros_chain(chain, ctx)]
-        if any(_overlap(_region(p.attrs), r) for r in regions):
-            continue
-        return Node(p.op, (chain, p.inputs[1]), n.outputs, dict(p.attrs), n.where)
+        (region, src), = above
+        if isinstance(src, Value) and not any(_overlap(region, r) for r, _ in below):
+            piece = ctx.producer[a if chain is b else b]
+            return Node(piece.op, (chain, src), n.outputs, dict(piece.attrs), n.where)
     return None
 
 
 def _tiling_scatters(n, ctx):
     """A chain of slice_scatters onto zeros whose regions, each a whole tensor but along one dim, tile
     that dim -> cat of the pieces along it."""
-    chain = _zeros_chain(n.out, ctx) if ctx.producer.get(n.out) is n else None
+    chain = _zeros_chain(n.out, ctx)
     if not chain or len(chain) < 2:
         return None
     shape = n.out.shape
@@ -208,7 +205,7 @@ def simplify(g: Graph) -> Graph:
         if any(isinstance(x, Value) and x in rename for x in n.inputs):
             n = n.replace(inputs=tuple(rename.get(x, x) if isinstance(x, Value) else x for x in n.inputs))
         replacement = None
-        while True:
+        while True:                         # rules see n as the producer of its outputs
             for v in n.outputs:
                 ctx.producer[v] = n
             for rule in RULES.get(n.op.name, ()):
