@@ -49,7 +49,7 @@ from .disk_cache import CODE_MODEL, DiskCache
 from .host import host_fingerprint
 from .interrupts import FinishedInterrupt
 from .memory import Arena, BufferPool, MemoryPlan, sequential_plan
-from . import native_team
+from . import native_team, profiler
 from .parallel import ThreadTeam, default_threads
 from .program_key import program_key
 from .shared_object import LinkError, SharedLibrary, find_linker, link_shared
@@ -355,30 +355,31 @@ class CompiledProgram:
         self._entry = ENTRY_TYPE(library[rendered.entry])
         self._ranges = [RANGE_TYPE(library[name]) for name in rendered.kernel_entries]
         self._steps = self._plan_steps()
+        self._forced_steps = None            # the steps a profile runs when self._steps is None
         self._extern_sources: dict = {}
 
-    def _plan_steps(self) -> list | None:
-        """None: one call to the entry. Else (kind, fn, extent, align, stores into an input) steps run
-        in order."""
+    def _plan_steps(self, force: bool = False) -> list | None:
+        """None: one call to the entry (unless `force`). Else (kind, fn, extent, align, stores into an
+        input, index in program.steps) steps run in order."""
         kernels = self.program.kernels
         parallel = [self.engine.threads > 1 and k.outer.extent >= 2 and kernel_cost(k) >= PARALLEL_MIN_COST
                     for k in kernels]
-        if not any(parallel) and len(kernels) == len(self.program.steps):
+        if not force and not any(parallel) and len(kernels) == len(self.program.steps):
             return None
         inputs = set(self.program.inputs)
         team = self.engine.team if any(parallel) else None
         steps, n = [], 0
-        for step in self.program.steps:
+        for index, step in enumerate(self.program.steps):
             if isinstance(step, ExternCall):
-                steps.append(("extern", step, 0, 0, bool(inputs.intersection(step.outputs))))
+                steps.append(("extern", step, 0, 0, bool(inputs.intersection(step.outputs)), index))
                 continue
             fn, extent = self._ranges[n], step.outer.extent
             flat = not any(isinstance(s, Loop) for s in step.outer.body)
             writes = any(isinstance(st, Store) and st.buffer in inputs for st in walk_stmts(step.outer))
             if parallel[n]:
-                steps.append(("parallel", team.entry(fn), extent, 64 if flat else 1, writes))   # 64: whole vectors per thread
+                steps.append(("parallel", team.entry(fn), extent, 64 if flat else 1, writes, index))   # 64: whole vectors per thread
             elif extent > 0:
-                steps.append(("serial", fn, extent, 1, writes))
+                steps.append(("serial", fn, extent, 1, writes, index))
             n += 1
         return steps
 
@@ -403,7 +404,10 @@ class CompiledProgram:
                 table[slot] = _address(a)
                 last[slot] = a                       # held: its memory cannot move or be freed meanwhile
             outputs = self._outputs.arrays(table, self._n_inputs)
-            if self._steps is None:
+            recorder = profiler.STATE.recorder
+            if recorder is not None:
+                self._run_profiled(outputs, recorder)
+            elif self._steps is None:
                 self._entry(self._table_addr, self._err_addr)
             else:
                 self._run_steps(outputs)
@@ -417,13 +421,31 @@ class CompiledProgram:
             raise TypeError(f"program {self.program.name!r}: input {name!r} must be {dtype}, got {a.dtype}")
         return np.ascontiguousarray(a)
 
-    def _run_steps(self, outputs: list) -> None:
+    def _run_profiled(self, outputs: list, recorder) -> None:
+        """`_run_steps` timing each step (a program that is one entry call runs kernel by kernel here)."""
+        steps = self._steps
+        if steps is None:
+            steps = self._forced_steps
+            if steps is None:
+                steps = self._forced_steps = self._plan_steps(force=True)
+        times: list = []
+        t0 = time.perf_counter_ns()
+        try:
+            self._run_steps(outputs, steps, times)
+        finally:
+            recorder.add_run(self, times, time.perf_counter_ns() - t0)
+
+    def _run_steps(self, outputs: list, steps=None, times: list | None = None) -> None:
         """Every step in order, stopping at the first failure. From the first step that stores into an
-        input on, Ctrl-C is held until the run ends (then raised as FinishedInterrupt with the outputs)."""
+        input on, Ctrl-C is held until the run ends (then raised as FinishedInterrupt with the outputs).
+        `times`: appends (step index, ns) per step run (a profile)."""
         head = (self._table_addr, self._err_addr)
         writing = interrupted = False
-        for kind, fn, extent, align, writes_input in self._steps:
+        clock = time.perf_counter_ns
+        for kind, fn, extent, align, writes_input, index in (self._steps if steps is None else steps):
             writing = writing or writes_input
+            if times is not None:
+                t0 = clock()
             try:
                 if kind == "serial":
                     fn(*head, 0, extent)
@@ -435,6 +457,8 @@ class CompiledProgram:
                 if not writing:
                     raise
                 interrupted = True
+            if times is not None:
+                times.append((index, clock() - t0))
             if self._err[0]:
                 return
         if interrupted:
@@ -467,11 +491,15 @@ class CompiledProgram:
         check = self.rendered.checks[code - 1]
         raise check.error(f"{check.message} (program {self.program.name!r})")
 
+    def step_kinds(self) -> dict:
+        """program.steps index -> how it runs: serial, parallel (split across the team) or extern."""
+        steps = self._steps if self._steps is not None else self._plan_steps(force=True)
+        return {index: kind for kind, _, _, _, _, index in steps}
+
     def run_kernel_by_kernel(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Like __call__, but forces the step-by-step path (tests compare both)."""
         saved = self._steps
-        self._steps = [("serial", self._ranges[i], k.outer.extent, 1, False)
-                       for i, k in enumerate(self.program.kernels) if k.outer.extent > 0] if saved is None else saved
+        self._steps = self._plan_steps(force=True) if saved is None else saved
         try:
             return self(*inputs)
         finally:

@@ -2,11 +2,13 @@
 
     tt.compiler.explain(fn, *args)   guards, IR, write-backs, backend report (text)
     tt.compiler.reset()              forget every compiled program (all functions)
+    with tt.compiler.profile() as p: time per call and per kernel of the compiled calls in the block
 """
 from __future__ import annotations
 
 from .jit.check import CheckError  # noqa: F401
 from .jit.compile import LIVE_COMPILED_FUNCTIONS, CompileError, CompileWarning, compile  # noqa: F401
+from .jit.profile import Profile, profile  # noqa: F401
 from .jit.tracer import GraphBreak  # noqa: F401
 
 
@@ -23,4 +25,4 @@ def reset() -> None:
         f.reset()
 
 
-__all__ = ["explain", "reset", "CheckError", "CompileError", "CompileWarning", "GraphBreak"]
+__all__ = ["explain", "reset", "profile", "Profile", "CheckError", "CompileError", "CompileWarning", "GraphBreak"]

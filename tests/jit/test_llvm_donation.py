@@ -88,6 +88,14 @@ def test_sgd_momentum_step_donates_parameters_and_buffers():
     # the optimizer's `momentum != 0` and the labels' range check are checked before the run
     assert program.value_guards and program.precheck is not None
     assert len(program.donated) >= 4                       # the weights and their momentum buffers
+    from tracetorch.jit.llvm_backend import LLVMExecutable
+    assert isinstance(program.precheck, LLVMExecutable)    # one native call, not numpy node by node
+    bad = y.clone()
+    bad[3] = 7                                             # out of range: the precheck's guard fails
+    with pytest.raises(IndexError):
+        f(x, bad)
+    for (name, p_e), p_c in zip(m_e.named_parameters(), m_c.parameters()):   # nothing committed
+        np.testing.assert_allclose(p_c.detach().numpy(), p_e.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_targets_sharing_one_storage_get_private_copies():

@@ -28,8 +28,11 @@ import os
 import threading
 import warnings
 from threading import get_ident
+from time import perf_counter_ns
 import weakref
 from collections import Counter
+
+from runtime.profiler import STATE as PROFILING
 
 from ..ops.dispatch import STATE
 from . import logs
@@ -116,6 +119,9 @@ class CompiledFunction:
             return target(*args, **kwargs)
         call = Call.of(args, kwargs)
         served_by = None                # the cached program that ran
+        recorder = PROFILING.recorder   # tt.compiler.profile() is on: time the whole call
+        if recorder is not None:
+            start = perf_counter_ns()
         try:
             generation, programs = self._generation, self._programs     # in this order (see _trace)
             while True:
@@ -145,6 +151,8 @@ class CompiledFunction:
             if counts is None:
                 counts = self._call_counts.setdefault(get_ident(), [0, 0])
             counts[0] += 1
+            if recorder is not None:
+                recorder.add_call(self, perf_counter_ns() - start, traced=served_by is None)
             if served_by is not None:
                 counts[1] += 1
                 cached = self._programs

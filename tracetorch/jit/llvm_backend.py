@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -101,6 +102,8 @@ class LLVMExecutable:
         # and are writeable (fresh arrays from the runtime's pool): the program need not check them (owned())
         self._call, self.results_owned = _caller(compiled, lowered, len(graph.inputs))
         self.call_list = self._call             # the same as calling self, one Python frame shorter
+        if hasattr(compiled, "program"):        # tt.compiler.profile names its steps by our fusion groups
+            compiled.executable_ref = weakref.ref(self)
 
     def __call__(self, inputs: list):
         """The results (a sequence of arrays) for `graph.results()`."""
