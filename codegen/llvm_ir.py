@@ -41,7 +41,7 @@ from .rendered import Check, RenderedProgram, unique_symbol
 from .scalar import RANDOM_BITS, RNG_GOLDEN, RNG_MIX1, RNG_MIX2
 from .verify import verify_bounds
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op,
-                     Program, Reduce, Stmt, Store, Var, walk_stmts)
+                     Program, Reduce, Stmt, Store, Var, walk_exprs, walk_stmts)
 
 VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -135,10 +135,32 @@ def canonical_kernel(kernel: Kernel):
     return stmt(kernel.outer)
 
 
+# Transcendentals: their polynomials make an elementwise kernel compute-bound.
+_HEAVY_OPS = frozenset({"exp", "log", "log1p", "expm1", "tanh", "sigmoid", "sin", "cos", "pow"})
+WIDE_VECTORS = '"prefer-vector-width"="512"'
+
+
+def wide_vectors(kernel: Kernel) -> bool:
+    """Whether the kernel asks LLVM for 512-bit vectors: an elementwise kernel computing a
+    transcendental, which 16 float lanes run twice as fast as LLVM's 256-bit default for Intel cores
+    (W6's exact GELU 0.26 -> 0.17 ms on the 2-core Xeon; lanes are independent, so the results are the
+    same bits). Reductions keep the default: layer norm rows went 7.0 -> 9.3 ms at 512 bits. Hosts
+    without AVX-512 ignore the preference."""
+    if any(isinstance(st, (Accumulator, Reduce)) for st in walk_stmts(kernel.outer)):
+        return False
+    return any(isinstance(e, Op) and e.op in _HEAVY_OPS for e in walk_exprs(kernel.outer))
+
+
+def _prefer_wide_vectors(fn: ir.Function) -> None:
+    set.add(fn.attributes, WIDE_VECTORS)      # a string attribute: llvmlite's set admits only keywords
+
+
 def _range_entry(module, kernel_fn, kernel: Kernel, slots: dict, name: str) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64, I64]), name=name)
     fn.attributes.add("noinline")
     fn.attributes.add("nounwind")
+    if wide_vectors(kernel):
+        _prefer_wide_vectors(fn)
     table, err, start, stop = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ptrs = [b.load(b.gep(table, [ir.Constant(I64, slots[buf])], inbounds=True, source_etype=PTR), typ=PTR)
@@ -158,6 +180,8 @@ class _KernelRenderer:
         fn = ir.Function(module, ir.FunctionType(VOID, args), name=name)
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
+        if wide_vectors(kernel):
+            _prefer_wide_vectors(fn)
         for a in fn.args[:len(self.buffers) + 1]:
             a.add_attribute("noalias")
         self.fn = fn

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 FORMAT = b"TTOBJ1"
-CODE_MODEL = "pic small"      # how object code is generated (runtime.llvm_compiler): part of every key
+CODE_MODEL = "pic small, wide math"   # how object code is generated (runtime.llvm_compiler, codegen.llvm_ir): part of every key
 _HEADER_LEN = len(FORMAT) + 1 + 16 + 1 + 64 + 1   # magic, space, length (16 hex), space, sha256, newline
 
 
