@@ -350,3 +350,56 @@ class TestAutogradGrad:
         _, g_minus = gradient([v - eps * d.numpy() for v, d in zip(params0, vecs)])
         for h, gp, gm in zip(hv, g_plus, g_minus):
             np.testing.assert_allclose(h.numpy(), (gp.numpy() - gm.numpy()) / (2 * eps), rtol=1e-5, atol=1e-8)
+
+
+class TestFirstGradientWithoutCopy:
+    """A leaf's first gradient becomes `.grad` without a copy when nothing else holds it (PyTorch's
+    AccumulateGrad steals it); every gradient someone else can reach is copied: `.grad` never shares
+    memory with a tensor the user holds, and later accumulation never changes one."""
+
+    def test_a_gradient_passed_in_is_copied(self):
+        x = f64(np.arange(6.0).reshape(2, 3))
+        v = tt.ones(2, 3, dtype=tt.float64)
+        x.clone().backward(v)                      # clone's vjp hands v itself to x
+        assert not np.shares_memory(x.grad.numpy(), v.numpy())
+        x.clone().backward(v)                      # accumulates into x.grad in place
+        np.testing.assert_array_equal(v.numpy(), np.ones((2, 3)))
+        np.testing.assert_array_equal(x.grad.numpy(), np.full((2, 3), 2.0))
+
+    def test_a_leaf_used_directly_as_the_root_is_copied(self):
+        x = f64([1.0, 2.0])
+        v = tt.tensor([3.0, 4.0], dtype=tt.float64)
+        x.backward(v)
+        assert x.grad is not v and not np.shares_memory(x.grad.numpy(), v.numpy())
+
+    def test_a_gradient_a_hook_kept_is_copied(self):
+        x = f64(np.linspace(0, 1, 5))
+        kept = []
+        y = x.clone()
+        y.register_hook(lambda g: kept.append(g))
+        (y * 1).sum().backward()
+        x.register_hook(lambda g: kept.append(g))
+        x.clone().sum().backward()
+        for g in kept:
+            assert not np.shares_memory(x.grad.numpy(), g.numpy())
+        np.testing.assert_array_equal([g.numpy() for g in kept[:1]], [np.ones(5)])
+
+    def test_a_retained_gradient_and_a_view_are_not_shared(self):
+        x = f64(np.arange(12.0))
+        y = x.reshape(3, 4)
+        y.retain_grad()
+        (y * 2).sum().backward()
+        assert not np.shares_memory(x.grad.numpy(), y.grad.numpy())
+        np.testing.assert_array_equal(x.grad.numpy(), np.full(12, 2.0))
+
+    def test_fresh_gradients_are_independent_and_accumulate(self):
+        a = f64(np.arange(4.0))
+        b = f64(np.arange(4.0) + 1)
+        (a * b).sum().backward()
+        grads = a.grad, b.grad
+        assert not np.shares_memory(grads[0].numpy(), grads[1].numpy())
+        np.testing.assert_array_equal(a.grad.numpy(), b.detach().numpy())
+        (a * b).sum().backward()                   # in place, into each leaf's own array
+        np.testing.assert_array_equal(a.grad.numpy(), 2 * b.detach().numpy())
+        np.testing.assert_array_equal(b.grad.numpy(), 2 * a.detach().numpy())
+        assert a.grad is grads[0]

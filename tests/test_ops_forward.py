@@ -242,3 +242,26 @@ def test_float16_ops_compute_in_float32_and_round_once():
     assert t.dtype is tt.float16 and t.cumsum(0)[-1].item() == total and t.sum().item() == total
     np.testing.assert_allclose(t.mean().item(), x.astype(np.float64).mean(), rtol=1e-3)
     np.testing.assert_allclose((t[:3] / 1e5).numpy(), (x[:3] / np.float32(1e5)).astype(np.float16))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64, np.int32, np.uint8, np.bool_])
+def test_where_on_large_tensors_selects_exactly_what_np_where_does(dtype):
+    # from WHERE_SELECT_MIN elements `where` selects bits (np.where mispredicts a random mask): the
+    # same values to the bit, NaN payloads and -0.0 included, through broadcasting and Python scalars
+    from tracetorch.ops.elementwise import WHERE_SELECT_MIN, _where_eager
+    rng = np.random.default_rng(0)
+    shape = (64, WHERE_SELECT_MIN // 32)
+    c = rng.random(shape) > 0.5
+    a = (rng.standard_normal(shape) * 50).astype(dtype)
+    b = (rng.standard_normal((1, shape[1])) * 50).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        a[0, :5] = [np.nan, -0.0, np.inf, -np.inf, 0.0]
+        b[0, :5] = [-0.0, np.nan, 1.0, np.inf, -0.0]
+    scalar = True if dtype is np.bool_ else 3
+    for x, y in [(a, b), (b, a), (a, scalar), (scalar, b), (a, a)]:
+        got = _where_eager(c, x, y)
+        want = np.where(c, x, y).astype(dtype)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    t = tt.where(tt.tensor(c), tt.tensor(a), tt.tensor(b))            # through the public op
+    np.testing.assert_array_equal(t.numpy().view(np.uint8), np.where(c, a, b).astype(dtype).view(np.uint8))

@@ -78,13 +78,23 @@ def test_each_index_runs_once_over_many_jobs_of_any_extent_and_alignment(engine,
         team.close()
 
 
+def _threads_sharing_slow_chunks(team, fn) -> int:
+    """How many threads ran chunks of a slow job (~0.1 ms of busy work per index), every index run once;
+    up to 20 runs, as a busy machine may leave the worker unscheduled for all of one."""
+    for _ in range(20):
+        counts, owner, table = _job(64, 200_000)
+        team.run(fn, (ctypes.addressof(table), 0), 64, 1)
+        np.testing.assert_array_equal(counts, 1)
+        threads = len(set(owner.tolist()))
+        if threads > 1:
+            break
+    return threads
+
+
 def test_slow_chunks_are_shared_between_threads(engine, mark):
     team = native_team.NativeTeam(engine, 2)
     try:
-        counts, owner, table = _job(64, 200_000)          # ~0.1 ms of busy work per index
-        team.run(mark[1], (ctypes.addressof(table), 0), 64, 1)
-        np.testing.assert_array_equal(counts, 1)
-        assert len(set(owner.tolist())) == 2              # the caller and the worker both ran chunks
+        assert _threads_sharing_slow_chunks(team, mark[1]) == 2     # the caller and the worker both ran chunks
     finally:
         team.close()
 
@@ -113,9 +123,7 @@ def test_a_forked_child_gets_a_team_of_its_own(tmp_path, mark):
         ok = 0
         try:
             team = engine.team
-            counts, owner, table = _job(64, 200_000)
-            team.run(lib["mark"], (ctypes.addressof(table), 0), 64, 1)
-            ok = int(team is not parent_team and bool((counts == 1).all()) and len(set(owner.tolist())) == 2)
+            ok = int(team is not parent_team and _threads_sharing_slow_chunks(team, lib["mark"]) == 2)
         finally:
             os.write(w, bytes([ok]))
             os._exit(0)

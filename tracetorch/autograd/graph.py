@@ -8,6 +8,8 @@ recorded and can be differentiated again.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..ops.dispatch import STATE, _BOUND
@@ -258,6 +260,7 @@ def run_backward(tensors, grads, retain_graph: bool, create_graph: bool, inputs=
                 captured[k] = g
         return [captured.get(id(t._grad_fn if t._grad_fn is not None else t)) for t in inputs]
     if accumulate:
+        g = t = in_grads = ig = None        # the node loop's last references: a leaf's gradient may be stolen
         for leaf, g in leaf_grads.values():
             if leaf.requires_grad:
                 if leaf._hooks:
@@ -265,18 +268,33 @@ def run_backward(tensors, grads, retain_graph: bool, create_graph: bool, inputs=
                         r = h(g)
                         if r is not None:
                             g = r
-                _accumulate_into(leaf, g, create_graph)
+                    _accumulate_into(leaf, g, create_graph)
+                else:               # (owned first: an argument list being built would hold g too)
+                    owned = _held_by_backward_only(g)
+                    _accumulate_into(leaf, g, create_graph, owned=owned)
     return None
 
 
-def _accumulate_into(t, g, create_graph: bool):
+def _held_by_backward_only(g) -> bool:
+    """Whether a leaf's summed gradient is referenced by nothing but run_backward's bookkeeping (its
+    entry in leaf_grads, the loop variable, this call's argument) and owns an array nothing else references: then
+    it may become `.grad` without a copy, as PyTorch's AccumulateGrad steals an unshared gradient (W3's
+    eager step copied 6 gradients, ~0.9 ms of 5.7). A gradient the user holds (`x.backward(v)`), a view
+    of another array or a runtime pool array (a view of its owner) is copied as before."""
+    data = g._data
+    return (sys.getrefcount(g) == 4 and type(data) is np.ndarray and data.base is None
+            and sys.getrefcount(data) == 3 and not g.requires_grad)       # 3: g, `data`, the argument
+
+
+def _accumulate_into(t, g, create_graph: bool, owned: bool = False):
+    """`owned`: g may become t.grad as it is (see _held_by_backward_only)."""
     if g._dtype is not t._dtype:
         g = g.to(t._dtype)
     if STATE.tracer is not None:        # inside tt.compile: the same steps, recorded
         STATE.tracer.accumulate_grad(t, g)
         return
     if t.grad is None:
-        t.grad = g if create_graph else g.detach().clone()
+        t.grad = g if create_graph or owned else g.detach().clone()
     elif create_graph or t.grad.requires_grad:
         t.grad = t.grad + g
     else:
