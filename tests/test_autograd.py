@@ -403,3 +403,21 @@ class TestFirstGradientWithoutCopy:
         np.testing.assert_array_equal(a.grad.numpy(), 2 * b.detach().numpy())
         np.testing.assert_array_equal(b.grad.numpy(), 2 * a.detach().numpy())
         assert a.grad is grads[0]
+
+    def test_a_linear_layers_gradients_are_plain_contiguous_tensors(self):
+        rng = np.random.default_rng(0)
+        x = tt.tensor(rng.standard_normal((5, 3)))
+        w = f64(rng.standard_normal((4, 3)))
+        b = f64(rng.standard_normal(4))
+        y = tt.nn.functional.linear(x, w, b)      # x @ w.t() + b: w's gradient is (g^T x), b's a reshaped sum
+        y.retain_grad()
+        (y * y).sum().backward()
+        g = 2 * (x.numpy() @ w.detach().numpy().T + b.detach().numpy())
+        np.testing.assert_allclose(w.grad.numpy(), g.T @ x.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(b.grad.numpy(), g.sum(0), rtol=1e-12)
+        for grad in (w.grad, b.grad):
+            assert grad._base is None and grad.numpy().flags.c_contiguous and grad.numpy().flags.writeable
+            assert not np.shares_memory(grad.numpy(), y.grad.numpy())
+        w_before = w.grad.numpy().copy()
+        (y.detach() * 0 + tt.nn.functional.linear(x, w, b)).sum().backward()     # accumulates in place
+        np.testing.assert_allclose(w.grad.numpy(), w_before + np.ones((5, 4)).T @ x.numpy(), rtol=1e-12)

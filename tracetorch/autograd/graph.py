@@ -282,8 +282,23 @@ def _held_by_backward_only(g) -> bool:
     eager step copied 6 gradients, ~0.9 ms of 5.7). A gradient the user holds (`x.backward(v)`), a view
     of another array or a runtime pool array (a view of its owner) is copied as before."""
     data = g._data
-    return (sys.getrefcount(g) == 4 and type(data) is np.ndarray and data.base is None
-            and sys.getrefcount(data) == 3 and not g.requires_grad)       # 3: g, `data`, the argument
+    if sys.getrefcount(g) != 4 or type(data) is not np.ndarray or g.requires_grad:
+        return False
+    if sys.getrefcount(data) != 3:                 # g, `data`, the argument
+        return False
+    base = data.base
+    if base is None:
+        return True
+    # a whole C-contiguous view (a bias gradient reshaped from its sum, a weight's transposed
+    # gradient) of an array only this view references: directly, or through the view's base tensor
+    if (type(base) is not np.ndarray or base.base is not None or not data.flags.c_contiguous
+            or not data.flags.writeable or data.nbytes != base.nbytes):
+        return False
+    owner = g._base
+    if owner is None:
+        return sys.getrefcount(base) == 3          # data.base, `base`, the argument
+    return (owner._data is base and owner._base is None and sys.getrefcount(owner) == 3
+            and sys.getrefcount(base) == 4)        # ... and the owner tensor's _data
 
 
 def _accumulate_into(t, g, create_graph: bool, owned: bool = False):
@@ -294,7 +309,10 @@ def _accumulate_into(t, g, create_graph: bool, owned: bool = False):
         STATE.tracer.accumulate_grad(t, g)
         return
     if t.grad is None:
-        t.grad = g if create_graph or owned else g.detach().clone()
+        if create_graph or (owned and g._base is None):
+            t.grad = g
+        else:           # a stolen view becomes a tensor of its own (no base, its own version counter)
+            t.grad = _BOUND.Tensor._make(g._data, g._dtype) if owned else g.detach().clone()
     elif create_graph or t.grad.requires_grad:
         t.grad = t.grad + g
     else:

@@ -27,8 +27,23 @@ def _infer_matmul(a, b):
 def _matmul_vjp(n, g):
     a, b = n.x(0), n.x(1)
     ga = tt.sum_to_shape(g @ b.mT, n.shape(0)) if n.edges[0] is not None else None
-    gb = tt.sum_to_shape(a.mT @ g, n.shape(1)) if n.edges[1] is not None else None
+    if n.edges[1] is None:
+        gb = None
+    elif _transposed_2d(b) and len(a.shape) == 2 == len(g.shape):
+        gb = (g.mT @ a).mT      # a Linear's weight.t(): its gradient's transpose comes out C-contiguous
+    else:
+        gb = tt.sum_to_shape(a.mT @ g, n.shape(1))
     return ga, gb
+
+
+def _transposed_2d(t) -> bool:
+    """An eager 2-D operand laid out as the transpose of a C-contiguous array (weight.t()): the
+    weight's gradient is then computed as (g^T a)^T, whose transpose (the gradient of weight.t()'s
+    transpose) is C-contiguous and may become weight.grad without a copy, as PyTorch's linear
+    backward lays it out. (IR proxies have no array: the compiled path picks layouts itself.)"""
+    data = getattr(t, "_data", None)
+    return type(data) is np.ndarray and data.ndim == 2 and data.shape[0] > 1 and data.shape[1] > 1 \
+        and not data.flags.c_contiguous and data.T.flags.c_contiguous
 
 
 def _matmul(a, b):
