@@ -103,3 +103,23 @@ def test_logsigmoid_is_stable():
     F.logsigmoid(t).sum().backward()
     want = np.exp(-np.logaddexp(0, x))         # 1 - sigmoid(x) = sigmoid(-x), without cancellation
     np.testing.assert_allclose(t.grad.numpy(), want, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("dtype", [tt.float32, tt.float64])
+def test_eager_erfc_without_a_graph_is_the_recorded_series_to_the_bit(dtype):
+    # with nothing to record (GELU's forward, a backward without create_graph) erfc runs on arrays,
+    # block by block with reused buffers: the same operations as the recorded composite, so the same bits
+    from tracetorch.nn.functional import _ERFC_BLOCK, _erfc as tt_erfc
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(2 * _ERFC_BLOCK + 77) * 4).astype(dtype.np)
+    x[:7] = [0.0, -0.0, np.inf, -np.inf, np.nan, 30.0, -30.0]
+    strided = x.reshape(-1, 1)[::2]                              # several blocks, and a non-contiguous view
+    for arr in (x, strided, x[:50]):
+        fast = tt_erfc(tt.tensor(arr))
+        recorded = tt_erfc(tt.tensor(arr, requires_grad=True))   # the composite, with a graph
+        assert recorded.grad_fn is not None and fast.grad_fn is None and fast.shape == recorded.shape
+        np.testing.assert_array_equal(fast.numpy().view(np.uint8), recorded.detach().numpy().view(np.uint8))
+    finite = x[7:5000].astype(np.float64)
+    rtol = 1e-13 if dtype is tt.float64 else 1e-5            # float32: exp(series - z^2) in the tails
+    keep = _erfc(finite) > 1e-30                                 # float32 tails go subnormal
+    np.testing.assert_allclose(tt_erfc(tt.tensor(x[7:5000])).numpy()[keep], _erfc(finite)[keep], rtol=rtol)

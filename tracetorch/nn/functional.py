@@ -23,7 +23,8 @@ from ..creation import arange, full, tensor as _constant
 from ..math import (abs as _abs, exp, log, log1p, log_softmax as _log_softmax, matmul, maximum,
                     minimum, relu as _relu, rsqrt, sigmoid as _sigmoid, softmax as _softmax, tanh as _tanh, where)
 from ..ops import REGISTRY
-from ..ops.dispatch import apply
+from ..ops.dispatch import STATE, apply
+from ..ops.elementwise import _where_eager
 from ..random import rand
 from ..shape import stack
 from ..tensor import Tensor
@@ -114,6 +115,9 @@ _ERFC_TERMS = {D.float64: 28}   # lower precisions: 14 terms (tail < 2e-9)
 def _erfc(x: Tensor) -> Tensor:
     """Complementary error function from exp and a Chebyshev series (Numerical Recipes' erfccheb
     form): relatively accurate for large |x|, differentiable, fusable. tracetorch has no erf primitive."""
+    if (STATE.tracer is None and type(x._data) is np.ndarray and x.dtype in (D.float32, D.float64)
+            and not (x.requires_grad and STATE.grad_enabled)):
+        return Tensor._make(_erfc_numpy(x._data, _ERFC_CHEB[:_ERFC_TERMS.get(x.dtype, 14)]), x.dtype)
     z = _abs(x)
     t = 2.0 / (z + 2.0)
     two_u = 4.0 * t - 2.0
@@ -124,6 +128,45 @@ def _erfc(x: Tensor) -> Tensor:
     series = 0.5 * two_u * b1 + (coeffs[0] - b2)
     tail = t * exp(series - z * z)
     return where(x >= 0, tail, 2.0 - tail)
+
+
+_ERFC_BLOCK = 1 << 15          # elements per block: a block's few buffers stay in the L2 cache
+
+
+def _erfc_numpy(a: np.ndarray, coeffs: tuple) -> np.ndarray:
+    """`_erfc` on an array, eagerly, with nothing to record: the same operations in the same order
+    (the same bits), block by block, the recurrence in three reused buffers instead of a fresh array
+    per operation (W6's eager GELU: ~9 ms per call of 2^18 floats faulting in 35 new arrays of 1 MiB)."""
+    if a.size <= _ERFC_BLOCK:
+        return _erfc_block(a, coeffs)
+    flat = np.ascontiguousarray(a).reshape(-1)
+    out = np.empty(flat.shape, a.dtype)
+    for lo in range(0, flat.size, _ERFC_BLOCK):
+        out[lo:lo + _ERFC_BLOCK] = _erfc_block(flat[lo:lo + _ERFC_BLOCK], coeffs)
+    return out.reshape(a.shape)
+
+
+def _erfc_block(a: np.ndarray, coeffs: tuple) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        z = np.abs(a)
+        t = np.divide(2.0, z + 2.0)
+        two_u = 4.0 * t - 2.0
+        b1, b2 = coeffs[-1], 0.0
+        terms = coeffs[-2:0:-1]
+        for c in terms[:2]:                 # Python floats until both are arrays
+            b1, b2 = two_u * b1 + (c - b2), b1
+        spare = np.empty_like(b1)
+        for c in terms[2:]:
+            np.subtract(c, b2, out=b2)
+            np.multiply(two_u, b1, out=spare)
+            np.add(spare, b2, out=b2)
+            b1, b2, spare = b2, b1, spare
+        series = 0.5 * two_u * b1 + (coeffs[0] - b2)
+        np.multiply(z, z, out=z)
+        np.subtract(series, z, out=series)
+        np.exp(series, out=series)
+        tail = np.multiply(t, series, out=t)
+        return _where_eager(a >= 0, tail, 2.0 - tail)
 
 
 def _softmax_dim(name: str, ndim: int) -> int:
