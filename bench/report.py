@@ -107,7 +107,7 @@ def _ran_anywhere(data: dict, system: str) -> bool:
 
 def render_markdown(data: dict) -> str:
     per_case = [_summary(data), _compiled_details(data)] if data["cases"] else []
-    parts = [_header(data), *per_case, _compile_times(data), _targets(data),
+    parts = [_header(data), *per_case, _profiles(data), _compile_times(data), _targets(data),
              _checks(data) if data["cases"] else "", _skipped(data), _charts(data)]
     return "\n".join(p for p in parts if p)
 
@@ -183,6 +183,33 @@ def _compiled_details(data: dict) -> str:
             "`.stats()` (n/a: the compiler does not report it yet); `bw moved` divides the planned bytes "
             "by the time, `bw least` the least bytes a call must move.\n")
     return "## Compiled tracetorch\n\n" + _table(header, rows) + note
+
+
+def _profiles(data: dict) -> str:
+    """The slowest kernels of each compiled case (bench.runner.profile_calls)."""
+    rows = []
+    for case in data["cases"]:
+        for system in compiled_systems(data):
+            prof = case["results"].get(system, {}).get("profile") or {}
+            if prof.get("status") != "ok" or not prof["top"]:
+                continue             # (the interpreter has no kernels to show)
+            outside = prof.get("outside_seconds_per_call")
+            rows.append([case["case"], system, format_seconds(prof["seconds_per_call"]),
+                         format_seconds(outside) if outside is not None else "n/a"] + [""] * 7)
+            for k in prof["top"]:
+                what = k["what"] if len(k["what"]) <= 60 else k["what"][:57] + "..."
+                rows.append(["", "", "", "", f"{k['step']} ({k['program']})", k["kind"],
+                             format_seconds(k["seconds_per_call"]), _percent(k["share"]),
+                             f"{k['gb_per_s']:.1f}" if k["gb_per_s"] else "-",
+                             f"{k['gflop_per_s']:.0f}" if k["gflop_per_s"] else "-", what.replace("|", "/")])
+    if not rows:
+        return ""
+    header = ["workload", "backend", "per call", "outside programs", "slowest steps", "kind", "per call",
+              "share", "GB/s", "GFLOP/s", "what"]
+    note = (f"\nFrom a few calls under `tt.compiler.profile()` after the timed ones (each step timed alone, so "
+            "the sum runs a little over the timed median); `outside programs` is guards, inputs and "
+            "write-backs; GB/s counts each buffer a step touches once.\n")
+    return "## Where the time goes\n\n" + _table(header, rows) + note
 
 
 def _compile_times(data: dict) -> str:

@@ -341,6 +341,39 @@ def _read_stats(fn) -> dict:
     return {"stats": stats, "figures": {k: stats.get(k) for k in STATS_KEYS}}
 
 
+PROFILE_CALLS = 5          # calls of a compiled system under tt.compiler.profile, after its timing
+PROFILE_TOP = 5            # kernels kept per case: the slowest
+
+
+def profile_calls(timed: "Timed", calls: int = PROFILE_CALLS, top: int = PROFILE_TOP) -> dict:
+    """Where a compiled call's time goes: `calls` calls under tt.compiler.profile (after the timed ones,
+    so the timing does not include the profile's cost): time per call, the part outside the programs
+    (guards, inputs, write-backs) and the slowest kernels, with the names `.explain()` gives them."""
+    try:
+        import tracetorch as tt
+        with tt.compiler.profile() as prof:
+            for _ in range(calls):
+                timed.call()
+            timed.sync()
+        functions = [f for f in prof.functions() if f.calls]
+        if not functions:
+            return {"status": "empty"}
+        f = max(functions, key=lambda f: f.seconds)
+        inside = sum(p.seconds for p in f.programs if p.kind in ("forward", "pre-check"))
+        rows = sorted((r for r in prof.rows() if r["function"] == f.name), key=lambda r: -r["seconds"])
+        per_call = f.seconds / f.calls
+        kernels = [{"step": r["step"], "program": r["kind_of_program"], "kind": r["kind"],
+                    "seconds_per_call": r["seconds"] / f.calls, "share": r["seconds"] / f.seconds,
+                    "gb_per_s": r["bytes"] / r["seconds_per_run"] * 1e-9 if r["bytes"] else None,
+                    "gflop_per_s": r["flops"] / r["seconds_per_run"] * 1e-9 if r["flops"] else None,
+                    "what": r["what"]} for r in rows[:top]]
+        return {"status": "ok", "calls": f.calls, "seconds_per_call": per_call,
+                "outside_seconds_per_call": max(f.seconds - inside, 0.0) / f.calls if inside else None,
+                "steps": len(rows), "top": kernels}
+    except Exception as e:                   # a report without a profile, never a failed suite
+        return {"status": "error", "error": f"{type(e).__name__}: {e}"}
+
+
 def _add_bandwidth(result: dict, ideal_bytes: int | None, copy_gbs: float | None) -> None:
     """Effective bandwidth (least bytes a call must move / time) and, from the memory plan, achieved."""
     seconds = result.get("median_s")
@@ -388,6 +421,8 @@ def run_case(case: Case, systems: Systems, options: Options, copy_gbs: float | N
         result.update(timing)
         if hasattr(instances[name].fn, "stats"):
             result.update(_read_stats(instances[name].fn))
+            if name.startswith("tt-"):
+                result["profile"] = profile_calls(timed[name])
         _add_bandwidth(result, case.ideal_bytes, copy_gbs)
     out["seconds"] = time.perf_counter() - t0
     return out

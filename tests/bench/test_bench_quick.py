@@ -62,6 +62,18 @@ def test_quick_run_writes_report_with_checked_results(tmp_path):
         else:
             assert "tt.compile" in results["tt-interp"]["reason"]
 
+    # where the compiled time goes: the slowest steps of each LLVM case, by the names explain() gives
+    for case in data["cases"]:
+        r = case["results"]["tt-llvm"]
+        if r["status"] != "ok":
+            continue
+        prof = r["profile"]
+        assert prof["status"] == "ok" and prof["calls"] == 5 and 0 < len(prof["top"]) <= 5, (case["case"], prof)
+        shares = [k["share"] for k in prof["top"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+        assert all(k["step"].startswith(("k", "writeback")) and k["seconds_per_call"] > 0 for k in prof["top"])
+        assert f"| {prof['top'][0]['step']} (" in markdown.split("## Where the time goes")[1]
+
     # the tables a person reads first
     assert "## Summary" in markdown and "## Checks" in markdown
     summary = markdown.split("## Summary")[1].split("##")[0]
