@@ -351,6 +351,9 @@ def profile_calls(timed: "Timed", calls: int = PROFILE_CALLS, top: int = PROFILE
     (guards, inputs, write-backs) and the slowest kernels, with the names `.explain()` gives them."""
     try:
         import tracetorch as tt
+        with tt.compiler.profile():          # once untimed: a program's first profiled run plans its steps
+            timed.call()
+            timed.sync()
         with tt.compiler.profile() as prof:
             for _ in range(calls):
                 timed.call()
