@@ -14,7 +14,7 @@ import pytest
 import tracetorch as tt
 import tracetorch.jit.backends
 import tracetorch.nn as nn
-import tracetorch.nn.functional as F
+from training_steps import training_step
 
 pytestmark = pytest.mark.skipif("llvm" not in tracetorch.jit.backends.BACKENDS,
                                 reason="the LLVM backend is not registered")
@@ -64,14 +64,7 @@ def _sgd_step(layers):
     tt.manual_seed(0)
     model = nn.Sequential(*layers())
     opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step, model, opt
+    return training_step(model, opt), model, opt
 
 
 def test_sgd_momentum_step_donates_parameters_and_buffers():

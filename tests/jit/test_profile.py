@@ -11,8 +11,8 @@ import pytest
 import tracetorch as tt
 import tracetorch.jit.backends
 import tracetorch.nn as nn
-import tracetorch.nn.functional as F
 from runtime import profiler
+from training_steps import training_step
 
 pytestmark = pytest.mark.skipif("llvm" not in tracetorch.jit.backends.BACKENDS,
                                 reason="the LLVM backend is not registered")
@@ -22,14 +22,7 @@ def _mlp_step():
     tt.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
     opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step, model
+    return training_step(model, opt), model
 
 
 def _data():

@@ -12,8 +12,9 @@ extern call (matmul) and write-back copy, with the names `.explain()` gives
 the fusion groups. Calls that trace and compile are counted apart. A
 program that is normally one native call runs kernel by kernel here (a few
 hundred nanoseconds more per kernel; a reduction's sums may group
-differently, so results can differ in the last bits). CUDA programs are timed whole only:
-their kernels run asynchronously. Calls from every thread are recorded.
+differently, so results can differ in the last bits). Functions compiled for CUDA
+are timed per call only: their kernels run asynchronously. Calls from every
+thread are recorded.
 """
 from __future__ import annotations
 
