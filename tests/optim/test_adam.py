@@ -135,3 +135,28 @@ def test_converges_on_a_quadratic():
         ((p - target) ** 2).sum().backward()
         opt.step()
     np.testing.assert_allclose(p.detach().numpy(), target.numpy(), atol=1e-2)
+
+
+@pytest.mark.parametrize("dtypes", [(tt.float64, tt.float64), (tt.float64, tt.float32)])
+def test_parameters_at_different_steps_get_their_own_bias_corrections(dtypes):
+    # eagerly, parameters at one step (and dtype) share one bias correction; one whose gradient was
+    # missing on some steps is a step behind and must get its own (each against the float64 reference)
+    p0, grads = grads_and_start(seed=2, steps=7)
+    q0, qgrads = grads_and_start(seed=3, steps=7)
+    p = tt.tensor(p0, requires_grad=True, dtype=dtypes[0])
+    q = tt.tensor(q0, requires_grad=True, dtype=dtypes[1])
+    r = tt.tensor(p0 * 2, requires_grad=True, dtype=dtypes[0])
+    opt = Adam([p, q, r], lr=0.01)
+    q_taken = []
+    for t, (g, h) in enumerate(zip(grads, qgrads)):
+        p.grad = tt.tensor(g, dtype=dtypes[0])
+        r.grad = tt.tensor(g, dtype=dtypes[0])
+        q.grad = tt.tensor(h, dtype=dtypes[1]) if t % 3 else None     # q skips steps 0, 3, 6
+        if t % 3:
+            q_taken.append(h)
+        opt.step()
+    rtol = 1e-12 if dtypes[1] is tt.float64 else 2e-5
+    np.testing.assert_allclose(p.detach().numpy(), adam_reference(p0, grads, lr=0.01), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(r.detach().numpy(), adam_reference(p0 * 2, grads, lr=0.01), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(q.detach().numpy(), adam_reference(q0, q_taken, lr=0.01), rtol=rtol, atol=1e-6)
+    assert [float(opt.state[x]["step"]) for x in (p, q, r)] == [7.0, 4.0, 7.0]
