@@ -160,3 +160,49 @@ def test_parameters_at_different_steps_get_their_own_bias_corrections(dtypes):
     np.testing.assert_allclose(r.detach().numpy(), adam_reference(p0 * 2, grads, lr=0.01), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(q.detach().numpy(), adam_reference(q0, q_taken, lr=0.01), rtol=rtol, atol=1e-6)
     assert [float(opt.state[x]["step"]) for x in (p, q, r)] == [7.0, 4.0, 7.0]
+
+
+ARRAY_PATH_CONFIGS = [dict(), dict(weight_decay=0.1), dict(amsgrad=True), dict(maximize=True, weight_decay=0.05),
+                      dict(decoupled_weight_decay=True, weight_decay=0.1, amsgrad=True)]
+
+
+@pytest.mark.parametrize("dtype", [tt.float32, tt.float64])
+@pytest.mark.parametrize("config", ARRAY_PATH_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_the_eager_array_update_is_the_tensor_update_to_the_bit(dtype, config, monkeypatch):
+    # eagerly the update runs as numpy ufuncs on the arrays; with that path off it runs as tensor ops:
+    # the same parameters, state and version counters
+    import tracetorch.optim.adam as adam
+    rng = np.random.default_rng(4)
+    p0 = rng.standard_normal((5, 7)).astype(dtype.np)
+    grads = [rng.standard_normal((5, 7)).astype(dtype.np) for _ in range(5)]
+
+    def run_steps():
+        p = tt.tensor(p0, requires_grad=True)
+        opt = Adam([p], lr=0.01, **config)
+        for g in grads:
+            p.grad = tt.tensor(g)
+            opt.step()
+        state = opt.state[p]
+        arrays = [p.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy()]
+        return arrays, [p._version[0], state["exp_avg"]._version[0], state["exp_avg_sq"]._version[0]]
+
+    taken = []
+    real = adam._on_arrays
+    monkeypatch.setattr(adam, "_on_arrays", lambda *a: taken.append(real(*a)) or taken[-1])
+    fast, fast_versions = run_steps()
+    assert taken and all(taken)                                  # the array path ran
+    monkeypatch.setattr(adam, "_on_arrays", lambda *a: False)
+    slow, slow_versions = run_steps()
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    assert fast_versions == slow_versions
+    ref = adam_reference(p0.astype(np.float64), [g.astype(np.float64) for g in grads], lr=0.01,
+                         **{k: v for k, v in config.items() if k != "decoupled_weight_decay"},
+                         decoupled=config.get("decoupled_weight_decay", False))
+    np.testing.assert_allclose(fast[0], ref, rtol=1e-12 if dtype is tt.float64 else 1e-4, atol=1e-6)
+
+
+def test_bfloat16_parameters_keep_the_tensor_update():
+    import tracetorch.optim.adam as adam
+    p = tt.tensor(np.ones((3, 3)), dtype=tt.bfloat16, requires_grad=True)
+    assert not adam._on_arrays(p, tt.ones(3, 3, dtype=tt.bfloat16))     # rounds after every op
