@@ -328,3 +328,21 @@ def test_sigint_while_donated_updates_run_finishes_the_call():
     finally:
         signal.signal(signal.SIGINT, old)
     assert np.abs(f(x).numpy()).max() == 0
+
+
+def test_a_target_made_read_only_between_calls_is_not_written():
+    # the same arrays as the last call skip the layout and aliasing checks, never the writeability one
+    x = tt.linspace(-1, 1, 6, dtype=tt.float64)
+    step, a, b = _counters()
+    f = tt.compile(step, backend="llvm")
+    for _ in range(3):
+        f(x)
+    assert f.programs[0].donated
+    before = a.numpy().copy()
+    a._data.flags.writeable = False
+    with pytest.raises(RuntimeError, match="read-only"):
+        f(x)
+    np.testing.assert_array_equal(a._data, before)          # the program wrote into a private copy
+    a._data.flags.writeable = True
+    f(x)                                                     # and donates again once it may
+    np.testing.assert_array_less(before, a.numpy())

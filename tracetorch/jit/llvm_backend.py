@@ -21,6 +21,7 @@ import os
 import time
 import weakref
 from collections import Counter
+from operator import is_
 
 import numpy as np
 
@@ -205,10 +206,11 @@ def _caller(compiled, lowered: LoweredProgram, n_inputs: int):
         return (lambda inputs: run([inputs[i] for i in positions] + constants)), owned
     donated = tuple(lowered.donated)
     dtypes = {i: b.dtype.np for i, b in zip(positions, compiled.program.inputs)}
+    verified = [None]           # the last inputs that needed no private copy (see _donatable)
 
     def call(inputs):
         if donated:
-            inputs = _donatable(inputs, donated, dtypes)
+            inputs = _donatable(inputs, donated, dtypes, verified)
         try:
             outs = run([inputs[i] for i in positions] + constants)
         except FinishedInterrupt as stop:      # the results still ride along: the caller commits them
@@ -218,9 +220,19 @@ def _caller(compiled, lowered: LoweredProgram, n_inputs: int):
     return call, owned
 
 
-def _donatable(inputs: list, donated: tuple, dtypes: dict) -> list:
+def _donatable(inputs: list, donated: tuple, dtypes: dict, verified: list) -> list:
     """`inputs`, with a private copy in place of each donated input the program may not write into:
-    not a writeable C-contiguous array of the program's dtype, or sharing memory with another input."""
+    not a writeable C-contiguous array of the program's dtype, or sharing memory with another input.
+    `verified[0]`: the last inputs found to need no copy; the same array objects again (a training
+    loop) keep their dtypes, layouts and storage, so only writeability is checked (W5: 31 -> ~8 us)."""
+    last = verified[0]
+    if last is not None and len(last) == len(inputs) and all(map(is_, inputs, last)):
+        for i in donated:
+            if not inputs[i].flags.writeable:
+                break
+        else:
+            return inputs
+    verified[0] = None
     roots = [(id(a) if a.base is None else id(storage_root(a))) if type(a) is np.ndarray else id(a)
              for a in inputs]
     shared = {r for r, n in Counter(roots).items() if n > 1} if len(set(roots)) < len(roots) else ()
@@ -234,7 +246,10 @@ def _donatable(inputs: list, donated: tuple, dtypes: dict) -> list:
         if out is None:
             out = list(inputs)
         out[i] = np.array(a, dtype=dtypes[i], order="C")
-    return inputs if out is None else out
+    if out is None:
+        verified[0] = list(inputs)           # held: their ids cannot be reused while compared against
+        return inputs
+    return out
 
 
 def _results(plan, outs, inputs) -> list:
