@@ -146,8 +146,8 @@ class Program:
 
     def commit(self, call, results) -> None:
         targets = [(self.sources[s].tensor(call.leaves), results[r]) for s, r in self.writebacks]
-        for t, _ in targets:
-            if not t._data.flags.writeable:
+        for t, arr in targets:
+            if arr is not t._data and not t._data.flags.writeable:    # (a donated one is written already)
                 raise RuntimeError(f"{self.name}: cannot write back into a read-only tensor of shape "
                                    f"{tuple(t.shape)}")
         try:
