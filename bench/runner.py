@@ -362,17 +362,13 @@ def profile_calls(timed: "Timed", calls: int = PROFILE_CALLS, top: int = PROFILE
         if not functions:
             return {"status": "empty"}
         f = max(functions, key=lambda f: f.seconds)
-        inside = sum(p.seconds for p in f.programs if p.kind in ("forward", "pre-check"))
         rows = sorted((r for r in prof.rows() if r["function"] == f.name), key=lambda r: -r["seconds"])
-        per_call = f.seconds / f.calls
         kernels = [{"step": r["step"], "program": r["kind_of_program"], "kind": r["kind"],
                     "seconds_per_call": r["seconds"] / f.calls, "share": r["seconds"] / f.seconds,
-                    "gb_per_s": r["bytes"] / r["seconds_per_run"] * 1e-9 if r["bytes"] else None,
-                    "gflop_per_s": r["flops"] / r["seconds_per_run"] * 1e-9 if r["flops"] else None,
-                    "what": r["what"]} for r in rows[:top]]
-        return {"status": "ok", "calls": f.calls, "seconds_per_call": per_call,
-                "outside_seconds_per_call": max(f.seconds - inside, 0.0) / f.calls if inside else None,
-                "steps": len(rows), "top": kernels}
+                    "gb_per_s": r["gb_per_s"], "gflop_per_s": r["gflop_per_s"], "what": r["what"]}
+                   for r in rows[:top]]
+        return {"status": "ok", "calls": f.calls, "seconds_per_call": f.seconds / f.calls,
+                "outside_seconds_per_call": f.outside_per_call, "steps": len(rows), "top": kernels}
     except Exception as e:                   # a report without a profile, never a failed suite
         return {"status": "error", "error": f"{type(e).__name__}: {e}"}
 

@@ -84,8 +84,9 @@ def render_program(program: Program) -> RenderedProgram:
         hit = shared.get(key)
         if hit is None:
             before = len(checks)
-            hit = shared[key] = (_KernelRenderer(module, kernel, base, checks).fn, len(checks) > before)
-        entries.append(_range_entry(module, hit[0], kernel, slots, base + ".range"))
+            wide = wide_vectors(kernel)
+            hit = shared[key] = (_KernelRenderer(module, kernel, base, checks, wide).fn, len(checks) > before, wide)
+        entries.append(_range_entry(module, hit[0], kernel, slots, base + ".range", hit[2]))
         checked.append(hit[1])
     entry = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), name=ENTRY)
     entry.attributes.add("nounwind")
@@ -155,11 +156,11 @@ def _prefer_wide_vectors(fn: ir.Function) -> None:
     set.add(fn.attributes, WIDE_VECTORS)      # a string attribute: llvmlite's set admits only keywords
 
 
-def _range_entry(module, kernel_fn, kernel: Kernel, slots: dict, name: str) -> ir.Function:
+def _range_entry(module, kernel_fn, kernel: Kernel, slots: dict, name: str, wide: bool) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64, I64]), name=name)
     fn.attributes.add("noinline")
     fn.attributes.add("nounwind")
-    if wide_vectors(kernel):
+    if wide:                                  # it inlines the kernel: the preference must be on both
         _prefer_wide_vectors(fn)
     table, err, start, stop = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -173,14 +174,14 @@ def _range_entry(module, kernel_fn, kernel: Kernel, slots: dict, name: str) -> i
 class _KernelRenderer:
     """Emit one kernel function; expressions are memoized per scope (they are DAGs)."""
 
-    def __init__(self, module: ir.Module, kernel: Kernel, name: str, checks: list[Check]):
+    def __init__(self, module: ir.Module, kernel: Kernel, name: str, checks: list[Check], wide: bool = False):
         self.kernel, self.checks = kernel, checks
         self.buffers = kernel.buffers
         args = [PTR] * len(self.buffers) + [PTR, I64, I64]
         fn = ir.Function(module, ir.FunctionType(VOID, args), name=name)
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
-        if wide_vectors(kernel):
+        if wide:
             _prefer_wide_vectors(fn)
         for a in fn.args[:len(self.buffers) + 1]:
             a.add_attribute("noalias")

@@ -421,13 +421,18 @@ class CompiledProgram:
             raise TypeError(f"program {self.program.name!r}: input {name!r} must be {dtype}, got {a.dtype}")
         return np.ascontiguousarray(a)
 
+    def _stepwise(self) -> list:
+        """The steps as run one by one: the plan, or for a program that is one entry call, its kernels
+        in order (planned once)."""
+        if self._steps is not None:
+            return self._steps
+        if self._forced_steps is None:
+            self._forced_steps = self._plan_steps(force=True)
+        return self._forced_steps
+
     def _run_profiled(self, outputs: list, recorder) -> None:
         """`_run_steps` timing each step (a program that is one entry call runs kernel by kernel here)."""
-        steps = self._steps
-        if steps is None:
-            steps = self._forced_steps
-            if steps is None:
-                steps = self._forced_steps = self._plan_steps(force=True)
+        steps = self._stepwise()
         times: list = []
         t0 = time.perf_counter_ns()
         try:
@@ -493,13 +498,12 @@ class CompiledProgram:
 
     def step_kinds(self) -> dict:
         """program.steps index -> how it runs: serial, parallel (split across the team) or extern."""
-        steps = self._steps if self._steps is not None else self._plan_steps(force=True)
-        return {index: kind for kind, _, _, _, _, index in steps}
+        return {index: kind for kind, _, _, _, _, index in self._stepwise()}
 
     def run_kernel_by_kernel(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Like __call__, but forces the step-by-step path (tests compare both)."""
         saved = self._steps
-        self._steps = self._plan_steps(force=True) if saved is None else saved
+        self._steps = self._stepwise()
         try:
             return self(*inputs)
         finally:

@@ -142,7 +142,7 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
             result_plan.append(("const", constants[r]))
         else:
             result_plan.append(("output", out_pos[r]))
-    moved = sum(_step_bytes(s) for s in program.steps)
+    moved = sum(step_bytes(s) for s in program.steps)
     donated = {input_index[dst]: results.index(src) for src, dst in donations.items()}
     return LoweredProgram(program, plan, arena, groups, tuple(input_positions), tuple(const_arrays),
                           tuple(result_plan), donated, buffer_of, kernels_before_fusion(graph), moved,
@@ -438,7 +438,8 @@ def _hint(v: Value) -> str:
     return f"{base}_{v.id}" if base else f"v{v.id}"
 
 
-def _step_bytes(step) -> int:
+def step_bytes(step) -> int:
+    """Bytes of the distinct buffers a step touches (each counted once)."""
     if isinstance(step, ExternCall):
         return sum(b.nbytes for b in set(step.inputs) | set(step.outputs))
     return sum(b.nbytes for b in step.buffers)

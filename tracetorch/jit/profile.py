@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from codegen.kernel import ExternCall
 from runtime import profiler
 
+from .lowering import step_bytes
 from .passes.fuse import EXTERN
 
 
@@ -74,7 +74,8 @@ class Profile:
                 for s in p.steps:
                     rows.append(dict(function=f.name, program=p.name, kind_of_program=p.kind, step=s.name,
                                      kind=s.kind, runs=p.runs, seconds=s.seconds, seconds_per_run=s.per_run,
-                                     share=s.share, bytes=s.bytes, flops=s.flops, what=s.what))
+                                     share=s.share, bytes=s.bytes, flops=s.flops, gb_per_s=s.gb_per_s,
+                                     gflop_per_s=s.gflop_per_s, what=s.what))
         return rows
 
     def table(self, sort_by: str = "time", top: int | None = None) -> str:
@@ -96,10 +97,9 @@ class Profile:
                 head += (f" ({f.traced} more traced and compiled or ran checked, {f.traced_seconds:.3f} s, "
                          "not counted)")
             lines.append(head)
-            forward = sum(p.seconds for p in f.programs if p.kind == "forward")
-            if f.calls and forward:
+            if f.outside_per_call is not None:
                 lines.append(f"  outside the programs (guards, inputs, results, write-backs): "
-                             f"{_ms((f.seconds - forward) / f.calls)} per call")
+                             f"{_ms(f.outside_per_call)} per call")
             for p in f.programs:
                 lines.append(f"  {p.kind} program {p.name!r}: {p.runs} run{'s' * (p.runs != 1)}, "
                              f"{_ms(p.per_run)} per run, {len(p.steps)} steps timed")
@@ -109,7 +109,7 @@ class Profile:
                              f"{'GFLOP/s':>7}  what")
                 for s in shown:
                     lines.append(f"    {s.name[:28]:<28} {s.kind:<8} {s.per_run * 1e3:8.3f} {s.share:6.1%} "
-                                 f"{_rate(s.bytes, s.per_run):>6} {_rate(s.flops, s.per_run):>7}  {s.what}")
+                                 f"{_rate(s.gb_per_s, 1):>6} {_rate(s.gflop_per_s, 0):>7}  {s.what}")
                 if len(shown) < len(steps):
                     rest = sum(s.per_run for s in steps[len(shown):])
                     lines.append(f"    ({len(steps) - len(shown)} more steps: {_ms(rest)} per run)")
@@ -137,6 +137,14 @@ class StepTimes:
     flops: int           # matmuls only (0 for the rest)
     what: str
 
+    @property
+    def gb_per_s(self) -> float | None:
+        return self.bytes / self.per_run * 1e-9 if self.bytes and self.per_run > 0 else None
+
+    @property
+    def gflop_per_s(self) -> float | None:
+        return self.flops / self.per_run * 1e-9 if self.flops and self.per_run > 0 else None
+
 
 @dataclass
 class ProgramTimes:
@@ -157,6 +165,13 @@ class FunctionTimes:
     traced: int
     traced_seconds: float
     programs: list
+
+    @property
+    def outside_per_call(self) -> float | None:
+        """Per call, the time not inside the programs its calls run (pre-check, forward): guards,
+        inputs, results, write-backs. None without calls or without such a program timed."""
+        inside = sum(p.seconds for p in self.programs if p.kind in ("pre-check", "forward"))
+        return max(self.seconds - inside, 0.0) / self.calls if self.calls and inside else None
 
 
 def profile() -> Profile:
@@ -187,7 +202,7 @@ def _program_times(kind: str, entry) -> ProgramTimes:
         group = groups[index] if index < len(groups) else None
         seconds = ns * 1e-9
         steps.append(StepTimes(step.name, kinds.get(index, "serial"), seconds, seconds / runs,
-                               seconds / total if total else 0.0, _step_bytes(step), _flops(group),
+                               seconds / total if total else 0.0, step_bytes(step), _flops(group),
                                _what(step, group)))
     between = max(total - sum(s.seconds for s in steps), 0.0) / runs
     return ProgramTimes(program.name, kind, runs, total, total / runs, between, steps)
@@ -198,11 +213,6 @@ def _groups(compiled) -> list:
     executable = ref() if ref is not None else None
     lowered = getattr(executable, "lowered", None)
     return list(lowered.groups) if lowered is not None else []
-
-
-def _step_bytes(step) -> int:
-    buffers = step.inputs + step.outputs if isinstance(step, ExternCall) else step.buffers
-    return sum(b.nbytes for b in dict.fromkeys(buffers))
 
 
 def _flops(group) -> int:
@@ -228,8 +238,8 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
 
 
-def _rate(amount: int, seconds: float) -> str:
-    return f"{amount / seconds * 1e-9:.1f}" if amount and seconds > 0 else "-"
+def _rate(rate: float | None, digits: int) -> str:
+    return "-" if rate is None else f"{rate:.{digits}f}"
 
 
 __all__ = ["profile", "Profile"]
