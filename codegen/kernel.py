@@ -323,8 +323,84 @@ class Kernel:
         """Innermost iterations of the whole kernel: a cost estimate for threading."""
         return _work(self.outer)
 
+    @property
+    def extent(self) -> int:
+        """Iterations of the outer loop: what threads split."""
+        return self.outer.extent
+
     def __str__(self) -> str:
         return format_kernel(self)
+
+
+def unit_strides(strides, shape) -> tuple[int, ...]:
+    """`strides` with a size-1 dim's stride set to 1 (any value addresses its one element)."""
+    return tuple(1 if size == 1 else s for s, size in zip(strides, shape))
+
+
+@dataclass(frozen=True)
+class MatmulKernel:
+    """out[*batch, m, n] = a @ b in float32 by the generated GEMM (`codegen.llvm_gemm`), not a loop nest.
+
+    `a_map` / `b_map` address the operands in their buffers over (*batch, m, k) / (*batch, k, n): any
+    strides, as long as each matrix has a unit stride along one of its two dims (rows or columns
+    contiguous); `out` is contiguous. Its outer loop, what threads split, runs over the 32-column
+    panels of C in every batch (`PANEL`)."""
+    name: str
+    a: Buffer
+    b: Buffer
+    out: Buffer
+    batch: tuple[int, ...]
+    m: int
+    n: int
+    k: int
+    a_map: IndexMap
+    b_map: IndexMap
+
+    PANEL = 32
+
+    @staticmethod
+    def takes(m: int, n: int, k: int, a_strides, b_strides) -> bool:
+        """Whether operands with these strides over (m, k) and (k, n) fit: no empty dim, and a unit
+        stride along one dim of each (size-1 dims count as any stride)."""
+        if min(m, n, k) < 1:
+            return False
+        return 1 in unit_strides(a_strides, (m, k)) and 1 in unit_strides(b_strides, (k, n))
+
+    def __post_init__(self):
+        if not self.takes(self.m, self.n, self.k, self.a_map.strides[-2:], self.b_map.strides[-2:]):
+            raise ValueError(f"matmul kernel {self.name!r}: operands {self.a_map} and {self.b_map} need a unit "
+                             f"stride in each matrix and no empty dim ({self.m}x{self.k} @ {self.k}x{self.n})")
+        if self.out in (self.a, self.b):
+            raise ValueError(f"matmul kernel {self.name!r}: the output cannot be an operand's buffer")
+        self.a_map.check(self.batch + (self.m, self.k), self.a)
+        self.b_map.check(self.batch + (self.k, self.n), self.b)
+        if self.out.size != math.prod(self.batch) * self.m * self.n:
+            raise ValueError(f"matmul kernel {self.name!r}: output {self.out!r} does not hold "
+                             f"{self.batch + (self.m, self.n)}")
+
+    @property
+    def buffers(self) -> tuple[Buffer, ...]:
+        return tuple(dict.fromkeys((self.a, self.b, self.out)))
+
+    @property
+    def written(self) -> tuple[Buffer, ...]:
+        return (self.out,)
+
+    @property
+    def panels(self) -> int:
+        return -(-self.n // self.PANEL)
+
+    @property
+    def extent(self) -> int:
+        return math.prod(self.batch) * self.panels
+
+    @property
+    def work(self) -> int:
+        return math.prod(self.batch) * self.m * self.n * self.k
+
+    def __str__(self) -> str:
+        return (f"matmul {self.name}({self.a!r} {self.a_map}, {self.b!r} {self.b_map}) -> {self.out!r}: "
+                f"batch {self.batch}, {self.m}x{self.k} @ {self.k}x{self.n} (generated GEMM)")
 
 
 @dataclass(frozen=True)
@@ -348,21 +424,22 @@ class Program:
     reuse memory only between buffers that no single kernel uses together. Kernels write inputs
     only when they are listed in `updated` (write-backs stored into the caller's array)."""
     name: str
-    steps: tuple[Union[Kernel, ExternCall], ...]
+    steps: tuple[Union[Kernel, MatmulKernel, ExternCall], ...]
     inputs: tuple[Buffer, ...]
     outputs: tuple[Buffer, ...]
     updated: tuple[Buffer, ...] = ()
 
     @property
-    def kernels(self) -> tuple[Kernel, ...]:
-        return tuple(s for s in self.steps if isinstance(s, Kernel))
+    def kernels(self) -> tuple[Union[Kernel, MatmulKernel], ...]:
+        """The steps in the generated module (not the extern calls), in order."""
+        return tuple(s for s in self.steps if isinstance(s, (Kernel, MatmulKernel)))
 
     @property
     def temps(self) -> tuple[Buffer, ...]:
         known = set(self.inputs) | set(self.outputs)
         found: dict[Buffer, None] = {}
         for step in self.steps:
-            bufs = step.buffers if isinstance(step, Kernel) else step.inputs + step.outputs
+            bufs = step.buffers if isinstance(step, (Kernel, MatmulKernel)) else step.inputs + step.outputs
             for b in bufs:
                 if b not in known:
                     found.setdefault(b)
@@ -389,6 +466,8 @@ class Program:
         for step in self.steps:
             if isinstance(step, Kernel):
                 lines.append(format_kernel(step, indent="  "))
+            elif isinstance(step, MatmulKernel):
+                lines.append(f"  {step}")
             else:
                 lines.append(f"  extern {step.name}({', '.join(b.name for b in step.inputs)}) -> "
                              f"{', '.join(b.name for b in step.outputs)}")

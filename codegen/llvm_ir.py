@@ -40,8 +40,9 @@ from .memo import ScopedMemo
 from .rendered import Check, RenderedProgram, unique_symbol
 from .scalar import RANDOM_BITS, RNG_GOLDEN, RNG_MIX1, RNG_MIX2
 from .verify import verify_bounds
-from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop, Op,
-                     Program, Reduce, Stmt, Store, Var, walk_exprs, walk_stmts)
+from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop,
+                     MatmulKernel, Op, Program, Reduce, Stmt, Store, Var, walk_exprs, walk_stmts)
+from .llvm_gemm import render_matmul
 
 VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -78,8 +79,16 @@ def render_program(program: Program) -> RenderedProgram:
     shared: dict = {}                     # kernels equal up to their buffers share one function
     checked = []                          # per kernel: whether it may set the error flag
     for n, kernel in enumerate(program.kernels):
-        verify_bounds(kernel)
         base = unique_symbol(f"k{n}_{kernel.name}", names)
+        if isinstance(kernel, MatmulKernel):
+            key = _matmul_key(kernel)
+            hit = shared.get(key)
+            if hit is None:
+                hit = shared[key] = (render_matmul(module, kernel, base), False, False)
+            entries.append(_range_entry(module, hit[0], kernel, slots, base + ".range", False))
+            checked.append(False)
+            continue
+        verify_bounds(kernel)
         key = canonical_kernel(kernel)
         hit = shared.get(key)
         if hit is None:
@@ -92,8 +101,8 @@ def render_program(program: Program) -> RenderedProgram:
     entry.attributes.add("nounwind")
     b = ir.IRBuilder(entry.append_basic_block("entry"))
     for n, (kernel, fn) in enumerate(zip(program.kernels, entries)):
-        if kernel.outer.extent > 0:
-            b.call(fn, [entry.args[0], entry.args[1], ir.Constant(I64, 0), ir.Constant(I64, kernel.outer.extent)])
+        if kernel.extent > 0:
+            b.call(fn, [entry.args[0], entry.args[1], ir.Constant(I64, 0), ir.Constant(I64, kernel.extent)])
             if checked[n] and n + 1 < len(entries):      # stop at the first failure: later kernels may
                 failed = b.icmp_signed("!=", b.load(entry.args[1], typ=I32, align=4), ir.Constant(I32, 0))
                 with b.if_then(failed, likely=False):     # write a program's inputs in place
@@ -134,6 +143,13 @@ def canonical_kernel(kernel: Kernel):
         return type(st)(**{**st.__dict__, "value": expr(st.value)})
 
     return stmt(kernel.outer)
+
+
+def _matmul_key(kernel: MatmulKernel):
+    """Matmul kernels equal up to their buffers and name share one function (like `canonical_kernel`)."""
+    names = {buf: i for i, buf in enumerate(kernel.buffers)}
+    return ("matmul", names[kernel.a], names[kernel.b], kernel.batch, kernel.m, kernel.n, kernel.k,
+            kernel.a_map, kernel.b_map)
 
 
 # Transcendentals: their polynomials make an elementwise kernel compute-bound.

@@ -38,6 +38,22 @@ def host_fingerprint() -> str | None:
     return f"host {h.hexdigest()}"
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+    """The first CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return frozenset(value.split())
+                if not line.strip():
+                    break
+    except OSError:
+        pass
+    return frozenset()
+
+
 def _first_entry(lines) -> str:
     """The first CPU's `key: value` lines (up to the first blank line), volatile keys left out."""
     kept = []

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codegen.kernel import Accumulator, ExternCall, Load, Loop, Op, Program, Store, walk_stmts
+from codegen.kernel import Accumulator, ExternCall, Kernel, Load, Loop, MatmulKernel, Op, Program
 from codegen.rendered import Check, RenderedProgram
 
 from .disk_cache import CODE_MODEL, DiskCache
@@ -296,6 +296,8 @@ def kernel_cost(kernel) -> int:
     """Estimated scalar operations of a whole kernel: per statement run, one for the statement plus its
     loads and the operations of its value (transcendentals weighted by their polynomial's length);
     index arithmetic is not counted (LLVM strength-reduces it)."""
+    if isinstance(kernel, MatmulKernel):
+        return 2 * kernel.work                 # a multiply and an add per product
     return _stmt_cost(kernel.outer)
 
 
@@ -362,7 +364,7 @@ class CompiledProgram:
         """None: one call to the entry (unless `force`). Else (kind, fn, extent, align, stores into an
         input, index in program.steps) steps run in order."""
         kernels = self.program.kernels
-        parallel = [self.engine.threads > 1 and k.outer.extent >= 2 and kernel_cost(k) >= PARALLEL_MIN_COST
+        parallel = [self.engine.threads > 1 and k.extent >= 2 and kernel_cost(k) >= PARALLEL_MIN_COST
                     for k in kernels]
         if not force and not any(parallel) and len(kernels) == len(self.program.steps):
             return None
@@ -373,9 +375,9 @@ class CompiledProgram:
             if isinstance(step, ExternCall):
                 steps.append(("extern", step, 0, 0, bool(inputs.intersection(step.outputs)), index))
                 continue
-            fn, extent = self._ranges[n], step.outer.extent
-            flat = not any(isinstance(s, Loop) for s in step.outer.body)
-            writes = any(isinstance(st, Store) and st.buffer in inputs for st in walk_stmts(step.outer))
+            fn, extent = self._ranges[n], step.extent
+            flat = isinstance(step, Kernel) and not any(isinstance(s, Loop) for s in step.outer.body)
+            writes = bool(inputs.intersection(step.written))
             if parallel[n]:
                 steps.append(("parallel", team.entry(fn), extent, 64 if flat else 1, writes, index))   # 64: whole vectors per thread
             elif extent > 0:

@@ -14,10 +14,10 @@ import hashlib
 from pathlib import Path
 
 import codegen
-from codegen.kernel import (Accumulator, Arg, Assign, CheckedIndex, Const, ExternCall, Kernel, Let, Load, Loop, Op,
-                            Program, Reduce, Store, Var)
+from codegen.kernel import (Accumulator, Arg, Assign, CheckedIndex, Const, ExternCall, Kernel, Let, Load, Loop,
+                            MatmulKernel, Op, Program, Reduce, Store, Var)
 
-_RENDERER_FILES = ("kernel.py", "llvm_ir.py", "llvm_math.py", "rendered.py", "verify.py")
+_RENDERER_FILES = ("kernel.py", "llvm_ir.py", "llvm_gemm.py", "llvm_math.py", "rendered.py", "verify.py")
 
 
 def _renderer_version() -> str:
@@ -41,6 +41,9 @@ def program_key(program: Program, target: str) -> str:
     for step in program.steps:
         if isinstance(step, ExternCall):
             out.append(f"X{step.name}:{[slot[b] for b in step.inputs]}:{[slot[b] for b in step.outputs]}")
+        elif isinstance(step, MatmulKernel):
+            out.append(f"M{step.name}:{slot[step.a]}:{slot[step.b]}:{slot[step.out]}:{step.batch}:{step.m}:"
+                       f"{step.n}:{step.k}:{step.a_map}:{step.b_map}")
         else:
             _kernel(step, slot, out)
     h = hashlib.sha256()

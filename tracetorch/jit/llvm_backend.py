@@ -64,7 +64,7 @@ class LLVMBackend:
             groups = fuse(graph)
             stage = "lowering"
             lowered = lower_program(graph, groups, donate=donate and self.donates_writebacks,
-                                    scatter=self.serial_scatter)
+                                    scatter=self.serial_scatter, matmuls=self.generated_matmuls)
             stage = "code generation"
             compiled = self.build(lowered)
         except Exception as e:
@@ -79,6 +79,14 @@ class LLVMBackend:
         """index_put as one serial scatter kernel (lowering): right for the CPU, not for a subclass
         targeting a GPU, where a single thread would run it (that one keeps the extern call)."""
         return self.name == "llvm"
+
+    @property
+    def generated_matmuls(self) -> bool:
+        """float32 matmuls as generated GEMM kernels (codegen.llvm_gemm) rather than numpy's BLAS: on
+        x86-64 hosts with AVX-512, where they ran faster than OpenBLAS; `$TRACETORCH_GEMM=0` turns them off."""
+        from runtime.host import cpu_flags
+        return self.name == "llvm" and "avx512f" in cpu_flags() and \
+            os.environ.get("TRACETORCH_GEMM", "1").strip() not in ("0", "")
 
     def build(self, lowered: LoweredProgram):
         """The engine's compiled program of `lowered` (a subclass may rewrite steps first)."""
@@ -156,7 +164,7 @@ class LLVMExecutable:
         from .check import close
         from runtime.memory import sequential_plan
         lowered = lower_program(self.graph, self.lowered.groups, inplace=False, name=self.graph.name + "_debug",
-                                scatter=self.backend.serial_scatter)
+                                scatter=self.backend.serial_scatter, matmuls=self.backend.generated_matmuls)
         program = lowered.program
         compiled = self.backend.engine.compile(program, sequential_plan(program.temps))
         arrays = [inputs[i] for i in lowered.input_positions] + list(lowered.constants)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codegen.kernel import (Arg, Buffer, CheckedIndex, Const, Expr, ExternCall, IndexMap, Load, Op, Program,
-                            substitute, walk_exprs)
+from codegen.kernel import (Arg, Buffer, CheckedIndex, Const, Expr, ExternCall, IndexMap, Load, MatmulKernel, Op,
+                            Program, substitute, walk_exprs)
 from codegen.templates import FLAT_INDEX, elementwise_kernel, reduction_kernel, scatter_kernel
 from runtime.memory import MemoryPlan
 
@@ -53,9 +53,10 @@ class LoweredProgram:
 
 
 def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: bool = False,
-                  name: str | None = None, scatter: bool = False) -> LoweredProgram:
+                  name: str | None = None, scatter: bool = False, matmuls: bool = False) -> LoweredProgram:
     """`scatter`: lower index_put to a serial scatter kernel where it can (`_scatter_kernel`), not to an
-    extern call of numpy's kernel (np.add.at took ~0.5 ms for an embedding gradient of 512 rows)."""
+    extern call of numpy's kernel (np.add.at took ~0.5 ms for an embedding gradient of 512 rows).
+    `matmuls`: lower float32 matmuls to generated GEMM kernels (`_matmul_kernel`), not to numpy's BLAS."""
     name = name or graph.name
     input_index = {v: i for i, v in enumerate(graph.inputs)}
     constants: dict = {}                      # Value -> array
@@ -121,7 +122,7 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
 
     # ---------------------------------------------------------------- kernels and extern calls
     overwrites = {w: r for r, w in arena.inplace} | donations      # output -> the input whose memory it takes
-    program_steps = [_lower_group(g, buffer_of, overwrites, scatter) for g in groups]
+    program_steps = [_lower_group(g, buffer_of, overwrites, scatter, matmuls) for g in groups]
     program_steps += _copy_kernels(copies, buffer_of)
     donations = donations | copies
     updated = tuple(dict.fromkeys(buffer_of[dst] for dst in donations.values()))
@@ -150,11 +151,13 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
 
 
 # ---------------------------------------------------------------- one group
-def _lower_group(g: FusionGroup, buffer_of: dict, overwrites: dict, scatter: bool = False):
+def _lower_group(g: FusionGroup, buffer_of: dict, overwrites: dict, scatter: bool = False,
+                 matmuls: bool = False):
     if g.kind == EXTERN:
         if scatter and _scatter_form(g.extern):
             return _scatter_kernel(g, buffer_of)
-        return _extern_call(g, buffer_of)
+        kernel = _matmul_kernel(g, buffer_of) if matmuls else None
+        return kernel if kernel is not None else _extern_call(g, buffer_of)
     inputs = {name: (buffer_of[acc.value], _index(g, acc, buffer_of)) for name, acc in g.args.items()}
     order = _store_order(g, overwrites)
     if order is None:
@@ -362,6 +365,43 @@ def _scatter_kernel(g: FusionGroup, buffer_of: dict):
     g.notes = [n for n in g.notes if not n.startswith("index_put:")] + [note]
     return scatter_kernel(g.name, buffer_of[node.out], *access, node.attrs["dims"][0],
                           (tuple(x.shape), tuple(idx.shape), tuple(v.shape)), node.attrs["accumulate"])
+
+
+# ---------------------------------------------------------------- generated matmuls
+MATMUL_NOTE = ("matmul: generated GEMM kernel (AVX-512, 32-column panels split across cores); "
+               "its consumers fuse into the next kernel")
+
+
+def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
+    """A float32 matmul of matrices (batched, broadcast) as a `MatmulKernel` reading its operands
+    through their strided layouts; None where the generated GEMM does not take it (vectors, other
+    dtypes, empty dims, no unit stride in a matrix)."""
+    node = g.extern
+    if node.op.name != "matmul" or len(g.extern_inputs) != 2:
+        return None
+    (a, a_flat), (b, b_flat) = g.extern_inputs
+    x, y = node.inputs[:2]
+    out = node.out
+    if not all(v.dtype.name == "float32" for v in (x, y, out)) or len(x.shape) < 2 or len(y.shape) < 2:
+        return None
+    if not (a_flat.affine and b_flat.affine):
+        return None
+    (m, k), n = x.shape[-2:], y.shape[-1]
+    batch = tuple(out.shape[:-2])
+
+    def batched(flat, shape) -> IndexMap:      # strides over (*batch, rows, cols): broadcast dims read 0
+        lead = len(batch) - (len(shape) - 2)
+        strides = [0] * lead + [0 if size == 1 else c for c, size in zip(flat.coeffs[:-2], shape[:-2])]
+        return IndexMap(tuple(strides) + tuple(flat.coeffs[-2:]), flat.const)
+
+    a_map, b_map = batched(a_flat, x.shape), batched(b_flat, y.shape)
+    if not MatmulKernel.takes(m, n, k, a_map.strides[-2:], b_map.strides[-2:]):
+        return None
+    a_buf, b_buf, out_buf = buffer_of[a], buffer_of[b], buffer_of[out]
+    if out_buf in (a_buf, b_buf):
+        return None
+    g.notes = [MATMUL_NOTE if note.startswith("matmul:") else note for note in g.notes]
+    return MatmulKernel(g.name, a_buf, b_buf, out_buf, batch, m, n, k, a_map, b_map)
 
 
 # ---------------------------------------------------------------- extern calls

@@ -1,0 +1,184 @@
+"""The generated GEMM (`MatmulKernel`, codegen.llvm_gemm): float32 results against float64 numpy for
+edge sizes, every operand layout, offsets, row pitches, batches and broadcasts; serial == threaded;
+no element read outside the operands' views or written outside the output; and `tt.compile`
+choosing it (compiled == eager) or numpy's BLAS."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import tracetorch as tt
+from codegen.kernel import Arg, Buffer, IndexMap, MatmulKernel, Program
+from codegen.templates import elementwise_kernel
+from runtime.disk_cache import DiskCache
+from runtime.host import cpu_flags
+from runtime.llvm_engine import LLVMEngine
+from runtime.memory import MemoryPlan
+from tracetorch.dtypes import float32
+
+pytestmark = pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the generated GEMM needs AVX-512 (host has none)")
+
+
+def _operand(rng, shape, transposed: bool, offset: int, pad: int):
+    """A float32 matrix (or batch) of `shape` inside a NaN-filled buffer: at element `offset`, rows (or
+    columns, when `transposed`) `pad` elements apart beyond their length. Returns (buffer array, map,
+    values): any NaN read into a result shows as a NaN."""
+    *batch, rows, cols = shape
+    inner, outer = (rows, cols) if transposed else (cols, rows)
+    pitch = inner + pad
+    matrix = outer * pitch
+    size = offset + int(np.prod(batch, dtype=np.int64)) * matrix + pad
+    store = np.full(size, np.nan, np.float32)
+    values = rng.standard_normal(shape).astype(np.float32)
+    strides = [0] * len(batch)
+    step = matrix
+    for d in reversed(range(len(batch))):
+        strides[d] = step
+        step *= batch[d]
+    strides += [1, pitch] if transposed else [pitch, 1]
+    imap = IndexMap(tuple(strides), offset)
+    for index in np.ndindex(*shape):
+        store[offset + sum(i * s for i, s in zip(index, strides))] = values[index]
+    return store, imap, values
+
+
+def _program(name, m, n, k, batch, a_store, a_map, b_store, b_map):
+    a = Buffer("a", float32, a_store.shape)
+    b = Buffer("b", float32, b_store.shape)
+    out = Buffer("out", float32, tuple(batch) + (m, n))
+    kernel = MatmulKernel(name, a, b, out, tuple(batch), m, n, k, a_map, b_map)
+    return Program(name, (kernel,), (a, b), (out,))
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (13, 10, 17), (14, 32, 16), (15, 33, 256), (29, 64, 257),
+                                     (71, 100, 300), (150, 70, 600)])
+@pytest.mark.parametrize("a_t, b_t", [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["nn", "nt", "tn", "tt"])
+def test_gemm_matches_float64_for_every_layout(engine, m, n, k, a_t, b_t):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a_store, a_map, a = _operand(rng, (m, k), a_t, offset=3, pad=5)
+    b_store, b_map, b = _operand(rng, (k, n), b_t, offset=7, pad=2)
+    compiled = engine.compile(_program(f"gemm_{m}_{n}_{k}_{a_t}{b_t}", m, n, k, (), a_store, a_map, b_store, b_map))
+    (got,) = compiled(a_store, b_store)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    bound = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    assert np.all(np.abs(got - want) <= 2e-6 * bound + 1e-30)
+    (again,) = compiled.run_kernel_by_kernel(a_store, b_store)
+    np.testing.assert_array_equal(again, got)
+
+
+def test_batched_and_broadcast_operands(engine):
+    """[2, 3] batches: a has its own per batch, b one matrix per first-batch index (stride 0 on the second)."""
+    rng = np.random.default_rng(5)
+    m, n, k = 20, 40, 35
+    a_store, a_map, a = _operand(rng, (2, 3, m, k), False, offset=1, pad=3)
+    b_store, b_map2, b = _operand(rng, (2, k, n), True, offset=4, pad=1)
+    b_map = IndexMap((b_map2.strides[0], 0) + b_map2.strides[1:], b_map2.offset)
+    compiled = engine.compile(_program("gemm_batched", m, n, k, (2, 3), a_store, a_map, b_store, b_map))
+    (got,) = compiled(a_store, b_store)
+    want = a.astype(np.float64) @ b.astype(np.float64)[:, None]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_threaded_gemm_equals_single_thread(engine, tmp_path):
+    rng = np.random.default_rng(9)
+    m, n, k = 200, 300, 190               # 2*m*n*k above PARALLEL_MIN_COST: split across the team
+    a_store, a_map, a = _operand(rng, (m, k), False, 0, 0)
+    b_store, b_map, b = _operand(rng, (k, n), True, 0, 0)
+    program = _program("gemm_threads", m, n, k, (), a_store, a_map, b_store, b_map)
+    threaded = engine.compile(program)
+    assert engine.threads > 1 or pytest.skip("one CPU")
+    assert [s[0] for s in threaded._steps] == ["parallel"]
+    single = LLVMEngine(cache=DiskCache(tmp_path), threads=1).compile(program)
+    np.testing.assert_array_equal(threaded(a_store, b_store)[0], single(a_store, b_store)[0])
+
+
+@pytest.mark.parametrize("m, n, k", [(13, 48, 20), (16, 10, 33), (3, 16, 1)])
+def test_gemm_writes_nothing_outside_its_output(engine, m, n, k):
+    """The output sits in the arena between two sentinel buffers (no gap): they keep their values."""
+    rng = np.random.default_rng(11)
+    a_np = rng.standard_normal((m, k)).astype(np.float32)
+    b_np = rng.standard_normal((k, n)).astype(np.float32)
+    a, b = Buffer("a", float32, (m, k)), Buffer("b", float32, (k, n))
+    fill = Buffer("fill", float32, (16,))
+    before, after = Buffer("before", float32, (16,)), Buffer("after", float32, (16,))
+    product = Buffer("product", float32, (m, n))
+    outs = [Buffer(name, float32, shape) for name, shape in (("o_before", (16,)), ("o_product", (m, n)),
+                                                             ("o_after", (16,)))]
+    flat = {"x": (fill, IndexMap.contiguous((16,)))}
+    steps = [elementwise_kernel("sentinels", (16,), flat, [(before, Arg("x", float32)), (after, Arg("x", float32))]),
+             MatmulKernel("gemm", a, b, product, (), m, n, k, IndexMap.contiguous((m, k)), IndexMap((n, 1))),
+             elementwise_kernel("copy_before", (16,), {"x": (before, IndexMap.contiguous((16,)))},
+                                [(outs[0], Arg("x", float32))]),
+             elementwise_kernel("copy_product", (m, n), {"x": (product, IndexMap.contiguous((m, n)))},
+                                [(outs[1], Arg("x", float32))]),
+             elementwise_kernel("copy_after", (16,), {"x": (after, IndexMap.contiguous((16,)))},
+                                [(outs[2], Arg("x", float32))])]
+    program = Program(f"gemm_bounds_{m}_{n}_{k}", tuple(steps), (a, b, fill), tuple(outs))
+    size = product.nbytes
+    assert size % 64 == 0
+    plan = MemoryPlan({"before": 0, "product": 64, "after": 64 + size},
+                      {"before": 64, "product": size, "after": 64}, 128 + size)
+    compiled = engine.compile(program, plan)
+    sentinel = np.full(16, 7.25, np.float32)
+    got_before, got, got_after = compiled(a_np, b_np, sentinel)
+    np.testing.assert_array_equal(got_before, sentinel)
+    np.testing.assert_array_equal(got_after, sentinel)
+    np.testing.assert_allclose(got, a_np.astype(np.float64) @ b_np, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_rejects_maps_outside_its_buffers_and_layouts_without_a_unit_stride():
+    a, b, out = Buffer("a", float32, (6, 4)), Buffer("b", float32, (4, 5)), Buffer("out", float32, (6, 5))
+    with pytest.raises(IndexError):
+        MatmulKernel("bad", a, b, out, (), 6, 5, 4, IndexMap((4, 1), 1), IndexMap((5, 1)))
+    with pytest.raises(ValueError, match="unit stride"):
+        MatmulKernel("bad", Buffer("a2", float32, (48,)), b, out, (), 6, 5, 4, IndexMap((8, 2)), IndexMap((5, 1)))
+    with pytest.raises(ValueError, match="output"):
+        MatmulKernel("bad", a, b, a, (), 6, 4, 4, IndexMap((4, 1)), IndexMap((5, 1)))
+
+
+# ---------------------------------------------------------------- through tt.compile
+def _layouts(x, w, y, q, kk):
+    return (x @ w.t()).relu(), x.t() @ y, q @ kk.transpose(-1, -2), (q[:, :, 1:] @ kk[:, :, :-1].transpose(-1, -2))
+
+
+def _layout_inputs():
+    rng = np.random.default_rng(3)
+    shapes = [(96, 70), (50, 70), (96, 40), (3, 17, 24), (3, 19, 24)]
+    return [tt.tensor(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+
+
+def test_compiled_matmuls_use_the_gemm_and_match_eager():
+    f = tt.compile(_layouts)
+    inputs = _layout_inputs()
+    got, want = f(*inputs), _layouts(*inputs)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
+    steps = f.programs[0].executable.lowered.program.steps
+    assert sum(isinstance(s, MatmulKernel) for s in steps) == 4
+    assert "matmul: generated GEMM kernel" in f.explain(*inputs)
+
+
+def test_gemm_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("TRACETORCH_GEMM", "0")
+    f = tt.compile(_layouts)
+    inputs = _layout_inputs()
+    for g, w in zip(f(*inputs), _layouts(*inputs)):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
+    steps = f.programs[0].executable.lowered.program.steps
+    assert not any(isinstance(s, MatmulKernel) for s in steps)
+
+
+def test_float64_matmuls_keep_numpy_and_vectors_work():
+    rng = np.random.default_rng(4)
+    x64 = tt.tensor(rng.standard_normal((8, 6)))
+    f = tt.compile(lambda a: a @ a.t())
+    np.testing.assert_allclose(f(x64).numpy(), x64.numpy() @ x64.numpy().T, rtol=1e-12)
+    steps = f.programs[0].executable.lowered.program.steps
+    assert not any(isinstance(s, MatmulKernel) for s in steps)
+    x32, v = (tt.tensor(rng.standard_normal(s).astype(np.float32)) for s in ((8, 6), (6,)))
+    g = tt.compile(lambda a, b: (a @ b, b @ a.t()))
+    for got, want in zip(g(x32, v), (x32.numpy() @ v.numpy(), v.numpy() @ x32.numpy().T)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
