@@ -344,7 +344,7 @@ class MatmulKernel:
     `a_map` / `b_map` address the operands in their buffers over (*batch, m, k) / (*batch, k, n): any
     strides, as long as each matrix has a unit stride along one of its two dims (rows or columns
     contiguous); `out` is contiguous. Its outer loop, what threads split, runs over the 32-column
-    panels of C in every batch (`PANEL`)."""
+    panels (`PANEL`) of C's row slices (`row_slices`) in every batch."""
     name: str
     a: Buffer
     b: Buffer
@@ -356,20 +356,25 @@ class MatmulKernel:
     a_map: IndexMap
     b_map: IndexMap
 
-    PANEL = 32
+    PANEL = 32          # C columns per unit of the outer loop
+    ROW_BLOCK = 14      # C rows per micro-kernel call: a row slice is a multiple of them
+    MIN_UNITS = 4       # C is cut into row slices too when it has fewer panels than this
+
+    MIN_DIM = 32        # skinnier matmuls stay with BLAS (32-column panels would waste lanes)
 
     @staticmethod
     def takes(m: int, n: int, k: int, a_strides, b_strides) -> bool:
-        """Whether operands with these strides over (m, k) and (k, n) fit: no empty dim, and a unit
-        stride along one dim of each (size-1 dims count as any stride)."""
-        if min(m, n, k) < 1:
+        """Whether operands with these strides over (m, k) and (k, n) fit: no dim below MIN_DIM, and
+        a unit stride along one dim of each."""
+        if min(m, n, k) < MatmulKernel.MIN_DIM:
             return False
         return 1 in unit_strides(a_strides, (m, k)) and 1 in unit_strides(b_strides, (k, n))
 
     def __post_init__(self):
         if not self.takes(self.m, self.n, self.k, self.a_map.strides[-2:], self.b_map.strides[-2:]):
             raise ValueError(f"matmul kernel {self.name!r}: operands {self.a_map} and {self.b_map} need a unit "
-                             f"stride in each matrix and no empty dim ({self.m}x{self.k} @ {self.k}x{self.n})")
+                             f"stride in each matrix and every dim >= {self.MIN_DIM} "
+                             f"({self.m}x{self.k} @ {self.k}x{self.n})")
         if self.out in (self.a, self.b):
             raise ValueError(f"matmul kernel {self.name!r}: the output cannot be an operand's buffer")
         self.a_map.check(self.batch + (self.m, self.k), self.a)
@@ -391,8 +396,23 @@ class MatmulKernel:
         return -(-self.n // self.PANEL)
 
     @property
+    def row_slices(self) -> int:
+        """Row slices of each batch's C: 1, or more when there are too few panels to share out
+        (a [1024, 10] result is one panel)."""
+        units = math.prod(self.batch) * self.panels
+        if units >= self.MIN_UNITS:
+            return 1
+        return max(1, min(-(-self.m // self.ROW_BLOCK), -(-self.MIN_UNITS // units)))
+
+    @property
+    def slice_rows(self) -> int:
+        rows = -(-self.m // self.row_slices)
+        return -(-rows // self.ROW_BLOCK) * self.ROW_BLOCK
+
+    @property
     def extent(self) -> int:
-        return math.prod(self.batch) * self.panels
+        """Units of the outer loop: (batch, row slice, panel), panels fastest."""
+        return math.prod(self.batch) * self.row_slices * self.panels
 
     @property
     def work(self) -> int:

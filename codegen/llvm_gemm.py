@@ -28,10 +28,10 @@ from llvmlite import ir
 from .kernel import MatmulKernel, unit_strides
 
 NR = MatmulKernel.PANEL      # C columns per panel: two 16-float vectors
-MR = 14                      # C rows per micro-kernel call: 28 accumulators of the 32 zmm registers
+MR = MatmulKernel.ROW_BLOCK  # C rows per micro-kernel call: 28 accumulators of the 32 zmm registers
 KC = 256                     # K per packed block: a 32 KB B panel stays in L1 across the rows of A
 MC = 5 * MR                  # rows of A per block (a packed transposed A: 70 KB)
-GROUP = 4                    # panels packed together (128 KB), each reused across all of A's blocks
+GROUP = 16                   # panels packed together (512 KB, in L2), each reused across all of A's blocks
 
 VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I32, I64, F32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -152,18 +152,9 @@ class _Gemm:
                         p = self.at(b, src, b.add(b.mul(b.add(j, c64(col)), c64(sb1)), b.add(k0, kk)))
                         rows.append(b.call(self.load_masked, [p, ALIGN4, mask, ZERO]))
                     cols = _transpose16(b, rows)       # cols[c]: B[k0 + kk + c, j + 16h .. j + 16h + 15]
-                    full = b.icmp_signed("<=", b.add(kk, c64(16)), kb)
-                    with b.if_else(full) as (whole, part):
-                        with whole:
-                            for c in range(16):
-                                b.store(cols[c], self.at(b, dst, b.add(b.mul(b.add(kk, c64(c)), c64(NR)), c64(16 * h))),
-                                        align=64)
-                        with part:
-                            for c in range(16):
-                                kc = b.add(kk, c64(c))
-                                with b.if_then(b.icmp_signed("<", kc, kb)):
-                                    b.store(cols[c], self.at(b, dst, b.add(b.mul(kc, c64(NR)), c64(16 * h))),
-                                            align=64)
+                    for c in range(16):                # rows kb.. of the scratch (< KC) are never read
+                        b.store(cols[c], self.at(b, dst, b.add(b.mul(b.add(kk, c64(c)), c64(NR)), c64(16 * h))),
+                                align=64)
         b.ret_void()
         return fn
 
@@ -184,56 +175,78 @@ class _Gemm:
         return fn
 
     # ------------------------------------------------------------ the micro-kernel
-    def _micro(self, rows: int) -> ir.Function:
+    def _micro(self, rows: int, halves: int) -> ir.Function:
         """micro(A, Bp, C, kb, width, add): C[r, c] (+)= sum_k A(r, k) * Bp[k*32 + c] for r < rows,
-        c < width; A(r, k) at r*ra + k*ka (packed: ra=1, ka=MR; in place: A's strides)."""
+        c < width (<= 16 * halves); A(r, k) at r*ra + k*ka (packed: ra=1, ka=MR; in place: A's strides)."""
         ra, ka = (1, MR) if self.pack_a_rows else (self.sa[0], 1)
-        fn, b = self._function(f"micro{rows}", [PTR, PTR, PTR, I64, I64, I1])
+        fn, b = self._function(f"micro{rows}x{16 * halves}", [PTR, PTR, PTR, I64, I64, I1])
         a, bp, c, kb, width, add = fn.args
         for arg in (a, bp, c):
             arg.add_attribute("noalias")
         pre = b.block
-        loop, store = fn.append_basic_block("k"), fn.append_basic_block("store")
+        loop = fn.append_basic_block("k")
         b.branch(loop)
         b.position_at_end(loop)
         k = b.phi(I64, name="k")
         k.add_incoming(c64(0), pre)
-        acc = [b.phi(VEC) for _ in range(2 * rows)]
+        acc = [b.phi(VEC) for _ in range(halves * rows)]
         for p in acc:
             p.add_incoming(ZERO, pre)
         row = self.at(b, bp, b.mul(k, c64(NR)))
-        b0 = b.load(row, typ=VEC, align=64)
-        b1 = b.load(self.at(b, row, 16), typ=VEC, align=64)
+        bs = [b.load(self.at(b, row, 16 * h), typ=VEC, align=64) for h in range(halves)]
         col = self.at(b, a, b.mul(k, c64(ka)))
         new = []
         for r in range(rows):
             x = b.load(self.at(b, col, r * ra), typ=F32, align=4)
             x = b.shuffle_vector(b.insert_element(ir.Constant(VEC, ir.Undefined), x, c64(0)),
                                  ir.Constant(VEC, ir.Undefined), SPLAT)
-            new += [b.call(self.fma, [x, b0, acc[2 * r]]), b.call(self.fma, [x, b1, acc[2 * r + 1]])]
+            new += [b.call(self.fma, [x, bs[h], acc[halves * r + h]]) for h in range(halves)]
         for p, v in zip(acc, new):
             p.add_incoming(v, loop)
         k1 = b.add(k, c64(1))
         k.add_incoming(k1, loop)
+        store = fn.append_basic_block("store")
         b.cbranch(b.icmp_signed("<", k1, kb), loop, store)
         b.position_at_end(store)
-        masks = (self.lanes_below(b, width), self.lanes_below(b, b.sub(width, c64(16))))
-        for r in range(rows):
-            for h, mask in enumerate(masks):
-                p = self.at(b, c, r * self.n + 16 * h)
-                old = b.call(self.load_masked, [p, ALIGN4, mask, ZERO])
-                b.call(self.store_masked, [b.select(add, b.fadd(new[2 * r + h], old), new[2 * r + h]), p, ALIGN4, mask])
+        masks = [self.lanes_below(b, b.sub(width, c64(16 * h))) for h in range(halves)]
+        with b.if_else(add) as (adding, first):          # the first K block does not read C
+            with adding:
+                for r in range(rows):
+                    for h, mask in enumerate(masks):
+                        p = self.at(b, c, r * self.n + 16 * h)
+                        old = b.call(self.load_masked, [p, ALIGN4, mask, ZERO])
+                        b.call(self.store_masked, [b.fadd(new[halves * r + h], old), p, ALIGN4, mask])
+            with first:
+                for r in range(rows):
+                    for h, mask in enumerate(masks):
+                        b.call(self.store_masked, [new[halves * r + h], self.at(b, c, r * self.n + 16 * h), ALIGN4,
+                                                   mask])
         b.ret_void()
         return fn
+
+    def _rows(self, b, rows: int, narrow, args) -> None:
+        """Call the micro-kernel of `rows` rows: its 16-column form for a panel of <= 16 columns
+        (`narrow`, where N leaves one) else its 32-column form."""
+        wide = self._micro_fns[rows, 2]
+        slim = self._micro_fns.get((rows, 1))
+        if slim is None:
+            b.call(wide, args)
+            return
+        with b.if_else(narrow) as (one, two):
+            with one:
+                b.call(slim, args)
+            with two:
+                b.call(wide, args)
 
     # ------------------------------------------------------------ the kernel
     def _main(self) -> ir.Function:
         kern, m, n, k = self.kernel, self.m, self.n, self.k
         pack_b = self._pack_b()
         pack_a = self._pack_a() if self.pack_a_rows else None
-        micro = self._micro(MR) if m >= MR else None
         tail = m % MR
-        micro_tail = self._micro(tail) if tail else None
+        sizes = [r for r in (MR if m >= MR else 0, tail) if r]
+        halves = (2, 1) if 0 < n % NR <= 16 else (2,)
+        self._micro_fns = {(r, h): self._micro(r, h) for r in sizes for h in halves}
         buffers = kern.buffers
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(buffers) + [PTR, I64, I64]), name=self.name)
         fn.linkage = "internal"
@@ -249,13 +262,17 @@ class _Gemm:
         if pack_a is not None:
             packed_a = b.alloca(ir.ArrayType(F32, MC * KC))
             packed_a.align = 64
-        panels = kern.panels
+        panels, slices, slice_rows = kern.panels, kern.row_slices, kern.slice_rows
         units = _Gemm._WhileLoop(b, start, stop)
-        with units as u:
-            batch = b.udiv(u, c64(panels))
-            p0 = b.sub(u, b.mul(batch, c64(panels)))
-            end = self.minimum(b, self.minimum(b, stop, b.add(u, c64(GROUP))), b.mul(b.add(batch, c64(1)), c64(panels)))
+        with units as u:                    # unit = (batch, row slice, panel), panels fastest
+            batch = b.udiv(u, c64(slices * panels))
+            rest = b.sub(u, b.mul(batch, c64(slices * panels)))
+            row_slice = b.udiv(rest, c64(panels))
+            p0 = b.sub(rest, b.mul(row_slice, c64(panels)))
+            end = self.minimum(b, self.minimum(b, stop, b.add(u, c64(GROUP))), b.add(b.sub(u, p0), c64(panels)))
             count = b.sub(end, u)
+            m0 = b.mul(row_slice, c64(slice_rows))
+            m1 = self.minimum(b, b.add(m0, c64(slice_rows)), m)
             a = self.at(b, ptr[kern.a], self.batch_offset(b, batch, kern.a_map))
             bm = self.at(b, ptr[kern.b], self.batch_offset(b, batch, kern.b_map))
             c = self.at(b, ptr[kern.out], b.mul(batch, c64(m * n)))
@@ -265,24 +282,26 @@ class _Gemm:
                 with self._Loop(b, 0, count, 1, "pack") as q:
                     j = b.mul(b.add(p0, q), c64(NR))
                     b.call(pack_b, [bm, self.at(b, packed_b, b.mul(q, c64(KC * NR))), kc, kb, j, self.panel_width(b, j)])
-                with self._Loop(b, 0, m, MC, "ic") as ic:
-                    mb = self.minimum(b, b.sub(c64(m), ic), MC)
+                with self._Loop(b, m0, m1, MC, "ic") as ic:
+                    mb = self.minimum(b, b.sub(m1, ic), MC)
                     whole = b.sub(mb, b.urem(mb, c64(MR)))
                     if pack_a is not None:
                         b.call(pack_a, [a, packed_a, ic, mb, kc, kb])
                     with self._Loop(b, 0, count, 1, "panel") as q:
                         j = b.mul(b.add(p0, q), c64(NR))
                         width = self.panel_width(b, j)
+                        narrow = b.icmp_signed("<=", width, c64(16))
                         bq = self.at(b, packed_b, b.mul(q, c64(KC * NR)))
-                        if micro is not None:
+                        if m >= MR:
                             with self._Loop(b, 0, whole, MR, "rows") as i:
-                                b.call(micro, [self.a_block(b, a, packed_a, ic, i, kc), bq,
-                                               self.at(b, c, b.add(b.mul(b.add(ic, i), c64(n)), j)), kb, width, add])
-                        if micro_tail is not None:
+                                self._rows(b, MR, narrow, [self.a_block(b, a, packed_a, ic, i, kc), bq,
+                                                           self.at(b, c, b.add(b.mul(b.add(ic, i), c64(n)), j)), kb,
+                                                           width, add])
+                        if tail:
                             with b.if_then(b.icmp_signed("!=", whole, mb)):
-                                b.call(micro_tail, [self.a_block(b, a, packed_a, ic, whole, kc), bq,
-                                                    self.at(b, c, b.add(b.mul(b.add(ic, whole), c64(n)), j)), kb,
-                                                    width, add])
+                                self._rows(b, tail, narrow, [self.a_block(b, a, packed_a, ic, whole, kc), bq,
+                                                             self.at(b, c, b.add(b.mul(b.add(ic, whole), c64(n)), j)),
+                                                             kb, width, add])
             units.next(end)
         b.ret_void()
         return fn

@@ -33,6 +33,7 @@ error flag is checked and a failed check raises its exception.
 from __future__ import annotations
 
 import ctypes
+import math
 import json
 import os
 import threading
@@ -301,6 +302,14 @@ def kernel_cost(kernel) -> int:
     return _stmt_cost(kernel.outer)
 
 
+def _matmul_slice(kernel: MatmulKernel, threads: int) -> int:
+    """A GEMM's units per slice: one run of panels per thread when C is one matrix (each slice reads
+    all of A: 8 slices of a [1024, 784] @ [784, 512] read it 8 times, 260 -> 205 GFLOP/s), else 1."""
+    if math.prod(kernel.batch) > 1:
+        return 1
+    return -(-kernel.extent // threads)
+
+
 def _stmt_cost(stmt) -> int:
     if isinstance(stmt, Loop):
         return stmt.extent * sum(_stmt_cost(s) for s in stmt.body)
@@ -379,7 +388,8 @@ class CompiledProgram:
             flat = isinstance(step, Kernel) and not any(isinstance(s, Loop) for s in step.outer.body)
             writes = bool(inputs.intersection(step.written))
             if parallel[n]:
-                steps.append(("parallel", team.entry(fn), extent, 64 if flat else 1, writes, index))   # 64: whole vectors per thread
+                align = 64 if flat else _matmul_slice(step, self.engine.threads) if isinstance(step, MatmulKernel) else 1
+                steps.append(("parallel", team.entry(fn), extent, align, writes, index))   # 64: whole vectors per thread
             elif extent > 0:
                 steps.append(("serial", fn, extent, 1, writes, index))
             n += 1
