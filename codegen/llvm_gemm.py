@@ -37,6 +37,8 @@ MR = MatmulKernel.ROW_BLOCK  # C rows per micro-kernel call: 28 accumulators of 
 KC = 256                     # K per packed block: a 32 KB B panel stays in L1 across the rows of A
 MC = 5 * MR                  # rows of A per block (a packed transposed A: 70 KB)
 GROUP = 16                   # panels packed together (512 KB, in L2), each reused across all of A's blocks
+SHORT = 4                    # rows of the micro-kernel for a block's last <= 4 rows (M = 128: 14 rows
+                             # computed for the last 2 made 9% of the work)
 
 VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I32, I64, F32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -135,26 +137,37 @@ class _Library:
 
     # ------------------------------------------------------------ packing
     def pack_b(self, rows_contiguous: bool) -> ir.Function:
-        """pack_b(B, Bp, k0, kb, j, width, step): Bp[k*32 + c] = B(k0 + k, j + c) for k < kb, c < width,
-        zero for other c < 32; B(k, n) at k*step + n (rows contiguous) or k + n*step."""
+        """pack_b(B, Bp, k0, kb, j0, count, n, step): for panels q < count (columns j = j0 + 32q..),
+        Bp[q*KC*32 + k*32 + c] = B(k0 + k, j + c) for k < kb, j + c < n, zero for other c < 32;
+        B(k, n) at k*step + n (rows contiguous: each row read left to right across the panels, which
+        prefetches; panel by panel, its 2 KB-apart rows missed in cache: 12% of a [128, 512] @ [512,
+        512]) or k + n*step (16x16 transposes)."""
         def make():
-            fn, b = self._function(f"pack_b_{'rows' if rows_contiguous else 'cols'}", [PTR, PTR] + [I64] * 5)
-            src, dst, k0, kb, j, width, step = fn.args
-            if rows_contiguous:                          # two masked copies per k
-                low, high = self.lanes_below(b, width), self.lanes_below(b, b.sub(width, c64(16)))
+            fn, b = self._function(f"pack_b_{'rows' if rows_contiguous else 'cols'}", [PTR, PTR] + [I64] * 6)
+            src, dst, k0, kb, j0, count, n, step = fn.args
+            if rows_contiguous:
                 with _Loop(b, 0, kb, 1, "k") as k:
-                    row = self.at(b, src, b.add(b.mul(b.add(k0, k), step), j))
-                    out = self.at(b, dst, b.mul(k, c64(NR)))
-                    for h, mask in enumerate((low, high)):
-                        v = b.call(self.load_masked, [self.at(b, row, 16 * h), ALIGN4, mask, ZERO])
-                        b.store(v, self.at(b, out, 16 * h), align=64)
-            else:                                        # columns contiguous: 16x16 transposes
+                    row = self.at(b, src, b.add(b.mul(b.add(k0, k), step), j0))
+                    with _Loop(b, 0, count, 1, "q") as q:
+                        width = b.sub(n, b.add(j0, b.mul(q, c64(NR))))
+                        out = self.at(b, dst, b.add(b.mul(q, c64(KC * NR)), b.mul(k, c64(NR))))
+                        for h in range(2):
+                            mask = self.lanes_below(b, b.sub(width, c64(16 * h)))
+                            p = self.at(b, row, b.add(b.mul(q, c64(NR)), c64(16 * h)))
+                            v = b.call(self.load_masked, [p, ALIGN4, mask, ZERO])
+                            b.store(v, self.at(b, out, 16 * h), align=64)
+            else:
                 transpose = self.transpose()
-                with _Loop(b, 0, kb, 16, "kk") as kk:   # rows kb.. of the scratch (< KC) are never read
-                    for h in range(2):
-                        start = self.at(b, src, b.add(b.mul(b.add(j, c64(16 * h)), step), b.add(k0, kk)))
-                        b.call(transpose, [start, step, b.sub(width, c64(16 * h)), b.sub(kb, kk),
-                                           self.at(b, dst, b.add(b.mul(kk, c64(NR)), c64(16 * h))), c64(NR), c64(16)])
+                with _Loop(b, 0, count, 1, "q") as q:
+                    j = b.add(j0, b.mul(q, c64(NR)))
+                    width = b.sub(n, j)
+                    panel = self.at(b, dst, b.mul(q, c64(KC * NR)))
+                    with _Loop(b, 0, kb, 16, "kk") as kk:   # rows kb.. of the scratch (< KC) are never read
+                        for h in range(2):
+                            start = self.at(b, src, b.add(b.mul(b.add(j, c64(16 * h)), step), b.add(k0, kk)))
+                            b.call(transpose, [start, step, b.sub(width, c64(16 * h)), b.sub(kb, kk),
+                                               self.at(b, panel, b.add(b.mul(kk, c64(NR)), c64(16 * h))), c64(NR),
+                                               c64(16)])
             b.ret_void()
             return fn
         return self._shared(("pack_b", rows_contiguous), make)
@@ -162,40 +175,44 @@ class _Library:
     def pack_a(self, rows_contiguous: bool) -> ir.Function:
         """pack_a(A, Ap, i0, mb, k0, kb, step): Ap[(i / MR) * MR * KC + k * MR + r] = A(i0 + i + r, k0 + k)
         for rows i + r < mb, zero for a block's other rows; A(i, k) at i*step + k (rows contiguous:
-        16x16 transposes) or i + k*step (one masked copy per k)."""
+        16x16 transposes) or i + k*step (one masked copy per k and block, k outer so that A is read
+        in order)."""
         def make():
             fn, b = self._function(f"pack_a_{'rows' if rows_contiguous else 'cols'}", [PTR, PTR] + [I64] * 5)
             src, dst, i0, mb, k0, kb, step = fn.args
             keep = ir.Constant(MASK, [1] * MR + [0] * (16 - MR))
-            with _Loop(b, 0, mb, MR, "blk") as blk:
-                valid = b.sub(mb, blk)
-                block = self.at(b, dst, b.mul(blk, c64(KC)))
-                if rows_contiguous:
-                    transpose = self.transpose()
+            if rows_contiguous:                # per block of MR rows, 16x16 transposes along k
+                transpose = self.transpose()
+                with _Loop(b, 0, mb, MR, "blk") as blk:
+                    valid = self.minimum(b, b.sub(mb, blk), MR)
+                    block = self.at(b, dst, b.mul(blk, c64(KC)))
                     with _Loop(b, 0, kb, 16, "kk") as kk:    # k rows kb.. (< KC) are never read
                         start = self.at(b, src, b.add(b.mul(b.add(i0, blk), step), b.add(k0, kk)))
-                        b.call(transpose, [start, step, self.minimum(b, valid, MR), b.sub(kb, kk),
-                                           self.at(b, block, b.mul(kk, c64(MR))), c64(MR), c64(MR)])
-                else:
-                    rows = b.and_(self.lanes_below(b, valid), keep)
-                    with _Loop(b, 0, kb, 1, "k") as k:
-                        p = self.at(b, src, b.add(b.add(i0, blk), b.mul(b.add(k0, k), step)))
-                        v = b.call(self.load_masked, [p, ALIGN4, rows, ZERO])
-                        b.call(self.store_masked, [v, self.at(b, block, b.mul(k, c64(MR))), ALIGN4, keep])
+                        b.call(transpose, [start, step, valid, b.sub(kb, kk), self.at(b, block, b.mul(kk, c64(MR))),
+                                           c64(MR), c64(MR)])
+            else:                              # k outer: each of A's (column-contiguous) rows read in order
+                with _Loop(b, 0, kb, 1, "k") as k:
+                    line = self.at(b, src, b.add(i0, b.mul(b.add(k0, k), step)))
+                    with _Loop(b, 0, mb, MR, "blk") as blk:
+                        rows = b.and_(self.lanes_below(b, b.sub(mb, blk)), keep)
+                        v = b.call(self.load_masked, [self.at(b, line, blk), ALIGN4, rows, ZERO])
+                        q = self.at(b, dst, b.add(b.mul(blk, c64(KC)), b.mul(k, c64(MR))))
+                        b.call(self.store_masked, [v, q, ALIGN4, keep])
             b.ret_void()
             return fn
         return self._shared(("pack_a", rows_contiguous), make)
 
     # ------------------------------------------------------------ the micro-kernel
-    def micro(self, halves: int) -> ir.Function:
+    def micro(self, halves: int, tile_rows: int = MR) -> ir.Function:
         """micro(Ap, Bp, C, ldc, kb, rows, width, add): C[r*ldc + c] (+)= sum_k Ap[k*MR + r] *
-        Bp[k*32 + c] for r < rows, c < width (<= 16 * halves), from MR x 16*halves accumulators."""
+        Bp[k*32 + c] for r < rows (<= tile_rows), c < width (<= 16 * halves), from tile_rows x
+        16*halves accumulators."""
         def make():
-            fn, b = self._function(f"micro{16 * halves}", [PTR, PTR, PTR, I64, I64, I64, I64, I1])
+            fn, b = self._function(f"micro{tile_rows}x{16 * halves}", [PTR, PTR, PTR, I64, I64, I64, I64, I1])
             a, bp, c, ldc, kb, rows, width, add = fn.args
             for arg in (a, bp, c):
                 arg.add_attribute("noalias")
-            tile = b.alloca(ir.ArrayType(VEC, 2 * MR))       # the accumulators, row by row
+            tile = b.alloca(ir.ArrayType(VEC, 2 * tile_rows))       # the accumulators, row by row
             tile.align = 64
             pre = b.block
             loop = fn.append_basic_block("k")
@@ -203,14 +220,14 @@ class _Library:
             b.position_at_end(loop)
             k = b.phi(I64, name="k")
             k.add_incoming(c64(0), pre)
-            acc = [b.phi(VEC) for _ in range(halves * MR)]
+            acc = [b.phi(VEC) for _ in range(halves * tile_rows)]
             for p in acc:
                 p.add_incoming(ZERO, pre)
             row = self.at(b, bp, b.mul(k, c64(NR)))
             bs = [b.load(self.at(b, row, 16 * h), typ=VEC, align=64) for h in range(halves)]
             col = self.at(b, a, b.mul(k, c64(MR)))
             new = []
-            for r in range(MR):
+            for r in range(tile_rows):
                 x = b.load(self.at(b, col, r), typ=F32, align=4)
                 x = b.shuffle_vector(b.insert_element(ir.Constant(VEC, ir.Undefined), x, c64(0)),
                                      ir.Constant(VEC, ir.Undefined), SPLAT)
@@ -225,7 +242,7 @@ class _Library:
             def vector(index):
                 return b.gep(tile, [ir.Constant(I32, 0), index], inbounds=True)
 
-            for r in range(MR):
+            for r in range(tile_rows):
                 for h in range(halves):
                     b.store(new[halves * r + h], vector(c64(2 * r + h)), align=64)
             masks = [self.lanes_below(b, b.sub(width, c64(16 * h))) for h in range(halves)]
@@ -238,7 +255,7 @@ class _Library:
                     b.call(self.store_masked, [b.fadd(v, old), p, ALIGN4, mask])   # the first K block reads 0
             b.ret_void()
             return fn
-        return self._shared(("micro", halves), make)
+        return self._shared(("micro", halves, tile_rows), make)
 
     @staticmethod
     def _splat_bit(b, bit) -> ir.Value:
@@ -275,11 +292,12 @@ class _Library:
         pack_a, pack_b, edge_micro): units [start, stop) = (batch, row slice, panel), panels fastest.
         The packers for the operands' layouts and the micro-kernel of a last panel of <= 16 columns
         come as arguments: one loop nest for every layout (each took ~25 ms of LLVM time)."""
-        wide = self.micro(2)
+        wide, short = self.micro(2), self.micro(2, SHORT)
         wide_type = wide.function_type
-        pack_type = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
+        pack_a_type = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
+        pack_b_type = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
         fn, b = self._function(f"driver{number}", [PTR, PTR, PTR] + [I64] * 11 +
-                               [ir.PointerType(pack_type)] * 2 + [ir.PointerType(wide_type)])
+                               [ir.PointerType(pack_a_type), ir.PointerType(pack_b_type), ir.PointerType(wide_type)])
         A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_off, b_off, pack_a, pack_b, slim = fn.args
         for arg in (A, B, C):
             arg.add_attribute("noalias")
@@ -305,10 +323,7 @@ class _Library:
             with _Loop(b, 0, k, KC, "kc") as kc:
                 kb = self.minimum(b, b.sub(k, kc), KC)
                 add = b.icmp_signed("!=", kc, c64(0))
-                with _Loop(b, 0, count, 1, "pack") as q:
-                    j = b.mul(b.add(p0, q), c64(NR))
-                    b.call(pack_b, [bm, self.at(b, packed_b, b.mul(q, c64(KC * NR))), kc, kb, j,
-                                    self.minimum(b, b.sub(n, j), NR), b_step])
+                b.call(pack_b, [bm, packed_b, kc, kb, b.mul(p0, c64(NR)), count, n, b_step])
                 with _Loop(b, m0, m1, MC, "ic") as ic:
                     mb = self.minimum(b, b.sub(m1, ic), MC)
                     b.call(pack_a, [a, packed_a, ic, mb, kc, kb, a_step])
@@ -316,11 +331,12 @@ class _Library:
                         j = b.mul(b.add(p0, q), c64(NR))
                         width = self.minimum(b, b.sub(n, j), NR)
                         bq = self.at(b, packed_b, b.mul(q, c64(KC * NR)))
-                        micro = b.select(b.icmp_signed("<=", width, c64(16)), slim, wide)
+                        edge = b.select(b.icmp_signed("<=", width, c64(16)), slim, wide)
                         with _Loop(b, 0, mb, MR, "rows") as i:
+                            rows = self.minimum(b, b.sub(mb, i), MR)
+                            micro = b.select(b.icmp_signed("<=", rows, c64(SHORT)), short, edge)
                             b.call(micro, [self.at(b, packed_a, b.mul(i, c64(KC))), bq,
-                                           self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), n, kb,
-                                           self.minimum(b, b.sub(mb, i), MR), width, add])
+                                           self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), n, kb, rows, width, add])
             units.next(end)
         b.ret_void()
         return fn
