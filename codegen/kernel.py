@@ -376,11 +376,36 @@ class MatmulKernel:
                              f"stride in each matrix and no empty dim ({self.m}x{self.k} @ {self.k}x{self.n})")
         if self.out in (self.a, self.b):
             raise ValueError(f"matmul kernel {self.name!r}: the output cannot be an operand's buffer")
+        if self.batch_dims is None:
+            raise ValueError(f"matmul kernel {self.name!r}: batch dims {self.batch} with strides "
+                             f"{self.a_map.strides[:-2]} and {self.b_map.strides[:-2]} do not merge into two")
         self.a_map.check(self.batch + (self.m, self.k), self.a)
         self.b_map.check(self.batch + (self.k, self.n), self.b)
         if self.out.size != math.prod(self.batch) * self.m * self.n:
             raise ValueError(f"matmul kernel {self.name!r}: output {self.out!r} does not hold "
                              f"{self.batch + (self.m, self.n)}")
+
+    @property
+    def batch_dims(self) -> tuple[tuple, tuple, tuple] | None:
+        return self.merge_batch(self.batch, self.a_map.strides, self.b_map.strides)
+
+    @staticmethod
+    def merge_batch(batch, a_strides, b_strides) -> tuple[tuple, tuple, tuple] | None:
+        """(sizes, a strides, b strides) of two batch dims, merged where both operands step through
+        them as one (size-1 dims dropped, 1s padded in front); None when more than two remain."""
+        dims = [(size, sa, sb) for size, sa, sb in zip(batch, a_strides, b_strides) if size != 1]
+        merged: list = []
+        for size, sa, sb in dims:
+            if merged:
+                psize, psa, psb = merged[-1]
+                if psa == sa * size and psb == sb * size:
+                    merged[-1] = (psize * size, sa, sb)
+                    continue
+            merged.append((size, sa, sb))
+        if len(merged) > 2:
+            return None
+        merged = [(1, 0, 0)] * (2 - len(merged)) + merged
+        return tuple(zip(*merged))
 
     @property
     def buffers(self) -> tuple[Buffer, ...]:

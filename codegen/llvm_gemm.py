@@ -267,7 +267,7 @@ class _Library:
         m, n, k = kern.m, kern.n, kern.k
         sa0, sa1 = unit_strides(kern.a_map.strides[-2:], (m, k))
         sb0, sb1 = unit_strides(kern.b_map.strides[-2:], (k, n))
-        driver = self.driver(kern.batch, kern.a_map.strides[:-2], kern.b_map.strides[:-2])
+        driver = self.driver()
         parts = [self.pack_a(sa1 == 1), self.pack_b(sb1 == 1), self.micro(1 if 0 < n % NR <= 16 else 2)]
         buffers = kern.buffers
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(buffers) + [PTR, I64, I64]), name=name)
@@ -275,30 +275,33 @@ class _Library:
         fn.attributes.add("nounwind")
         ptr = dict(zip(buffers, fn.args))
         b = ir.IRBuilder(fn.append_basic_block("entry"))
+        (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
         sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
-                 kern.a_map.offset, kern.b_map.offset)
+                 kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner)
         b.call(driver, [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]] + [c64(x) for x in sizes]
                + parts)
         b.ret_void()
         return fn
 
-    # ------------------------------------------------------------ the loop nest, per batch shape
-    def driver(self, batch: tuple, a_batch: tuple, b_batch: tuple) -> ir.Function:
-        key = ("driver", batch, a_batch, b_batch)
-        return self._shared(key, lambda: self._driver(len(self.functions), batch, a_batch, b_batch))
+    # ------------------------------------------------------------ the loop nest, one per module
+    def driver(self) -> ir.Function:
+        return self._shared("driver", self._driver)
 
-    def _driver(self, number, batch, a_batch, b_batch) -> ir.Function:
+    def _driver(self) -> ir.Function:
         """driver(A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_offset, b_offset,
-        pack_a, pack_b, edge_micro): units [start, stop) = (batch, row slice, panel), panels fastest.
-        The packers for the operands' layouts and the micro-kernel of a last panel of <= 16 columns
-        come as arguments: one loop nest for every layout (each took ~25 ms of LLVM time)."""
+        inner, a_outer, a_inner, b_outer, b_inner, pack_a, pack_b, edge_micro): units [start, stop) =
+        (batch, row slice, panel), panels fastest; a batch index is (outer, inner) over two batch dims
+        (`MatmulKernel.batch_dims`) with the operands' strides. The packers for the operands' layouts
+        and the micro-kernel of a last panel of <= 16 columns come as arguments: one loop nest for
+        every matmul (each took ~25 ms of LLVM time)."""
         wide, short = self.micro(2), self.micro(2, SHORT)
         wide_type = wide.function_type
         pack_a_type = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
         pack_b_type = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
-        fn, b = self._function(f"driver{number}", [PTR, PTR, PTR] + [I64] * 11 +
+        fn, b = self._function("driver", [PTR, PTR, PTR] + [I64] * 16 +
                                [ir.PointerType(pack_a_type), ir.PointerType(pack_b_type), ir.PointerType(wide_type)])
-        A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_off, b_off, pack_a, pack_b, slim = fn.args
+        (A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_off, b_off, inner, a_outer, a_inner,
+         b_outer, b_inner, pack_a, pack_b, slim) = fn.args
         for arg in (A, B, C):
             arg.add_attribute("noalias")
         packed_b = b.alloca(ir.ArrayType(F32, GROUP * KC * NR))
@@ -317,8 +320,9 @@ class _Library:
             count = b.sub(end, u)
             m0 = b.mul(row_slice, slice_rows)
             m1 = self.minimum(b, b.add(m0, slice_rows), m)
-            a = self.at(b, A, b.add(a_off, _batch_offset(b, index, batch, a_batch)))
-            bm = self.at(b, B, b.add(b_off, _batch_offset(b, index, batch, b_batch)))
+            outer, within = b.udiv(index, inner), b.urem(index, inner)
+            a = self.at(b, A, b.add(a_off, b.add(b.mul(outer, a_outer), b.mul(within, a_inner))))
+            bm = self.at(b, B, b.add(b_off, b.add(b.mul(outer, b_outer), b.mul(within, b_inner))))
             c = self.at(b, C, b.mul(index, b.mul(m, n)))
             with _Loop(b, 0, k, KC, "kc") as kc:
                 kb = self.minimum(b, b.sub(k, kc), KC)
@@ -340,17 +344,6 @@ class _Library:
             units.next(end)
         b.ret_void()
         return fn
-
-
-def _batch_offset(b: ir.IRBuilder, index, sizes, strides) -> ir.Value:
-    """Batch `index` (flat over `sizes`) times the operand's batch strides."""
-    offset, rest = c64(0), index
-    for size, stride in zip(reversed(sizes), reversed(strides)):
-        position = b.urem(rest, c64(size))
-        rest = b.udiv(rest, c64(size))
-        if stride:
-            offset = b.add(offset, b.mul(position, c64(stride)))
-    return offset
 
 
 class _Loop:

@@ -82,6 +82,22 @@ def test_batched_and_broadcast_operands(engine):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_three_batch_dims_merge_into_two(engine):
+    """[2, 3, 4] batches: a contiguous, b one matrix per (first, second) index read again for the
+    third: the first two dims merge (both operands step them as one), two remain."""
+    rng = np.random.default_rng(6)
+    m, n, k = 16, 33, 20
+    a_store, a_map, a = _operand(rng, (2, 3, 4, m, k), False, offset=2, pad=1)
+    b_store, b_map2, b = _operand(rng, (2, 3, k, n), True, offset=3, pad=2)
+    b_map = IndexMap(b_map2.strides[:2] + (0,) + b_map2.strides[2:], b_map2.offset)
+    program = _program("gemm_batch3", m, n, k, (2, 3, 4), a_store, a_map, b_store, b_map)
+    assert program.steps[0].batch_dims == ((6, 4), (a_map.strides[1], a_map.strides[2]), (b_map.strides[1], 0))
+    (got,) = engine.compile(program)(a_store, b_store)
+    want = a.astype(np.float64) @ b.astype(np.float64)[:, :, None]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert MatmulKernel.merge_batch((2, 3, 4), (12, 0, 1), (1, 0, 7)) is None     # three remain
+
+
 def test_threaded_gemm_equals_single_thread(engine, tmp_path):
     rng = np.random.default_rng(9)
     m, n, k = 200, 300, 190               # 2*m*n*k above PARALLEL_MIN_COST: split across the team
