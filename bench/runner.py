@@ -41,17 +41,20 @@ class Options:
     rounds: int = 12                          # blocks of samples per system, taken in turn: load on a shared
                                               # machine comes in phases of seconds, which short turns share out
     probe_timeout_s: float = 600.0
-    settle_s: float = 0.25                    # untimed calls before each block: numpy's OpenBLAS workers spin
+    quiet_s: float = 0.25                     # a pause before each block: numpy's OpenBLAS workers spin
                                               # ~0.1-0.2 s after its last call and halve the speed of the
                                               # next system's threads meanwhile (W3 B=1024 right after a
-                                              # numpy matmul: 22.6 ms; 0.2 s later: 16.8 ms)
+                                              # numpy matmul: 22.6 ms; 0.2 s later: 16.8 ms). A pause, not
+                                              # calls: W5 trains one batch over and over, and after ~2 s
+                                              # of steps its values turn denormal and every system slows
+                                              # 2-3x, the fastest first
 
     @classmethod
     def for_run(cls, quick: bool, device: str, only=None, backends=None) -> "Options":
         backends = tuple(backends) if backends else DEFAULT_BACKENDS + (("cuda",) if device == "cuda" else ())
         if quick:
             return cls(True, device, only, backends, budget_s=0.15, min_repeats=5, rounds=2, probe_timeout_s=150.0,
-                       settle_s=0.02)
+                       quiet_s=0.0)
         return cls(False, device, only, backends)
 
     def selects(self, name: str) -> bool:
@@ -150,12 +153,12 @@ def warm_up(timed: Timed, budget_s: float, min_sample_s: float = 1e-3) -> None:
 
 
 def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: int, rounds: int,
-                        settle_s: float = 0.02, max_repeats: int = 1000) -> dict[str, dict]:
+                        settle_s: float = 0.02, max_repeats: int = 1000, quiet_s: float = 0.0) -> dict[str, dict]:
     """Median seconds per call of each warmed-up entry, sampled in `rounds` rounds of one block per
     entry, so that load from elsewhere on a shared machine hits every system alike and the ratios of one
     run hold. Blocks, not single samples: right after a system ran, its thread pools (OpenBLAS,
     OpenMP) still spin and on a 2-core machine slow the next system's calls up to threefold; so each
-    block starts with `settle_s` of untimed calls. The samples fit `budget_s` per entry, `min_repeats` at
+    block starts with a pause of `quiet_s` and `settle_s` of untimed calls. The samples fit `budget_s` per entry, `min_repeats` at
     least. Each entry's median per round is kept too (`round_medians_s`): the ratio of two systems is
     best taken round by round (`targets.speedup`), each round's pair having run under the same load.
     A call that raises ends that entry's sampling; its result is the error."""
@@ -171,6 +174,8 @@ def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: i
             if name in failed:
                 continue
             try:
+                if quiet_s:
+                    time.sleep(quiet_s)
                 _settle(t, settle_s)
                 for _ in range(per_block[name]):
                     t0 = time.perf_counter()
@@ -421,7 +426,7 @@ def run_case(case: Case, systems: Systems, options: Options, copy_gbs: float | N
     del reference
     gc.collect()
     for name, timing in measure_interleaved(timed, options.budget_s, options.min_repeats, options.rounds,
-                                            settle_s=options.settle_s).items():
+                                            quiet_s=options.quiet_s).items():
         result = out["results"][name]
         result.update(timing)
         if hasattr(instances[name].fn, "stats"):

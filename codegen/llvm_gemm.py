@@ -1,12 +1,14 @@
 """The generated float32 GEMM of a `MatmulKernel`, in LLVM IR, for hosts with AVX-512.
 
 Why: on the 2-core Xeon numpy's OpenBLAS ran W3's matmuls at 190-240 GFLOP/s and PyTorch's MKL at
-300-330; this code runs them at 285-330. As a kernel of the program it also runs on the native
-team, so no OpenBLAS threads are left spinning into the next kernel (they slowed it ~35%).
+300-330; this code runs them at 240-290 (alone, warm caches). As a kernel of the program it also
+runs on the native team, so no OpenBLAS threads are left spinning into the next kernel (they
+slowed it ~35%).
 
 Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core):
-- The kernel's outer loop, what threads split, runs over the 32-column panels of C in every
-  batch. A slice of panels is done in groups of `GROUP` panels of one batch.
+- The kernel's outer loop, what threads split, runs over (batch, row slice, 32-column panel) units
+  (`MatmulKernel.extent`); one matrix's panels go to threads in one run each. A run of panels is
+  done in groups of up to `GROUP` panels of one batch and row slice.
 - For each `KC`-deep block of K, the group's B panels are packed k-major (32 contiguous floats
   per k; a transposed B through 16x16 register transposes), zero past the right edge.
 - For each `MC`-row block of A, A is packed `MR` rows at a time, k-major (rows contiguous: 16x16
@@ -14,10 +16,11 @@ Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core):
   per panel, per `MR` rows, the micro-kernel keeps the MR x 32 tile of C in 2*MR zmm accumulators
   (one fma per 16 products, A broadcast from memory), writes them to a tile on its stack and
   stores (first K block) or adds (later ones) its rows and columns inside C to C, masked.
-- Compile time: the micro-kernels (32 and 16 columns) and the four packers are one `noinline`
-  function each per module, shared by all its matmuls (they take sizes and strides as arguments);
-  each matmul has only its loop nest, specialized to its shapes. W3's 8 matmuls, each with its own
-  micro-kernels, took ~1 s of LLVM time.
+- Compile time: the micro-kernels (14x32, 14x16 for a narrow last panel, 4x32 for a block's last
+  rows), the packers (one 16x16 transpose between them) and the loop nest are one `noinline`
+  function each per module, shared by all its matmuls, which pass sizes, strides and the packers
+  for their layouts as arguments; each matmul adds one call. W3's 8 matmuls, each specialized
+  with its own micro-kernels, took ~1 s of LLVM time; shared, ~0.1 s.
 
 Bounds: the operands' maps are checked over their whole shapes (`MatmulKernel.__post_init__`); rows
 past M and columns past N are touched only through masked loads and stores (masked-off lanes do not
