@@ -174,7 +174,8 @@ def test_compiled_matmuls_use_the_gemm_and_match_eager():
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
     steps = f.programs[0].executable.lowered.program.steps
     assert sum(isinstance(s, MatmulKernel) for s in steps) == 4
-    assert "matmul: generated GEMM kernel" in f.explain(*inputs)
+    text = f.explain(*inputs)
+    assert "matmul: generated GEMM kernel" in text and "[gemm over [96, 50]]: matmul" in text
 
 
 def test_gemm_can_be_turned_off(monkeypatch):

@@ -403,6 +403,7 @@ def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
     if MatmulKernel.merge_batch(batch, a_map.strides, b_map.strides) is None:
         return None                             # batch dims that do not merge into two: numpy's
     g.notes = [MATMUL_NOTE if note.startswith("matmul:") else note for note in g.notes]
+    g.lowered_as = "gemm"
     return MatmulKernel(g.name, a_buf, b_buf, out_buf, batch, m, n, k, a_map, b_map)
 
 

@@ -110,6 +110,7 @@ class FusionGroup:
     stages: list = field(default_factory=list)   # reduction: Reduction/SoftmaxStats/Moments stages
     extern: Node | None = None
     extern_inputs: tuple = ()                    # extern: per value input, (base Value, Coord layout)
+    lowered_as: str | None = None                # what lowering made of an extern group, if not a call
     deps: set = field(default_factory=set)      # groups whose outputs this one loads
     index: int = 0
     name: str = ""
@@ -131,7 +132,7 @@ class FusionGroup:
     def describe(self) -> str:
         ops = ", ".join(n.op.name for n in self.nodes)
         where = f"{list(self.space)}" + (f" reduce dims {list(self.reduce_dims)}" if self.reduce_dims else "")
-        return f"{self.name} [{self.kind} over {where}]: {ops or '(copy)'}"
+        return f"{self.name} [{self.lowered_as or self.kind} over {where}]: {ops or '(copy)'}"
 
 
 # ---------------------------------------------------------------- entry point
