@@ -361,24 +361,24 @@ class MatmulKernel:
     MIN_UNITS = 4       # C is cut into row slices too when it has fewer panels than this
 
     @staticmethod
-    def takes(m: int, n: int, k: int, a_strides, b_strides) -> bool:
-        """Whether operands with these strides over (m, k) and (k, n) fit: no empty dim, and a unit
-        stride along one dim of each (size-1 dims count as any stride). Skinny matmuls are taken too:
-        W3's [128, 512] @ [512, 10] through numpy left OpenBLAS's threads spinning into the GEMMs that
-        followed (W3 B=1024 15.4 -> 28.7 ms)."""
+    def takes(batch, m: int, n: int, k: int, a_strides, b_strides) -> bool:
+        """Whether operands with these strides over (*batch, m, k) and (*batch, k, n) fit: no empty
+        dim, a unit stride along one dim of each matrix (size-1 dims count as any stride), and batch
+        dims that merge into two (`merge_batch`). Skinny matmuls are taken too: W3's [128, 512] @
+        [512, 10] through numpy left OpenBLAS's threads spinning into the GEMMs that followed (W3
+        B=1024 15.4 -> 28.7 ms)."""
         if min(m, n, k) < 1:
             return False
-        return 1 in unit_strides(a_strides, (m, k)) and 1 in unit_strides(b_strides, (k, n))
+        return (1 in unit_strides(a_strides[-2:], (m, k)) and 1 in unit_strides(b_strides[-2:], (k, n))
+                and MatmulKernel.merge_batch(batch, a_strides, b_strides) is not None)
 
     def __post_init__(self):
-        if not self.takes(self.m, self.n, self.k, self.a_map.strides[-2:], self.b_map.strides[-2:]):
+        if not self.takes(self.batch, self.m, self.n, self.k, self.a_map.strides, self.b_map.strides):
             raise ValueError(f"matmul kernel {self.name!r}: operands {self.a_map} and {self.b_map} need a unit "
-                             f"stride in each matrix and no empty dim ({self.m}x{self.k} @ {self.k}x{self.n})")
+                             f"stride in each matrix, no empty dim and batch dims {self.batch} that merge into "
+                             f"two ({self.m}x{self.k} @ {self.k}x{self.n})")
         if self.out in (self.a, self.b):
             raise ValueError(f"matmul kernel {self.name!r}: the output cannot be an operand's buffer")
-        if self.batch_dims is None:
-            raise ValueError(f"matmul kernel {self.name!r}: batch dims {self.batch} with strides "
-                             f"{self.a_map.strides[:-2]} and {self.b_map.strides[:-2]} do not merge into two")
         self.a_map.check(self.batch + (self.m, self.k), self.a)
         self.b_map.check(self.batch + (self.k, self.n), self.b)
         if self.out.size != math.prod(self.batch) * self.m * self.n:

@@ -34,6 +34,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .kernel import MatmulKernel, unit_strides
+from .llvm_math import intrinsic
 
 NR = MatmulKernel.PANEL      # C columns per panel: two 16-float vectors
 MR = MatmulKernel.ROW_BLOCK  # C rows per micro-kernel call: 28 accumulators of the 32 zmm registers
@@ -57,11 +58,6 @@ def c64(x) -> ir.Value:
     return x if isinstance(x, ir.Value) else ir.Constant(I64, x)
 
 
-def _intrinsic(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
-    found = module.globals.get(name)
-    return found if found is not None else ir.Function(module, fnty, name)
-
-
 def render_matmul(module: ir.Module, kernel: MatmulKernel, name: str) -> ir.Function:
     """The kernel's function: void (ptr noalias <kernel.buffers>..., ptr err, i64 start, i64 stop)
     over units [start, stop) (the signature every kernel has, so `llvm_ir` gives it a range entry):
@@ -74,11 +70,9 @@ class _Library:
 
     def __init__(self, module: ir.Module):
         self.module = module
-        self.fma = _intrinsic(module, "llvm.fma.v16f32", ir.FunctionType(VEC, [VEC, VEC, VEC]))
-        self.load_masked = _intrinsic(module, "llvm.masked.load.v16f32.p0",
-                                      ir.FunctionType(VEC, [PTR, I32, MASK, VEC]))
-        self.store_masked = _intrinsic(module, "llvm.masked.store.v16f32.p0",
-                                       ir.FunctionType(VOID, [VEC, PTR, I32, MASK]))
+        self.fma = intrinsic(module, "llvm.fma.v16f32", VEC, [VEC, VEC, VEC])
+        self.load_masked = intrinsic(module, "llvm.masked.load.v16f32.p0", VEC, [PTR, I32, MASK, VEC])
+        self.store_masked = intrinsic(module, "llvm.masked.store.v16f32.p0", VOID, [VEC, PTR, I32, MASK])
         self.functions: dict = {}
 
     @staticmethod
@@ -109,9 +103,7 @@ class _Library:
     @staticmethod
     def lanes_below(b: ir.IRBuilder, count) -> ir.Value:
         """The mask of lanes < count (an i64; any value)."""
-        splat = b.shuffle_vector(b.insert_element(ir.Constant(V_I64, ir.Undefined), c64(count), c64(0)),
-                                 ir.Constant(V_I64, ir.Undefined), SPLAT)
-        return b.icmp_signed("<", LANES, splat)
+        return b.icmp_signed("<", LANES, _splat(b, c64(count), V_I64))
 
     @staticmethod
     def minimum(b: ir.IRBuilder, x, y) -> ir.Value:
@@ -231,9 +223,7 @@ class _Library:
             col = self.at(b, a, b.mul(k, c64(MR)))
             new = []
             for r in range(tile_rows):
-                x = b.load(self.at(b, col, r), typ=F32, align=4)
-                x = b.shuffle_vector(b.insert_element(ir.Constant(VEC, ir.Undefined), x, c64(0)),
-                                     ir.Constant(VEC, ir.Undefined), SPLAT)
+                x = _splat(b, b.load(self.at(b, col, r), typ=F32, align=4), VEC)
                 new += [b.call(self.fma, [x, bs[h], acc[halves * r + h]]) for h in range(halves)]
             for p, v in zip(acc, new):
                 p.add_incoming(v, loop)
@@ -242,6 +232,7 @@ class _Library:
             done = fn.append_basic_block("tile")
             b.cbranch(b.icmp_signed("<", k1, kb), loop, done)
             b.position_at_end(done)
+
             def vector(index):
                 return b.gep(tile, [ir.Constant(I32, 0), index], inbounds=True)
 
@@ -254,16 +245,11 @@ class _Library:
                 for h, mask in enumerate(masks):
                     v = b.load(vector(b.add(b.mul(r, c64(2)), c64(h))), align=64)
                     p = self.at(b, out, 16 * h)
-                    old = b.call(self.load_masked, [p, ALIGN4, b.and_(mask, self._splat_bit(b, add)), ZERO])
+                    old = b.call(self.load_masked, [p, ALIGN4, b.and_(mask, _splat(b, add, MASK)), ZERO])
                     b.call(self.store_masked, [b.fadd(v, old), p, ALIGN4, mask])   # the first K block reads 0
             b.ret_void()
             return fn
         return self._shared(("micro", halves, tile_rows), make)
-
-    @staticmethod
-    def _splat_bit(b, bit) -> ir.Value:
-        return b.shuffle_vector(b.insert_element(ir.Constant(MASK, ir.Undefined), bit, c64(0)),
-                                ir.Constant(MASK, ir.Undefined), SPLAT)
 
     # ------------------------------------------------------------ one matmul: a call of its driver
     def kernel(self, kern: MatmulKernel, name: str) -> ir.Function:
@@ -349,11 +335,12 @@ class _Library:
         return fn
 
 
-class _Loop:
-    """for i in range(start, stop, step) (nothing when empty): `with _Loop(...) as i:` builds the body."""
+class _WhileLoop:
+    """u = start; while u < stop: body; u = next: `with loop as u:` ... `loop.next(value)`."""
+    name = "unit"
 
-    def __init__(self, b: ir.IRBuilder, start, stop, step: int, name: str):
-        self.b, self.start, self.stop, self.step, self.name = b, c64(start), c64(stop), step, name
+    def __init__(self, b: ir.IRBuilder, start, stop):
+        self.b, self.start, self.stop = b, c64(start), c64(stop)
 
     def __enter__(self) -> ir.Value:
         b = self.b
@@ -366,33 +353,6 @@ class _Loop:
         self.var.add_incoming(self.start, pre)
         return self.var
 
-    def __exit__(self, *exc) -> None:
-        if exc[0] is not None:
-            return
-        b = self.b
-        nxt = b.add(self.var, c64(self.step))
-        self.var.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, self.stop), self.body, self.done)
-        b.position_at_end(self.done)
-
-
-class _WhileLoop:
-    """u = start; while u < stop: body; u = next: `with loop as u:` ... `loop.next(value)`."""
-
-    def __init__(self, b: ir.IRBuilder, start, stop):
-        self.b, self.start, self.stop = b, start, stop
-
-    def __enter__(self) -> ir.Value:
-        b = self.b
-        self.body = b.function.append_basic_block("unit")
-        self.done = b.function.append_basic_block("unit.done")
-        pre = b.block
-        b.cbranch(b.icmp_signed("<", self.start, self.stop), self.body, self.done)
-        b.position_at_end(self.body)
-        self.var = b.phi(I64, name="u")
-        self.var.add_incoming(self.start, pre)
-        return self.var
-
     def next(self, value) -> None:
         b = self.b
         self.var.add_incoming(value, b.block)
@@ -401,6 +361,24 @@ class _WhileLoop:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+class _Loop(_WhileLoop):
+    """for i in range(start, stop, step) (nothing when empty): `with _Loop(...) as i:` builds the body."""
+
+    def __init__(self, b: ir.IRBuilder, start, stop, step: int, name: str):
+        super().__init__(b, start, stop)
+        self.step, self.name = step, name
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.next(self.b.add(self.var, c64(self.step)))
+
+
+def _splat(b: ir.IRBuilder, value: ir.Value, vector: ir.VectorType) -> ir.Value:
+    """`value` in every lane of a `vector`."""
+    undefined = ir.Constant(vector, ir.Undefined)
+    return b.shuffle_vector(b.insert_element(undefined, value, c64(0)), undefined, SPLAT)
 
 
 def _transpose16(b: ir.IRBuilder, rows: list) -> list:

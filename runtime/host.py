@@ -23,11 +23,7 @@ _VOLATILE = {"processor", "cpu mhz", "bogomips", "physical id", "siblings", "cor
 @functools.lru_cache(maxsize=None)
 def host_fingerprint() -> str | None:
     """A hash of the CPU's identity and the llvmlite build, or None where /proc/cpuinfo is missing."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = _first_entry(f)
-    except OSError:
-        return None
+    cpu = _cpu_entry()
     if not cpu:
         return None
     import llvmlite                      # the package only (its version); not llvmlite.binding
@@ -41,17 +37,21 @@ def host_fingerprint() -> str | None:
 @functools.lru_cache(maxsize=None)
 def cpu_flags() -> frozenset:
     """The first CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    for line in (_cpu_entry() or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_entry() -> str | None:
+    """`_first_entry` of /proc/cpuinfo, read once; None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("flags", "features"):
-                    return frozenset(value.split())
-                if not line.strip():
-                    break
+            return _first_entry(f)
     except OSError:
-        pass
-    return frozenset()
+        return None
 
 
 def _first_entry(lines) -> str:

@@ -33,8 +33,8 @@ error flag is checked and a failed check raises its exception.
 from __future__ import annotations
 
 import ctypes
-import math
 import json
+import math
 import os
 import threading
 import time
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codegen.kernel import Accumulator, ExternCall, Kernel, Load, Loop, MatmulKernel, Op, Program
+from codegen.kernel import Accumulator, ExternCall, Load, Loop, MatmulKernel, Op, Program
 from codegen.rendered import Check, RenderedProgram
 
 from .disk_cache import CODE_MODEL, DiskCache
@@ -302,12 +302,13 @@ def kernel_cost(kernel) -> int:
     return _stmt_cost(kernel.outer)
 
 
-def _matmul_slice(kernel: MatmulKernel, threads: int) -> int:
-    """A GEMM's units per slice: one run of panels per thread when C is one matrix (each slice reads
-    all of A: 8 slices of a [1024, 784] @ [784, 512] read it 8 times, 260 -> 205 GFLOP/s), else 1."""
-    if math.prod(kernel.batch) > 1:
-        return 1
-    return -(-kernel.extent // threads)
+def _slice_align(kernel, threads: int) -> int:
+    """What a parallel kernel's slices are multiples of. A loop over elements: 64, whole vectors per
+    thread. A GEMM of one matrix: one run of panels per thread (each slice reads all of A: 8 slices
+    of a [1024, 784] @ [784, 512] read it 8 times, 260 -> 205 GFLOP/s). Else 1."""
+    if isinstance(kernel, MatmulKernel):
+        return 1 if math.prod(kernel.batch) > 1 else -(-kernel.extent // threads)
+    return 64 if not any(isinstance(s, Loop) for s in kernel.outer.body) else 1
 
 
 def _stmt_cost(stmt) -> int:
@@ -385,11 +386,10 @@ class CompiledProgram:
                 steps.append(("extern", step, 0, 0, bool(inputs.intersection(step.outputs)), index))
                 continue
             fn, extent = self._ranges[n], step.extent
-            flat = isinstance(step, Kernel) and not any(isinstance(s, Loop) for s in step.outer.body)
             writes = bool(inputs.intersection(step.written))
             if parallel[n]:
-                align = 64 if flat else _matmul_slice(step, self.engine.threads) if isinstance(step, MatmulKernel) else 1
-                steps.append(("parallel", team.entry(fn), extent, align, writes, index))   # 64: whole vectors per thread
+                steps.append(("parallel", team.entry(fn), extent, _slice_align(step, self.engine.threads), writes,
+                              index))
             elif extent > 0:
                 steps.append(("serial", fn, extent, 1, writes, index))
             n += 1

@@ -29,6 +29,7 @@ from codegen.kernel import ExternCall
 
 from .ir import Graph
 from .lowering import LoweredProgram, lower_program
+from runtime.host import cpu_flags
 from runtime.interrupts import FinishedInterrupt
 from runtime.memory import storage_root
 
@@ -84,7 +85,6 @@ class LLVMBackend:
     def generated_matmuls(self) -> bool:
         """float32 matmuls as generated GEMM kernels (codegen.llvm_gemm) rather than numpy's BLAS: on
         x86-64 hosts with AVX-512, where they ran faster than OpenBLAS; `$TRACETORCH_GEMM=0` turns them off."""
-        from runtime.host import cpu_flags
         return self.name == "llvm" and "avx512f" in cpu_flags() and \
             os.environ.get("TRACETORCH_GEMM", "1").strip() not in ("0", "")
 

@@ -375,7 +375,7 @@ MATMUL_NOTE = ("matmul: generated GEMM kernel (AVX-512, 32-column panels split a
 def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
     """A float32 matmul of matrices (batched, broadcast) as a `MatmulKernel` reading its operands
     through their strided layouts; None where the generated GEMM does not take it (vectors, other
-    dtypes, empty dims, no unit stride in a matrix)."""
+    dtypes, `MatmulKernel.takes`, an output in an operand's memory)."""
     node = g.extern
     if node.op.name != "matmul" or len(g.extern_inputs) != 2:
         return None
@@ -395,13 +395,9 @@ def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
         return IndexMap(tuple(strides) + tuple(flat.coeffs[-2:]), flat.const)
 
     a_map, b_map = batched(a_flat, x.shape), batched(b_flat, y.shape)
-    if not MatmulKernel.takes(m, n, k, a_map.strides[-2:], b_map.strides[-2:]):
-        return None
     a_buf, b_buf, out_buf = buffer_of[a], buffer_of[b], buffer_of[out]
-    if out_buf in (a_buf, b_buf):
+    if not MatmulKernel.takes(batch, m, n, k, a_map.strides, b_map.strides) or out_buf in (a_buf, b_buf):
         return None
-    if MatmulKernel.merge_batch(batch, a_map.strides, b_map.strides) is None:
-        return None                             # batch dims that do not merge into two: numpy's
     g.notes = [MATMUL_NOTE if note.startswith("matmul:") else note for note in g.notes]
     g.lowered_as = "gemm"
     return MatmulKernel(g.name, a_buf, b_buf, out_buf, batch, m, n, k, a_map, b_map)
