@@ -65,6 +65,10 @@ PARALLEL_MIN_COST = 1 << 22   # estimated operations (`kernel_cost`) below which
                               # pay from ~50 us of serial work up; 1 << 23 left W3's [1024, 512] ReLU and
                               # momentum kernels serial (W3 B=1024 16.3 -> 15.8 ms with 1 << 22), 1 << 21
                               # makes W6 slower (exp over 2^18 elements still runs on one thread)
+PARALLEL_MIN_BYTES = 1 << 20  # buffer bytes a kernel touches from which it runs on threads whatever its cost:
+                              # one core streams ~10 GB/s here, two ~20, so a memory-bound kernel of 1 MiB
+                              # and up pays for the fork-join (exp over [512, 512]: 86 -> 44 us; W3 B=1024's
+                              # [1024, 512] ReLU kernels 0.21 -> 0.11 ms each); 512 KiB slowed W3 B=128
 _OP_COST = {"exp": 10, "log": 10, "log1p": 10, "expm1": 10, "tanh": 12, "sigmoid": 12, "sin": 10, "cos": 10,
             "pow": 20, "div": 4, "sqrt": 4, "rsqrt": 4, "floordiv": 4, "mod": 4, "random": 12}
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
@@ -302,6 +306,14 @@ def kernel_cost(kernel) -> int:
     return _stmt_cost(kernel.outer)
 
 
+def worth_threads(kernel) -> bool:
+    """Whether a fork-join pays for `kernel`: enough operations, or (not a GEMM: its operations are
+    counted exactly) enough memory traffic that one core's bandwidth is the limit."""
+    if kernel_cost(kernel) >= PARALLEL_MIN_COST:
+        return True
+    return not isinstance(kernel, MatmulKernel) and sum(b.nbytes for b in kernel.buffers) >= PARALLEL_MIN_BYTES
+
+
 def _slice_align(kernel, threads: int) -> int:
     """What a parallel kernel's slices are multiples of. A loop over elements: 64, whole vectors per
     thread. A GEMM of one matrix: one run of panels per thread (each slice reads all of A: 8 slices
@@ -374,8 +386,7 @@ class CompiledProgram:
         """None: one call to the entry (unless `force`). Else (kind, fn, extent, align, stores into an
         input, index in program.steps) steps run in order."""
         kernels = self.program.kernels
-        parallel = [self.engine.threads > 1 and k.extent >= 2 and kernel_cost(k) >= PARALLEL_MIN_COST
-                    for k in kernels]
+        parallel = [self.engine.threads > 1 and k.extent >= 2 and worth_threads(k) for k in kernels]
         if not force and not any(parallel) and len(kernels) == len(self.program.steps):
             return None
         inputs = set(self.program.inputs)

@@ -239,18 +239,24 @@ def test_embedding_gradient_is_exact_through_the_scatter_kernel(rng):
 
 
 def test_only_kernels_with_enough_work_for_a_fork_join_run_on_threads(rng):
-    # threads pay from ~100 us of serial work: an exact GELU over 2^18 elements, not a plain exp
-    from runtime.llvm_engine import PARALLEL_MIN_COST, kernel_cost
-    x = tt.tensor(rng.standard_normal((512, 512)).astype(np.float32))
-    ex_exp, out = _compiled(tt.exp, x)
-    np.testing.assert_allclose(out.numpy(), np.exp(x.numpy()), rtol=1e-6)
-    ex_gelu, out = _compiled(F.gelu, x)
-    np.testing.assert_allclose(out.numpy(), F.gelu(x).numpy(), rtol=1e-6, atol=1e-7)
-    (k_exp,), (k_gelu,) = ex_exp.compiled.program.kernels, ex_gelu.compiled.program.kernels
-    assert k_exp.work == k_gelu.work == 512 * 512
-    assert kernel_cost(k_exp) < PARALLEL_MIN_COST <= kernel_cost(k_gelu)
+    # threads pay from ~50 us of serial work: enough operations (an exact GELU over 2^16 elements) or
+    # enough memory traffic (a plain exp over 2^18 elements), not a plain exp over 2^16 elements
+    from runtime.llvm_engine import PARALLEL_MIN_BYTES, PARALLEL_MIN_COST, kernel_cost, worth_threads
+    small = tt.tensor(rng.standard_normal((256, 256)).astype(np.float32))
+    big = tt.tensor(rng.standard_normal((512, 512)).astype(np.float32))
+    ex_small, out = _compiled(tt.exp, small)
+    np.testing.assert_allclose(out.numpy(), np.exp(small.numpy()), rtol=1e-6)
+    ex_big, out = _compiled(tt.exp, big)
+    np.testing.assert_allclose(out.numpy(), np.exp(big.numpy()), rtol=1e-6)
+    ex_gelu, out = _compiled(F.gelu, small)
+    np.testing.assert_allclose(out.numpy(), F.gelu(small).numpy(), rtol=1e-6, atol=1e-7)
+    (k_small,), (k_big,), (k_gelu,) = (e.compiled.program.kernels for e in (ex_small, ex_big, ex_gelu))
+    assert kernel_cost(k_small) < kernel_cost(k_big) < PARALLEL_MIN_COST <= kernel_cost(k_gelu)
+    assert sum(b.nbytes for b in k_small.buffers) < PARALLEL_MIN_BYTES <= sum(b.nbytes for b in k_big.buffers)
+    assert [worth_threads(k) for k in (k_small, k_big, k_gelu)] == [False, True, True]
     if ex_gelu.compiled.engine.threads > 1:
-        assert ex_exp.compiled._steps is None                         # one native call, no fork-join
+        assert ex_small.compiled._steps is None                       # one native call, no fork-join
+        assert [s[0] for s in ex_big.compiled._steps] == ["parallel"]
         assert [s[0] for s in ex_gelu.compiled._steps] == ["parallel"]
 
 
