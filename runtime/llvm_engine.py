@@ -480,6 +480,8 @@ class CompiledProgram:
                 elif kind == "parallel":
                     self.engine.team.run(fn, head, extent, align)
                 else:
+                    if self.engine._team is not None:
+                        self.engine._team.rest()     # its workers would spin on cores the BLAS wants
                     self._extern(fn, self._last_inputs, outputs)
             except KeyboardInterrupt:
                 if not writing:

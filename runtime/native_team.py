@@ -19,8 +19,13 @@ Protocol (one state block per team; hot words on their own cache lines):
   iterations, then counts itself in `sleepers` and futex-waits on `gen` (the
   kernel re-checks the value, so no wake-up is lost: the caller bumps `gen`
   before it reads `sleepers`). A `stop` word ends the loop (close()).
-- The spin is short (~50 us): a worker spinning on a core slows whatever runs
-  there next, OpenBLAS's threads in the following matmul above all.
+- The spin lasts ~1 ms, longer than the serial stretches of a training step and
+  the Python work between two steps: a worker that slept costs the next
+  parallel kernel its wake-up (~60 us under KVM here; with a 50 us spin W3 B=128
+  took 1.96 ms, with 300 us 1.83, W5 1.04 -> 0.95). `rest()` (a spin of 0, seen
+  at the worker's next poll) sends it to sleep before work that needs the core,
+  an extern step's OpenBLAS threads above all; `tt_team_run` restores the spin
+  from its default word.
 
 Linux on x86-64 and AArch64 only (futex system call numbers); elsewhere the
 engine keeps ThreadTeam. A team belongs to the process that made it: after
@@ -43,8 +48,9 @@ _FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}
 _PAUSE = {"x86_64": ("declare void @llvm.x86.sse2.pause()", "call void @llvm.x86.sse2.pause()"),
           "aarch64": ("declare void @llvm.aarch64.hint(i32)", "call void @llvm.aarch64.hint(i32 1)")}
 CHUNKS_PER_THREAD = 4             # a job's slices: claimed one at a time, so a late worker stalls no one
-SPIN_US = 50                      # how long an idle worker spins before it sleeps
-STATE_BYTES = 384                 # gen @0, claim @64, sleepers @128, job @192.., stop @256, spin @264, done @320
+SPIN_US = 1000                    # how long an idle worker spins before it sleeps
+STATE_BYTES = 384                 # gen @0, claim @64, sleepers @128, job @192.., stop @256, spin @264,
+                                  # default spin @272, done @320
 EXPORTS = ("tt_team_run", "tt_team_worker", "tt_team_stop", "tt_team_pause")
 RUN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                             ctypes.c_int64, ctypes.c_int64)
@@ -90,6 +96,10 @@ entry:
   %claim = getelementptr i8, ptr %state, i64 64
   %sleepers = getelementptr i8, ptr %state, i64 128
   %done = getelementptr i8, ptr %state, i64 320
+  %spinw = getelementptr i8, ptr %state, i64 264
+  %spindw = getelementptr i8, ptr %state, i64 272
+  %spind = load atomic i64, ptr %spindw monotonic, align 8
+  store atomic i64 %spind, ptr %spinw monotonic, align 8
   %chunks1 = add i64 %extent, %chunk
   %chunks2 = sub i64 %chunks1, 1
   %chunks = udiv i64 %chunks2, %chunk
@@ -176,7 +186,6 @@ entry:
   %jstop = getelementptr i8, ptr %state, i64 256
   %jspin = getelementptr i8, ptr %state, i64 264
   %done = getelementptr i8, ptr %state, i64 320
-  %spin = load i64, ptr %jspin
   br label %next
 next:
   %last = phi i32 [0, %entry], [%g, %finish]
@@ -188,6 +197,7 @@ poll:
   br i1 %moved, label %job, label %idle
 idle:
   %n1 = add i64 %n, 1
+  %spin = load atomic i64, ptr %jspin monotonic, align 8
   %tired = icmp ugt i64 %n, %spin
   br i1 %tired, label %sleep, label %spinning
 spinning:
@@ -265,8 +275,8 @@ class NativeTeam:
         self._raw = ctypes.create_string_buffer(STATE_BYTES + 64)
         base = ctypes.addressof(self._raw)
         self.state = base + (-base % 64)                      # hot words on their own cache lines
-        words = (ctypes.c_int64 * 2).from_address(self.state + 264)
-        words[0] = _spin_iterations(PAUSE_TYPE(self._library["tt_team_pause"]), SPIN_US)
+        self._spin = (ctypes.c_int64 * 2).from_address(self.state + 264)     # spin now, default spin
+        self._spin[0] = self._spin[1] = _spin_iterations(PAUSE_TYPE(self._library["tt_team_pause"]), SPIN_US)
         self._lock = threading.Lock()
         self._closed = False
         worker = WORKER_TYPE(self._library["tt_team_worker"])
@@ -290,6 +300,11 @@ class NativeTeam:
             if self._closed:
                 raise RuntimeError("this native team was closed")
             self._run(self.state, fn, head[0], head[1], extent, chunk)
+
+    def rest(self) -> None:
+        """Send idle workers to sleep now instead of spinning (until the next `run`): before work
+        that wants every core, such as an extern step's BLAS."""
+        self._spin[0] = 0
 
     def close(self) -> None:
         """Stop the workers (they return from native code) and wait for them."""

@@ -64,6 +64,10 @@ class ThreadTeam:
             finally:
                 done.set()
 
+    @staticmethod
+    def rest() -> None:
+        """Nothing to do: idle workers block on their queues (NativeTeam's spin)."""
+
     def run(self, fn: Callable, head: tuple, extent: int, align: int = 1) -> None:
         """fn(*head, start, stop) over slices of range(extent), in parallel; returns when all are done."""
         slices = split(extent, self.threads, align)

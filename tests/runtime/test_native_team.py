@@ -109,6 +109,29 @@ def test_close_stops_the_workers_and_refuses_more_jobs(engine, mark):
     team.close()                                          # twice: nothing happens
 
 
+def test_rest_sends_spinning_workers_to_sleep_and_the_next_run_wakes_them(engine, mark):
+    import time
+    team = native_team.NativeTeam(engine, 3)
+    sleepers = ctypes.c_int32.from_address(team.state + 128)
+    assert team._spin[0] == team._spin[1] > 0
+    spin_default = team._spin[1] = 1 << 60                          # idle workers would never sleep
+    try:
+        counts, _, table = _job(64, 0)
+        team.run(mark[1], (ctypes.addressof(table), 0), 64, 1)       # the run takes the default spin
+        assert team._spin[0] == spin_default
+        team.rest()
+        assert team._spin[0] == 0
+        deadline = time.perf_counter() + 5
+        while sleepers.value < 2 and time.perf_counter() < deadline:
+            time.sleep(1e-4)
+        assert sleepers.value == 2                                 # both asleep, with no spin left
+        assert team._spin[0] == 0
+        assert _threads_sharing_slow_chunks(team, mark[1]) > 1     # woken, they work again
+        assert team._spin[0] == spin_default                       # the run restored the spin
+    finally:
+        team.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")     # 3.12: fork of a threaded process
 def test_a_forked_child_gets_a_team_of_its_own(tmp_path, mark):
@@ -155,3 +178,20 @@ def test_parallel_programs_match_with_either_team(engine, monkeypatch):
     for a, b in zip(results["1"], results["0"]):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(results["1"][1], np.log(np.exp(x.astype(np.float64)).sum(1)), rtol=1e-5)
+
+
+def test_an_extern_step_sends_the_team_to_rest_first(engine, monkeypatch):
+    """A float64 matmul is numpy's (OpenBLAS's threads): the team's workers must not spin beside it."""
+    import tracetorch as tt
+    rng = np.random.default_rng(2)
+    a, b = (tt.tensor(rng.standard_normal((512, 512))) for _ in range(2))
+    f = tt.compile(lambda a, b: tt.exp(a) @ b, backend="llvm")
+    np.testing.assert_allclose(f(a, b).numpy(), np.exp(a.numpy()) @ b.numpy(), rtol=1e-9, atol=1e-9)
+    compiled = f.programs[0].executable.compiled
+    if compiled.engine.threads < 2:
+        pytest.skip("one thread: no team")
+    assert [s[0] for s in compiled._steps] == ["parallel", "extern"]
+    rests = []
+    monkeypatch.setattr(compiled.engine.team, "rest", lambda: rests.append(1))
+    np.testing.assert_allclose(f(a, b).numpy(), np.exp(a.numpy()) @ b.numpy(), rtol=1e-9, atol=1e-9)
+    assert rests == [1]
