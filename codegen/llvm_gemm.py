@@ -18,10 +18,13 @@ Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core):
   2*MR zmm accumulators (one fma per 16 products, A broadcast from memory), writes them to a
   tile on its stack and stores (first K block) or adds (later ones) its rows and columns inside C to C, masked.
 - Compile time: the micro-kernels (14x32, 14x16 for a narrow last panel, 4x32 for a block's last
-  rows), the packers (one 16x16 transpose between them) and the loop nest are one `noinline`
-  function each per module, shared by all its matmuls, which pass sizes, strides and the packers
-  for their layouts as arguments; each matmul adds one call. W3's 8 matmuls, each specialized
-  with its own micro-kernels, took ~1 s of LLVM time; shared, ~0.1 s.
+  rows), the packers (one 16x16 transpose between them) and the loop nest are one library module
+  (`library_ir`), compiled once per host (without IR passes: the IR is already what the machine
+  code should be) and cached on disk like any program module. A program module calls them
+  through its `GEMM_TABLE` of function pointers, which the engine fills when it loads the module;
+  each matmul is one call of the loop nest with its sizes, strides and the packers for its
+  layouts. W3's 8 matmuls, each specialized with its own micro-kernels, took ~1 s of LLVM time;
+  shared within each module, ~0.1 s a module; as a library, 0.05 s once.
 
 Bounds: the operands' maps are checked over their whole shapes (`MatmulKernel.__post_init__`); rows
 past M and columns past N are touched only through masked loads and stores (masked-off lanes do not
@@ -36,6 +39,7 @@ from llvmlite import ir
 
 from .kernel import MatmulKernel, unit_strides
 from .llvm_math import intrinsic
+from .rendered import GEMM_EXPORTS as EXPORTS, GEMM_PARTS as PARTS, GEMM_TABLE as TABLE
 
 NR = MatmulKernel.PANEL      # C columns per panel: two 16-float vectors
 MR = MatmulKernel.ROW_BLOCK  # C rows per micro-kernel call: 28 accumulators of the 32 zmm registers
@@ -53,6 +57,11 @@ ZERO = ir.Constant(VEC, [0.0] * 16)
 SPLAT = ir.Constant(V_I32, [0] * 16)
 LANES = ir.Constant(V_I64, list(range(16)))
 ALIGN4 = ir.Constant(I32, 4)
+PACK_A = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
+PACK_B = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
+MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I1])
+DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 16 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
+                                                              ir.PointerType(MICRO)])
 
 
 def c64(x) -> ir.Value:
@@ -62,27 +71,39 @@ def c64(x) -> ir.Value:
 def render_matmul(module: ir.Module, kernel: MatmulKernel, name: str) -> ir.Function:
     """The kernel's function: void (ptr noalias <kernel.buffers>..., ptr err, i64 start, i64 stop)
     over units [start, stop) (the signature every kernel has, so `llvm_ir` gives it a range entry):
-    its loop nest, calling the module's shared packers and micro-kernels."""
-    return _Library.of(module).kernel(kernel, name)
+    one call of the GEMM library's loop nest, through the module's `TABLE`."""
+    return _Library(module).kernel(kernel, name)
+
+
+def library_ir() -> str:
+    """The GEMM library: the loop nest, packers and micro-kernels every matmul calls, exported as
+    `EXPORTS`. Why a library of its own, compiled (and cached on disk) once per host: inside each
+    program module that has a matmul it cost ~0.1 s of LLVM time per cold compile."""
+    module = ir.Module(name="tracetorch_gemm")
+    lib = _Library(module, exported=True)
+    lib.driver()
+    for rows_contiguous in (True, False):
+        lib.pack_a(rows_contiguous)
+        lib.pack_b(rows_contiguous)
+    lib.micro(1)
+    lib.micro(2)
+    names = {fn.name for fn in module.functions}
+    assert set(EXPORTS) <= names, (EXPORTS, names)
+    return str(module)
 
 
 class _Library:
-    """A module's shared GEMM functions (made on first use) and the loop nest of each matmul."""
+    """The GEMM's functions, each made on first use, in the library module (`exported`: the parts
+    other modules call keep external linkage), and the call of each matmul in a program module."""
 
-    def __init__(self, module: ir.Module):
+    def __init__(self, module: ir.Module, exported: bool = False):
         self.module = module
+        self.exported = exported
         self.fma = intrinsic(module, "llvm.fma.v16f32", VEC, [VEC, VEC, VEC])
         self.load_masked = intrinsic(module, "llvm.masked.load.v16f32.p0", VEC, [PTR, I32, MASK, VEC])
         self.store_masked = intrinsic(module, "llvm.masked.store.v16f32.p0", VOID, [VEC, PTR, I32, MASK])
         self.prefetch = intrinsic(module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
         self.functions: dict = {}
-
-    @staticmethod
-    def of(module: ir.Module) -> "_Library":
-        lib = getattr(module, "_tracetorch_gemm", None)
-        if lib is None:
-            lib = module._tracetorch_gemm = _Library(module)
-        return lib
 
     def _shared(self, key, make) -> ir.Function:
         fn = self.functions.get(key)
@@ -92,7 +113,8 @@ class _Library:
 
     def _function(self, name: str, args: list) -> tuple[ir.Function, ir.IRBuilder]:
         fn = ir.Function(self.module, ir.FunctionType(VOID, args), name=f"tt_gemm.{name}")
-        fn.linkage = "internal"
+        if not (self.exported and fn.name in EXPORTS):
+            fn.linkage = "internal"
         fn.attributes.add("nounwind")
         fn.attributes.add("noinline")              # compiled once, not once per caller
         return fn, ir.IRBuilder(fn.append_basic_block("entry"))
@@ -140,7 +162,7 @@ class _Library:
         prefetches; panel by panel, its 2 KB-apart rows missed in cache: 12% of a [128, 512] @ [512,
         512]) or k + n*step (16x16 transposes)."""
         def make():
-            fn, b = self._function(f"pack_b_{'rows' if rows_contiguous else 'cols'}", [PTR, PTR] + [I64] * 6)
+            fn, b = self._function(f"pack_b_{'rows' if rows_contiguous else 'cols'}", list(PACK_B.args))
             src, dst, k0, kb, j0, count, n, step = fn.args
             if rows_contiguous:
                 with _Loop(b, 0, kb, 1, "k") as k:
@@ -175,7 +197,7 @@ class _Library:
         16x16 transposes) or i + k*step (one masked copy per k and block, k outer so that A is read
         in order)."""
         def make():
-            fn, b = self._function(f"pack_a_{'rows' if rows_contiguous else 'cols'}", [PTR, PTR] + [I64] * 5)
+            fn, b = self._function(f"pack_a_{'rows' if rows_contiguous else 'cols'}", list(PACK_A.args))
             src, dst, i0, mb, k0, kb, step = fn.args
             keep = ir.Constant(MASK, [1] * MR + [0] * (16 - MR))
             if rows_contiguous:                # per block of MR rows, 16x16 transposes along k
@@ -205,7 +227,7 @@ class _Library:
         Bp[k*32 + c] for r < rows (<= tile_rows), c < width (<= 16 * halves), from tile_rows x
         16*halves accumulators."""
         def make():
-            fn, b = self._function(f"micro{tile_rows}x{16 * halves}", [PTR, PTR, PTR, I64, I64, I64, I64, I1])
+            fn, b = self._function(f"micro{tile_rows}x{16 * halves}", list(MICRO.args))
             a, bp, c, ldc, kb, rows, width, add = fn.args
             for arg in (a, bp, c):
                 arg.add_attribute("noalias")
@@ -262,21 +284,37 @@ class _Library:
         m, n, k = kern.m, kern.n, kern.k
         sa0, sa1 = unit_strides(kern.a_map.strides[-2:], (m, k))
         sb0, sb1 = unit_strides(kern.b_map.strides[-2:], (k, n))
-        driver = self.driver()
-        parts = [self.pack_a(sa1 == 1), self.pack_b(sb1 == 1), self.micro(1 if 0 < n % NR <= 16 else 2)]
+        table = self.table()
         buffers = kern.buffers
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(buffers) + [PTR, I64, I64]), name=name)
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
         ptr = dict(zip(buffers, fn.args))
         b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+        def part(name: str, ftype: ir.FunctionType) -> ir.Value:
+            slot = b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, PARTS.index(name))], inbounds=True)
+            return b.load(slot, typ=ir.PointerType(ftype), align=8)
+
+        parts = [part("pack_a_rows" if sa1 == 1 else "pack_a_cols", PACK_A),
+                 part("pack_b_rows" if sb1 == 1 else "pack_b_cols", PACK_B),
+                 part("micro14x16" if 0 < n % NR <= 16 else "micro14x32", MICRO)]
         (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
         sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
                  kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner)
-        b.call(driver, [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]] + [c64(x) for x in sizes]
-               + parts)
+        b.call(part("driver", DRIVER), [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]]
+               + [c64(x) for x in sizes] + parts)
         b.ret_void()
         return fn
+
+    def table(self) -> ir.GlobalVariable:
+        """The module's `TABLE` (exported: the loader fills it with the library's `EXPORTS`)."""
+        table = self.module.globals.get(TABLE)
+        if table is None:
+            table = ir.GlobalVariable(self.module, ir.ArrayType(PTR, len(PARTS)), name=TABLE)
+            table.initializer = ir.Constant(table.value_type, None)
+            table.align = 8
+        return table
 
     # ------------------------------------------------------------ the loop nest, one per module
     def driver(self) -> ir.Function:
@@ -290,11 +328,7 @@ class _Library:
         and the micro-kernel of a last panel of <= 16 columns come as arguments: one loop nest for
         every matmul (each took ~25 ms of LLVM time)."""
         wide, short = self.micro(2), self.micro(2, SHORT)
-        wide_type = wide.function_type
-        pack_a_type = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
-        pack_b_type = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
-        fn, b = self._function("driver", [PTR, PTR, PTR] + [I64] * 16 +
-                               [ir.PointerType(pack_a_type), ir.PointerType(pack_b_type), ir.PointerType(wide_type)])
+        fn, b = self._function("driver", list(DRIVER.args))
         (A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_off, b_off, inner, a_outer, a_inner,
          b_outer, b_inner, pack_a, pack_b, slim) = fn.args
         for arg in (A, B, C):

@@ -108,7 +108,8 @@ def render_program(program: Program) -> RenderedProgram:
                 with b.if_then(failed, likely=False):     # write a program's inputs in place
                     b.ret_void()
     b.ret_void()
-    return RenderedProgram(str(module), ENTRY, tuple(f.name for f in entries), tuple(checks))
+    return RenderedProgram(str(module), ENTRY, tuple(f.name for f in entries), tuple(checks),
+                           any(isinstance(k, MatmulKernel) for k in program.kernels))
 
 
 def canonical_kernel(kernel: Kernel):

@@ -25,9 +25,22 @@ class Check:
     message: str
 
 
+# The GEMM library (codegen.llvm_gemm.library_ir): a module with matmuls exports GEMM_TABLE, an array of
+# pointers that the loader fills with the addresses of the library's GEMM_EXPORTS, in this order.
+GEMM_TABLE = "tt_gemm_table"
+GEMM_PARTS = ("driver", "pack_a_rows", "pack_a_cols", "pack_b_rows", "pack_b_cols", "micro14x16", "micro14x32")
+GEMM_EXPORTS = tuple(f"tt_gemm.{part}" for part in GEMM_PARTS)
+
+
 @dataclass(frozen=True)
 class RenderedProgram:
     ir: str                               # LLVM IR text (module name "tracetorch": the runtime renames it)
     entry: str                            # void program(ptr table, ptr err)
     kernel_entries: tuple[str, ...]       # per kernel (program.kernels order): void (ptr table, ptr err, i64, i64)
     checks: tuple[Check, ...]             # error flag value i+1 -> checks[i]
+    gemm: bool = False                    # it calls the GEMM library through its GEMM_TABLE
+
+    @property
+    def exports(self) -> tuple[str, ...]:
+        """The symbols the runtime looks up in the loaded module."""
+        return (self.entry,) + self.kernel_entries + ((GEMM_TABLE,) if self.gemm else ())

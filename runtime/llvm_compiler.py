@@ -62,8 +62,9 @@ class LLVMCompiler:
         """The object's cache key (and module name): IR, CPU, features and versions."""
         return cache_key(ir_text, self.cpu, self.features, self.versions)
 
-    def object_code(self, ir_text: str, name: str) -> bytes:
-        """Optimize (O3, vectorizers on) and compile IR text to an object file for the host."""
+    def object_code(self, ir_text: str, name: str, optimize: bool = True) -> bytes:
+        """Optimize (O3, vectorizers on; not when `optimize` is false: IR written as the machine code
+        should be, as the GEMM library's) and compile IR text to an object file for the host."""
         t0 = time.perf_counter()
         mod = llvm.parse_assembly(ir_text)
         mod.name = name                      # the cache key: never "<string>" (LLVM.md)
@@ -71,7 +72,8 @@ class LLVMCompiler:
         mod.data_layout = str(self._tm.target_data)
         mod.verify()
         t1 = time.perf_counter()
-        self._optimize(mod)
+        if optimize:
+            self._optimize(mod)
         t2 = time.perf_counter()
         obj = self._tm.emit_object(mod)
         self.timings = {"parse": t1 - t0, "optimize": t2 - t1, "codegen": time.perf_counter() - t2}

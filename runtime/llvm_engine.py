@@ -33,6 +33,7 @@ error flag is checked and a failed check raises its exception.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from codegen.kernel import Accumulator, ExternCall, Load, Loop, MatmulKernel, Op, Program
-from codegen.rendered import Check, RenderedProgram
+from codegen.rendered import GEMM_EXPORTS, GEMM_TABLE, Check, RenderedProgram
 
 from .disk_cache import CODE_MODEL, DiskCache
 from .host import host_fingerprint
@@ -52,7 +53,7 @@ from .interrupts import FinishedInterrupt
 from .memory import Arena, BufferPool, MemoryPlan, sequential_plan
 from . import native_team, profiler
 from .parallel import ThreadTeam, default_threads
-from .program_key import program_key
+from .program_key import RENDERER_VERSION, program_key
 from .shared_object import LinkError, SharedLibrary, find_linker, link_shared
 
 _EXCEPTIONS = {e.__name__: e for e in (IndexError, ValueError, ZeroDivisionError, TypeError, ArithmeticError)}
@@ -73,6 +74,11 @@ _OP_COST = {"exp": 10, "log": 10, "log1p": 10, "expm1": 10, "tanh": 12, "sigmoid
             "pow": 20, "div": 4, "sqrt": 4, "rsqrt": 4, "floordiv": 4, "mod": 4, "random": 12}
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 RANGE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+
+def _gemm_library_ir() -> str:
+    from codegen.llvm_gemm import library_ir
+    return library_ir()
 
 
 def render_program(program: Program) -> RenderedProgram:
@@ -118,6 +124,7 @@ class LLVMEngine:
         self._lock = threading.Lock()
         self._compiler_lock = threading.Lock()
         self._team = None
+        self._gemm = None                        # the GEMM library's loaded code, once a module needs it
         self.team_error: str | None = None      # why the native team could not be made, if it could not
         self.threads = threads or default_threads()
         self.pool = BufferPool()
@@ -168,14 +175,16 @@ class LLVMEngine:
         found = self._programs.get(pkey) or self._load_index(pkey)
         if found is not None:                  # seen before: its object is found without rendering the IR
             key, rendered = found
-            library = self._library(key, lambda: render_program(program).ir,
-                                    (rendered.entry,) + rendered.kernel_entries)
+            library = self._library(key, lambda: render_program(program).ir, rendered.exports)
         else:
             rendered = render_program(program)
             key = self.compiler.key(rendered.ir)
-            library = self._library(key, rendered.ir, (rendered.entry,) + rendered.kernel_entries)
+            library = self._library(key, rendered.ir, rendered.exports)
             self._store_index(pkey, key, rendered)
-        self._programs[pkey] = (key, RenderedProgram("", rendered.entry, rendered.kernel_entries, rendered.checks))
+        if rendered.gemm:
+            self._link_gemm(library)
+        self._programs[pkey] = (key, RenderedProgram("", rendered.entry, rendered.kernel_entries, rendered.checks,
+                                                     rendered.gemm))
         self.stats.load_seconds += time.perf_counter() - t0
         return CompiledProgram(self, program, rendered, library, plan or sequential_plan(program.temps))
 
@@ -187,7 +196,7 @@ class LLVMEngine:
         try:
             d = json.loads(blob)
             checks = tuple(Check(_EXCEPTIONS[name], message) for name, message in d["checks"])
-            return d["key"], RenderedProgram("", d["entry"], tuple(d["kernel_entries"]), checks)
+            return d["key"], RenderedProgram("", d["entry"], tuple(d["kernel_entries"]), checks, bool(d["gemm"]))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -195,10 +204,21 @@ class LLVMEngine:
         if self.cache is None:
             return
         d = {"key": key, "entry": rendered.entry, "kernel_entries": list(rendered.kernel_entries),
-             "checks": [[c.error.__name__, c.message] for c in rendered.checks]}
+             "checks": [[c.error.__name__, c.message] for c in rendered.checks], "gemm": rendered.gemm}
         self.cache.store(pkey, json.dumps(d).encode(), ".json")
 
-    def _library(self, key: str, ir_text, exports: tuple[str, ...]):
+    def _link_gemm(self, library) -> None:
+        """Fill a loaded module's GEMM table with the GEMM library's functions (compiled, or loaded from
+        the disk cache, once per process; kept loaded as long as the engine)."""
+        if self._gemm is None:
+            key = "gemm-" + hashlib.sha256(f"{self.target}\0{RENDERER_VERSION}\0no passes".encode()).hexdigest()
+            # no IR passes: its IR is already what the machine code should be, and O3 made it slower
+            # (128x512x784: 260 -> 311 GFLOP/s without them; 0.045 s less compile time)
+            self._gemm = self._library(key, _gemm_library_ir, GEMM_EXPORTS, optimize=False)
+        table = (ctypes.c_void_p * len(GEMM_EXPORTS)).from_address(library[GEMM_TABLE])
+        table[:] = [self._gemm[name] for name in GEMM_EXPORTS]
+
+    def _library(self, key: str, ir_text, exports: tuple[str, ...], optimize: bool = True):
         """The loaded code of object `key`: a SharedLibrary or an ORC resource tracker (`lib[name]` is
         an export's address either way). In this process, else a cached shared object, else the cached
         object (or IR compiled now) linked into a shared object, else linked by ORC."""
@@ -211,7 +231,7 @@ class LLVMEngine:
             if lib is None:
                 obj = self.cache.load(key) if self.cache else None
                 if obj is None:
-                    obj = self.object_code(ir_text() if callable(ir_text) else ir_text, key)
+                    obj = self.object_code(ir_text() if callable(ir_text) else ir_text, key, optimize)
                     if self.cache:
                         self.cache.store(key, obj)
                 else:
@@ -263,10 +283,11 @@ class LLVMEngine:
             self.cache.store(key, data, ".so")
         return lib
 
-    def object_code(self, ir_text: str, name: str) -> bytes:
-        """Optimize (O3, vectorizers on) and compile IR text to an object file for the host."""
+    def object_code(self, ir_text: str, name: str, optimize: bool = True) -> bytes:
+        """Optimize (O3, vectorizers on; unless not `optimize`) and compile IR text to an object file
+        for the host."""
         t0 = time.perf_counter()
-        obj = self.compiler.object_code(ir_text, name)
+        obj = self.compiler.object_code(ir_text, name, optimize)
         self.stats.compiles += 1
         self.stats.compile_seconds += time.perf_counter() - t0
         self.stats.timings = dict(self.compiler.timings)

@@ -199,3 +199,25 @@ def test_float64_matmuls_keep_numpy_and_vectors_work():
     g = tt.compile(lambda a, b: (a @ b, b @ a.t()))
     for got, want in zip(g(x32, v), (x32.numpy() @ v.numpy(), v.numpy() @ x32.numpy().T)):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_gemm_library_is_compiled_once_and_a_warm_engine_compiles_nothing(tmp_path):
+    # program modules hold only a table of the library's functions, filled when they are loaded
+    from codegen.llvm_ir import render_program
+    from codegen.rendered import GEMM_TABLE
+    rng = np.random.default_rng(11)
+    cases = []
+    for m, n, k, b_t in ((20, 40, 30, False), (33, 10, 70, True)):
+        a_store, a_map, a = _operand(rng, (m, k), False, 0, 0)
+        b_store, b_map, b = _operand(rng, (k, n), b_t, 0, 0)
+        cases.append((_program(f"lib{m}", m, n, k, (), a_store, a_map, b_store, b_map), a_store, b_store,
+                      a.astype(np.float64) @ b.astype(np.float64)))
+    rendered = render_program(cases[0][0])
+    assert rendered.gemm and GEMM_TABLE in rendered.exports
+    assert "define void @\"tt_gemm." not in rendered.ir and "micro14x32" not in rendered.ir
+    for warm in (False, True):
+        engine = LLVMEngine(cache=DiskCache(tmp_path), threads=2)
+        for n, (program, a_store, b_store, want) in enumerate(cases):
+            got, = engine.compile(program)(a_store, b_store)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+            assert engine.stats.compiles == (0 if warm else 2 + n)      # the library, then each program
