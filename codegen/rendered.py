@@ -39,8 +39,10 @@ class RenderedProgram:
     kernel_entries: tuple[str, ...]       # per kernel (program.kernels order): void (ptr table, ptr err, i64, i64)
     checks: tuple[Check, ...]             # error flag value i+1 -> checks[i]
     gemm: bool = False                    # it calls the GEMM library through its GEMM_TABLE
+    segment: str = ""                     # void (ptr table, ptr err, i64 first, i64 last): kernels first..last-1
 
     @property
     def exports(self) -> tuple[str, ...]:
         """The symbols the runtime looks up in the loaded module."""
-        return (self.entry,) + self.kernel_entries + ((GEMM_TABLE,) if self.gemm else ())
+        return ((self.entry,) + self.kernel_entries + ((self.segment,) if self.segment else ())
+                + ((GEMM_TABLE,) if self.gemm else ()))

@@ -184,7 +184,7 @@ class LLVMEngine:
         if rendered.gemm:
             self._link_gemm(library)
         self._programs[pkey] = (key, RenderedProgram("", rendered.entry, rendered.kernel_entries, rendered.checks,
-                                                     rendered.gemm))
+                                                     rendered.gemm, rendered.segment))
         self.stats.load_seconds += time.perf_counter() - t0
         return CompiledProgram(self, program, rendered, library, plan or sequential_plan(program.temps))
 
@@ -196,7 +196,8 @@ class LLVMEngine:
         try:
             d = json.loads(blob)
             checks = tuple(Check(_EXCEPTIONS[name], message) for name, message in d["checks"])
-            return d["key"], RenderedProgram("", d["entry"], tuple(d["kernel_entries"]), checks, bool(d["gemm"]))
+            return d["key"], RenderedProgram("", d["entry"], tuple(d["kernel_entries"]), checks, bool(d["gemm"]),
+                                             str(d["segment"]))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -204,7 +205,8 @@ class LLVMEngine:
         if self.cache is None:
             return
         d = {"key": key, "entry": rendered.entry, "kernel_entries": list(rendered.kernel_entries),
-             "checks": [[c.error.__name__, c.message] for c in rendered.checks], "gemm": rendered.gemm}
+             "checks": [[c.error.__name__, c.message] for c in rendered.checks], "gemm": rendered.gemm,
+             "segment": rendered.segment}
         self.cache.store(pkey, json.dumps(d).encode(), ".json")
 
     def _link_gemm(self, library) -> None:
@@ -399,13 +401,17 @@ class CompiledProgram:
         self._last_inputs: list = [None] * len(program.inputs)
         self._entry = ENTRY_TYPE(library[rendered.entry])
         self._ranges = [RANGE_TYPE(library[name]) for name in rendered.kernel_entries]
-        self._steps = self._plan_steps()
-        self._forced_steps = None            # the steps a profile runs when self._steps is None
+        self._segment = RANGE_TYPE(library[rendered.segment]) if rendered.segment else None
+        plan = self._plan_steps()
+        self._steps = self._merged(plan)     # what a run calls
+        self._plan = None if plan is None else [step[:6] for step in plan]   # a step per kernel: profiles
+        self._forced_steps = None            # the steps a profile runs when self._plan is None
         self._extern_sources: dict = {}
 
     def _plan_steps(self, force: bool = False) -> list | None:
-        """None: one call to the entry (unless `force`). Else (kind, fn, extent, align, stores into an
-        input, index in program.steps) steps run in order."""
+        """None: one call to the entry (unless `force`). Else steps run in order: (kind, fn, a, b, stores
+        into an input, index in program.steps); a serial step is fn(table, err, a, b) (a kernel: 0,
+        extent), a parallel one runs fn over range(a) in slices that are multiples of b."""
         kernels = self.program.kernels
         parallel = [self.engine.threads > 1 and k.extent >= 2 and worth_threads(k) for k in kernels]
         if not force and not any(parallel) and len(kernels) == len(self.program.steps):
@@ -423,8 +429,29 @@ class CompiledProgram:
                 steps.append(("parallel", team.entry(fn), extent, _slice_align(step, self.engine.threads), writes,
                               index))
             elif extent > 0:
-                steps.append(("serial", fn, extent, 1, writes, index))
+                steps.append(("serial", fn, 0, extent, writes, index, n))
             n += 1
+        return steps
+
+    def _merged(self, plan: list | None) -> list | None:
+        """`plan` with each run of two or more serial kernels made one call of the module's segment entry
+        (kernels first..last-1), where it has one. Kernel steps of a plan carry their kernel number last."""
+        if plan is None or self._segment is None:
+            return None if plan is None else [step[:6] for step in plan]
+        steps: list = []
+        run: list = []
+        for step in plan + [None]:
+            if step is not None and step[0] == "serial":
+                run.append(step)
+                continue
+            if len(run) == 1:
+                steps.append(run[0][:6])
+            elif run:
+                steps.append(("serial", self._segment, run[0][6], run[-1][6] + 1, any(s[4] for s in run),
+                              run[0][5]))
+            run = []
+            if step is not None:
+                steps.append(step[:6])
         return steps
 
     def __call__(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -466,12 +493,12 @@ class CompiledProgram:
         return np.ascontiguousarray(a)
 
     def _stepwise(self) -> list:
-        """The steps as run one by one: the plan, or for a program that is one entry call, its kernels
-        in order (planned once)."""
-        if self._steps is not None:
-            return self._steps
+        """The steps one per kernel or extern call: the plan, or for a program that is one entry call,
+        its kernels in order (planned once)."""
+        if self._plan is not None:
+            return self._plan
         if self._forced_steps is None:
-            self._forced_steps = self._plan_steps(force=True)
+            self._forced_steps = [step[:6] for step in self._plan_steps(force=True)]
         return self._forced_steps
 
     def _run_profiled(self, outputs: list, recorder) -> None:
@@ -491,15 +518,15 @@ class CompiledProgram:
         head = (self._table_addr, self._err_addr)
         writing = interrupted = False
         clock = time.perf_counter_ns
-        for kind, fn, extent, align, writes_input, index in (self._steps if steps is None else steps):
+        for kind, fn, a, b, writes_input, index in (self._steps if steps is None else steps):
             writing = writing or writes_input
             if times is not None:
                 t0 = clock()
             try:
                 if kind == "serial":
-                    fn(*head, 0, extent)
+                    fn(*head, a, b)
                 elif kind == "parallel":
-                    self.engine.team.run(fn, head, extent, align)
+                    self.engine.team.run(fn, head, a, b)
                 else:
                     if self.engine._team is not None:
                         self.engine._team.rest()     # its workers would spin on cores the BLAS wants

@@ -10,7 +10,7 @@ from codegen.templates import elementwise_kernel
 from runtime.disk_cache import DiskCache
 from runtime.llvm_engine import LLVMEngine
 from runtime.parallel import ThreadTeam, split
-from sample_programs import big_program, two_stage_program
+from sample_programs import big_program, mixed_program, two_stage_program
 from tracetorch.dtypes import float32
 
 
@@ -69,6 +69,28 @@ def test_threaded_kernels_match_single_thread(engine, tmp_path):
         np.testing.assert_array_equal(a, b)
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(threaded(x)[1], np.log(np.exp(x64).sum(1)), rtol=1e-5)
+
+
+def test_runs_of_serial_kernels_between_parallel_ones_are_one_call_each(engine):
+    compiled = engine.compile(mixed_program())
+    assert engine.threads > 1 or pytest.skip("one CPU")
+    # (kind, fn, a, b, ...): a serial step runs kernels a..b-1 through the segment entry when it has two
+    assert [(s[0],) + ((s[2], s[3]) if s[0] == "serial" else ()) for s in compiled._steps] == [
+        ("serial", 0, 2), ("parallel",), ("parallel",), ("serial", 4, 6)]
+    assert [kind for kind in compiled.step_kinds().values()] == ["serial"] * 2 + ["parallel"] * 2 + ["serial"] * 2
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((601, 1031)).astype(np.float32)
+    table = rng.standard_normal((10, 33)).astype(np.float32)
+    idx = np.array([0, 9, -1, -10, 3, 3])
+    got = compiled(x, table, idx)
+    for a, b in zip(got, compiled.run_kernel_by_kernel(x, table, idx)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(got[2], table[idx] * 2, rtol=1e-6)
+    np.testing.assert_allclose(got[3], table[idx].sum(1) + 1, rtol=1e-5, atol=1e-5)
+    for bad in (10, -11):                      # the check fails inside the first segment
+        with pytest.raises(IndexError, match="embedding index out of range for a dimension of size 10"):
+            compiled(x, table, np.array([0, 1, bad, 2, 3, 4]))
+    np.testing.assert_array_equal(compiled(x, table, idx)[2], got[2])
 
 
 def test_extern_steps_run_between_kernels(engine):
