@@ -27,8 +27,9 @@ arena, were written once), takes the outputs from a caching allocator and,
 for a program whose kernels are all small and which has no extern steps,
 makes ONE foreign call to the generated `program(table, err)` entry. Big
 kernels split their outer loop across threads (runtime.native_team); extern steps (e.g. matmul
-through numpy) run in Python between kernels. After the call the int32
-error flag is checked and a failed check raises its exception.
+through numpy) run in Python between kernels; each run of serial kernels between them is one call
+of `program_segment`. After the call the int32 error flag is checked and a failed check raises
+its exception. Modules with matmuls call the GEMM library (codegen.llvm_gemm), loaded once.
 """
 from __future__ import annotations
 
