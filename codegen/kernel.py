@@ -359,6 +359,7 @@ class MatmulKernel:
     PANEL = 32          # C columns per unit of the outer loop
     ROW_BLOCK = 14      # C rows per micro-kernel call: a row slice is a multiple of them
     MIN_UNITS = 4       # C is cut into row slices too when it has fewer panels than this
+    ROW_SLICES_TALL = 2  # row slices of a single C with more rows than columns
 
     @staticmethod
     def takes(batch, m: int, n: int, k: int, a_strides, b_strides) -> bool:
@@ -421,12 +422,14 @@ class MatmulKernel:
 
     @property
     def row_slices(self) -> int:
-        """Row slices of each batch's C: 1, or more when there are too few panels to share out
-        (a [1024, 10] result is one panel)."""
+        """Row slices of each batch's C: more than 1 when there are too few panels to share out (a
+        [1024, 10] result is one panel), or when C is one matrix taller than wide: each thread then
+        packs its rows of A and all of B, where sharing out panels would have every thread pack all
+        of A (the bigger operand)."""
         units = math.prod(self.batch) * self.panels
-        if units >= self.MIN_UNITS:
-            return 1
-        return max(1, min(-(-self.m // self.ROW_BLOCK), -(-self.MIN_UNITS // units)))
+        tall = self.ROW_SLICES_TALL if units == self.panels and self.m > self.n else 1
+        few = -(-self.MIN_UNITS // units) if units < self.MIN_UNITS else 1
+        return max(1, min(-(-self.m // self.ROW_BLOCK), max(tall, few)))
 
     @property
     def slice_rows(self) -> int:

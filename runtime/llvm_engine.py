@@ -340,8 +340,9 @@ def worth_threads(kernel) -> bool:
 
 def _slice_align(kernel, threads: int) -> int:
     """What a parallel kernel's slices are multiples of. A loop over elements: 64, whole vectors per
-    thread. A GEMM of one matrix: one run of panels per thread (each slice reads all of A: 8 slices
-    of a [1024, 784] @ [784, 512] read it 8 times, 260 -> 205 GFLOP/s). Else 1."""
+    thread. A GEMM of one matrix: one run of units per thread (a slice packs all of A for its panels,
+    or all of B for its rows: 8 slices of a [1024, 784] @ [784, 512] by panels read A 8 times,
+    260 -> 205 GFLOP/s). Else 1."""
     if isinstance(kernel, MatmulKernel):
         return 1 if math.prod(kernel.batch) > 1 else -(-kernel.extent // threads)
     return 64 if not any(isinstance(s, Loop) for s in kernel.outer.body) else 1

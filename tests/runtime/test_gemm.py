@@ -98,17 +98,36 @@ def test_three_batch_dims_merge_into_two(engine):
     assert MatmulKernel.merge_batch((2, 3, 4), (12, 0, 1), (1, 0, 7)) is None     # three remain
 
 
-def test_threaded_gemm_equals_single_thread(engine, tmp_path):
+@pytest.mark.parametrize("m, n, k, slices", [(200, 300, 190, 1), (333, 100, 190, 2)], ids=["wide", "tall"])
+def test_threaded_gemm_equals_single_thread(engine, tmp_path, m, n, k, slices):
+    # 2*m*n*k above PARALLEL_MIN_COST: split across the team; a tall C by row slices, a wide one by panels
     rng = np.random.default_rng(9)
-    m, n, k = 200, 300, 190               # 2*m*n*k above PARALLEL_MIN_COST: split across the team
     a_store, a_map, a = _operand(rng, (m, k), False, 0, 0)
     b_store, b_map, b = _operand(rng, (k, n), True, 0, 0)
     program = _program("gemm_threads", m, n, k, (), a_store, a_map, b_store, b_map)
+    assert program.steps[0].row_slices == slices
     threaded = engine.compile(program)
     assert engine.threads > 1 or pytest.skip("one CPU")
     assert [s[0] for s in threaded._steps] == ["parallel"]
     single = LLVMEngine(cache=DiskCache(tmp_path), threads=1).compile(program)
-    np.testing.assert_array_equal(threaded(a_store, b_store)[0], single(a_store, b_store)[0])
+    got = threaded(a_store, b_store)[0]
+    np.testing.assert_array_equal(got, single(a_store, b_store)[0])
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-4, atol=1e-4)
+
+
+def test_row_slices_follow_the_shape():
+    rng = np.random.default_rng(5)
+
+    def slices(m, n, batch=()):
+        a_store, a_map, _ = _operand(rng, tuple(batch) + (m, 8), False, 0, 0)
+        b_store, b_map, _ = _operand(rng, tuple(batch) + (8, n), False, 0, 0)
+        return _program("s", m, n, 8, batch, a_store, a_map, b_store, b_map).steps[0].row_slices
+
+    assert slices(1024, 512) == 2            # tall: each thread packs its rows of A and all of B
+    assert slices(128, 512) == 1 and slices(512, 512) == 1
+    assert slices(1024, 10) == 4             # one panel: cut into MIN_UNITS row slices
+    assert slices(14, 10) == 1               # one row block: nothing to cut
+    assert slices(100, 64, (3,)) == 1        # a batch has units enough
 
 
 @pytest.mark.parametrize("m, n, k", [(13, 48, 20), (16, 10, 33), (3, 16, 1)])
