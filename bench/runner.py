@@ -159,9 +159,10 @@ def measure_interleaved(timed: dict[str, Timed], budget_s: float, min_repeats: i
     run hold. Blocks, not single samples: right after a system ran, its thread pools (OpenBLAS,
     OpenMP) still spin and on a 2-core machine slow the next system's calls up to threefold; so each
     block starts with a pause of `quiet_s` and `settle_s` of untimed calls. The samples fit
-    `budget_s` per entry, `min_repeats` at least. Each entry's median per round is kept too (`round_medians_s`): the ratio of two systems is
-    best taken round by round (`targets.speedup`), each round's pair having run under the same load.
-    A call that raises ends that entry's sampling; its result is the error."""
+    `budget_s` per entry, `min_repeats` at least. Each entry's median per round is kept too
+    (`round_medians_s`): the ratio of two systems is best taken round by round (`targets.speedup`),
+    each round's pair having run under the same load. A call that raises ends that entry's sampling;
+    its result is the error."""
     per_block = {name: int(min(max_repeats / rounds, max(math.ceil(min_repeats / rounds),
                                                          budget_s / rounds / (t.estimate_s * t.inner))))
                  for name, t in timed.items()}

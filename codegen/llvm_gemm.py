@@ -1,7 +1,7 @@
 """The generated float32 GEMM of a `MatmulKernel`, in LLVM IR, for hosts with AVX-512.
 
 Why: on the 2-core Xeon numpy's OpenBLAS ran W3's matmuls at 190-240 GFLOP/s and PyTorch's MKL at
-300-330; this code runs them at 240-290 (alone, warm caches). As a kernel of the program it also
+340-380; this code runs them at 300-350 (alone, warm caches). As a kernel of the program it also
 runs on the native team, so no OpenBLAS threads are left spinning into the next kernel (they
 slowed it ~35%).
 
@@ -18,7 +18,8 @@ Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core):
   per panel, per `MR` rows, the micro-kernel prefetches the MR x 32 tile of C for writing (so it
   is in L1 when the k loop ends: C in L3 took 5-15% of a [128, 512] @ [512, 512]), keeps it in
   2*MR zmm accumulators (one fma per 16 products, A broadcast from memory), writes them to a
-  tile on its stack and stores (first K block) or adds (later ones) its rows and columns inside C to C, masked.
+  tile on its stack and stores (first K block) or adds (later ones) its rows and columns inside C
+  to C, masked.
 - Compile time: the micro-kernels (14x32, 14x16 for a narrow last panel, 4x32 for a block's last
   rows), the packers (one 16x16 transpose between them) and the loop nest are one library module
   (`library_ir`), compiled once per host (without IR passes: the IR is already what the machine
@@ -70,11 +71,45 @@ def c64(x) -> ir.Value:
     return x if isinstance(x, ir.Value) else ir.Constant(I64, x)
 
 
-def render_matmul(module: ir.Module, kernel: MatmulKernel, name: str) -> ir.Function:
+def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Function:
     """The kernel's function: void (ptr noalias <kernel.buffers>..., ptr err, i64 start, i64 stop)
     over units [start, stop) (the signature every kernel has, so `llvm_ir` gives it a range entry):
     one call of the GEMM library's loop nest, through the module's `TABLE`."""
-    return _Library(module).kernel(kernel, name)
+    m, n, k = kern.m, kern.n, kern.k
+    sa0, sa1 = unit_strides(kern.a_map.strides[-2:], (m, k))
+    sb0, sb1 = unit_strides(kern.b_map.strides[-2:], (k, n))
+    table = _table(module)
+    buffers = kern.buffers
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * len(buffers) + [PTR, I64, I64]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    ptr = dict(zip(buffers, fn.args))
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def part(name: str, ftype: ir.FunctionType) -> ir.Value:
+        slot = b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, PARTS.index(name))], inbounds=True)
+        return b.load(slot, typ=ir.PointerType(ftype), align=8)
+
+    parts = [part("pack_a_rows" if sa1 == 1 else "pack_a_cols", PACK_A),
+             part("pack_b_rows" if sb1 == 1 else "pack_b_cols", PACK_B),
+             part("micro14x16" if 0 < n % NR <= 16 else "micro14x32", MICRO)]
+    (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
+    sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
+             kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner)
+    b.call(part("driver", DRIVER), [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]]
+           + [c64(x) for x in sizes] + parts)
+    b.ret_void()
+    return fn
+
+
+def _table(module: ir.Module) -> ir.GlobalVariable:
+    """The module's `TABLE` (exported: the loader fills it with the library's `EXPORTS`)."""
+    table = module.globals.get(TABLE)
+    if table is None:
+        table = ir.GlobalVariable(module, ir.ArrayType(PTR, len(PARTS)), name=TABLE)
+        table.initializer = ir.Constant(table.value_type, None)
+        table.align = 8
+    return table
 
 
 def library_ir() -> str:
@@ -82,7 +117,7 @@ def library_ir() -> str:
     `EXPORTS`. Why a library of its own, compiled (and cached on disk) once per host: inside each
     program module that has a matmul it cost ~0.1 s of LLVM time per cold compile."""
     module = ir.Module(name="tracetorch_gemm")
-    lib = _Library(module, exported=True)
+    lib = _Library(module)
     lib.driver()
     for rows_contiguous in (True, False):
         lib.pack_a(rows_contiguous)
@@ -95,12 +130,11 @@ def library_ir() -> str:
 
 
 class _Library:
-    """The GEMM's functions, each made on first use, in the library module (`exported`: the parts
-    other modules call keep external linkage), and the call of each matmul in a program module."""
+    """The GEMM library's functions, each made on first use: `EXPORTS` with external linkage (other
+    modules call them), the rest internal."""
 
-    def __init__(self, module: ir.Module, exported: bool = False):
+    def __init__(self, module: ir.Module):
         self.module = module
-        self.exported = exported
         self.fma = intrinsic(module, "llvm.fma.v16f32", VEC, [VEC, VEC, VEC])
         self.load_masked = intrinsic(module, "llvm.masked.load.v16f32.p0", VEC, [PTR, I32, MASK, VEC])
         self.store_masked = intrinsic(module, "llvm.masked.store.v16f32.p0", VOID, [VEC, PTR, I32, MASK])
@@ -115,7 +149,7 @@ class _Library:
 
     def _function(self, name: str, args: list) -> tuple[ir.Function, ir.IRBuilder]:
         fn = ir.Function(self.module, ir.FunctionType(VOID, args), name=f"tt_gemm.{name}")
-        if not (self.exported and fn.name in EXPORTS):
+        if fn.name not in EXPORTS:
             fn.linkage = "internal"
         fn.attributes.add("nounwind")
         fn.attributes.add("noinline")              # compiled once, not once per caller
@@ -281,44 +315,7 @@ class _Library:
             return fn
         return self._shared(("micro", halves, tile_rows), make)
 
-    # ------------------------------------------------------------ one matmul: a call of its driver
-    def kernel(self, kern: MatmulKernel, name: str) -> ir.Function:
-        m, n, k = kern.m, kern.n, kern.k
-        sa0, sa1 = unit_strides(kern.a_map.strides[-2:], (m, k))
-        sb0, sb1 = unit_strides(kern.b_map.strides[-2:], (k, n))
-        table = self.table()
-        buffers = kern.buffers
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(buffers) + [PTR, I64, I64]), name=name)
-        fn.linkage = "internal"
-        fn.attributes.add("nounwind")
-        ptr = dict(zip(buffers, fn.args))
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-
-        def part(name: str, ftype: ir.FunctionType) -> ir.Value:
-            slot = b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, PARTS.index(name))], inbounds=True)
-            return b.load(slot, typ=ir.PointerType(ftype), align=8)
-
-        parts = [part("pack_a_rows" if sa1 == 1 else "pack_a_cols", PACK_A),
-                 part("pack_b_rows" if sb1 == 1 else "pack_b_cols", PACK_B),
-                 part("micro14x16" if 0 < n % NR <= 16 else "micro14x32", MICRO)]
-        (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
-        sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
-                 kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner)
-        b.call(part("driver", DRIVER), [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]]
-               + [c64(x) for x in sizes] + parts)
-        b.ret_void()
-        return fn
-
-    def table(self) -> ir.GlobalVariable:
-        """The module's `TABLE` (exported: the loader fills it with the library's `EXPORTS`)."""
-        table = self.module.globals.get(TABLE)
-        if table is None:
-            table = ir.GlobalVariable(self.module, ir.ArrayType(PTR, len(PARTS)), name=TABLE)
-            table.initializer = ir.Constant(table.value_type, None)
-            table.align = 8
-        return table
-
-    # ------------------------------------------------------------ the loop nest, one per module
+    # ------------------------------------------------------------ the loop nest
     def driver(self) -> ir.Function:
         return self._shared("driver", self._driver)
 

@@ -404,9 +404,8 @@ class CompiledProgram:
         self._entry = ENTRY_TYPE(library[rendered.entry])
         self._ranges = [RANGE_TYPE(library[name]) for name in rendered.kernel_entries]
         self._segment = RANGE_TYPE(library[rendered.segment]) if rendered.segment else None
-        plan = self._plan_steps()
-        self._steps = self._merged(plan)     # what a run calls
-        self._plan = None if plan is None else [step[:6] for step in plan]   # a step per kernel: profiles
+        self._plan = self._plan_steps()      # a step per kernel or extern call: what profiles time
+        self._steps = self._merged(self._plan)   # what a run calls
         self._forced_steps = None            # the steps a profile runs when self._plan is None
         self._extern_sources: dict = {}
 
@@ -431,15 +430,17 @@ class CompiledProgram:
                 steps.append(("parallel", team.entry(fn), extent, _slice_align(step, self.engine.threads), writes,
                               index))
             elif extent > 0:
-                steps.append(("serial", fn, 0, extent, writes, index, n))
+                steps.append(("serial", fn, 0, extent, writes, index))
             n += 1
         return steps
 
     def _merged(self, plan: list | None) -> list | None:
         """`plan` with each run of two or more serial kernels made one call of the module's segment entry
-        (kernels first..last-1), where it has one. Kernel steps of a plan carry their kernel number last."""
+        (kernels first..last-1, numbered in program.kernels order), where it has one."""
         if plan is None or self._segment is None:
-            return None if plan is None else [step[:6] for step in plan]
+            return plan
+        number = {index: n for n, index in
+                  enumerate(i for i, s in enumerate(self.program.steps) if not isinstance(s, ExternCall))}
         steps: list = []
         run: list = []
         for step in plan + [None]:
@@ -447,13 +448,13 @@ class CompiledProgram:
                 run.append(step)
                 continue
             if len(run) == 1:
-                steps.append(run[0][:6])
+                steps.append(run[0])
             elif run:
-                steps.append(("serial", self._segment, run[0][6], run[-1][6] + 1, any(s[4] for s in run),
-                              run[0][5]))
+                steps.append(("serial", self._segment, number[run[0][5]], number[run[-1][5]] + 1,
+                              any(s[4] for s in run), run[0][5]))
             run = []
             if step is not None:
-                steps.append(step[:6])
+                steps.append(step)
         return steps
 
     def __call__(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -500,7 +501,7 @@ class CompiledProgram:
         if self._plan is not None:
             return self._plan
         if self._forced_steps is None:
-            self._forced_steps = [step[:6] for step in self._plan_steps(force=True)]
+            self._forced_steps = self._plan_steps(force=True)
         return self._forced_steps
 
     def _run_profiled(self, outputs: list, recorder) -> None:
