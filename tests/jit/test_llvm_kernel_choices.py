@@ -287,9 +287,10 @@ def test_slice_scatter_extern_writes_straight_into_its_output(rng):
     assert any(g.kind == "extern" and g.extern.op.name == "slice_scatter" for g in ex.lowered.groups)
 
 
-def test_elementwise_transcendental_kernels_ask_for_wide_vectors_and_reductions_do_not(rng):
-    # 512-bit vectors where AVX-512 is: compute-bound elementwise math only (lanes are independent, so the
-    # bits do not depend on the width); reductions keep LLVM's choice
+def test_transcendental_kernels_ask_for_wide_vectors_and_others_do_not(rng):
+    # 512-bit vectors where AVX-512 is: kernels computing a transcendental (elementwise math and
+    # reductions like softmax); memory-bound elementwise kernels and reductions without one (layer
+    # norm) keep LLVM's choice
     import re
     from codegen.llvm_ir import WIDE_VECTORS, wide_vectors
     x = tt.tensor(rng.standard_normal((64, 96)).astype(np.float32))
@@ -297,11 +298,15 @@ def test_elementwise_transcendental_kernels_ask_for_wide_vectors_and_reductions_
     np.testing.assert_allclose(out.numpy(), F.gelu(x, approximate="tanh").numpy(), rtol=1e-6, atol=1e-6)
     ex_soft, out = _compiled(lambda x: F.softmax(x, -1), x)
     np.testing.assert_allclose(out.numpy(), F.softmax(x, -1).numpy(), rtol=1e-6, atol=1e-7)
+    ex_norm, out = _compiled(lambda x: F.layer_norm(x, (96,)), x)
+    np.testing.assert_allclose(out.numpy(), F.layer_norm(x, (96,)).numpy(), rtol=1e-5, atol=1e-5)
     ex_add, out = _compiled(lambda x: x * 2 + 1, x)
     np.testing.assert_array_equal(out.numpy(), x.numpy() * 2 + 1)
     assert [wide_vectors(k) for k in ex_gelu.compiled.program.kernels] == [True]
-    assert not any(wide_vectors(k) for k in ex_soft.compiled.program.kernels)       # a row reduction
-    assert not any(wide_vectors(k) for k in ex_add.compiled.program.kernels)        # memory-bound
+    assert [wide_vectors(k) for k in ex_soft.compiled.program.kernels] == [True]   # a row reduction with exp
+    assert not any(wide_vectors(k) for k in ex_norm.compiled.program.kernels)      # sums and a rsqrt
+    assert not any(wide_vectors(k) for k in ex_add.compiled.program.kernels)       # memory-bound
     defines = lambda ex: [line for line in ex.compiled.ir_text().splitlines() if line.startswith("define")]
-    assert all(WIDE_VECTORS in line for line in defines(ex_gelu) if re.search(r"@\"?k0", line))
-    assert not any(WIDE_VECTORS in line for line in defines(ex_soft) + defines(ex_add))
+    for ex in (ex_gelu, ex_soft):
+        assert all(WIDE_VECTORS in line for line in defines(ex) if re.search(r"@\"?k0", line))
+    assert not any(WIDE_VECTORS in line for line in defines(ex_norm) + defines(ex_add))
