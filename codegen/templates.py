@@ -345,6 +345,40 @@ def scatter_kernel(name: str, out: Buffer, x: Access, index: Access, values: Acc
     return Kernel(name, Loop("scatter", 1, (_nest(copy_loops, [copy]), _nest(loops, [update]))))
 
 
+def cat_kernel(name: str, out: Buffer, pieces: Sequence[tuple[Buffer, IndexMap, tuple]], dim: int) -> Kernel:
+    """out = the pieces concatenated along `dim`: each piece is (buffer, map over its shape, its shape).
+
+    Why a kernel, not numpy's concatenate: an extern step is a Python call that sends the CPU threads
+    to sleep (W6's two concatenations of q, k, v gradients took ~0.09 ms each). The outer loop, what
+    threads split, runs over the first dim other than `dim` longer than 1 (a cat along dim 0 of
+    matrices splits their columns; of vectors, one serial iteration); inside it, one loop nest per
+    piece copies its slab, innermost dims coalesced where both sides walk them flat."""
+    shape = tuple(out.shape)
+    out_strides = _strides(shape)
+    lead = next((d for d in range(len(shape)) if d != dim and shape[d] > 1), None)
+    outer_var = Var("o")
+    body: list[Stmt] = []
+    start = 0
+    for n, (buf, imap, piece_shape) in enumerate(pieces):
+        piece_shape = tuple(piece_shape)
+        if piece_shape[:dim] + piece_shape[dim + 1:] != shape[:dim] + shape[dim + 1:]:
+            raise ValueError(f"cat kernel {name!r}: piece {n} of shape {list(piece_shape)} does not fit output "
+                             f"{list(shape)} along dim {dim}")
+        if piece_shape[dim] == 0:
+            continue
+        dst = IndexMap(tuple(out_strides), start * out_strides[dim])
+        groups = _coalesce(piece_shape, [d for d in range(len(shape)) if d != lead], [imap, dst])
+        loop_vars, loops = _loop_vars(piece_shape, groups, f"p{n}_")
+        at = _point(piece_shape, groups, loop_vars)
+        if lead is not None:
+            at[lead] = outer_var
+        body.append(_nest(loops or [(f"p{n}_0", 1)], [Store(out, dst.index(at), Load(buf, imap.index(at)))]))
+        start += piece_shape[dim]
+    if start != shape[dim]:
+        raise ValueError(f"cat kernel {name!r}: pieces cover {start} of the output's {shape[dim]} along dim {dim}")
+    return Kernel(name, Loop(outer_var.name, shape[lead] if lead is not None else 1, tuple(body)))
+
+
 def _strides(shape: tuple) -> list[int]:
     out, step = [], 1
     for size in reversed(shape):

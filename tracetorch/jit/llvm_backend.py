@@ -65,7 +65,8 @@ class LLVMBackend:
             groups = fuse(graph)
             stage = "lowering"
             lowered = lower_program(graph, groups, donate=donate and self.donates_writebacks,
-                                    scatter=self.serial_scatter, matmuls=self.generated_matmuls)
+                                    scatter=self.serial_scatter, matmuls=self.generated_matmuls,
+                                    cats=self.generated_cats)
             stage = "code generation"
             compiled = self.build(lowered)
         except Exception as e:
@@ -79,6 +80,11 @@ class LLVMBackend:
     def serial_scatter(self) -> bool:
         """index_put as one serial scatter kernel (lowering): right for the CPU, not for a subclass
         targeting a GPU, where a single thread would run it (that one keeps the extern call)."""
+        return self.name == "llvm"
+
+    @property
+    def generated_cats(self) -> bool:
+        """cat as a generated copy kernel (lowering) on the CPU; the CUDA subclass keeps its device step."""
         return self.name == "llvm"
 
     @property
@@ -164,7 +170,8 @@ class LLVMExecutable:
         from .check import close
         from runtime.memory import sequential_plan
         lowered = lower_program(self.graph, self.lowered.groups, inplace=False, name=self.graph.name + "_debug",
-                                scatter=self.backend.serial_scatter, matmuls=self.backend.generated_matmuls)
+                                scatter=self.backend.serial_scatter, matmuls=self.backend.generated_matmuls,
+                                cats=self.backend.generated_cats)
         program = lowered.program
         compiled = self.backend.engine.compile(program, sequential_plan(program.temps))
         arrays = [inputs[i] for i in lowered.input_positions] + list(lowered.constants)
