@@ -113,7 +113,7 @@ def elementwise_kernel(name: str, shape: Sequence[int], inputs: dict[str, Access
 # ---------------------------------------------------------------- reductions
 def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int], inputs: dict[str, Access],
                      stages: Sequence[Stage], row_outputs: Sequence[Output] = (),
-                     elem_outputs: Sequence[Output] = ()) -> Kernel:
+                     elem_outputs: Sequence[Output] = (), scratch: Callable | None = None):
     """Reduce over `reduce_dims` of the iteration space `shape`.
 
     Stages run in order, each may use the results (Vars) of earlier ones.
@@ -123,6 +123,10 @@ def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int]
     dims' indices as 0. `elem_outputs` are stored at every point of
     `shape` (contiguous) after the stages: the elementwise epilogue of a row
     kernel (softmax's exp(x - max) / sum).
+
+    `scratch(shape, dtype) -> Buffer`, when given, lets a column-wise reduction over many rows with
+    no kept outer dim (a bias gradient) split its rows into chunks (`_row_chunks`): then the result is
+    two kernels, (partial sums per chunk, their combination), else one kernel.
     """
     shape = tuple(shape)
     rdims = sorted(set(reduce_dims))
@@ -154,7 +158,7 @@ def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int]
     column = _column_form(stages, elem_outputs, row_outputs, kgroups, rgroups, shape)
     if column is not None:
         return _column_kernel(name, column, stages[0], row_outputs, kloops, rloops, kvars, rvars, at, values,
-                              row_map, kdims)
+                              row_map, kdims, scratch)
 
     body: list[Stmt] = []
     for stage in stages:
@@ -187,7 +191,8 @@ def _column_form(stages, elem_outputs, row_outputs, kgroups, rgroups, shape):
     return None
 
 
-def _column_kernel(name, acc_buf, stage, row_outputs, kloops, rloops, kvars, rvars, at, values, row_map, kdims):
+def _column_kernel(name, acc_buf, stage, row_outputs, kloops, rloops, kvars, rvars, at, values, row_map, kdims,
+                   scratch=None):
     zero = Const(0, int64)
     dt = stage.value.dtype
 
@@ -199,15 +204,55 @@ def _column_kernel(name, acc_buf, stage, row_outputs, kloops, rloops, kvars, rva
     acc = Load(acc_buf, slot)
     inner_var, inner_extent = kloops[-1]
     init = Loop(inner_var, inner_extent, (Store(acc_buf, slot, identity(stage.combine, dt)),))
-    update = Store(acc_buf, slot, op(stage.combine, acc, values(stage.value, rvars)))
-    accumulate = _nest(rloops, [Loop(inner_var, inner_extent, (update,))])
+    chunks = _row_chunks(rloops, inner_extent * dt.itemsize) if scratch is not None and not kloops[:-1] else None
+    partial_kernel = None
+    if chunks is None:
+        update = Store(acc_buf, slot, op(stage.combine, acc, values(stage.value, rvars)))
+        accumulate = _nest(rloops, [Loop(inner_var, inner_extent, (update,))])
+    else:
+        partials = scratch((chunks, inner_extent), dt)
+        partial_kernel = _partial_kernel(name, partials, stage, rloops, inner_var, inner_extent, rvars, values)
+        chunk = Var("c")
+        at_chunk = Op("add", (Op("mul", (chunk, Const(inner_extent, int64)), int64), Var(inner_var)), int64)
+        update = Store(acc_buf, slot, op(stage.combine, acc, Load(partials, at_chunk)))
+        accumulate = Loop(chunk.name, chunks, (Loop(inner_var, inner_extent, (update,)),))
     finals = [Store(buf, slot, values(substitute(expr, {stage.name: acc}), [zero] * len(rvars)))
               for buf, expr in row_outputs if buf is not acc_buf]
     own = next(expr for buf, expr in row_outputs if buf is acc_buf)
     finals.append(Store(acc_buf, slot, values(substitute(own, {stage.name: acc}), [zero] * len(rvars))))
     finish = Loop(inner_var, inner_extent, tuple(finals))
     outer = kloops[:-1] or [("k_all", 1)]
-    return Kernel(name, _nest(outer, [init, accumulate, finish]))
+    kernel = Kernel(name, _nest(outer, [init, accumulate, finish]))
+    return kernel if partial_kernel is None else (partial_kernel, kernel)
+
+
+PARTIAL_CHUNKS = 8           # row chunks of a split column reduction: what threads share out
+PARTIAL_MIN_BYTES = 1 << 19  # rows x kept row bytes from which a column reduction is split
+
+
+def _row_chunks(rloops, row_bytes: int) -> int | None:
+    """Chunks of the outermost reduced loop for partial sums, or None to keep one serial pass. Why:
+    with no kept outer dim the column form is one iteration, so one core ran W3 B=1024's bias
+    gradients ([1024, 512] summed over rows, 0.15 ms each) while the other waited."""
+    rows = math.prod(extent for _, extent in rloops)
+    if rows * row_bytes < PARTIAL_MIN_BYTES or rloops[0][1] % PARTIAL_CHUNKS:
+        return None
+    return PARTIAL_CHUNKS
+
+
+def _partial_kernel(name, partials, stage, rloops, inner_var, inner_extent, rvars, values) -> Kernel:
+    """partials[c, :] = the reduction over chunk c of the outermost reduced loop, in row order."""
+    chunk = Var("c")
+    (first, extent), rest = rloops[0], rloops[1:]
+    rows = extent // PARTIAL_CHUNKS
+    within = Var(f"{first}_in")
+    row = Op("add", (Op("mul", (chunk, Const(rows, int64)), int64), within), int64)
+    at = Op("add", (Op("mul", (chunk, Const(inner_extent, int64)), int64), Var(inner_var)), int64)
+    init = Loop(inner_var, inner_extent, (Store(partials, at, identity(stage.combine, stage.value.dtype)),))
+    value = values(stage.value, [row] + list(rvars[1:]))
+    update = Store(partials, at, op(stage.combine, Load(partials, at), value))
+    body = _nest([(within.name, rows)] + list(rest), [Loop(inner_var, inner_extent, (update,))])
+    return Kernel(name + "_partials", Loop(chunk.name, PARTIAL_CHUNKS, (init, body)))
 
 
 def _stage(stage: Stage, rgroups, rloops, rvars, shape, values) -> list[Stmt]:

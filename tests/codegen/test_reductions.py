@@ -128,3 +128,39 @@ def test_column_reduction_accumulates_in_the_output_row(run):
     np.testing.assert_allclose(got["mean"], x_np.mean(0), rtol=1e-5, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(got["twice"], 2 * x_np.sum(0), rtol=1e-5, atol=1e-5, equal_nan=True)
     np.testing.assert_array_equal(got["top"], np.abs(x_np).max(0))
+
+
+@pytest.mark.parametrize("dt", [float32, float64], ids=lambda d: d.name)
+@pytest.mark.parametrize("combine", ["add", "max"])
+def test_long_column_reduction_splits_into_partial_sums_per_row_chunk(run, dt, combine):
+    """A bias-gradient-like sum over 1024 rows with no kept outer dim: given scratch memory, one kernel of
+    8 row chunks (what threads split) writes partials, a second combines them and stores the outputs."""
+    from codegen.templates import PARTIAL_CHUNKS
+    rng = np.random.default_rng(6)
+    cols = (1 << 19) // (1024 * dt.itemsize) + 8          # just past the size that is split
+    shape = (4, 256, cols)
+    x_np = rng.standard_normal(shape).astype(dt.np)
+    x = Buffer("x", dt, shape)
+    total, half = Buffer("total", dt, (cols,)), Buffer("half", dt, (cols,))
+    made = []
+
+    def scratch(shape, dtype):
+        made.append(Buffer(f"scratch{len(made)}", dtype, shape))
+        return made[-1]
+
+    kernels = reduction_kernel("colsum", shape, (0, 1), {"x": (x, IndexMap.contiguous(shape))},
+                               [Reduction("acc", combine, Arg("x", dt))],
+                               row_outputs=[(total, Var("acc", dt)), (half, op("mul", Var("acc", dt), 0.5))],
+                               scratch=scratch)
+    partials, final = kernels
+    assert [b.shape for b in made] == [(PARTIAL_CHUNKS, cols)]
+    assert partials.outer.extent == PARTIAL_CHUNKS and final.outer.extent == 1
+    got = run(list(kernels), {x: x_np}, [total, half])
+    want = NUMPY[combine](x_np.astype(np.float64), axis=(0, 1))
+    np.testing.assert_allclose(got["total"], want, **tol(dt))
+    np.testing.assert_allclose(got["half"], want * 0.5, **tol(dt))
+
+    small = reduction_kernel("small", (1020, cols), (0,), {"x": (x, IndexMap.contiguous((1020, cols)))},
+                             [Reduction("acc", "add", Arg("x", dt))], row_outputs=[(total, Var("acc", dt))],
+                             scratch=scratch)     # 1020 rows do not split into 8 equal chunks: one pass
+    assert not isinstance(small, tuple) and len(made) == 1

@@ -352,3 +352,39 @@ def test_cat_kernel_in_a_training_step_matches_eager(rng):
     ex, got = _compiled(step, x)
     _close(got, want)
     assert any(type(s).__name__ == "Kernel" and s.name.endswith("cat") for s in ex.lowered.program.steps)
+
+
+def test_long_bias_gradient_is_summed_in_row_chunks_and_profiled_as_its_group(rng):
+    # a [1024, 80] float64 bias gradient: partial sums of 8 row chunks (a parallel kernel), then one kernel
+    # adding them and running the SGD update; compiled == eager, and the profile names both by the group
+    x = tt.tensor(rng.standard_normal((1024, 16)))
+
+    def trained(compiled: bool):
+        tt.manual_seed(0)
+        lin = tt.nn.Linear(16, 80).double()
+        opt = tt.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x):
+            opt.zero_grad()
+            loss = (lin(x).relu() ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        f = tt.compile(step, backend="llvm") if compiled else step
+        losses = [f(x).item() for _ in range(3)]
+        return f, losses, [p.detach().numpy() for p in lin.parameters()]
+
+    _, want_losses, want = trained(False)
+    f, losses, got = trained(True)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-12)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    steps = [s for p in f.programs for s in p.executable.lowered.program.steps]
+    split = [s for s in steps if s.name.endswith("_partials")]
+    assert len(split) == 1 and split[0].outer.extent == 8
+    with tt.compiler.profile() as prof:
+        f(x)
+    rows = {r["step"]: r["what"] for r in prof.rows()}
+    final = split[0].name.removesuffix("_partials")
+    assert rows[split[0].name] == rows[final] and "reduction over [1024, 80] reduce dims [0]" in rows[final]

@@ -66,7 +66,7 @@ class LLVMBackend:
             stage = "lowering"
             lowered = lower_program(graph, groups, donate=donate and self.donates_writebacks,
                                     scatter=self.serial_scatter, matmuls=self.generated_matmuls,
-                                    cats=self.generated_cats)
+                                    cpu_forms=self.cpu_forms)
             stage = "code generation"
             compiled = self.build(lowered)
         except Exception as e:
@@ -83,8 +83,9 @@ class LLVMBackend:
         return self.name == "llvm"
 
     @property
-    def generated_cats(self) -> bool:
-        """cat as a generated copy kernel (lowering) on the CPU; the CUDA subclass keeps its device step."""
+    def cpu_forms(self) -> bool:
+        """Kernels shaped for CPU threads (lowering's `cpu_forms`: cat as a copy kernel, partial sums of
+        long column reductions); the CUDA subclass keeps its device steps."""
         return self.name == "llvm"
 
     @property
@@ -171,7 +172,7 @@ class LLVMExecutable:
         from runtime.memory import sequential_plan
         lowered = lower_program(self.graph, self.lowered.groups, inplace=False, name=self.graph.name + "_debug",
                                 scatter=self.backend.serial_scatter, matmuls=self.backend.generated_matmuls,
-                                cats=self.backend.generated_cats)
+                                cpu_forms=self.backend.cpu_forms)
         program = lowered.program
         compiled = self.backend.engine.compile(program, sequential_plan(program.temps))
         arrays = [inputs[i] for i in lowered.input_positions] + list(lowered.constants)

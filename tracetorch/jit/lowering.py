@@ -24,7 +24,7 @@ import numpy as np
 from codegen.kernel import (Arg, Buffer, CheckedIndex, Const, Expr, ExternCall, IndexMap, Load, MatmulKernel, Op,
                             Program, substitute, walk_exprs)
 from codegen.templates import FLAT_INDEX, cat_kernel, elementwise_kernel, reduction_kernel, scatter_kernel
-from runtime.memory import MemoryPlan
+from runtime.memory import MemoryPlan, align_up
 
 from .interp import run_kernel
 from .ir import Graph, Value
@@ -54,10 +54,12 @@ class LoweredProgram:
 
 def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: bool = False,
                   name: str | None = None, scatter: bool = False, matmuls: bool = False,
-                  cats: bool = False) -> LoweredProgram:
+                  cpu_forms: bool = False) -> LoweredProgram:
     """`scatter`: lower index_put to a serial scatter kernel where it can (`_scatter_kernel`), not to an
     extern call of numpy's kernel (np.add.at took ~0.5 ms for an embedding gradient of 512 rows).
-    `cats`: lower cat to a copy kernel (`_cat_kernel`), not to numpy's concatenate.
+    `cpu_forms`: kernels shaped for CPU threads (the CUDA backend has its own): cat as a copy kernel
+    (`_cat_kernel`), not numpy's concatenate; a column reduction over many rows with no kept outer dim
+    split into partial sums per chunk of rows (`codegen.templates._row_chunks`), not one serial pass.
     `matmuls`: lower float32 matmuls to generated GEMM kernels (`_matmul_kernel`), not to numpy's BLAS."""
     name = name or graph.name
     input_index = {v: i for i, v in enumerate(graph.inputs)}
@@ -124,7 +126,12 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
 
     # ---------------------------------------------------------------- kernels and extern calls
     overwrites = {w: r for r, w in arena.inplace} | donations      # output -> the input whose memory it takes
-    program_steps = [_lower_group(g, buffer_of, overwrites, scatter, matmuls, cats) for g in groups]
+    scratch: list = []                  # partial-sum buffers of split reductions, past the arena (`_scratch`)
+    program_steps = []
+    for g in groups:
+        step = _lower_group(g, buffer_of, overwrites, scatter, matmuls, cpu_forms,
+                            _scratch(scratch, g) if cpu_forms else None)
+        program_steps += step if isinstance(step, tuple) else [step]
     program_steps += _copy_kernels(copies, buffer_of)
     donations = donations | copies
     updated = tuple(dict.fromkeys(buffer_of[dst] for dst in donations.values()))
@@ -133,7 +140,12 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
     for slot, buf in slot_buffers.items():
         offsets[buf.name] = arena.offsets[slot]
         sizes[buf.name] = buf.nbytes
-    plan = MemoryPlan(offsets, sizes, max(arena.size, 0))
+    end = max(arena.size, 0)
+    for buf in scratch:                 # each is used by two adjacent kernels only: all share one region
+        offsets[buf.name], sizes[buf.name] = align_up(end), buf.nbytes
+    if scratch:
+        end = align_up(end) + max(buf.nbytes for buf in scratch)
+    plan = MemoryPlan(offsets, sizes, end)
     out_pos = {v: k for k, v in enumerate(outputs)}
     result_plan = []
     for r in results:
@@ -153,12 +165,20 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
 
 
 # ---------------------------------------------------------------- one group
+def _scratch(buffers: list, g: FusionGroup):
+    """The `scratch` function a reduction template gets: a new buffer for `g`, noted in `buffers`."""
+    def scratch(shape, dtype) -> Buffer:
+        buffers.append(Buffer(f"scratch{len(buffers)}_{g.name}", dtype, tuple(shape)))
+        return buffers[-1]
+    return scratch
+
+
 def _lower_group(g: FusionGroup, buffer_of: dict, overwrites: dict, scatter: bool = False,
-                 matmuls: bool = False, cats: bool = False):
+                 matmuls: bool = False, cpu_forms: bool = False, scratch=None):
     if g.kind == EXTERN:
         if scatter and _scatter_form(g.extern):
             return _scatter_kernel(g, buffer_of)
-        if cats and _cat_form(g, buffer_of):
+        if cpu_forms and _cat_form(g, buffer_of):
             return _cat_kernel(g, buffer_of)
         kernel = _matmul_kernel(g, buffer_of) if matmuls else None
         return kernel if kernel is not None else _extern_call(g, buffer_of)
@@ -172,7 +192,7 @@ def _lower_group(g: FusionGroup, buffer_of: dict, overwrites: dict, scatter: boo
             return elementwise_kernel(g.name, g.space, inputs, outs)
         elem = [(b, e) for (b, e), v in zip(outs, order) if tuple(v.shape) == g.space]
         row = [(b, e) for (b, e), v in zip(outs, order) if tuple(v.shape) != g.space]
-        return reduction_kernel(g.name, g.space, g.reduce_dims, inputs, g.stages, row, elem)
+        return reduction_kernel(g.name, g.space, g.reduce_dims, inputs, g.stages, row, elem, scratch)
     except Exception as e:
         raise type(e)(f"lowering {g.describe()}: {e}") from e
 

@@ -192,14 +192,14 @@ def _programs_of(fn):
 
 def _program_times(kind: str, entry) -> ProgramTimes:
     compiled, runs, per_step, total_ns = entry
-    groups = _groups(compiled)
+    groups = {g.name: g for g in _groups(compiled)}
     kinds = compiled.step_kinds() if hasattr(compiled, "step_kinds") else {}
     program = compiled.program
     total = total_ns * 1e-9
     steps = []
     for index, ns in sorted(per_step.items()):
         step = program.steps[index]
-        group = groups[index] if index < len(groups) else None
+        group = _group_of(step.name, groups)
         seconds = ns * 1e-9
         steps.append(StepTimes(step.name, kinds.get(index, "serial"), seconds, seconds / runs,
                                seconds / total if total else 0.0, step_bytes(step), _flops(group),
@@ -213,6 +213,17 @@ def _groups(compiled) -> list:
     executable = ref() if ref is not None else None
     lowered = getattr(executable, "lowered", None)
     return list(lowered.groups) if lowered is not None else []
+
+
+def _group_of(name: str, groups: dict):
+    """The fusion group a step comes from: named like it, or like it plus suffixes ("k12_reduce_sum" for
+    its "k12_reduce_sum_partials"); None for write-back copies."""
+    while name:
+        group = groups.get(name)
+        if group is not None:
+            return group
+        name = name.rpartition("_")[0]
+    return None
 
 
 def _flops(group) -> int:
