@@ -77,6 +77,8 @@ def test_sgd_momentum_step_donates_parameters_and_buffers():
     np.testing.assert_allclose(res_c, res_e, rtol=1e-5)
     for (name, p_e), p_c in zip(m_e.named_parameters(), m_c.parameters()):
         np.testing.assert_allclose(p_c.detach().numpy(), p_e.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    for (name, p_e), p_c in zip(m_e.named_parameters(), m_c.parameters()):
+        np.testing.assert_allclose(p_c.grad.numpy(), p_e.grad.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
     program = f.programs[0]
     # the optimizer's `momentum != 0` and the labels' range check are checked before the run
     assert program.value_guards and program.precheck is not None
@@ -89,6 +91,14 @@ def test_sgd_momentum_step_donates_parameters_and_buffers():
         f(x, bad)
     for (name, p_e), p_c in zip(m_e.named_parameters(), m_c.parameters()):   # nothing committed
         np.testing.assert_allclose(p_c.detach().numpy(), p_e.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    # the generated commit: one version bump per target and call, gradients bound to the run's new arrays
+    params = list(m_c.parameters())
+    f(x, y)
+    versions, grads = [p._version[0] for p in params], [p.grad for p in params]
+    f(x, y)
+    assert [p._version[0] for p in params] == [v + 1 for v in versions]
+    assert all(p.grad is not g and p.grad._data is not g._data for p, g in zip(params, grads))
+    assert "_version[0] += 1" in program._commit_donated.source
 
 
 def test_targets_sharing_one_storage_get_private_copies():

@@ -34,7 +34,7 @@ from ..tensor import Tensor
 from . import logs, pytree
 from .backends import resolve
 from .capture import Trace
-from .guards import compile_guards
+from .guards import compile_commit, compile_guards
 from .interp import InterpExecutable
 from .ir import Graph, Value
 from .passes.pipeline import lower, lower_with_backward
@@ -145,6 +145,23 @@ class Program:
         return self._path
 
     def commit(self, call, results) -> None:
+        fast = self._commit_donated
+        try:
+            if fast(call, results):
+                return
+        except KeyboardInterrupt:       # Ctrl-C mid-commit: finish it the general way (idempotent), then stop
+            self._commit(call, results)
+            raise
+        self._commit(call, results)
+
+    @functools.cached_property
+    def _commit_donated(self):
+        """`commit` when every write-back was donated (the usual training step), generated
+        (`guards.compile_commit`)."""
+        return compile_commit(self.writebacks, self.grad_bindings, self.sources, Tensor._make,
+                              self.result_dtypes, self.name)
+
+    def _commit(self, call, results) -> None:
         targets = [(self.sources[s].tensor(call.leaves), results[r]) for s, r in self.writebacks]
         for t, arr in targets:
             if arr is not t._data and not t._data.flags.writeable:    # (a donated one is written already)
