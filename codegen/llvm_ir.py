@@ -183,14 +183,25 @@ _HEAVY_OPS = frozenset({"exp", "log", "log1p", "expm1", "tanh", "sigmoid", "sin"
 WIDE_VECTORS = '"prefer-vector-width"="512"'
 
 
+WIDE_MIN_ROW = 32   # innermost loop length from which a reduction's loops go wide (two 16-lane vectors)
+
+
 def wide_vectors(kernel: Kernel) -> bool:
     """Whether the kernel asks LLVM for 512-bit vectors: a kernel computing a transcendental, which
     16 float lanes run twice as fast as LLVM's 256-bit default for Intel cores (W6's exact GELU 0.26
     -> 0.17 ms on the 2-core Xeon; lanes are independent, so its results are the same bits). That
-    holds for reductions too (W6's attention softmax 0.127 -> 0.098 ms, its cross-entropy 0.156 ->
-    0.130; their partial sums then differ in rounding), but not for reductions without one: layer
-    norm rows went 7.0 -> 9.3 ms at 512 bits. Hosts without AVX-512 ignore the preference."""
-    return any(isinstance(e, Op) and e.op in _HEAVY_OPS for e in walk_exprs(kernel.outer))
+    holds for reductions too when their rows are long (W6's attention softmax over rows of 64 0.127
+    -> 0.098 ms, its cross-entropy over 256 classes 0.156 -> 0.130; their partial sums then differ in
+    rounding), but not over short rows (W3's cross-entropy over 10 classes 0.098 -> 0.129 ms: every
+    row is a scalar remainder) nor for reductions without one: layer norm rows went 7.0 -> 9.3 ms at
+    512 bits. Hosts without AVX-512 ignore the preference."""
+    if not any(isinstance(e, Op) and e.op in _HEAVY_OPS for e in walk_exprs(kernel.outer)):
+        return False
+    if not any(isinstance(st, (Accumulator, Reduce)) for st in walk_stmts(kernel.outer)):
+        return True
+    innermost = [st.extent for st in walk_stmts(kernel.outer)
+                 if isinstance(st, Loop) and not any(isinstance(b, Loop) for b in st.body)]
+    return min(innermost, default=0) >= WIDE_MIN_ROW
 
 
 def _prefer_wide_vectors(fn: ir.Function) -> None:

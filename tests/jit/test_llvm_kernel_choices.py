@@ -289,8 +289,8 @@ def test_slice_scatter_extern_writes_straight_into_its_output(rng):
 
 def test_transcendental_kernels_ask_for_wide_vectors_and_others_do_not(rng):
     # 512-bit vectors where AVX-512 is: kernels computing a transcendental (elementwise math and
-    # reductions like softmax); memory-bound elementwise kernels and reductions without one (layer
-    # norm) keep LLVM's choice
+    # reductions like softmax over rows of 32 or more); memory-bound elementwise kernels, short rows and
+    # reductions without one (layer norm) keep LLVM's choice
     import re
     from codegen.llvm_ir import WIDE_VECTORS, wide_vectors
     x = tt.tensor(rng.standard_normal((64, 96)).astype(np.float32))
@@ -298,12 +298,16 @@ def test_transcendental_kernels_ask_for_wide_vectors_and_others_do_not(rng):
     np.testing.assert_allclose(out.numpy(), F.gelu(x, approximate="tanh").numpy(), rtol=1e-6, atol=1e-6)
     ex_soft, out = _compiled(lambda x: F.softmax(x, -1), x)
     np.testing.assert_allclose(out.numpy(), F.softmax(x, -1).numpy(), rtol=1e-6, atol=1e-7)
+    short = tt.tensor(rng.standard_normal((64, 10)).astype(np.float32))
+    ex_short, out = _compiled(lambda x: F.softmax(x, -1), short)
+    np.testing.assert_allclose(out.numpy(), F.softmax(short, -1).numpy(), rtol=1e-6, atol=1e-7)
     ex_norm, out = _compiled(lambda x: F.layer_norm(x, (96,)), x)
     np.testing.assert_allclose(out.numpy(), F.layer_norm(x, (96,)).numpy(), rtol=1e-5, atol=1e-5)
     ex_add, out = _compiled(lambda x: x * 2 + 1, x)
     np.testing.assert_array_equal(out.numpy(), x.numpy() * 2 + 1)
     assert [wide_vectors(k) for k in ex_gelu.compiled.program.kernels] == [True]
     assert [wide_vectors(k) for k in ex_soft.compiled.program.kernels] == [True]   # a row reduction with exp
+    assert not any(wide_vectors(k) for k in ex_short.compiled.program.kernels)     # rows of 10: scalar remainders
     assert not any(wide_vectors(k) for k in ex_norm.compiled.program.kernels)      # sums and a rsqrt
     assert not any(wide_vectors(k) for k in ex_add.compiled.program.kernels)       # memory-bound
     defines = lambda ex: [line for line in ex.compiled.ir_text().splitlines() if line.startswith("define")]
