@@ -392,3 +392,7 @@ def test_long_bias_gradient_is_summed_in_row_chunks_and_profiled_as_its_group(rn
     rows = {r["step"]: r["what"] for r in prof.rows()}
     final = split[0].name.removesuffix("_partials")
     assert rows[split[0].name] == rows[final] and "reduction over [1024, 80] reduce dims [0]" in rows[final]
+    ex = next(p.executable for p in f.programs if split[0] in p.executable.lowered.program.steps)
+    scratch = 8 * 80 * 8                                   # 8 partial rows of 80 float64
+    assert ex.planned_peak_bytes == ex.lowered.plan.size >= ex.lowered.arena.size + scratch
+    assert f"{scratch / 1024:.1f} KiB of partial sums past them" in ex.explain()

@@ -111,7 +111,7 @@ class LLVMExecutable:
         self.kernels_before_fusion = lowered.kernels_before_fusion
         self.kernels_after_fusion = lowered.kernels_after_fusion
         self.bytes_moved = lowered.bytes_moved
-        self.planned_peak_bytes = lowered.arena.size
+        self.planned_peak_bytes = lowered.plan.size      # the arena and the split reductions' scratch
         self.intermediate_bytes = lowered.arena.total_bytes
         self.donated = dict(lowered.donated)    # graph input index -> result position stored into it
         # results_owned: the results (but the donated ones) share memory with no input and no other result
@@ -130,11 +130,13 @@ class LLVMExecutable:
         lw = self.lowered
         externs = sum(1 for s in lw.program.steps if isinstance(s, ExternCall))
         arena = lw.arena
+        scratch = lw.plan.size - max(arena.size, 0)
         lines = [
             f"{self.backend.name}: {self.kernels} kernels after fusion ({externs} extern calls), "
             f"{self.kernels_before_fusion} before (one per non-view op)",
-            f"memory plan: planned arena peak {_bytes(arena.size)} vs {_bytes(arena.total_bytes)} for all "
-            f"{len(arena.slot_of)} intermediates with a buffer each ({len(arena.inplace)} computed in place)",
+            f"memory plan: planned arena peak {_bytes(lw.plan.size)} vs {_bytes(arena.total_bytes)} for all "
+            f"{len(arena.slot_of)} intermediates with a buffer each ({len(arena.inplace)} computed in place"
+            + (f"; {_bytes(scratch)} of partial sums past them)" if scratch > 0 else ")"),
             f"bytes moved per call: {_bytes(self.bytes_moved)}",
             f"compile: {self.compile_seconds * 1e3:.1f} ms",
             f"write-backs: {len(self.donated) - len(lw.copied)} stored by the kernels computing them, "
