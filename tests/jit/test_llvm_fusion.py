@@ -178,6 +178,26 @@ def test_diagnose_names_the_kernel_that_differs(rng):
     assert report.startswith("first differing kernel: k0_matmul") and "kernel IR:" in report
 
 
+def test_diagnose_shows_both_kernels_of_a_split_reduction(rng):
+    # a column sum over 1024 rows lowers to a partial-sum kernel and a combining one: the report names
+    # the group and shows the IR of both (steps no longer line up one to one with fusion groups)
+    x = tt.tensor(rng.standard_normal((1024, 160)).astype(np.float32))
+    f = tt.compile(lambda x: (x * 2.0).sum(0) + 1.0, backend="llvm")
+    f(x)
+    program = f.programs[0]
+    ex = program.executable
+    reference = {}
+    from tracetorch.jit.interp import InterpExecutable
+    InterpExecutable(program.graph).run([x.numpy()], on_node=lambda n, v: reference.__setitem__(n.out, v))
+    assert [s.name for s in ex.lowered.program.steps] == ["k0_reduce_sum_partials", "k0_reduce_sum"]
+    assert "every kernel output matches" in ex.diagnose([x.numpy()], reference)
+    out = program.graph.results()[0]
+    reference[out] = reference[out] + 1.0
+    report = ex.diagnose([x.numpy()], reference)
+    assert report.startswith("first differing kernel: k0_reduce_sum")
+    assert "kernel k0_reduce_sum_partials(" in report and "kernel k0_reduce_sum(" in report
+
+
 def test_dump_writes_kernels_and_llvm_ir(tmp_path, rng):
     from tracetorch.jit import logs
     logs.configure(dump=str(tmp_path))

@@ -190,9 +190,10 @@ class LLVMExecutable:
                 if got is None:
                     got = self.temporary(compiled, buf)
                 if not close(got, want, v.dtype.name):
-                    step = program.steps[g.index]
+                    steps = "\n".join(str(s) for s in program.steps       # (a split reduction has two)
+                                      if s.name == g.name or s.name.startswith(g.name + "_"))
                     return (f"first differing kernel: {g.describe()}\n  its output {buf.name} "
-                            f"differs from the interpreter's value of {v}\n\nkernel IR:\n{step}\n\n"
+                            f"differs from the interpreter's value of {v}\n\nkernel IR:\n{steps}\n\n"
                             f"{self.source_title} of the program:\n{self.source_text(compiled)}")
         return "every kernel output matches the interpreter (the difference is in how results are returned)"
 
