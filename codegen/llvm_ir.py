@@ -102,12 +102,8 @@ def render_program(program: Program) -> RenderedProgram:
     entry.attributes.add("nounwind")
     b = ir.IRBuilder(entry.append_basic_block("entry"))
     for n, (kernel, fn) in enumerate(zip(program.kernels, entries)):
-        if kernel.extent > 0:
-            b.call(fn, [entry.args[0], entry.args[1], ir.Constant(I64, 0), ir.Constant(I64, kernel.extent)])
-            if checked[n] and n + 1 < len(entries):      # stop at the first failure: later kernels may
-                failed = b.icmp_signed("!=", b.load(entry.args[1], typ=I32, align=4), ir.Constant(I32, 0))
-                with b.if_then(failed, likely=False):     # write a program's inputs in place
-                    b.ret_void()
+        if kernel.extent > 0:               # stop at the first failure: later kernels may write inputs in place
+            _call_kernel(b, fn, entry.args[0], entry.args[1], kernel, checked[n] and n + 1 < len(entries))
     b.ret_void()
     _segment_entry(module, program, entries, checked)
     return RenderedProgram(str(module), ENTRY, tuple(f.name for f in entries), tuple(checks),
@@ -129,12 +125,18 @@ def _segment_entry(module: ir.Module, program: Program, entries: list, checked: 
         number = ir.Constant(I64, n)
         inside = b.and_(b.icmp_signed("<=", first, number), b.icmp_signed("<", number, last))
         with b.if_then(inside):
-            b.call(entry, [table, err, ir.Constant(I64, 0), ir.Constant(I64, kernel.extent)])
-            if checked[n]:
-                failed = b.icmp_signed("!=", b.load(err, typ=I32, align=4), ir.Constant(I32, 0))
-                with b.if_then(failed, likely=False):
-                    b.ret_void()
+            _call_kernel(b, entry, table, err, kernel, checked[n])
     b.ret_void()
+
+
+def _call_kernel(b: ir.IRBuilder, entry, table, err, kernel, checked: bool) -> None:
+    """Call a kernel's range entry over its whole outer loop; when `checked`, return from the calling
+    function if the kernel set the error flag."""
+    b.call(entry, [table, err, ir.Constant(I64, 0), ir.Constant(I64, kernel.extent)])
+    if checked:
+        failed = b.icmp_signed("!=", b.load(err, typ=I32, align=4), ir.Constant(I32, 0))
+        with b.if_then(failed, likely=False):
+            b.ret_void()
 
 
 def canonical_kernel(kernel: Kernel):

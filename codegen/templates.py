@@ -211,9 +211,10 @@ def _column_kernel(name, acc_buf, stage, row_outputs, kloops, rloops, kvars, rva
         accumulate = _nest(rloops, [Loop(inner_var, inner_extent, (update,))])
     else:
         partials = scratch((chunks, inner_extent), dt)
-        partial_kernel = _partial_kernel(name, partials, stage, rloops, inner_var, inner_extent, rvars, values)
         chunk = Var("c")
-        at_chunk = Op("add", (Op("mul", (chunk, Const(inner_extent, int64)), int64), Var(inner_var)), int64)
+        at_chunk = IndexMap((inner_extent, 1)).index([chunk, Var(inner_var)])     # partials[chunk, inner_var]
+        partial_kernel = _partial_kernel(name, partials, chunk, at_chunk, stage, rloops, inner_var, inner_extent,
+                                         rvars, values)
         update = Store(acc_buf, slot, op(stage.combine, acc, Load(partials, at_chunk)))
         accumulate = Loop(chunk.name, chunks, (Loop(inner_var, inner_extent, (update,)),))
     finals = [Store(buf, slot, values(substitute(expr, {stage.name: acc}), [zero] * len(rvars)))
@@ -240,14 +241,13 @@ def _row_chunks(rloops, row_bytes: int) -> int | None:
     return PARTIAL_CHUNKS
 
 
-def _partial_kernel(name, partials, stage, rloops, inner_var, inner_extent, rvars, values) -> Kernel:
-    """partials[c, :] = the reduction over chunk c of the outermost reduced loop, in row order."""
-    chunk = Var("c")
+def _partial_kernel(name, partials, chunk, at, stage, rloops, inner_var, inner_extent, rvars, values) -> Kernel:
+    """partials[chunk, :] (element `at`) = the reduction over `chunk` of the outermost reduced loop, in row
+    order."""
     (first, extent), rest = rloops[0], rloops[1:]
     rows = extent // PARTIAL_CHUNKS
     within = Var(f"{first}_in")
-    row = Op("add", (Op("mul", (chunk, Const(rows, int64)), int64), within), int64)
-    at = Op("add", (Op("mul", (chunk, Const(inner_extent, int64)), int64), Var(inner_var)), int64)
+    row = IndexMap((rows, 1)).index([chunk, within])
     init = Loop(inner_var, inner_extent, (Store(partials, at, identity(stage.combine, stage.value.dtype)),))
     value = values(stage.value, [row] + list(rvars[1:]))
     update = Store(partials, at, op(stage.combine, Load(partials, at), value))

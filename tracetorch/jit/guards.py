@@ -225,12 +225,12 @@ class _Source:
             self.objects[id(obj)] = (f"{hint}{len(self.objects)}", obj)
         return self.objects[id(obj)][0]
 
-    def function(self, lines: list, filename: str) -> Callable:
-        """The function `lines` define (its `def` first, the body unindented); `.source` is its text."""
-        source = "\n    ".join(lines) + "\n"
+    def function(self, signature: str, body: list, filename: str) -> Callable:
+        """The function `def <signature>:` with `body` (unindented lines); `.source` is its text."""
+        source = "\n    ".join([f"def {signature}:"] + body) + "\n"
         namespace = {ident: obj for ident, obj in self.objects.values()}
         exec(compile(source, filename, "exec"), namespace)
-        fn = namespace[lines[0].split()[1].split("(")[0]]
+        fn = namespace[signature.partition("(")[0]]
         fn.source = source
         return fn
 
@@ -242,7 +242,7 @@ def compile_guards(guards, sources=(), name: str = "a program") -> Callable:
     inputs without a Python call per guard or input. `.source` is its text."""
     gen = _Source()
     bind = gen.bind
-    lines = ["def inputs_if_fits(call):", "leaves = call.leaves"]
+    lines = ["leaves = call.leaves"]
     versioned = [g for g in guards if getattr(g, "version", None) is not None]
     for g in guards:
         if g in versioned:
@@ -251,7 +251,7 @@ def compile_guards(guards, sources=(), name: str = "a program") -> Callable:
             continue
         lines += g.code(bind)
     lines.append(f"return [{', '.join(f'{src.expression(bind)}._data' for src in sources)}]")
-    return gen.function(lines, f"<guards of {name}>")
+    return gen.function("inputs_if_fits(call)", lines, f"<guards of {name}>")
 
 
 def compile_commit(writebacks, grad_bindings, sources, make, dtypes, name: str = "a program") -> Callable:
@@ -262,7 +262,7 @@ def compile_commit(writebacks, grad_bindings, sources, make, dtypes, name: str =
     not its target's array (a private copy was made): the caller's general commit copies then."""
     gen = _Source()
     bind = gen.bind
-    lines = ["def commit_donated(call, results):", "leaves = call.leaves"]
+    lines = ["leaves = call.leaves"]
     targets = [(f"t{k}", s, r) for k, (s, r) in enumerate(writebacks)]
     lines += [f"{t} = {sources[s].expression(bind)}" for t, s, _ in targets]
     lines += [f"if results[{r}] is not {t}._data: return False" for t, _, r in targets]
@@ -271,7 +271,7 @@ def compile_commit(writebacks, grad_bindings, sources, make, dtypes, name: str =
         value = "None" if pos is None else f"{bind(make, 'make')}(results[{pos}], {bind(dtypes[pos], 'dtype')})"
         lines += [f"p = {owner.expression(bind)}", f"if p is not None: p._grad = {value}"]
     lines.append("return True")
-    return gen.function(lines, f"<commit of {name}>")
+    return gen.function("commit_donated(call, results)", lines, f"<commit of {name}>")
 
 
 def _versioned_block(guards, bind) -> list:

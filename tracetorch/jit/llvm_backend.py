@@ -28,7 +28,7 @@ import numpy as np
 from codegen.kernel import ExternCall
 
 from .ir import Graph
-from .lowering import LoweredProgram, lower_program
+from .lowering import LoweredProgram, group_of, lower_program
 from runtime.host import cpu_flags
 from runtime.interrupts import FinishedInterrupt
 from runtime.memory import storage_root
@@ -190,8 +190,9 @@ class LLVMExecutable:
                 if got is None:
                     got = self.temporary(compiled, buf)
                 if not close(got, want, v.dtype.name):
+                    by_name = {h.name: h for h in lowered.groups}
                     steps = "\n".join(str(s) for s in program.steps       # (a split reduction has two)
-                                      if s.name == g.name or s.name.startswith(g.name + "_"))
+                                      if group_of(s.name, by_name) is g)
                     return (f"first differing kernel: {g.describe()}\n  its output {buf.name} "
                             f"differs from the interpreter's value of {v}\n\nkernel IR:\n{steps}\n\n"
                             f"{self.source_title} of the program:\n{self.source_text(compiled)}")

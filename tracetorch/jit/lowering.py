@@ -141,10 +141,11 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
         offsets[buf.name] = arena.offsets[slot]
         sizes[buf.name] = buf.nbytes
     end = max(arena.size, 0)
-    for buf in scratch:                 # each is used by two adjacent kernels only: all share one region
-        offsets[buf.name], sizes[buf.name] = align_up(end), buf.nbytes
-    if scratch:
-        end = align_up(end) + max(buf.nbytes for buf in scratch)
+    if scratch:                         # each is used by two adjacent kernels only: all share one region
+        base = align_up(end)
+        for buf in scratch:
+            offsets[buf.name], sizes[buf.name] = base, buf.nbytes
+        end = base + max(buf.nbytes for buf in scratch)
     plan = MemoryPlan(offsets, sizes, end)
     out_pos = {v: k for k, v in enumerate(outputs)}
     result_plan = []
@@ -521,6 +522,18 @@ def _hint(v: Value) -> str:
     import re
     base = re.sub(r"\W+", "_", v.name or "").strip("_")[:24]
     return f"{base}_{v.id}" if base else f"v{v.id}"
+
+
+def group_of(step_name: str, groups: dict):
+    """The fusion group (of `groups`, by name) a step comes from: named like it, or like it plus suffixes
+    ("k12_reduce_sum" for its "k12_reduce_sum_partials"); None for write-back copies."""
+    name = step_name
+    while name:
+        group = groups.get(name)
+        if group is not None:
+            return group
+        name = name.rpartition("_")[0]
+    return None
 
 
 def step_bytes(step) -> int:

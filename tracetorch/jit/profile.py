@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from runtime import profiler
 
-from .lowering import step_bytes
+from .lowering import group_of, step_bytes
 from .passes.fuse import EXTERN
 
 
@@ -199,7 +199,7 @@ def _program_times(kind: str, entry) -> ProgramTimes:
     steps = []
     for index, ns in sorted(per_step.items()):
         step = program.steps[index]
-        group = _group_of(step.name, groups)
+        group = group_of(step.name, groups)
         seconds = ns * 1e-9
         steps.append(StepTimes(step.name, kinds.get(index, "serial"), seconds, seconds / runs,
                                seconds / total if total else 0.0, step_bytes(step), _flops(group),
@@ -213,17 +213,6 @@ def _groups(compiled) -> list:
     executable = ref() if ref is not None else None
     lowered = getattr(executable, "lowered", None)
     return list(lowered.groups) if lowered is not None else []
-
-
-def _group_of(name: str, groups: dict):
-    """The fusion group a step comes from: named like it, or like it plus suffixes ("k12_reduce_sum" for
-    its "k12_reduce_sum_partials"); None for write-back copies."""
-    while name:
-        group = groups.get(name)
-        if group is not None:
-            return group
-        name = name.rpartition("_")[0]
-    return None
 
 
 def _flops(group) -> int:
