@@ -49,6 +49,7 @@ MR = MatmulKernel.ROW_BLOCK  # C rows per micro-kernel call: 28 accumulators of 
 KC = 256                     # K per packed block: a 32 KB B panel stays in L1 across the rows of A
 MC = 5 * MR                  # rows of A per block (a packed transposed A: 70 KB)
 GROUP = 16                   # panels packed together (512 KB, in L2), each reused across all of A's blocks
+AHEAD = 16                   # rows of B ahead that a micro-kernel reading B in place prefetches
 SHORT = 4                    # rows of the micro-kernel for a block's last <= 4 rows (M = 128: 14 rows
                              # computed for the last 2 made 9% of the work)
 
@@ -62,8 +63,8 @@ LANES = ir.Constant(V_I64, list(range(16)))
 ALIGN4 = ir.Constant(I32, 4)
 PACK_A = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
 PACK_B = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
-MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I1])
-DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 16 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
+MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I1])
+DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 17 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
                                                               ir.PointerType(MICRO)])
 
 
@@ -95,7 +96,7 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
              part("micro14x16" if 0 < n % NR <= 16 else "micro14x32", MICRO)]
     (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
     sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
-             kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner)
+             kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner, int(sb1 == 1))
     b.call(part("driver", DRIVER), [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]]
            + [c64(x) for x in sizes] + parts)
     b.ret_void()
@@ -258,21 +259,23 @@ class _Library:
         return self._shared(("pack_a", rows_contiguous), make)
 
     # ------------------------------------------------------------ the micro-kernel
-    def micro(self, halves: int, tile_rows: int = MR) -> ir.Function:
-        """micro(Ap, Bp, C, ldc, kb, rows, width, add): C[r*ldc + c] (+)= sum_k Ap[k*MR + r] *
-        Bp[k*32 + c] for r < rows (<= tile_rows), c < width (<= 16 * halves), from tile_rows x
-        16*halves accumulators."""
+    def micro(self, halves: int, tile_rows: int = MR, in_place: bool = False) -> ir.Function:
+        """micro(A, B, C, a_step, b_step, ldc, kb, rows, width, add): C[r*ldc + c] (+)= sum_k
+        A[k*a_step + r] * B[k*b_step + c] for r < rows (<= tile_rows), c < width (<= 16 * halves), from
+        tile_rows x 16*halves accumulators. A and B are packed panels (steps MR and NR); `in_place`: B
+        is the operand's own rows, loaded masked (no column past `width` is read; masked loads made
+        the packed kernel 4% slower)."""
         def make():
-            fn, b = self._function(f"micro{tile_rows}x{16 * halves}", list(MICRO.args))
-            a, bp, c, ldc, kb, rows, width, add = fn.args
+            name = f"micro{tile_rows}x{16 * halves}" + ("_in_place" if in_place else "")
+            fn, b = self._function(name, list(MICRO.args))
+            a, bp, c, a_step, b_step, ldc, kb, rows, width, add = fn.args
             for arg in (a, bp, c):
                 arg.add_attribute("noalias")
-            tile = b.alloca(ir.ArrayType(VEC, 2 * tile_rows))       # the accumulators, row by row
-            tile.align = 64
             with _Loop(b, 0, rows, 1, "touch") as r:       # C's tile, for writing: in L1 by the k loop's end
                 for h in range(halves):
                     b.call(self.prefetch, [self.at(b, c, b.add(b.mul(r, ldc), c64(16 * h))), ir.Constant(I32, 1),
                                            ir.Constant(I32, 3), ir.Constant(I32, 1)])
+            masks = [self.lanes_below(b, b.sub(width, c64(16 * h))) for h in range(halves)]
             pre = b.block
             loop = fn.append_basic_block("k")
             b.branch(loop)
@@ -282,9 +285,17 @@ class _Library:
             acc = [b.phi(VEC) for _ in range(halves * tile_rows)]
             for p in acc:
                 p.add_incoming(ZERO, pre)
-            row = self.at(b, bp, b.mul(k, c64(NR)))
-            bs = [b.load(self.at(b, row, 16 * h), typ=VEC, align=64) for h in range(halves)]
-            col = self.at(b, a, b.mul(k, c64(MR)))
+            row = self.at(b, bp, b.mul(k, b_step))
+            if in_place:                                 # its rows are far apart: prefetched ahead
+                ahead = self.at(b, row, b.mul(b_step, c64(AHEAD)))
+                for h in range(halves):
+                    b.call(self.prefetch, [self.at(b, ahead, 16 * h), ir.Constant(I32, 0), ir.Constant(I32, 3),
+                                           ir.Constant(I32, 1)])
+                bs = [b.call(self.load_masked, [self.at(b, row, 16 * h), ALIGN4, mask, ZERO])
+                      for h, mask in enumerate(masks)]
+            else:
+                bs = [b.load(self.at(b, row, 16 * h), typ=VEC, align=64) for h in range(halves)]
+            col = self.at(b, a, b.mul(k, a_step))
             new = []
             for r in range(tile_rows):
                 x = _splat(b, b.load(self.at(b, col, r), typ=F32, align=4), VEC)
@@ -293,27 +304,26 @@ class _Library:
                 p.add_incoming(v, loop)
             k1 = b.add(k, c64(1))
             k.add_incoming(k1, loop)
-            done = fn.append_basic_block("tile")
+            done = fn.append_basic_block("store")
             b.cbranch(b.icmp_signed("<", k1, kb), loop, done)
             b.position_at_end(done)
-
-            def vector(index):
-                return b.gep(tile, [ir.Constant(I32, 0), index], inbounds=True)
-
-            for r in range(tile_rows):
-                for h in range(halves):
-                    b.store(new[halves * r + h], vector(c64(2 * r + h)), align=64)
-            masks = [self.lanes_below(b, b.sub(width, c64(16 * h))) for h in range(halves)]
-            with _Loop(b, 0, rows, 1, "row") as r:          # the tile's rows and columns inside C
-                out = self.at(b, c, b.mul(r, ldc))
+            finished = fn.append_basic_block("finished")
+            adds = [b.and_(mask, _splat(b, add, MASK)) for mask in masks]   # the first K block reads 0
+            for r in range(tile_rows):                      # rows < `rows` of the tile into C, in order
+                out = self.at(b, c, b.mul(c64(r), ldc))
                 for h, mask in enumerate(masks):
-                    v = b.load(vector(b.add(b.mul(r, c64(2)), c64(h))), align=64)
                     p = self.at(b, out, 16 * h)
-                    old = b.call(self.load_masked, [p, ALIGN4, b.and_(mask, _splat(b, add, MASK)), ZERO])
-                    b.call(self.store_masked, [b.fadd(v, old), p, ALIGN4, mask])   # the first K block reads 0
+                    old = b.call(self.load_masked, [p, ALIGN4, adds[h], ZERO])
+                    b.call(self.store_masked, [b.fadd(new[halves * r + h], old), p, ALIGN4, mask])
+                if r + 1 < tile_rows:
+                    following = fn.append_basic_block(f"row{r + 1}")
+                    b.cbranch(b.icmp_signed("<", c64(r + 1), rows), following, finished)
+                    b.position_at_end(following)
+            b.branch(finished)
+            b.position_at_end(finished)
             b.ret_void()
             return fn
-        return self._shared(("micro", halves, tile_rows), make)
+        return self._shared(("micro", halves, tile_rows, in_place), make)
 
     # ------------------------------------------------------------ the loop nest
     def driver(self) -> ir.Function:
@@ -321,15 +331,18 @@ class _Library:
 
     def _driver(self) -> ir.Function:
         """driver(A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_offset, b_offset,
-        inner, a_outer, a_inner, b_outer, b_inner, pack_a, pack_b, edge_micro): units [start, stop) =
-        (batch, row slice, panel), panels fastest; a batch index is (outer, inner) over two batch dims
-        (`MatmulKernel.batch_dims`) with the operands' strides. The packers for the operands' layouts
-        and the micro-kernel of a last panel of <= 16 columns come as arguments: one loop nest for
-        every matmul (each took ~25 ms of LLVM time)."""
+        inner, a_outer, a_inner, b_outer, b_inner, b_rows, pack_a, pack_b, edge_micro): units [start,
+        stop) = (batch, row slice, panel), panels fastest; a batch index is (outer, inner) over two
+        batch dims (`MatmulKernel.batch_dims`) with the operands' strides. The packers for the operands'
+        layouts and the micro-kernel of a last panel of <= 16 columns come as arguments: one loop nest
+        for every matmul (each took ~25 ms of LLVM time). A unit of at most MR rows reads B in place
+        when its rows are contiguous (`b_rows`): a packed panel would be read once ([10, 1024] @
+        [1024, 512]: packing B was half the time)."""
         wide, short = self.micro(2), self.micro(2, SHORT)
+        wide_in_place, short_in_place = self.micro(2, in_place=True), self.micro(2, SHORT, in_place=True)
         fn, b = self._function("driver", list(DRIVER.args))
         (A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_off, b_off, inner, a_outer, a_inner,
-         b_outer, b_inner, pack_a, pack_b, slim) = fn.args
+         b_outer, b_inner, b_rows, pack_a, pack_b, slim) = fn.args
         for arg in (A, B, C):
             arg.add_attribute("noalias")
         packed_b = b.alloca(ir.ArrayType(F32, GROUP * KC * NR))
@@ -348,6 +361,7 @@ class _Library:
             count = b.sub(end, u)
             m0 = b.mul(row_slice, slice_rows)
             m1 = self.minimum(b, b.add(m0, slice_rows), m)
+            in_place = b.and_(b.icmp_signed("!=", b_rows, c64(0)), b.icmp_signed("<=", b.sub(m1, m0), c64(MR)))
             outer, within = b.udiv(index, inner), b.urem(index, inner)
             a = self.at(b, A, b.add(a_off, b.add(b.mul(outer, a_outer), b.mul(within, a_inner))))
             bm = self.at(b, B, b.add(b_off, b.add(b.mul(outer, b_outer), b.mul(within, b_inner))))
@@ -355,20 +369,26 @@ class _Library:
             with _Loop(b, 0, k, KC, "kc") as kc:
                 kb = self.minimum(b, b.sub(k, kc), KC)
                 add = b.icmp_signed("!=", kc, c64(0))
-                b.call(pack_b, [bm, packed_b, kc, kb, b.mul(p0, c64(NR)), count, n, b_step])
+                with b.if_then(b.not_(in_place)):
+                    b.call(pack_b, [bm, packed_b, kc, kb, b.mul(p0, c64(NR)), count, n, b_step])
                 with _Loop(b, m0, m1, MC, "ic") as ic:
                     mb = self.minimum(b, b.sub(m1, ic), MC)
                     b.call(pack_a, [a, packed_a, ic, mb, kc, kb, a_step])
                     with _Loop(b, 0, count, 1, "panel") as q:
                         j = b.mul(b.add(p0, q), c64(NR))
                         width = self.minimum(b, b.sub(n, j), NR)
-                        bq = self.at(b, packed_b, b.mul(q, c64(KC * NR)))
+                        bq = b.select(in_place, self.at(b, bm, b.add(b.mul(kc, b_step), j)),
+                                      self.at(b, packed_b, b.mul(q, c64(KC * NR))))
+                        bq_step = b.select(in_place, b_step, c64(NR))
                         edge = b.select(b.icmp_signed("<=", width, c64(16)), slim, wide)
                         with _Loop(b, 0, mb, MR, "rows") as i:
                             rows = self.minimum(b, b.sub(mb, i), MR)
-                            micro = b.select(b.icmp_signed("<=", rows, c64(SHORT)), short, edge)
+                            small = b.icmp_signed("<=", rows, c64(SHORT))
+                            micro = b.select(in_place, b.select(small, short_in_place, wide_in_place),
+                                             b.select(small, short, edge))
                             b.call(micro, [self.at(b, packed_a, b.mul(i, c64(KC))), bq,
-                                           self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), n, kb, rows, width, add])
+                                           self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), c64(MR), bq_step, n,
+                                           kb, rows, width, add])
             units.next(end)
         b.ret_void()
         return fn

@@ -53,7 +53,8 @@ def _program(name, m, n, k, batch, a_store, a_map, b_store, b_map):
 
 
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (13, 10, 17), (14, 32, 16), (15, 33, 256), (29, 64, 257),
-                                     (71, 100, 300), (150, 70, 600)])
+                                     (71, 100, 300), (150, 70, 600),
+                                     (10, 70, 300), (28, 40, 300)])   # units of <= 14 rows: B read in place
 @pytest.mark.parametrize("a_t, b_t", [(False, False), (False, True), (True, False), (True, True)],
                          ids=["nn", "nt", "tn", "tt"])
 def test_gemm_matches_float64_for_every_layout(engine, m, n, k, a_t, b_t):
