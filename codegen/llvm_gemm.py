@@ -17,9 +17,14 @@ Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core):
   register transposes; columns contiguous: one masked copy per k), zero past the last row. Then
   per panel, per `MR` rows, the micro-kernel prefetches the MR x 32 tile of C for writing (so it
   is in L1 when the k loop ends: C in L3 took 5-15% of a [128, 512] @ [512, 512]), keeps it in
-  2*MR zmm accumulators (one fma per 16 products, A broadcast from memory), writes them to a
-  tile on its stack and stores (first K block) or adds (later ones) its rows and columns inside C
-  to C, masked.
+  2*MR zmm accumulators (one fma per 16 products, A broadcast from memory), and stores (first K
+  block) or adds (later ones) its rows and columns inside C to C, masked.
+- A unit of at most MR rows reads B in place (rows contiguous; masked loads, prefetched ahead)
+  rather than packing panels it would read once.
+- The dot form, for C of at most 16 columns with both operands contiguous along k (a classifier's
+  x @ w.T): per unit, B is packed as 16-k chunks of its columns (zero-padded), and each C element is
+  one vector accumulator of a dot product over A's rows read in place, summed across lanes at the
+  end (`_lane_sums`): no lanes wasted on a half-empty panel, no packing of A.
 - Compile time: the micro-kernels (14x32, 14x16 for a narrow last panel, 4x32 for a block's last
   rows), the packers (one 16x16 transpose between them) and the loop nest are one library module
   (`library_ir`), compiled once per host (without IR passes: the IR is already what the machine
@@ -34,7 +39,8 @@ past M and columns past N are touched only through masked loads and stores (mask
 touch memory). Scratch (packed panels, ~600 KB) is on the calling thread's stack.
 
 Numerics: each C element is a sum over k in order within a K block, blocks added in order, with
-fused multiply-adds: the rounding differs from a BLAS (as BLASes differ from each other).
+fused multiply-adds (the dot form: 16 interleaved partial sums, added in a tree): the rounding
+differs from a BLAS (as BLASes differ from each other).
 """
 from __future__ import annotations
 
@@ -64,7 +70,10 @@ ALIGN4 = ir.Constant(I32, 4)
 PACK_A = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
 PACK_B = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
 MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I1])
-DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 17 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
+DOT = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 5)
+DOT_FORMS = ((6, 4), (12, 2), (16, 1))     # (columns, rows) of a dot kernel's 24 or 16 accumulators, by n
+DOT_MIN_K = 64                              # below it the sums across lanes would outweigh the products
+DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 18 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
                                                               ir.PointerType(MICRO)])
 
 
@@ -96,11 +105,23 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
              part("micro14x16" if 0 < n % NR <= 16 else "micro14x32", MICRO)]
     (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
     sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
-             kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner, int(sb1 == 1))
+             kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner, int(sb1 == 1),
+             dot_columns(n, k, sa1 == 1 and sb0 == 1))
     b.call(part("driver", DRIVER), [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]]
            + [c64(x) for x in sizes] + parts)
     b.ret_void()
     return fn
+
+
+def dot_columns(n: int, k: int, along_k: bool) -> int:
+    """The accumulator columns of the dot form for an n-column C (0: the panel form). Why: C with at
+    most 16 columns fills at most half of a 32-column panel, and its A, packed for one panel, is read
+    once ([1024, 512] @ [512, 10] spent more time packing A than multiplying); when both operands are
+    contiguous along k (x @ w.T, a classifier's layer), a dot product per element of C reads A in
+    place and wastes no lanes."""
+    if not along_k or k < DOT_MIN_K or -(-k // 16) * 16 * 16 > GROUP * KC * NR:
+        return 0
+    return next((cols for cols, _ in DOT_FORMS if n <= cols), 0)
 
 
 def _table(module: ir.Module) -> ir.GlobalVariable:
@@ -125,6 +146,8 @@ def library_ir() -> str:
         lib.pack_b(rows_contiguous)
     lib.micro(1)
     lib.micro(2)
+    for cols, rows in DOT_FORMS:
+        lib.dot(rows, cols)
     names = {fn.name for fn in module.functions}
     assert set(EXPORTS) <= names, (EXPORTS, names)
     return str(module)
@@ -325,24 +348,79 @@ class _Library:
             return fn
         return self._shared(("micro", halves, tile_rows, in_place), make)
 
+    # ------------------------------------------------------------ the dot form (n <= 16)
+    def pack_bt(self) -> ir.Function:
+        """pack_bt(B, Bp, n, k, step, cols): Bp[(c*cols + j)*16 + l] = B(16c + l, j), B(k, j) at k + j*step,
+        for j < n and 16c + l < k; zero for other j < cols and l < 16 (whole chunks of 16 k)."""
+        def make():
+            fn, b = self._function("pack_bt", [PTR, PTR] + [I64] * 4)
+            src, dst, n, k, step, cols = fn.args
+            with _Loop(b, 0, k, 16, "kk") as kk:
+                mask = self.lanes_below(b, b.sub(k, kk))
+                chunk = self.at(b, dst, b.mul(kk, cols))
+                with _Loop(b, 0, cols, 1, "j") as j:
+                    keep = b.and_(mask, _splat(b, b.icmp_signed("<", j, n), MASK))
+                    v = b.call(self.load_masked, [self.at(b, src, b.add(b.mul(j, step), kk)), ALIGN4, keep, ZERO])
+                    b.store(v, self.at(b, chunk, b.mul(j, c64(16))), align=64)
+            b.ret_void()
+            return fn
+        return self._shared("pack_bt", make)
+
+    def dot(self, rows_per: int, cols: int) -> ir.Function:
+        """dot(A, Bp, C, rows, n, k, a_step, ldc): C[r*ldc + j] = sum_k A[r*a_step + k] * Bt(j, k) for r <
+        rows, j < n (<= cols), Bt packed by `pack_bt`: `rows_per` rows at a time, one vector accumulator
+        per element of C (summed across lanes at the end), A read in place (its last chunk masked)."""
+        def make():
+            fn, b = self._function(f"dot{rows_per}x{cols}", list(DOT.args))
+            a, bp, c, rows, n, k, a_step, ldc = fn.args
+            for arg in (a, bp, c):
+                arg.add_attribute("noalias")
+            full = b.and_(k, c64(-16))
+            tail = self.lanes_below(b, b.sub(k, full))
+            store = self.lanes_below(b, n)
+            last = b.sub(rows, c64(1))
+            with _Loop(b, 0, rows, rows_per, "i") as i:
+                lines = [self.at(b, a, b.mul(self.minimum(b, b.add(i, c64(r)), last), a_step))  # in bounds
+                         for r in range(rows_per)]
+
+                def chunk(acc, kk, mask):
+                    av = [b.call(self.load_masked, [self.at(b, line, kk), ALIGN4, mask, ZERO]) if mask is not None
+                          else b.load(self.at(b, line, kk), typ=VEC, align=4) for line in lines]
+                    packed = self.at(b, bp, b.mul(kk, c64(cols)))
+                    out = list(acc)
+                    for j in range(cols):
+                        bv = b.load(self.at(b, packed, 16 * j), typ=VEC, align=64)
+                        for r in range(rows_per):
+                            out[r * cols + j] = b.call(self.fma, [av[r], bv, acc[r * cols + j]])
+                    return out
+
+                acc = _accumulate(b, full, rows_per * cols, lambda acc, kk: chunk(acc, kk, None))
+                acc = chunk(acc, full, tail)            # the last k % 16 (zero lanes when none)
+                for r in range(rows_per):
+                    with b.if_then(b.icmp_signed("<", b.add(i, c64(r)), rows)):
+                        sums = _lane_sums(b, acc[r * cols:(r + 1) * cols])
+                        b.call(self.store_masked, [sums, self.at(b, c, b.mul(b.add(i, c64(r)), ldc)), ALIGN4, store])
+            b.ret_void()
+            return fn
+        return self._shared(("dot", rows_per, cols), make)
+
     # ------------------------------------------------------------ the loop nest
     def driver(self) -> ir.Function:
         return self._shared("driver", self._driver)
 
     def _driver(self) -> ir.Function:
         """driver(A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_offset, b_offset,
-        inner, a_outer, a_inner, b_outer, b_inner, b_rows, pack_a, pack_b, edge_micro): units [start,
+        inner, a_outer, a_inner, b_outer, b_inner, b_rows, dot_cols, pack_a, pack_b, edge_micro): units [start,
         stop) = (batch, row slice, panel), panels fastest; a batch index is (outer, inner) over two
         batch dims (`MatmulKernel.batch_dims`) with the operands' strides. The packers for the operands'
         layouts and the micro-kernel of a last panel of <= 16 columns come as arguments: one loop nest
         for every matmul (each took ~25 ms of LLVM time). A unit of at most MR rows reads B in place
         when its rows are contiguous (`b_rows`): a packed panel would be read once ([10, 1024] @
-        [1024, 512]: packing B was half the time)."""
-        wide, short = self.micro(2), self.micro(2, SHORT)
-        wide_in_place, short_in_place = self.micro(2, in_place=True), self.micro(2, SHORT, in_place=True)
+        [1024, 512]: packing B was half the time). `dot_cols` > 0: the dot form (`dot_columns`) of
+        that many columns instead of panels."""
         fn, b = self._function("driver", list(DRIVER.args))
         (A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_off, b_off, inner, a_outer, a_inner,
-         b_outer, b_inner, b_rows, pack_a, pack_b, slim) = fn.args
+         b_outer, b_inner, b_rows, dot_cols, pack_a, pack_b, slim) = fn.args
         for arg in (A, B, C):
             arg.add_attribute("noalias")
         packed_b = b.alloca(ir.ArrayType(F32, GROUP * KC * NR))
@@ -361,37 +439,59 @@ class _Library:
             count = b.sub(end, u)
             m0 = b.mul(row_slice, slice_rows)
             m1 = self.minimum(b, b.add(m0, slice_rows), m)
-            in_place = b.and_(b.icmp_signed("!=", b_rows, c64(0)), b.icmp_signed("<=", b.sub(m1, m0), c64(MR)))
             outer, within = b.udiv(index, inner), b.urem(index, inner)
             a = self.at(b, A, b.add(a_off, b.add(b.mul(outer, a_outer), b.mul(within, a_inner))))
             bm = self.at(b, B, b.add(b_off, b.add(b.mul(outer, b_outer), b.mul(within, b_inner))))
             c = self.at(b, C, b.mul(index, b.mul(m, n)))
-            with _Loop(b, 0, k, KC, "kc") as kc:
-                kb = self.minimum(b, b.sub(k, kc), KC)
-                add = b.icmp_signed("!=", kc, c64(0))
-                with b.if_then(b.not_(in_place)):
-                    b.call(pack_b, [bm, packed_b, kc, kb, b.mul(p0, c64(NR)), count, n, b_step])
-                with _Loop(b, m0, m1, MC, "ic") as ic:
-                    mb = self.minimum(b, b.sub(m1, ic), MC)
-                    b.call(pack_a, [a, packed_a, ic, mb, kc, kb, a_step])
-                    with _Loop(b, 0, count, 1, "panel") as q:
-                        j = b.mul(b.add(p0, q), c64(NR))
-                        width = self.minimum(b, b.sub(n, j), NR)
-                        bq = b.select(in_place, self.at(b, bm, b.add(b.mul(kc, b_step), j)),
-                                      self.at(b, packed_b, b.mul(q, c64(KC * NR))))
-                        bq_step = b.select(in_place, b_step, c64(NR))
-                        edge = b.select(b.icmp_signed("<=", width, c64(16)), slim, wide)
-                        with _Loop(b, 0, mb, MR, "rows") as i:
-                            rows = self.minimum(b, b.sub(mb, i), MR)
-                            small = b.icmp_signed("<=", rows, c64(SHORT))
-                            micro = b.select(in_place, b.select(small, short_in_place, wide_in_place),
-                                             b.select(small, short, edge))
-                            b.call(micro, [self.at(b, packed_a, b.mul(i, c64(KC))), bq,
-                                           self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), c64(MR), bq_step, n,
-                                           kb, rows, width, add])
+            with b.if_else(b.icmp_signed("!=", dot_cols, c64(0))) as (dot_form, panel_form):
+                with dot_form:
+                    self._dot_unit(b, a, bm, c, packed_b, m0, m1, n, k, a_step, b_step, dot_cols)
+                with panel_form:
+                    self._panel_unit(b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_rows,
+                                     pack_a, pack_b, slim)
             units.next(end)
         b.ret_void()
         return fn
+
+    def _dot_unit(self, b, a, bm, c, packed, m0, m1, n, k, a_step, b_step, cols) -> None:
+        """Rows [m0, m1) of one C in the dot form of `cols` columns."""
+        b.call(self.pack_bt(), [bm, packed, n, k, b_step, cols])
+        args = [self.at(b, a, b.mul(m0, a_step)), packed, self.at(b, c, b.mul(m0, n)), b.sub(m1, m0), n, k, a_step, n]
+        kernel = self.dot(DOT_FORMS[-1][1], DOT_FORMS[-1][0])
+        for columns, rows in DOT_FORMS[:-1]:
+            kernel = b.select(b.icmp_signed("==", cols, c64(columns)), self.dot(rows, columns), kernel)
+        b.call(kernel, args)
+
+    def _panel_unit(self, b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_rows, pack_a,
+                    pack_b, slim) -> None:
+        """Panels p0 .. p0 + count of rows [m0, m1) of one C: BLIS's loops over K blocks, A blocks,
+        panels and micro-tiles."""
+        wide, short = self.micro(2), self.micro(2, SHORT)
+        wide_in_place, short_in_place = self.micro(2, in_place=True), self.micro(2, SHORT, in_place=True)
+        in_place = b.and_(b.icmp_signed("!=", b_rows, c64(0)), b.icmp_signed("<=", b.sub(m1, m0), c64(MR)))
+        with _Loop(b, 0, k, KC, "kc") as kc:
+            kb = self.minimum(b, b.sub(k, kc), KC)
+            add = b.icmp_signed("!=", kc, c64(0))
+            with b.if_then(b.not_(in_place)):
+                b.call(pack_b, [bm, packed_b, kc, kb, b.mul(p0, c64(NR)), count, n, b_step])
+            with _Loop(b, m0, m1, MC, "ic") as ic:
+                mb = self.minimum(b, b.sub(m1, ic), MC)
+                b.call(pack_a, [a, packed_a, ic, mb, kc, kb, a_step])
+                with _Loop(b, 0, count, 1, "panel") as q:
+                    j = b.mul(b.add(p0, q), c64(NR))
+                    width = self.minimum(b, b.sub(n, j), NR)
+                    bq = b.select(in_place, self.at(b, bm, b.add(b.mul(kc, b_step), j)),
+                                  self.at(b, packed_b, b.mul(q, c64(KC * NR))))
+                    bq_step = b.select(in_place, b_step, c64(NR))
+                    edge = b.select(b.icmp_signed("<=", width, c64(16)), slim, wide)
+                    with _Loop(b, 0, mb, MR, "rows") as i:
+                        rows = self.minimum(b, b.sub(mb, i), MR)
+                        small = b.icmp_signed("<=", rows, c64(SHORT))
+                        micro = b.select(in_place, b.select(small, short_in_place, wide_in_place),
+                                         b.select(small, short, edge))
+                        b.call(micro, [self.at(b, packed_a, b.mul(i, c64(KC))), bq,
+                                       self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), c64(MR), bq_step, n,
+                                       kb, rows, width, add])
 
 
 class _WhileLoop:
@@ -452,3 +552,58 @@ def _transpose16(b: ir.IRBuilder, rows: list) -> list:
             out[r + d] = b.shuffle_vector(x, y, ir.Constant(V_I32, [c + d if not c & d else 16 + c for c in range(16)]))
         rows = out
     return rows
+
+
+def _accumulate(b: ir.IRBuilder, stop, count: int, body) -> list:
+    """`count` vector accumulators, from zero, through `acc = body(acc, kk)` for kk in range(0, stop, 16)."""
+    fn, pre = b.function, b.block
+    loop, done = fn.append_basic_block("chunk"), fn.append_basic_block("chunk.done")
+    b.cbranch(b.icmp_signed("<", c64(0), stop), loop, done)
+    b.position_at_end(loop)
+    kk = b.phi(I64, name="kk")
+    kk.add_incoming(c64(0), pre)
+    acc = [b.phi(VEC) for _ in range(count)]
+    for p in acc:
+        p.add_incoming(ZERO, pre)
+    new = body(acc, kk)
+    end = b.block
+    for p, v in zip(acc, new):
+        p.add_incoming(v, end)
+    following = b.add(kk, c64(16))
+    kk.add_incoming(following, end)
+    b.cbranch(b.icmp_signed("<", following, stop), loop, done)
+    b.position_at_end(done)
+    out = [b.phi(VEC) for _ in range(count)]
+    for o, v in zip(out, new):
+        o.add_incoming(ZERO, pre)
+        o.add_incoming(v, end)
+    return out
+
+
+def _lane_sums(b: ir.IRBuilder, vectors: list) -> ir.Value:
+    """The vector whose lane j is the sum of the lanes of vectors[j] (at most 16): a tree of 15
+    two-vector steps (each adds the halves of 2d-lane blocks of two vectors side by side, d = 8, 4, 2,
+    1), the inputs placed so that the sums come out in order."""
+    def step(x, y, d):
+        lo = [(L // (2 * d)) * 2 * d + L % (2 * d) + (0 if L % (2 * d) < d else 16 - d) for L in range(16)]
+        return lo, [i + d for i in lo]
+
+    owners = [[j] * 16 for j in range(16)]          # which input each lane's partial sum belongs to
+    for d in (8, 4, 2, 1):
+        merged = []
+        for x, y in zip(owners[::2], owners[1::2]):
+            lo, _ = step(x, y, d)
+            merged.append([(x + y)[i] for i in lo])
+        owners = merged
+    position = owners[0]                            # lane L ends up with the input at position[L]
+    placed = [ZERO] * 16
+    for lane, vector in enumerate(vectors):
+        placed[position[lane]] = vector
+    for d in (8, 4, 2, 1):
+        merged = []
+        for x, y in zip(placed[::2], placed[1::2]):
+            lo, hi = step(x, y, d)
+            merged.append(b.fadd(b.shuffle_vector(x, y, ir.Constant(V_I32, lo)),
+                                 b.shuffle_vector(x, y, ir.Constant(V_I32, hi))))
+        placed = merged
+    return placed[0]

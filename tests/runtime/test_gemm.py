@@ -54,7 +54,8 @@ def _program(name, m, n, k, batch, a_store, a_map, b_store, b_map):
 
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (13, 10, 17), (14, 32, 16), (15, 33, 256), (29, 64, 257),
                                      (71, 100, 300), (150, 70, 600),
-                                     (10, 70, 300), (28, 40, 300)])   # units of <= 14 rows: B read in place
+                                     (10, 70, 300), (28, 40, 300),    # units of <= 14 rows: B read in place
+                                     (71, 10, 300), (29, 16, 64), (3, 1, 100)])   # "nt": the dot form
 @pytest.mark.parametrize("a_t, b_t", [(False, False), (False, True), (True, False), (True, True)],
                          ids=["nn", "nt", "tn", "tt"])
 def test_gemm_matches_float64_for_every_layout(engine, m, n, k, a_t, b_t):
@@ -131,13 +132,14 @@ def test_row_slices_follow_the_shape():
     assert slices(100, 64, (3,)) == 1        # a batch has units enough
 
 
-@pytest.mark.parametrize("m, n, k", [(13, 48, 20), (16, 10, 33), (3, 16, 1)])
-def test_gemm_writes_nothing_outside_its_output(engine, m, n, k):
+@pytest.mark.parametrize("m, n, k, b_t", [(13, 48, 20, False), (16, 10, 33, False), (3, 16, 1, False),
+                                          (32, 10, 100, True), (5, 16, 70, True)])     # the dot form
+def test_gemm_writes_nothing_outside_its_output(engine, m, n, k, b_t):
     """The output sits in the arena between two sentinel buffers (no gap): they keep their values."""
     rng = np.random.default_rng(11)
     a_np = rng.standard_normal((m, k)).astype(np.float32)
     b_np = rng.standard_normal((k, n)).astype(np.float32)
-    a, b = Buffer("a", float32, (m, k)), Buffer("b", float32, (k, n))
+    a, b = Buffer("a", float32, (m, k)), Buffer("b", float32, (n, k) if b_t else (k, n))
     fill = Buffer("fill", float32, (16,))
     before, after = Buffer("before", float32, (16,)), Buffer("after", float32, (16,))
     product = Buffer("product", float32, (m, n))
@@ -145,24 +147,34 @@ def test_gemm_writes_nothing_outside_its_output(engine, m, n, k):
                                                              ("o_after", (16,)))]
     flat = {"x": (fill, IndexMap.contiguous((16,)))}
     steps = [elementwise_kernel("sentinels", (16,), flat, [(before, Arg("x", float32)), (after, Arg("x", float32))]),
-             MatmulKernel("gemm", a, b, product, (), m, n, k, IndexMap.contiguous((m, k)), IndexMap((n, 1))),
+             MatmulKernel("gemm", a, b, product, (), m, n, k, IndexMap.contiguous((m, k)),
+                          IndexMap((1, k)) if b_t else IndexMap((n, 1))),
              elementwise_kernel("copy_before", (16,), {"x": (before, IndexMap.contiguous((16,)))},
                                 [(outs[0], Arg("x", float32))]),
              elementwise_kernel("copy_product", (m, n), {"x": (product, IndexMap.contiguous((m, n)))},
                                 [(outs[1], Arg("x", float32))]),
              elementwise_kernel("copy_after", (16,), {"x": (after, IndexMap.contiguous((16,)))},
                                 [(outs[2], Arg("x", float32))])]
-    program = Program(f"gemm_bounds_{m}_{n}_{k}", tuple(steps), (a, b, fill), tuple(outs))
+    program = Program(f"gemm_bounds_{m}_{n}_{k}_{b_t}", tuple(steps), (a, b, fill), tuple(outs))
     size = product.nbytes
     assert size % 64 == 0
     plan = MemoryPlan({"before": 0, "product": 64, "after": 64 + size},
                       {"before": 64, "product": size, "after": 64}, 128 + size)
     compiled = engine.compile(program, plan)
     sentinel = np.full(16, 7.25, np.float32)
-    got_before, got, got_after = compiled(a_np, b_np, sentinel)
+    got_before, got, got_after = compiled(a_np, np.ascontiguousarray(b_np.T) if b_t else b_np, sentinel)
     np.testing.assert_array_equal(got_before, sentinel)
     np.testing.assert_array_equal(got_after, sentinel)
     np.testing.assert_allclose(got, a_np.astype(np.float64) @ b_np, rtol=1e-5, atol=1e-5)
+
+
+def test_the_dot_form_takes_few_columns_contiguous_along_k():
+    from codegen.llvm_gemm import dot_columns
+    assert dot_columns(10, 512, True) == 12 and dot_columns(6, 64, True) == 6 and dot_columns(16, 784, True) == 16
+    assert dot_columns(17, 512, True) == 0          # more than half a panel: panels
+    assert dot_columns(10, 32, True) == 0           # too short a k for the sums across lanes
+    assert dot_columns(10, 512, False) == 0         # an operand not contiguous along k
+    assert dot_columns(10, 10 ** 6, True) == 0      # its packed B would not fit the scratch
 
 
 def test_kernel_rejects_maps_outside_its_buffers_and_layouts_without_a_unit_stride():
