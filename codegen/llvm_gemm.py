@@ -21,7 +21,7 @@ Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core):
   block) or adds (later ones) its rows and columns inside C to C, masked.
 - A unit of at most MR rows reads B in place (rows contiguous; masked loads, prefetched ahead)
   rather than packing panels it would read once.
-- The dot form, for C of at most 16 columns with both operands contiguous along k (a classifier's
+- The dot form, for C of at most 12 columns with both operands contiguous along k (a classifier's
   x @ w.T): per unit, B is packed as 16-k chunks of its columns (zero-padded), and each C element is
   one vector accumulator of a dot product over A's rows read in place, summed across lanes at the
   end (`_lane_sums`): no lanes wasted on a half-empty panel, no packing of A.
@@ -63,15 +63,15 @@ VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I32, I64, F32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
 VEC, MASK = ir.VectorType(F32, 16), ir.VectorType(I1, 16)
 V_I32, V_I64 = ir.VectorType(I32, 16), ir.VectorType(I64, 16)
-ZERO = ir.Constant(VEC, [0.0] * 16)
-SPLAT = ir.Constant(V_I32, [0] * 16)
+ZERO = ir.Constant(VEC, None)           # zeroinitializer (short to print and parse)
+SPLAT = ir.Constant(V_I32, None)
 LANES = ir.Constant(V_I64, list(range(16)))
 ALIGN4 = ir.Constant(I32, 4)
 PACK_A = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
 PACK_B = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
 MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I1])
 DOT = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 5)
-DOT_FORMS = ((6, 4), (12, 2), (16, 1))     # (columns, rows) of a dot kernel's 24 or 16 accumulators, by n
+DOT_COLUMNS, DOT_ROWS = 12, 2              # C elements per dot kernel step: 24 accumulators
 DOT_MIN_K = 64                              # below it the sums across lanes would outweigh the products
 DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 18 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
                                                               ir.PointerType(MICRO)])
@@ -115,13 +115,12 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
 
 def dot_columns(n: int, k: int, along_k: bool) -> int:
     """The accumulator columns of the dot form for an n-column C (0: the panel form). Why: C with at
-    most 16 columns fills at most half of a 32-column panel, and its A, packed for one panel, is read
+    most 12 columns fills at most 12/32 of a panel, and its A, packed for one panel, is read
     once ([1024, 512] @ [512, 10] spent more time packing A than multiplying); when both operands are
     contiguous along k (x @ w.T, a classifier's layer), a dot product per element of C reads A in
     place and wastes no lanes."""
-    if not along_k or k < DOT_MIN_K or -(-k // 16) * 16 * 16 > GROUP * KC * NR:
-        return 0
-    return next((cols for cols, _ in DOT_FORMS if n <= cols), 0)
+    fits = -(-k // 16) * 16 * DOT_COLUMNS <= GROUP * KC * NR
+    return DOT_COLUMNS if along_k and n <= DOT_COLUMNS and k >= DOT_MIN_K and fits else 0
 
 
 def _table(module: ir.Module) -> ir.GlobalVariable:
@@ -146,8 +145,6 @@ def library_ir() -> str:
         lib.pack_b(rows_contiguous)
     lib.micro(1)
     lib.micro(2)
-    for cols, rows in DOT_FORMS:
-        lib.dot(rows, cols)
     names = {fn.name for fn in module.functions}
     assert set(EXPORTS) <= names, (EXPORTS, names)
     return str(module)
@@ -202,7 +199,7 @@ class _Library:
             fn, b = self._function("transpose16", [PTR, I64, I64, I64, PTR, I64, I64])
             src, stride, valid, depth, dst, dst_stride, lanes = fn.args
             depth_mask = self.lanes_below(b, depth)
-            none = ir.Constant(MASK, [0] * 16)
+            none = ir.Constant(MASK, None)
             rows = []
             for r in range(16):
                 mask = b.select(b.icmp_signed("<", c64(r), valid), depth_mask, none)
@@ -456,18 +453,15 @@ class _Library:
     def _dot_unit(self, b, a, bm, c, packed, m0, m1, n, k, a_step, b_step, cols) -> None:
         """Rows [m0, m1) of one C in the dot form of `cols` columns."""
         b.call(self.pack_bt(), [bm, packed, n, k, b_step, cols])
-        args = [self.at(b, a, b.mul(m0, a_step)), packed, self.at(b, c, b.mul(m0, n)), b.sub(m1, m0), n, k, a_step, n]
-        kernel = self.dot(DOT_FORMS[-1][1], DOT_FORMS[-1][0])
-        for columns, rows in DOT_FORMS[:-1]:
-            kernel = b.select(b.icmp_signed("==", cols, c64(columns)), self.dot(rows, columns), kernel)
-        b.call(kernel, args)
+        b.call(self.dot(DOT_ROWS, DOT_COLUMNS), [self.at(b, a, b.mul(m0, a_step)), packed, self.at(b, c, b.mul(m0, n)),
+                                                 b.sub(m1, m0), n, k, a_step, n])
 
     def _panel_unit(self, b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_rows, pack_a,
                     pack_b, slim) -> None:
         """Panels p0 .. p0 + count of rows [m0, m1) of one C: BLIS's loops over K blocks, A blocks,
         panels and micro-tiles."""
         wide, short = self.micro(2), self.micro(2, SHORT)
-        wide_in_place, short_in_place = self.micro(2, in_place=True), self.micro(2, SHORT, in_place=True)
+        in_place_micro = self.micro(2, in_place=True)    # also for <= SHORT rows: as fast as packing B
         in_place = b.and_(b.icmp_signed("!=", b_rows, c64(0)), b.icmp_signed("<=", b.sub(m1, m0), c64(MR)))
         with _Loop(b, 0, k, KC, "kc") as kc:
             kb = self.minimum(b, b.sub(k, kc), KC)
@@ -487,7 +481,7 @@ class _Library:
                     with _Loop(b, 0, mb, MR, "rows") as i:
                         rows = self.minimum(b, b.sub(mb, i), MR)
                         small = b.icmp_signed("<=", rows, c64(SHORT))
-                        micro = b.select(in_place, b.select(small, short_in_place, wide_in_place),
+                        micro = b.select(in_place, in_place_micro,
                                          b.select(small, short, edge))
                         b.call(micro, [self.at(b, packed_a, b.mul(i, c64(KC))), bq,
                                        self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), c64(MR), bq_step, n,
