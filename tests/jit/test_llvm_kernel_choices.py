@@ -238,6 +238,23 @@ def test_embedding_gradient_is_exact_through_the_scatter_kernel(rng):
     assert sum(type(s).__name__ == "ExternCall" for s in ex.lowered.program.steps) == 0
 
 
+def test_rows_too_short_for_a_vector_weigh_their_scalar_operations(rng):
+    # a log-softmax over rows of 10 runs its exp scalar: a [4096, 10] one (~0.2 ms on one thread) is worth
+    # threads, the same work over rows of 160 is vectorized and is not
+    from runtime.llvm_engine import SCALAR_LOOP_WEIGHT, kernel_cost, worth_threads
+    narrow = tt.tensor(rng.standard_normal((4096, 10)).astype(np.float32))
+    wide = tt.tensor(rng.standard_normal((256, 160)).astype(np.float32))
+    kernels = []
+    for x in (narrow, wide):
+        ex, out = _compiled(lambda t: F.log_softmax(t, dim=1), x)
+        want = x.numpy() - np.log(np.exp(x.numpy()).sum(1, keepdims=True))
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+        kernels += [k for k in ex.compiled.program.kernels if "reduce" in k.name]
+    k_narrow, k_wide = kernels
+    assert kernel_cost(k_narrow) >= SCALAR_LOOP_WEIGHT * kernel_cost(k_wide) // 2
+    assert worth_threads(k_narrow) and not worth_threads(k_wide)
+
+
 def test_only_kernels_with_enough_work_for_a_fork_join_run_on_threads(rng):
     # threads pay from ~50 us of serial work: enough operations (an exact GELU over 2^16 elements) or
     # enough memory traffic (a plain exp over 2^18 elements), not a plain exp over 2^16 elements
