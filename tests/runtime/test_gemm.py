@@ -71,10 +71,10 @@ def test_gemm_matches_float64_for_every_layout(engine, m, n, k, a_t, b_t):
     np.testing.assert_array_equal(again, got)
 
 
-def test_batched_and_broadcast_operands(engine):
+@pytest.mark.parametrize("m, n, k", [(20, 40, 35), (20, 7, 100)], ids=["panels", "dot"])
+def test_batched_and_broadcast_operands(engine, m, n, k):
     """[2, 3] batches: a has its own per batch, b one matrix per first-batch index (stride 0 on the second)."""
     rng = np.random.default_rng(5)
-    m, n, k = 20, 40, 35
     a_store, a_map, a = _operand(rng, (2, 3, m, k), False, offset=1, pad=3)
     b_store, b_map2, b = _operand(rng, (2, k, n), True, offset=4, pad=1)
     b_map = IndexMap((b_map2.strides[0], 0) + b_map2.strides[1:], b_map2.offset)
@@ -100,12 +100,14 @@ def test_three_batch_dims_merge_into_two(engine):
     assert MatmulKernel.merge_batch((2, 3, 4), (12, 0, 1), (1, 0, 7)) is None     # three remain
 
 
-@pytest.mark.parametrize("m, n, k, slices", [(200, 300, 190, 1), (333, 100, 190, 2)], ids=["wide", "tall"])
-def test_threaded_gemm_equals_single_thread(engine, tmp_path, m, n, k, slices):
+@pytest.mark.parametrize("m, n, k, b_t, slices", [(200, 300, 190, True, 1), (333, 100, 190, True, 2),
+                                                 (2000, 10, 300, True, 4), (14, 2048, 300, False, 1)],
+                         ids=["wide", "tall", "dot", "b in place"])
+def test_threaded_gemm_equals_single_thread(engine, tmp_path, m, n, k, b_t, slices):
     # 2*m*n*k above PARALLEL_MIN_COST: split across the team; a tall C by row slices, a wide one by panels
     rng = np.random.default_rng(9)
     a_store, a_map, a = _operand(rng, (m, k), False, 0, 0)
-    b_store, b_map, b = _operand(rng, (k, n), True, 0, 0)
+    b_store, b_map, b = _operand(rng, (k, n), b_t, 0, 0)
     program = _program("gemm_threads", m, n, k, (), a_store, a_map, b_store, b_map)
     assert program.steps[0].row_slices == slices
     threaded = engine.compile(program)
