@@ -345,7 +345,7 @@ class _Library:
             return fn
         return self._shared(("micro", halves, tile_rows, in_place), make)
 
-    # ------------------------------------------------------------ the dot form (n <= 16)
+    # ------------------------------------------------------------ the dot form (n <= DOT_COLUMNS)
     def pack_bt(self) -> ir.Function:
         """pack_bt(B, Bp, n, k, step, cols): Bp[(c*cols + j)*16 + l] = B(16c + l, j), B(k, j) at k + j*step,
         for j < n and 16c + l < k; zero for other j < cols and l < 16 (whole chunks of 16 k)."""
@@ -481,8 +481,7 @@ class _Library:
                     with _Loop(b, 0, mb, MR, "rows") as i:
                         rows = self.minimum(b, b.sub(mb, i), MR)
                         small = b.icmp_signed("<=", rows, c64(SHORT))
-                        micro = b.select(in_place, in_place_micro,
-                                         b.select(small, short, edge))
+                        micro = b.select(in_place, in_place_micro, b.select(small, short, edge))
                         b.call(micro, [self.at(b, packed_a, b.mul(i, c64(KC))), bq,
                                        self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), c64(MR), bq_step, n,
                                        kb, rows, width, add])
@@ -578,7 +577,7 @@ def _lane_sums(b: ir.IRBuilder, vectors: list) -> ir.Value:
     """The vector whose lane j is the sum of the lanes of vectors[j] (at most 16): a tree of 15
     two-vector steps (each adds the halves of 2d-lane blocks of two vectors side by side, d = 8, 4, 2,
     1), the inputs placed so that the sums come out in order."""
-    def step(x, y, d):
+    def step(d):
         lo = [(L // (2 * d)) * 2 * d + L % (2 * d) + (0 if L % (2 * d) < d else 16 - d) for L in range(16)]
         return lo, [i + d for i in lo]
 
@@ -586,8 +585,7 @@ def _lane_sums(b: ir.IRBuilder, vectors: list) -> ir.Value:
     for d in (8, 4, 2, 1):
         merged = []
         for x, y in zip(owners[::2], owners[1::2]):
-            lo, _ = step(x, y, d)
-            merged.append([(x + y)[i] for i in lo])
+            merged.append([(x + y)[i] for i in step(d)[0]])
         owners = merged
     position = owners[0]                            # lane L ends up with the input at position[L]
     placed = [ZERO] * 16
@@ -596,7 +594,7 @@ def _lane_sums(b: ir.IRBuilder, vectors: list) -> ir.Value:
     for d in (8, 4, 2, 1):
         merged = []
         for x, y in zip(placed[::2], placed[1::2]):
-            lo, hi = step(x, y, d)
+            lo, hi = step(d)
             merged.append(b.fadd(b.shuffle_vector(x, y, ir.Constant(V_I32, lo)),
                                  b.shuffle_vector(x, y, ir.Constant(V_I32, hi))))
         placed = merged
