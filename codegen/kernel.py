@@ -358,6 +358,8 @@ class MatmulKernel:
 
     PANEL = 32          # C columns per unit of the outer loop
     ROW_BLOCK = 14      # C rows per micro-kernel call: a row slice is a multiple of them
+    DOT_COLUMNS = 12    # C of at most this many columns may take the dot form (`dot_form`)
+    DOT_K = (64, 8192)  # ... with k in this range: below, the sums across lanes outweigh the products
     MIN_UNITS = 4       # C is cut into row slices too when it has fewer panels than this
     ROW_SLICES_TALL = 2  # row slices of a single C with more rows than columns
 
@@ -415,6 +417,23 @@ class MatmulKernel:
     @property
     def written(self) -> tuple[Buffer, ...]:
         return (self.out,)
+
+    @property
+    def dot_form(self) -> bool:
+        """Whether each element of C is one dot product (`codegen.llvm_gemm`'s dot form) instead of a
+        panel's column: C of few columns, both operands contiguous along k (x @ w.T of a classifier).
+        A panel would be at most 12/32 full, and A, packed for it, read once ([1024, 512] @ [512, 10]
+        spent more time packing A than multiplying)."""
+        sa1 = unit_strides(self.a_map.strides[-2:], (self.m, self.k))[1]
+        sb0 = unit_strides(self.b_map.strides[-2:], (self.k, self.n))[0]
+        return self.n <= self.DOT_COLUMNS and self.DOT_K[0] <= self.k <= self.DOT_K[1] and sa1 == 1 and sb0 == 1
+
+    @property
+    def b_in_place(self) -> bool:
+        """Whether every unit reads B in place rather than packing its panels: units of at most
+        ROW_BLOCK rows (a packed panel would be read once), B's rows contiguous."""
+        sb1 = unit_strides(self.b_map.strides[-2:], (self.k, self.n))[1]
+        return not self.dot_form and self.slice_rows <= self.ROW_BLOCK and sb1 == 1
 
     @property
     def panels(self) -> int:

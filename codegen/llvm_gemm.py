@@ -55,6 +55,7 @@ MR = MatmulKernel.ROW_BLOCK  # C rows per micro-kernel call: 28 accumulators of 
 KC = 256                     # K per packed block: a 32 KB B panel stays in L1 across the rows of A
 MC = 5 * MR                  # rows of A per block (a packed transposed A: 70 KB)
 GROUP = 16                   # panels packed together (512 KB, in L2), each reused across all of A's blocks
+assert -(-MatmulKernel.DOT_K[1] // 16) * 16 * MatmulKernel.DOT_COLUMNS <= GROUP * KC * NR   # the dot form's B fits
 AHEAD = 16                   # rows of B ahead that a micro-kernel reading B in place prefetches
 SHORT = 4                    # rows of the micro-kernel for a block's last <= 4 rows (M = 128: 14 rows
                              # computed for the last 2 made 9% of the work)
@@ -71,8 +72,7 @@ PACK_A = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
 PACK_B = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
 MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I1])
 DOT = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 5)
-DOT_COLUMNS, DOT_ROWS = 12, 2              # C elements per dot kernel step: 24 accumulators
-DOT_MIN_K = 64                              # below it the sums across lanes would outweigh the products
+DOT_COLUMNS, DOT_ROWS = MatmulKernel.DOT_COLUMNS, 2   # C elements per dot kernel step: 24 accumulators
 DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 18 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
                                                               ir.PointerType(MICRO)])
 
@@ -106,21 +106,11 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
     (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
     sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
              kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner, int(sb1 == 1),
-             dot_columns(n, k, sa1 == 1 and sb0 == 1))
+             DOT_COLUMNS if kern.dot_form else 0)
     b.call(part("driver", DRIVER), [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]]
            + [c64(x) for x in sizes] + parts)
     b.ret_void()
     return fn
-
-
-def dot_columns(n: int, k: int, along_k: bool) -> int:
-    """The accumulator columns of the dot form for an n-column C (0: the panel form). Why: C with at
-    most 12 columns fills at most 12/32 of a panel, and its A, packed for one panel, is read
-    once ([1024, 512] @ [512, 10] spent more time packing A than multiplying); when both operands are
-    contiguous along k (x @ w.T, a classifier's layer), a dot product per element of C reads A in
-    place and wastes no lanes."""
-    fits = -(-k // 16) * 16 * DOT_COLUMNS <= GROUP * KC * NR
-    return DOT_COLUMNS if along_k and n <= DOT_COLUMNS and k >= DOT_MIN_K and fits else 0
 
 
 def _table(module: ir.Module) -> ir.GlobalVariable:
@@ -413,8 +403,8 @@ class _Library:
         layouts and the micro-kernel of a last panel of <= 16 columns come as arguments: one loop nest
         for every matmul (each took ~25 ms of LLVM time). A unit of at most MR rows reads B in place
         when its rows are contiguous (`b_rows`): a packed panel would be read once ([10, 1024] @
-        [1024, 512]: packing B was half the time). `dot_cols` > 0: the dot form (`dot_columns`) of
-        that many columns instead of panels."""
+        [1024, 512]: packing B was half the time). `dot_cols` > 0: the dot form of
+        that many columns instead of panels (`MatmulKernel.dot_form`)."""
         fn, b = self._function("driver", list(DRIVER.args))
         (A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_off, b_off, inner, a_outer, a_inner,
          b_outer, b_inner, b_rows, dot_cols, pack_a, pack_b, slim) = fn.args

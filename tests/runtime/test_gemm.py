@@ -171,12 +171,21 @@ def test_gemm_writes_nothing_outside_its_output(engine, m, n, k, b_t):
 
 
 def test_the_dot_form_takes_few_columns_contiguous_along_k():
-    from codegen.llvm_gemm import dot_columns
-    assert dot_columns(10, 512, True) == 12 and dot_columns(1, 64, True) == 12 and dot_columns(12, 784, True) == 12
-    assert dot_columns(13, 512, True) == 0          # too many columns: panels
-    assert dot_columns(10, 32, True) == 0           # too short a k for the sums across lanes
-    assert dot_columns(10, 512, False) == 0         # an operand not contiguous along k
-    assert dot_columns(10, 10 ** 6, True) == 0      # its packed B would not fit the scratch
+    rng = np.random.default_rng(2)
+
+    def kernel(m, n, k, a_t=False, b_t=True):
+        a_store, a_map, _ = _operand(rng, (m, k), a_t, 0, 0)
+        b_store, b_map, _ = _operand(rng, (k, n), b_t, 0, 0)
+        return _program("form", m, n, k, (), a_store, a_map, b_store, b_map).steps[0]
+
+    assert kernel(40, 10, 512).dot_form and kernel(3, 1, 64).dot_form and kernel(20, 12, 784).dot_form
+    assert not kernel(40, 13, 512).dot_form               # too many columns: panels
+    assert not kernel(40, 10, 32).dot_form                # too short a k for the sums across lanes
+    assert not kernel(40, 10, 9000).dot_form              # its packed B would not fit the scratch
+    assert not kernel(40, 10, 512, b_t=False).dot_form    # an operand not contiguous along k
+    assert not kernel(40, 10, 512, a_t=True).dot_form
+    assert kernel(14, 40, 300, b_t=False).b_in_place and kernel(28, 40, 300, b_t=False).b_in_place
+    assert not kernel(14, 40, 300).b_in_place and not kernel(100, 40, 300, b_t=False).b_in_place
 
 
 def test_kernel_rejects_maps_outside_its_buffers_and_layouts_without_a_unit_stride():
@@ -210,6 +219,22 @@ def test_compiled_matmuls_use_the_gemm_and_match_eager():
     assert sum(isinstance(s, MatmulKernel) for s in steps) == 4
     text = f.explain(*inputs)
     assert "matmul: generated GEMM kernel" in text and "[gemm over [96, 50]]: matmul" in text
+
+
+def test_explain_names_each_matmul_form():
+    # a classifier's x @ w.T (dot form), a plain product (panels) and one of 8 rows (B read in place)
+    rng = np.random.default_rng(8)
+    x, w, v, y = (tt.tensor(rng.standard_normal(s).astype(np.float32)) for s in ((64, 100), (10, 100), (100, 40),
+                                                                              (8, 100)))
+    fn = lambda x, w, v, y: (x @ w.t(), x @ v, y @ v)
+    f = tt.compile(fn)
+    for got, want in zip(f(x, w, v, y), fn(x, w, v, y)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-4)
+    notes = [line.strip() for line in f.explain(x, w, v, y).splitlines() if "matmul: generated GEMM" in line]
+    assert len(notes) == 3
+    assert "a dot product per element" in notes[0]
+    assert "32-column panels" in notes[1] and "in place" not in notes[1]
+    assert "B read in place" in notes[2]
 
 
 def test_gemm_can_be_turned_off(monkeypatch):

@@ -445,9 +445,22 @@ def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
     a_buf, b_buf, out_buf = buffer_of[a], buffer_of[b], buffer_of[out]
     if not MatmulKernel.takes(batch, m, n, k, a_map.strides, b_map.strides) or out_buf in (a_buf, b_buf):
         return None
-    g.notes = [MATMUL_NOTE if note.startswith("matmul:") else note for note in g.notes]
+    kernel = MatmulKernel(g.name, a_buf, b_buf, out_buf, batch, m, n, k, a_map, b_map)
+    note = matmul_note(kernel)
+    g.notes = [note if n.startswith("matmul:") else n for n in g.notes]
     g.lowered_as = "gemm"
-    return MatmulKernel(g.name, a_buf, b_buf, out_buf, batch, m, n, k, a_map, b_map)
+    return kernel
+
+
+def matmul_note(kernel: MatmulKernel) -> str:
+    """What explain() says of a generated GEMM: its form."""
+    if kernel.dot_form:
+        return (f"matmul: generated GEMM kernel (AVX-512, a dot product per element: C has at most "
+                f"{kernel.DOT_COLUMNS} columns; row slices split across cores); its consumers fuse into the next kernel")
+    if kernel.b_in_place:
+        return MATMUL_NOTE.replace("split across cores)", f"split across cores, B read in place: at most "
+                                                          f"{kernel.ROW_BLOCK} rows)")
+    return MATMUL_NOTE
 
 
 # ---------------------------------------------------------------- extern calls
