@@ -164,3 +164,49 @@ def test_long_column_reduction_splits_into_partial_sums_per_row_chunk(run, dt, c
                              [Reduction("acc", "add", Arg("x", dt))], row_outputs=[(total, Var("acc", dt))],
                              scratch=scratch)     # 1020 rows do not split into 8 equal chunks: one pass
     assert not isinstance(small, tuple) and len(made) == 1
+
+
+@pytest.mark.parametrize("dt", [float32, float64], ids=lambda d: d.name)
+def test_statistics_over_rows_run_column_wise_given_scratch(run, dt):
+    """Batch-norm-like: mean and variance over the 300 rows of [300, 40] (Moments), a second sum using them,
+    row outputs and an elementwise output. Given scratch memory: one kernel updating scratch rows row
+    after row, the column-invariant rsqrt computed once per column; the same values as without."""
+    from codegen.kernel import Loop, Op, Reduce, walk_exprs, walk_stmts
+    from codegen.templates import Moments
+    rng = np.random.default_rng(8)
+    shape = (300, 40)
+    x_np, g_np = (rng.standard_normal(shape).astype(dt.np) * 2 + 1 for _ in range(2))
+    x, g = Buffer("x", dt, shape), Buffer("g", dt, shape)
+    mean, var, dot = (Buffer(n, dt, (40,)) for n in ("mean", "var", "dot"))
+    y = Buffer("y", dt, shape)
+    X, G, M, V, S = Arg("x", dt), Arg("g", dt), Var("m", dt), Var("v", dt), Var("s", dt)
+    inv = op("rsqrt", op("add", V, 1e-5))
+    full = IndexMap.contiguous(shape)
+    made = []
+
+    def scratch(shape, dtype):
+        made.append(Buffer(f"scratch{len(made)}", dtype, shape))
+        return made[-1]
+
+    def kernel(name, scratch):
+        return reduction_kernel(name, shape, (0,), {"x": (x, full), "g": (g, full)},
+                                [Moments("m", "v", X), Reduction("s", "add", op("mul", G, op("mul", op("sub", X, M), inv)))],
+                                row_outputs=[(mean, M), (var, V), (dot, S)],
+                                elem_outputs=[(y, op("sub", op("mul", op("sub", X, M), inv), op("div", S, 300.0)))],
+                                scratch=scratch)
+
+    columns, general = kernel("columns", scratch), kernel("general", None)
+    assert made and columns.outer.extent == 1 and general.outer.extent == 40
+    assert not any(isinstance(s, Reduce) for s in walk_stmts(columns.outer))
+    for loop in walk_stmts(columns.outer):
+        if isinstance(loop, Loop) and loop.var.startswith("r"):
+            assert "rsqrt" not in {e.op for e in walk_exprs(loop) if isinstance(e, Op)}
+    x64, g64 = x_np.astype(np.float64), g_np.astype(np.float64)
+    m64, v64 = x64.mean(0), x64.var(0)
+    norm = (x64 - m64) / np.sqrt(v64 + 1e-5)
+    want = {"mean": m64, "var": v64, "dot": (g64 * norm).sum(0), "y": norm - (g64 * norm).sum(0) / 300}
+    close = tol(dt) if dt is float64 else dict(rtol=1e-4, atol=1e-3)   # float32 sums of 300 terms
+    for k in (columns, general):
+        got = run([k], {x: x_np, g: g_np}, [mean, var, dot, y])
+        for name, w in want.items():
+            np.testing.assert_allclose(got[name], w, **close, err_msg=f"{k.name} {name}")

@@ -412,4 +412,46 @@ def test_long_bias_gradient_is_summed_in_row_chunks_and_profiled_as_its_group(rn
     ex = next(p.executable for p in f.programs if split[0] in p.executable.lowered.program.steps)
     scratch = 8 * 80 * 8                                   # 8 partial rows of 80 float64
     assert ex.planned_peak_bytes == ex.lowered.plan.size >= ex.lowered.arena.size + scratch
-    assert f"{scratch / 1024:.1f} KiB of partial sums past them" in ex.explain()
+    assert f"{scratch / 1024:.1f} KiB of reductions' scratch rows past them" in ex.explain()
+
+
+def test_batch_norm_over_a_small_batch_runs_column_wise_and_matches_eager(rng):
+    # statistics over the rows of [100, 40] as scratch rows updated row after row (vectorized over the
+    # columns), rsqrt(var + eps) and its powers once per column, not inside the row loops
+    from codegen.kernel import Load, Loop, Op, Reduce, walk_exprs, walk_stmts
+    x = tt.tensor(rng.standard_normal((100, 40)) * 3 + 1)
+    t = tt.tensor(rng.standard_normal((100, 40)))
+
+    def make():
+        tt.manual_seed(3)
+        model = tt.nn.Sequential(tt.nn.Linear(40, 40), tt.nn.BatchNorm1d(40), tt.nn.ReLU()).double()
+        return model, tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def stepper(model, opt):
+        def step(x, t):
+            opt.zero_grad()
+            loss = ((model(x) - t) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return step
+
+    (mc, oc), (me, oe) = make(), make()
+    f, g = tt.compile(stepper(mc, oc), backend="llvm"), stepper(me, oe)
+    for _ in range(3):
+        np.testing.assert_allclose(f(x, t).numpy(), g(x, t).numpy(), rtol=1e-12)
+    for pc, pe in zip(mc.state_dict().values(), me.state_dict().values()):
+        np.testing.assert_allclose(pc.numpy(), pe.numpy(), rtol=1e-12, atol=1e-12)
+    kernels = [k for k in f.programs[0].executable.compiled.program.kernels if "reduce" in k.name]
+    columnwise = [k for k in kernels if any(b.name.startswith("scratch") for b in k.buffers)]
+    assert columnwise                             # the statistics, their gradients, the bias gradient
+    plan = f.programs[0].executable.lowered.plan  # one kernel's scratch rows do not overlap
+    spans = sorted((plan.offsets[b.name], plan.offsets[b.name] + plan.nbytes[b.name])
+                   for k in columnwise for b in k.buffers if b.name.startswith("scratch"))
+    assert len(spans) > 2 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    for k in columnwise:
+        assert k.outer.extent == 1 and not any(isinstance(s, Reduce) for s in walk_stmts(k.outer))
+        for loop in walk_stmts(k.outer):          # no rsqrt or pow inside a loop over rows
+            if isinstance(loop, Loop) and loop.var.startswith("r"):
+                ops = {e.op for e in walk_exprs(loop) if isinstance(e, Op)}
+                assert not ops & {"rsqrt", "pow", "sqrt", "div"}, (k.name, ops)

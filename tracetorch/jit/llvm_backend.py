@@ -136,7 +136,7 @@ class LLVMExecutable:
             f"{self.kernels_before_fusion} before (one per non-view op)",
             f"memory plan: planned arena peak {_bytes(lw.plan.size)} vs {_bytes(arena.total_bytes)} for all "
             f"{len(arena.slot_of)} intermediates with a buffer each ({len(arena.inplace)} computed in place"
-            + (f"; {_bytes(scratch)} of partial sums past them)" if scratch > 0 else ")"),
+            + (f"; {_bytes(scratch)} of reductions' scratch rows past them)" if scratch > 0 else ")"),
             f"bytes moved per call: {_bytes(self.bytes_moved)}",
             f"compile: {self.compile_seconds * 1e3:.1f} ms",
             f"write-backs: {len(self.donated) - len(lw.copied)} stored by the kernels computing them, "

@@ -126,7 +126,7 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
 
     # ---------------------------------------------------------------- kernels and extern calls
     overwrites = {w: r for r, w in arena.inplace} | donations      # output -> the input whose memory it takes
-    scratch: list = []                  # partial-sum buffers of split reductions, past the arena (`_scratch`)
+    scratch: list = []                  # (group, buffer) of reductions' scratch rows, past the arena (`_scratch`)
     program_steps = []
     for g in groups:
         step = _lower_group(g, buffer_of, overwrites, scatter, matmuls, cpu_forms,
@@ -141,11 +141,12 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
         offsets[buf.name] = arena.offsets[slot]
         sizes[buf.name] = buf.nbytes
     end = max(arena.size, 0)
-    if scratch:                         # each is used by two adjacent kernels only: all share one region
-        base = align_up(end)
-        for buf in scratch:
-            offsets[buf.name], sizes[buf.name] = base, buf.nbytes
-        end = base + max(buf.nbytes for buf in scratch)
+    if scratch:                         # each group's, used by its own kernels only: all groups share one region
+        base, used = align_up(end), {}
+        for owner, buf in scratch:
+            offsets[buf.name], sizes[buf.name] = base + used.get(owner, 0), buf.nbytes
+            used[owner] = align_up(used.get(owner, 0) + buf.nbytes)
+        end = base + max(used.values())
     plan = MemoryPlan(offsets, sizes, end)
     out_pos = {v: k for k, v in enumerate(outputs)}
     result_plan = []
@@ -169,8 +170,8 @@ def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: b
 def _scratch(buffers: list, g: FusionGroup):
     """The `scratch` function a reduction template gets: a new buffer for `g`, noted in `buffers`."""
     def scratch(shape, dtype) -> Buffer:
-        buffers.append(Buffer(f"scratch{len(buffers)}_{g.name}", dtype, tuple(shape)))
-        return buffers[-1]
+        buffers.append((g.name, Buffer(f"scratch{len(buffers)}_{g.name}", dtype, tuple(shape))))
+        return buffers[-1][1]
     return scratch
 
 
