@@ -95,7 +95,12 @@ def _iinfo(dtype: DType) -> tuple[int, int]:
 # ---------------------------------------------------------------- elementwise
 def elementwise_kernel(name: str, shape: Sequence[int], inputs: dict[str, Access],
                        outputs: Sequence[Output]) -> Kernel:
-    """out_k[i] = expr_k(inputs at i) for every i in `shape`; outputs are contiguous over `shape`."""
+    """out_k[i] = expr_k(inputs at i) for every i in `shape`; outputs are contiguous over `shape`.
+
+    An input whose buffer is also an output's (computed in place: read only at the element written,
+    the caller's rule) is loaded before any store of the element, so every output sees its old
+    value whatever their order (Adam with L2 weight decay: the moments read the parameter, the
+    parameter reads the moments, all three updated in place)."""
     shape = tuple(shape)
     _check_outputs(name, shape, outputs)
     _check_inputs(name, shape, inputs)
@@ -106,7 +111,12 @@ def elementwise_kernel(name: str, shape: Sequence[int], inputs: dict[str, Access
         dims = [[d] for d in range(len(shape)) if shape[d] != 1]
     loop_vars, loops = _loop_vars(shape, dims, "i")
     at = _point(shape, dims, loop_vars)
-    body = [Store(buf, IndexMap.contiguous(shape).index(at), _bind(expr, inputs, at, shape)) for buf, expr in outputs]
+    stored = {buf for buf, _ in outputs}
+    used = {node.name for _, expr in outputs for node in walk_exprs(expr) if isinstance(node, Arg)}
+    old = {arg: Var(f"old_{arg}", buf.dtype) for arg, (buf, _) in inputs.items() if buf in stored and arg in used}
+    first: list[Stmt] = [Let(v.name, _bind(Arg(arg, v.dtype), inputs, at, shape)) for arg, v in old.items()]
+    body = first + [Store(buf, IndexMap.contiguous(shape).index(at), _bind(substitute(expr, old), inputs, at, shape))
+                    for buf, expr in outputs]
     return Kernel(name, _nest(loops, body))
 
 

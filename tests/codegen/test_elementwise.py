@@ -151,3 +151,18 @@ def test_flat_index_builds_values_from_positions(run):
     flat = np.arange(21).reshape(shape)
     np.testing.assert_array_equal(got["ar"], (flat * 0.5 - 1).astype(np.float32))
     np.testing.assert_array_equal(got["mask"], flat % 3 == 0)
+
+
+def test_inputs_stored_over_are_loaded_before_any_store():
+    # a' = a + b and b' = b * a, each stored over its input: both read the old a and b, whatever the order
+    from codegen.kernel import Let, Load, Store, walk_exprs
+    a, b, c, d = (Buffer(n, float32, (40,)) for n in "abcd")
+    flat = IndexMap.contiguous((40,))
+    A, B, C = Arg("a", float32), Arg("b", float32), Arg("c", float32)
+    k = elementwise_kernel("inplace", (40,), {"a": (a, flat), "b": (b, flat), "c": (c, flat)},
+                           [(a, op("add", A, B)), (b, op("mul", B, A)), (d, op("neg", C))])
+    body = k.outer.body
+    assert [type(s).__name__ for s in body] == ["Let", "Let", "Store", "Store", "Store"]   # c: read in place
+    assert {s.value.buffer for s in body if isinstance(s, Let)} == {a, b}
+    stores = [s for s in body if isinstance(s, Store)]
+    assert not any(isinstance(n, Load) and n.buffer in (a, b) for s in stores for n in walk_exprs(s.value))

@@ -356,3 +356,36 @@ def test_a_target_made_read_only_between_calls_is_not_written():
     a._data.flags.writeable = True
     f(x)                                                     # and donates again once it may
     np.testing.assert_array_less(before, a.numpy())
+
+
+def test_adam_with_weight_decay_updates_parameter_and_moments_in_place():
+    # the moments read the parameter (L2 weight decay) and the parameter reads the moments: the kernel
+    # loads all three before storing any, so all are donated, no write-back copy kernel, == eager
+    def make():
+        tt.manual_seed(2)
+        model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+        opt = tt.optim.Adam(model.parameters(), lr=0.05, weight_decay=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        return step, model, opt
+
+    x, y = tt.randn(10, 6, dtype=tt.float64), tt.randn(10, 3, dtype=tt.float64)
+    res_e, res_c, (m_e, o_e), (m_c, o_c), f = _run_both(make, 4, x, y)
+    np.testing.assert_allclose(res_c, res_e, rtol=1e-12)
+    for (name, p_e), p_c in zip(m_e.named_parameters(), m_c.parameters()):
+        np.testing.assert_allclose(p_c.detach().numpy(), p_e.detach().numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+        for key in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_allclose(o_c.state[p_c][key].numpy(), o_e.state[p_e][key].numpy(), rtol=1e-12,
+                                       atol=1e-14, err_msg=f"{name} {key}")
+    program = f.programs[0]
+    lowered = program.executable.lowered
+    copies = [k for k in lowered.program.kernels if k.name.startswith("writeback")]
+    copied = {b.shape for k in copies for b in k.written}  # the biases' updates come from their reductions
+    assert (12, 6) not in copied and (3, 12) not in copied, copied
+    assert len(program.donated) >= 12                      # 4 parameters and their 2 moments each

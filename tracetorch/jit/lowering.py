@@ -247,7 +247,10 @@ def _inplace_pairs(g: FusionGroup, reads, writes) -> tuple:
 def _store_order(g: FusionGroup, overwrites: dict) -> list | None:
     """g's outputs in an order to store them: an output stored over the memory of an input (computed
     in place, or a donated write-back) comes after every other output that reads that input, so all
-    of them see its old element. None if no order works (two such outputs read each other's input)."""
+    of them see its old element. None if no order works (two such outputs read each other's input).
+    An elementwise kernel loads such inputs before storing anything (`elementwise_kernel`): any order."""
+    if g.kind == ELEMENTWISE:
+        return list(g.outputs)
     reads = {v: _reads(g, g.exprs[v]) for v in g.outputs}
     pending, order = list(g.outputs), []
     while pending:
