@@ -305,14 +305,13 @@ class _ColumnInvariants:
         self.row_vars, self.scratch, self.column, self.extent = row_vars, scratch, column, extent
         self.rows: dict = {}             # expression -> the load of its row
         self.pending: list = []
-        self.varies: dict = {}
+        self.varies: dict = {}           # expression -> whether it depends on a row variable
 
     def _varies(self, e: Expr) -> bool:
-        key = id(e)
-        if key not in self.varies:
-            self.varies[key] = ((isinstance(e, Var) and e.name in self.row_vars)
-                                or any(self._varies(x) for x in e.children()))
-        return self.varies[key]
+        if e not in self.varies:          # by value (structural): trees of earlier calls may be freed
+            self.varies[e] = ((isinstance(e, Var) and e.name in self.row_vars)
+                              or any(self._varies(x) for x in e.children()))
+        return self.varies[e]
 
     def __call__(self, e: Expr, done=None) -> Expr:
         done = {} if done is None else done
