@@ -242,13 +242,20 @@ def _column_kernel(name, acc_buf, stage, row_outputs, kloops, rloops, kvars, rva
 
 def _columns_form(stages, kgroups, rgroups, shape, elem_outputs) -> bool:
     """Whether a reduction over the rows of one matrix (its contiguous innermost dim kept, no kept outer
-    dim) with several stages or elementwise outputs runs column-wise (`_columns_kernel`): when it is
-    small enough for one core (a batch norm's statistics over a batch)."""
+    dim) with several stages or elementwise outputs runs column-wise (`_columns_kernel`): a batch norm's
+    statistics over a batch."""
     if len(kgroups) != 1 or not rgroups or kgroups[-1][-1] < rgroups[-1][-1]:
         return False
-    columns = math.prod(shape[d] for d in kgroups[-1])
-    itemsize = max([s.value.dtype.itemsize for s in stages] + [e.dtype.itemsize for _, e in elem_outputs])
-    return columns >= COLUMN_MIN and math.prod(shape) * itemsize < PARTIAL_MIN_BYTES
+    return math.prod(shape[d] for d in kgroups[-1]) >= COLUMN_MIN
+
+
+def _column_blocks(extent: int, rows: int, itemsize: int) -> int:
+    """Column blocks of a column-wise kernel, what threads share out: one when the matrix is small
+    (below PARTIAL_MIN_BYTES), else the most blocks of at least 64 columns (whole cache lines per
+    thread and row) that divide the columns, at most PARTIAL_CHUNKS."""
+    if rows * extent * itemsize < PARTIAL_MIN_BYTES:
+        return 1
+    return max([n for n in range(1, PARTIAL_CHUNKS + 1) if extent % n == 0 and extent // n >= 64], default=1)
 
 
 def _columns_kernel(name, stages, row_outputs, elem_outputs, kloops, rloops, rvars, at, values, row_map, kdims,
@@ -256,40 +263,53 @@ def _columns_kernel(name, stages, row_outputs, elem_outputs, kloops, rloops, rva
     """Stages, row outputs and elementwise outputs of a reduction over the rows of a matrix, column by
     column at once: each stage's values are a row of scratch memory, updated row after row (vectorized
     over the contiguous columns), where the general form runs one strided scalar reduction per column
-    (W5's batch norms over [100, 100]: ~22 us each). Statistics are two-pass (`_two_pass`)."""
+    (W5's batch norms over [100, 100]: ~22 us each; a batch norm step over [1024, 512]: 8.3 ms). A large
+    matrix is cut into blocks of columns (`_column_blocks`), what threads share out. Statistics are
+    two-pass (`_two_pass`)."""
     zero = Const(0, int64)
     column, extent = kloops[-1]
-    c = Var(column)
+    rows = math.prod(e for _, e in rloops)
+    itemsize = max([s.value.dtype.itemsize for s in stages] + [e.dtype.itemsize for _, e in elem_outputs])
+    blocks = _column_blocks(extent, rows, itemsize)
+    width = extent // blocks
+    block, inner = f"{column}_block", (column if blocks == 1 else f"{column}_in")
+    c = Var(column) if blocks == 1 else op("add", op("mul", Var(block), Const(width, int64)), Var(inner))
+
+    def at_column(e):                   # the kept loop variable is column `c` of block `block`
+        return e if blocks == 1 else substitute(e, {column: c})
+
     point = at([zero] * len(rvars))
-    slot = row_map.index([point[d] for d in kdims])
+    slot = at_column(row_map.index([point[d] for d in kdims]))
     known: dict = {}                    # stage name -> its value at column c (a load of its scratch row)
     body: list[Stmt] = []
-    hoist = _ColumnInvariants({v.name for v in rvars}, scratch, column, extent)
+    hoist = _ColumnInvariants({v.name for v in rvars}, scratch, inner, width, c, extent)
 
     def over_rows(expr):                # its costly parts that do not vary along the rows: once per column
-        bound = hoist(values(substitute(expr, known), rvars))
+        bound = hoist(at_column(values(substitute(expr, known), rvars)))
         body.extend(hoist.take())
         return bound
 
+    def per_column(*stores):
+        return Loop(inner, width, tuple(stores))
+
     for stage in [sub for st in stages for sub in ([st] if isinstance(st, (Reduction, _Named)) else
-                                                     _two_pass(st, math.prod(e for _, e in rloops)))]:
+                                                     _two_pass(st, rows))]:
         dt = stage.value.dtype
         row = scratch((extent,), dt)
         value = substitute(stage.value, known)
         if isinstance(stage, _Named):
-            body.append(Loop(column, extent, (Store(row, c, values(value, [zero] * len(rvars))),)))
+            body.append(per_column(Store(row, c, at_column(values(value, [zero] * len(rvars))))))
         else:
             update = Store(row, c, op(stage.combine, Load(row, c), over_rows(stage.value)))
-            body += [Loop(column, extent, (Store(row, c, identity(stage.combine, dt)),)),
-                     _nest(rloops, [Loop(column, extent, (update,))])]
+            body += [per_column(Store(row, c, identity(stage.combine, dt))), _nest(rloops, [per_column(update)])]
         known[stage.name] = Load(row, c)
     if row_outputs:
-        body.append(Loop(column, extent, tuple(Store(buf, slot, values(substitute(expr, known), [zero] * len(rvars)))
-                                               for buf, expr in row_outputs)))
+        body.append(per_column(*(Store(buf, slot, at_column(values(substitute(expr, known), [zero] * len(rvars))))
+                                 for buf, expr in row_outputs)))
     if elem_outputs:
-        stores = tuple(Store(buf, full_out.index(at(rvars)), over_rows(expr)) for buf, expr in elem_outputs)
-        body.append(_nest(rloops, [Loop(column, extent, stores)]))
-    return Kernel(name, Loop("k_all", 1, tuple(body)))
+        stores = [Store(buf, at_column(full_out.index(at(rvars))), over_rows(expr)) for buf, expr in elem_outputs]
+        body.append(_nest(rloops, [per_column(*stores)]))
+    return Kernel(name, Loop(block, blocks, tuple(body)))
 
 
 _COSTLY = frozenset({"div", "sqrt", "rsqrt", "pow", "exp", "log", "log1p", "expm1", "tanh", "sigmoid", "sin", "cos"})
@@ -301,8 +321,10 @@ class _ColumnInvariants:
     row computed once per column, before the loop (`take`); equal ones share a row. In the per-column
     form LLVM hoisted them out of the row loop itself."""
 
-    def __init__(self, row_vars: set, scratch, column: str, extent: int):
-        self.row_vars, self.scratch, self.column, self.extent = row_vars, scratch, column, extent
+    def __init__(self, row_vars: set, scratch, column: str, width: int, at: Expr, extent: int):
+        """Rows of `extent` elements, computed by loops over `column` (`width` of them) at element `at`."""
+        self.row_vars, self.scratch, self.column, self.width = row_vars, scratch, column, width
+        self.at, self.extent = at, extent
         self.rows: dict = {}             # expression -> the load of its row
         self.pending: list = []
         self.varies: dict = {}           # expression -> whether it depends on a row variable
@@ -324,8 +346,8 @@ class _ColumnInvariants:
             if e.op in _COSTLY and not self._varies(e):
                 if out not in self.rows:
                     row = self.scratch((self.extent,), e.dtype)
-                    self.pending.append(Loop(self.column, self.extent, (Store(row, Var(self.column), out),)))
-                    self.rows[out] = Load(row, Var(self.column))
+                    self.pending.append(Loop(self.column, self.width, (Store(row, self.at, out),)))
+                    self.rows[out] = Load(row, self.at)
                 out = self.rows[out]
         done[id(e)] = out
         return out

@@ -415,16 +415,19 @@ def test_long_bias_gradient_is_summed_in_row_chunks_and_profiled_as_its_group(rn
     assert f"{scratch / 1024:.1f} KiB of reductions' scratch rows past them" in ex.explain()
 
 
-def test_batch_norm_over_a_small_batch_runs_column_wise_and_matches_eager(rng):
-    # statistics over the rows of [100, 40] as scratch rows updated row after row (vectorized over the
-    # columns), rsqrt(var + eps) and its powers once per column, not inside the row loops
-    from codegen.kernel import Load, Loop, Op, Reduce, walk_exprs, walk_stmts
-    x = tt.tensor(rng.standard_normal((100, 40)) * 3 + 1)
-    t = tt.tensor(rng.standard_normal((100, 40)))
+@pytest.mark.parametrize("batch, features, blocks", [(100, 40, 1), (1024, 256, 4)], ids=["small", "blocks"])
+def test_batch_norm_runs_column_wise_and_matches_eager(rng, batch, features, blocks):
+    # statistics over the rows of [batch, features] as scratch rows updated row after row (vectorized over
+    # the columns; a large batch in blocks of columns, what threads share), rsqrt(var + eps) and its
+    # powers once per column, not inside the row loops
+    from codegen.kernel import Loop, Op, Reduce, walk_exprs, walk_stmts
+    x = tt.tensor(rng.standard_normal((batch, features)) * 3 + 1)
+    t = tt.tensor(rng.standard_normal((batch, features)))
 
     def make():
         tt.manual_seed(3)
-        model = tt.nn.Sequential(tt.nn.Linear(40, 40), tt.nn.BatchNorm1d(40), tt.nn.ReLU()).double()
+        model = tt.nn.Sequential(tt.nn.Linear(features, features), tt.nn.BatchNorm1d(features),
+                                 tt.nn.ReLU()).double()
         return model, tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def stepper(model, opt):
@@ -450,7 +453,7 @@ def test_batch_norm_over_a_small_batch_runs_column_wise_and_matches_eager(rng):
                    for k in columnwise for b in k.buffers if b.name.startswith("scratch"))
     assert len(spans) > 2 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
     for k in columnwise:
-        assert k.outer.extent == 1 and not any(isinstance(s, Reduce) for s in walk_stmts(k.outer))
+        assert k.outer.extent == blocks and not any(isinstance(s, Reduce) for s in walk_stmts(k.outer))
         for loop in walk_stmts(k.outer):          # no rsqrt or pow inside a loop over rows
             if isinstance(loop, Loop) and loop.var.startswith("r"):
                 ops = {e.op for e in walk_exprs(loop) if isinstance(e, Op)}
