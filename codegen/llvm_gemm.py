@@ -17,9 +17,9 @@ Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core):
   register transposes; columns contiguous: one masked copy per k), zero past the last row. Then
   per panel, per `MR` rows, the micro-kernel prefetches the MR x 32 tile of C for writing (so it
   is in L1 when the k loop ends: C in L3 took 5-15% of a [128, 512] @ [512, 512]), keeps it in
-  2*MR zmm accumulators (one fma per 16 products, A broadcast from memory), writes them to a
-  tile on its stack and stores (first K block) or adds (later ones) its rows and columns inside C
-  to C, masked.
+  2*MR zmm accumulators (one fma per 16 products, A broadcast from memory), and stores (first K
+  block) or adds (later ones) its rows and columns inside C to C, masked (the 14x32 kernel row by
+  row, unrolled; the others through a tile on the stack, less code to compile).
 - A unit of at most MR rows reads B in place (rows contiguous; masked loads, prefetched ahead)
   rather than packing panels it would read once.
 - The dot form, for C of at most 12 columns with both operands contiguous along k (a classifier's
@@ -276,14 +276,14 @@ class _Library:
         tile_rows x 16*halves accumulators. A and B are packed panels (steps MR and NR); `in_place`: B
         is the operand's own rows, loaded masked (no column past `width` is read; masked loads made
         the packed kernel 4% slower)."""
+        unrolled = halves == 2 and tile_rows == MR and not in_place   # the kernel of large GEMMs
+
         def make():
             name = f"micro{tile_rows}x{16 * halves}" + ("_in_place" if in_place else "")
             fn, b = self._function(name, list(MICRO.args))
             a, bp, c, a_step, b_step, ldc, kb, rows, width, add = fn.args
             for arg in (a, bp, c):
                 arg.add_attribute("noalias")
-            tile = b.alloca(ir.ArrayType(VEC, halves * tile_rows))    # the accumulators, row by row
-            tile.align = 64
             with _Loop(b, 0, rows, 1, "touch") as r:       # C's tile, for writing: in L1 by the k loop's end
                 for h in range(halves):
                     b.call(self.prefetch, [self.at(b, c, b.add(b.mul(r, ldc), c64(16 * h))), ir.Constant(I32, 1),
@@ -320,23 +320,51 @@ class _Library:
             done = fn.append_basic_block("tile")
             b.cbranch(b.icmp_signed("<", k1, kb), loop, done)
             b.position_at_end(done)
-
-            def vector(index):
-                return b.gep(tile, [ir.Constant(I32, 0), index], inbounds=True)
-
-            for i, v in enumerate(new):                     # a tile on the stack, so that a loop over
-                b.store(v, vector(c64(i)), align=64)        # `rows` stores it: a third less IR to compile
             adds = [b.and_(mask, _splat(b, add, MASK)) for mask in masks]   # the first K block reads 0
-            with _Loop(b, 0, rows, 1, "row") as r:          # the tile's rows and columns inside C
-                out = self.at(b, c, b.mul(r, ldc))
-                for h, mask in enumerate(masks):
-                    v = b.load(vector(b.add(b.mul(r, c64(halves)), c64(h))), align=64)
-                    p = self.at(b, out, 16 * h)
-                    old = b.call(self.load_masked, [p, ALIGN4, adds[h], ZERO])
-                    b.call(self.store_masked, [b.fadd(v, old), p, ALIGN4, mask])
+            if unrolled:
+                self._store_rows(b, new, c, ldc, rows, masks, adds, halves, tile_rows)
+            else:
+                self._store_tile(b, new, c, ldc, rows, masks, adds, halves, tile_rows)
             b.ret_void()
             return fn
         return self._shared(("micro", halves, tile_rows, in_place), make)
+
+    def _store_rows(self, b, acc, c, ldc, rows, masks, adds, halves, tile_rows) -> None:
+        """The accumulators' rows < `rows` into C (added unless `adds` masks off), unrolled: the
+        main micro-kernel's way (W3 B=128 ~2% faster than through a tile)."""
+        fn = b.function
+        finished = fn.append_basic_block("finished")
+        for r in range(tile_rows):
+            out = self.at(b, c, b.mul(c64(r), ldc))
+            for h, mask in enumerate(masks):
+                p = self.at(b, out, 16 * h)
+                old = b.call(self.load_masked, [p, ALIGN4, adds[h], ZERO])
+                b.call(self.store_masked, [b.fadd(acc[halves * r + h], old), p, ALIGN4, mask])
+            if r + 1 < tile_rows:
+                following = fn.append_basic_block(f"row{r + 1}")
+                b.cbranch(b.icmp_signed("<", c64(r + 1), rows), following, finished)
+                b.position_at_end(following)
+        b.branch(finished)
+        b.position_at_end(finished)
+
+    def _store_tile(self, b, acc, c, ldc, rows, masks, adds, halves, tile_rows) -> None:
+        """The same through a tile on the stack and a loop over `rows`: a third less IR to compile
+        for the micro-kernels of edges and small matrices."""
+        tile = b.alloca(ir.ArrayType(VEC, halves * tile_rows))
+        tile.align = 64
+
+        def vector(index):
+            return b.gep(tile, [ir.Constant(I32, 0), index], inbounds=True)
+
+        for i, v in enumerate(acc):
+            b.store(v, vector(c64(i)), align=64)
+        with _Loop(b, 0, rows, 1, "row") as r:
+            out = self.at(b, c, b.mul(r, ldc))
+            for h, mask in enumerate(masks):
+                v = b.load(vector(b.add(b.mul(r, c64(halves)), c64(h))), align=64)
+                p = self.at(b, out, 16 * h)
+                old = b.call(self.load_masked, [p, ALIGN4, adds[h], ZERO])
+                b.call(self.store_masked, [b.fadd(v, old), p, ALIGN4, mask])
 
     # ------------------------------------------------------------ the dot form (n <= DOT_COLUMNS)
     def pack_bt(self) -> ir.Function:
