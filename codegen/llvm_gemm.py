@@ -71,7 +71,7 @@ LANES = ir.Constant(V_I64, list(range(16)))
 ALIGN4 = ir.Constant(I32, 4)
 PACK_A = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
 PACK_B = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
-MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I1])
+MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I64, I1])
 DOT = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 5)
 DOT_COLUMNS, DOT_ROWS = MatmulKernel.DOT_COLUMNS, 2   # C elements per dot kernel step: 24 accumulators
 DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 18 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
@@ -106,7 +106,7 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
              part("micro14x16" if 0 < n % NR <= 16 else "micro14x32", MICRO)]
     (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
     sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
-             kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner, int(sb1 == 1),
+             kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner, int(kern.b_in_place),
              DOT_COLUMNS if kern.dot_form else 0)
     b.call(part("driver", DRIVER), [ptr[kern.a], ptr[kern.b], ptr[kern.out], fn.args[-2], fn.args[-1]]
            + [c64(x) for x in sizes] + parts)
@@ -271,9 +271,9 @@ class _Library:
 
     # ------------------------------------------------------------ the micro-kernel
     def micro(self, halves: int, tile_rows: int = MR, in_place: bool = False) -> ir.Function:
-        """micro(A, B, C, a_step, b_step, ldc, kb, rows, width, add): C[r*ldc + c] (+)= sum_k
-        A[k*a_step + r] * B[k*b_step + c] for r < rows (<= tile_rows), c < width (<= 16 * halves), from
-        tile_rows x 16*halves accumulators. A and B are packed panels (steps MR and NR); `in_place`: B
+        """micro(Ap, B, C, b_step, ldc, kb, rows, width, add): C[r*ldc + c] (+)= sum_k Ap[k*MR + r] *
+        B[k*b_step + c] for r < rows (<= tile_rows), c < width (<= 16 * halves), from tile_rows x
+        16*halves accumulators. A and B are packed panels (B's step NR); `in_place`: B
         is the operand's own rows, loaded masked (no column past `width` is read; masked loads made
         the packed kernel 4% slower)."""
         unrolled = halves == 2 and tile_rows == MR and not in_place   # the kernel of large GEMMs
@@ -281,7 +281,7 @@ class _Library:
         def make():
             name = f"micro{tile_rows}x{16 * halves}" + ("_in_place" if in_place else "")
             fn, b = self._function(name, list(MICRO.args))
-            a, bp, c, a_step, b_step, ldc, kb, rows, width, add = fn.args
+            a, bp, c, b_step, ldc, kb, rows, width, add = fn.args
             for arg in (a, bp, c):
                 arg.add_attribute("noalias")
             with _Loop(b, 0, rows, 1, "touch") as r:       # C's tile, for writing: in L1 by the k loop's end
@@ -308,7 +308,7 @@ class _Library:
                       for h, mask in enumerate(masks)]
             else:
                 bs = [b.load(self.at(b, row, 16 * h), typ=VEC, align=64) for h in range(halves)]
-            col = self.at(b, a, b.mul(k, a_step))
+            col = self.at(b, a, b.mul(k, c64(MR)))
             new = []
             for r in range(tile_rows):
                 x = _splat(b, b.load(self.at(b, col, r), typ=F32, align=4), VEC)
@@ -428,17 +428,17 @@ class _Library:
 
     def _driver(self) -> ir.Function:
         """driver(A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_offset, b_offset,
-        inner, a_outer, a_inner, b_outer, b_inner, b_rows, dot_cols, pack_a, pack_b, edge_micro): units [start,
+        inner, a_outer, a_inner, b_outer, b_inner, b_in_place, dot_cols, pack_a, pack_b, edge_micro): units [start,
         stop) = (batch, row slice, panel), panels fastest; a batch index is (outer, inner) over two
         batch dims (`MatmulKernel.batch_dims`) with the operands' strides. The packers for the operands'
         layouts and the micro-kernel of a last panel of <= 16 columns come as arguments: one loop nest
-        for every matmul (each took ~25 ms of LLVM time). A unit of at most MR rows reads B in place
-        when its rows are contiguous (`b_rows`): a packed panel would be read once ([10, 1024] @
-        [1024, 512]: packing B was half the time). `dot_cols` > 0: the dot form of
-        that many columns instead of panels (`MatmulKernel.dot_form`)."""
+        for every matmul (each took ~25 ms of LLVM time). `b_in_place` (`MatmulKernel.b_in_place`): the
+        micro-kernels read B's rows in place, not packed panels that would be read once ([10, 1024] @
+        [1024, 512]: packing B was half the time). `dot_cols` > 0: the dot form of that many columns
+        instead of panels (`MatmulKernel.dot_form`)."""
         fn, b = self._function("driver", list(DRIVER.args))
         (A, B, C, start, stop, m, n, k, a_step, b_step, slices, slice_rows, a_off, b_off, inner, a_outer, a_inner,
-         b_outer, b_inner, b_rows, dot_cols, pack_a, pack_b, slim) = fn.args
+         b_outer, b_inner, b_in_place, dot_cols, pack_a, pack_b, slim) = fn.args
         for arg in (A, B, C):
             arg.add_attribute("noalias")
         packed_b = b.alloca(ir.ArrayType(F32, GROUP * KC * NR))
@@ -465,7 +465,7 @@ class _Library:
                 with dot_form:
                     self._dot_unit(b, a, bm, c, packed_b, m0, m1, n, k, a_step, b_step, dot_cols)
                 with panel_form:
-                    self._panel_unit(b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_rows,
+                    self._panel_unit(b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_in_place,
                                      pack_a, pack_b, slim)
             units.next(end)
         b.ret_void()
@@ -477,13 +477,13 @@ class _Library:
         b.call(self.dot(DOT_ROWS, DOT_COLUMNS), [self.at(b, a, b.mul(m0, a_step)), packed, self.at(b, c, b.mul(m0, n)),
                                                  b.sub(m1, m0), n, k, a_step, n])
 
-    def _panel_unit(self, b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_rows, pack_a,
+    def _panel_unit(self, b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_in_place, pack_a,
                     pack_b, slim) -> None:
         """Panels p0 .. p0 + count of rows [m0, m1) of one C: BLIS's loops over K blocks, A blocks,
         panels and micro-tiles."""
         wide, short = self.micro(2), self.micro(2, SHORT)
         in_place_micro = self.micro(2, in_place=True)    # also for <= SHORT rows: as fast as packing B
-        in_place = b.and_(b.icmp_signed("!=", b_rows, c64(0)), b.icmp_signed("<=", b.sub(m1, m0), c64(MR)))
+        in_place = b.icmp_signed("!=", b_in_place, c64(0))
         with _Loop(b, 0, k, KC, "kc") as kc:
             kb = self.minimum(b, b.sub(k, kc), KC)
             add = b.icmp_signed("!=", kc, c64(0))
@@ -504,7 +504,7 @@ class _Library:
                         small = b.icmp_signed("<=", rows, c64(SHORT))
                         micro = b.select(in_place, in_place_micro, b.select(small, short, edge))
                         b.call(micro, [self.at(b, packed_a, b.mul(i, c64(KC))), bq,
-                                       self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), c64(MR), bq_step, n,
+                                       self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), bq_step, n,
                                        kb, rows, width, add])
 
 

@@ -169,7 +169,7 @@ def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int]
     if column is not None:
         return _column_kernel(name, column, stages[0], row_outputs, kloops, rloops, kvars, rvars, at, values,
                               row_map, kdims, scratch)
-    if scratch is not None and _columns_form(stages, kgroups, rgroups, shape, elem_outputs):
+    if scratch is not None and _columns_form(kgroups, rgroups, shape):
         return _columns_kernel(name, stages, row_outputs, elem_outputs, kloops, rloops, rvars, at, values, row_map,
                                kdims, full_out, scratch)
 
@@ -240,7 +240,7 @@ def _column_kernel(name, acc_buf, stage, row_outputs, kloops, rloops, kvars, rva
     return kernel if partial_kernel is None else (partial_kernel, kernel)
 
 
-def _columns_form(stages, kgroups, rgroups, shape, elem_outputs) -> bool:
+def _columns_form(kgroups, rgroups, shape) -> bool:
     """Whether a reduction over the rows of one matrix (its contiguous innermost dim kept, no kept outer
     dim) with several stages or elementwise outputs runs column-wise (`_columns_kernel`): a batch norm's
     statistics over a batch."""

@@ -14,6 +14,7 @@ import pytest
 import tracetorch as tt
 import tracetorch.jit.backends
 import tracetorch.nn as nn
+import tracetorch.nn.functional as F
 from training_steps import training_step
 
 pytestmark = pytest.mark.skipif("llvm" not in tracetorch.jit.backends.BACKENDS,
@@ -365,15 +366,7 @@ def test_adam_with_weight_decay_updates_parameter_and_moments_in_place():
         tt.manual_seed(2)
         model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).double()
         opt = tt.optim.Adam(model.parameters(), lr=0.05, weight_decay=0.1)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            opt.step()
-            return loss.detach()
-
-        return step, model, opt
+        return training_step(model, opt, F.mse_loss), model, opt
 
     x, y = tt.randn(10, 6, dtype=tt.float64), tt.randn(10, 3, dtype=tt.float64)
     res_e, res_c, (m_e, o_e), (m_c, o_c), f = _run_both(make, 4, x, y)

@@ -419,7 +419,7 @@ def _cat_kernel(g: FusionGroup, buffer_of: dict):
 
 
 # ---------------------------------------------------------------- generated matmuls
-MATMUL_NOTE = ("matmul: generated GEMM kernel (AVX-512, 32-column panels split across cores); "
+MATMUL_NOTE = ("matmul: generated GEMM kernel (AVX-512, {form} split across cores); "
                "its consumers fuse into the next kernel")
 
 
@@ -459,12 +459,12 @@ def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
 def matmul_note(kernel: MatmulKernel) -> str:
     """What explain() says of a generated GEMM: its form."""
     if kernel.dot_form:
-        return (f"matmul: generated GEMM kernel (AVX-512, a dot product per element: C has at most "
-                f"{kernel.DOT_COLUMNS} columns; row slices split across cores); its consumers fuse into the next kernel")
-    if kernel.b_in_place:
-        return MATMUL_NOTE.replace("split across cores)", f"split across cores, B read in place: at most "
-                                                          f"{kernel.ROW_BLOCK} rows)")
-    return MATMUL_NOTE
+        form = f"a dot product per element: C has at most {kernel.DOT_COLUMNS} columns; row slices"
+    elif kernel.b_in_place:
+        form = f"32-column panels (B read in place: at most {kernel.ROW_BLOCK} rows)"
+    else:
+        form = "32-column panels"
+    return MATMUL_NOTE.format(form=form)
 
 
 # ---------------------------------------------------------------- extern calls
