@@ -71,9 +71,11 @@ def test_compiled_training_follows_eager():
     losses, accuracy, step = _train(1, compile_step=True)
     assert step.stats()["cache_hits"] >= len(losses) - 3
     # compiled reductions sum in another order: equal to float32 rounding at first, then Adam
-    # amplifies the rounding differences (about 2% apart after 100 steps), so later steps are compared
-    # statistically
+    # amplifies the rounding differences (about 2% apart after 100 steps; on a Zen 3 host with
+    # OpenBLAS they grew from 1e-7 to 2e-5 between steps 50 and 55), so later steps are compared
+    # statistically: the compiled run is then another sample of the same training, and its accuracy
+    # may differ from eager's by as much as seeds do (4.5 points; 2.6 seen on that host)
     assert losses[:20] == pytest.approx(eager_losses[:20], rel=2e-3, abs=2e-4)
     assert sum(losses[-20:]) == pytest.approx(sum(eager_losses[-20:]), rel=0.05)
-    assert accuracy == pytest.approx(eager_acc, abs=0.02)
+    assert accuracy == pytest.approx(eager_acc, abs=0.045)
     assert accuracy >= 0.72

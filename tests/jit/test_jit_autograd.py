@@ -110,6 +110,30 @@ def test_backward_inside_the_region_is_one_node_expanded_by_autodiff():
     assert all(n.op.name != "backward" for n in program.graph.nodes)
 
 
+def test_a_linear_weight_gradient_takes_eagers_formula_so_the_interpreter_is_bit_for_bit():
+    """Eager computes the gradient of a weight read as weight.t() as (g^T x)^T (C-contiguous, like
+    PyTorch's linear backward); the autodiff pass must pick the same formula, not x^T g: a BLAS may
+    round the two differently (OpenBLAS's Haswell kernels do), and the interpreter promises eager's bits."""
+    model = _mlp(3)
+    x = tt.randn(10, 4)
+
+    def grads(x):
+        for p in model.parameters():
+            p.grad = None
+        model(x).square().sum().backward()
+        return [p.grad * 1 for p in model.parameters()]
+
+    step = tt.compile(grads, backend="interp")
+    step(x)
+    compiled = step(x)                                   # the second call runs the program
+    for c, e in zip(compiled, grads(x)):
+        np.testing.assert_array_equal(_np(c), _np(e))
+    graph = step.programs[0].graph
+    matmul_shapes = [n.out.shape for n in graph.nodes if n.op.name == "matmul"]
+    assert (8, 4) in matmul_shapes and (3, 8) in matmul_shapes, matmul_shapes     # g^T x: [out, in]
+    assert (4, 8) not in matmul_shapes and (8, 3) not in matmul_shapes, matmul_shapes
+
+
 def test_create_graph_inside_the_region_is_a_clear_error():
     @tt.compile
     def f(w):

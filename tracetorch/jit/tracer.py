@@ -451,6 +451,7 @@ class AbstractTracer(Tracer):
     def __init__(self, where: str = ""):
         super().__init__()
         self._where = where
+        self.producers: dict = {}               # IR value -> the node that made it (set by the autodiff walk)
 
     def where(self) -> str:
         return self._where
@@ -461,6 +462,19 @@ class AbstractTracer(Tracer):
         self.values[id(t)] = (v, weakref.ref(t))
         self.keep.append(t)
         return t
+
+    def transposed_2d(self, t: Tensor) -> bool:
+        """Whether the reference interpreter lays out the value `t` stands for as eager lays out a
+        weight.t() (`ops.linalg._transposed_2d`): a 2-D permute (1, 0) of a value that is not itself a
+        permute. A VJP rule then picks eager's formula, and the interpreter stays bit-for-bit with eager
+        (a BLAS may round x^T g and (g^T x)^T differently: OpenBLAS's Haswell kernels do)."""
+        hit = self.values.get(id(t))
+        node = self.producers.get(hit[0]) if hit is not None and hit[1]() is t else None
+        if node is None or node.op.name != "permute" or tuple(node.attrs.get("dims", ())) != (1, 0) \
+                or not all(d > 1 for d in node.out.shape):
+            return False
+        source = self.producers.get(node.inputs[0])
+        return source is None or source.op.name != "permute"
 
     def evaluate(self, op, inputs, args, attrs):
         """No kernel runs: a zero-stride placeholder of the inferred shape and dtype."""

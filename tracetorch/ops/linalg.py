@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dispatch import STATE
 from .registry import EXTERN, Aval, register
 
 import tracetorch as tt
@@ -40,7 +41,11 @@ def _transposed_2d(t) -> bool:
     """An eager 2-D operand laid out as the transpose of a C-contiguous array (weight.t()): the
     weight's gradient is then computed as (g^T a)^T, whose transpose (the gradient of weight.t()'s
     transpose) is C-contiguous and may become weight.grad without a copy, as PyTorch's linear
-    backward lays it out. (IR proxies have no array: the compiled path picks layouts itself.)"""
+    backward lays it out. IR proxies (the autodiff pass) ask their tracer, which answers for the
+    layout the reference interpreter gives the value."""
+    tracer = STATE.tracer
+    if tracer is not None and tracer.abstract:
+        return tracer.transposed_2d(t)
     data = getattr(t, "_data", None)
     return type(data) is np.ndarray and data.ndim == 2 and data.shape[0] > 1 and data.shape[1] > 1 \
         and not data.flags.c_contiguous and data.T.flags.c_contiguous

@@ -82,6 +82,7 @@ def lower_markers(g: Graph) -> Graph:
 def backprop(nodes, roots, seeds, wrt, builder: AbstractTracer) -> list:
     """Gradients (proxy tensors or None) of sum(root * seed) w.r.t. each of `wrt`."""
     active = set(wrt)
+    builder.producers.update((o, n) for n in nodes for o in n.outputs)
     for n in nodes:
         if n.diff is not None and any(d and x in active for x, d in zip(n.inputs, n.diff)):
             active.update(n.outputs)
