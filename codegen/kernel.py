@@ -338,13 +338,34 @@ def unit_strides(strides, shape) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
+class GemmShape:
+    """The register blocking of the generated GEMM for one vector width: a micro-kernel keeps
+    `row_block` x `panel` floats of C in 2 * `row_block` vector registers (AVX-512: 28 of 32 zmm;
+    AVX2: 12 of 16 ymm, the other registers hold B's two vectors and A's broadcast)."""
+    lanes: int              # floats per vector register
+    row_block: int          # C rows per micro-kernel call (MR)
+    short_rows: int         # rows of the micro-kernel for a block's last few rows
+    dot_rows: int           # C rows per step of the dot form: dot_rows * DOT_COLUMNS accumulators
+    block_rows: int         # rows of A per packed block (MC, a multiple of row_block; in L2)
+
+    @property
+    def panel(self) -> int:
+        """C columns per micro-kernel call and per unit of the outer loop: two vectors."""
+        return 2 * self.lanes
+
+
+GEMM_SHAPES = {16: GemmShape(16, 14, 4, 2, 70),    # AVX-512
+               8: GemmShape(8, 6, 2, 1, 72)}       # AVX2 with FMA (BLIS's Haswell kernel is 6 x 16 too)
+
+
+@dataclass(frozen=True)
 class MatmulKernel:
     """out[*batch, m, n] = a @ b in float32 by the generated GEMM (`codegen.llvm_gemm`), not a loop nest.
 
     `a_map` / `b_map` address the operands in their buffers over (*batch, m, k) / (*batch, k, n): any
     strides, as long as each matrix has a unit stride along one of its two dims (rows or columns
-    contiguous); `out` is contiguous. Its outer loop, what threads split, runs over the 32-column
-    panels (`PANEL`) of C's row slices (`row_slices`) in every batch."""
+    contiguous); `out` is contiguous. Its outer loop, what threads split, runs over the panels of C's
+    row slices (`row_slices`) in every batch. `lanes`: the host's vector width (`GEMM_SHAPES`)."""
     name: str
     a: Buffer
     b: Buffer
@@ -355,9 +376,8 @@ class MatmulKernel:
     k: int
     a_map: IndexMap
     b_map: IndexMap
+    lanes: int = 16
 
-    PANEL = 32          # C columns per unit of the outer loop
-    ROW_BLOCK = 14      # C rows per micro-kernel call: a row slice is a multiple of them
     DOT_COLUMNS = 12    # C of at most this many columns may take the dot form (`dot_form`)
     DOT_K = (64, 8192)  # ... with k in this range: below, the sums across lanes outweigh the products
     MIN_UNITS = 4       # C is cut into row slices too when it has fewer panels than this
@@ -380,6 +400,8 @@ class MatmulKernel:
             raise ValueError(f"matmul kernel {self.name!r}: operands {self.a_map} and {self.b_map} need a unit "
                              f"stride in each matrix, no empty dim and batch dims {self.batch} that merge into "
                              f"two ({self.m}x{self.k} @ {self.k}x{self.n})")
+        if self.lanes not in GEMM_SHAPES:
+            raise ValueError(f"matmul kernel {self.name!r}: no GEMM for vectors of {self.lanes} floats")
         if self.out in (self.a, self.b):
             raise ValueError(f"matmul kernel {self.name!r}: the output cannot be an operand's buffer")
         self.a_map.check(self.batch + (self.m, self.k), self.a)
@@ -387,6 +409,10 @@ class MatmulKernel:
         if self.out.size != math.prod(self.batch) * self.m * self.n:
             raise ValueError(f"matmul kernel {self.name!r}: output {self.out!r} does not hold "
                              f"{self.batch + (self.m, self.n)}")
+
+    @property
+    def shape(self) -> GemmShape:
+        return GEMM_SHAPES[self.lanes]
 
     @property
     def batch_dims(self) -> tuple[tuple, tuple, tuple] | None:
@@ -431,13 +457,13 @@ class MatmulKernel:
     @property
     def b_in_place(self) -> bool:
         """Whether every unit reads B in place rather than packing its panels: units of at most
-        ROW_BLOCK rows (a packed panel would be read once), B's rows contiguous."""
+        `shape.row_block` rows (a packed panel would be read once), B's rows contiguous."""
         sb1 = unit_strides(self.b_map.strides[-2:], (self.k, self.n))[1]
-        return not self.dot_form and self.slice_rows <= self.ROW_BLOCK and sb1 == 1
+        return not self.dot_form and self.slice_rows <= self.shape.row_block and sb1 == 1
 
     @property
     def panels(self) -> int:
-        return -(-self.n // self.PANEL)
+        return -(-self.n // self.shape.panel)
 
     @property
     def row_slices(self) -> int:
@@ -448,12 +474,12 @@ class MatmulKernel:
         units = math.prod(self.batch) * self.panels
         tall = self.ROW_SLICES_TALL if units == self.panels and self.m > self.n else 1
         few = -(-self.MIN_UNITS // units) if units < self.MIN_UNITS else 1
-        return max(1, min(-(-self.m // self.ROW_BLOCK), max(tall, few)))
+        return max(1, min(-(-self.m // self.shape.row_block), max(tall, few)))
 
     @property
     def slice_rows(self) -> int:
         rows = -(-self.m // self.row_slices)
-        return -(-rows // self.ROW_BLOCK) * self.ROW_BLOCK
+        return -(-rows // self.shape.row_block) * self.shape.row_block
 
     @property
     def extent(self) -> int:

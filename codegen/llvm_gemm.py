@@ -1,11 +1,12 @@
-"""The generated float32 GEMM of a `MatmulKernel`, in LLVM IR, for hosts with AVX-512.
+"""The generated float32 GEMM of a `MatmulKernel`, in LLVM IR, for hosts with AVX-512 or AVX2.
 
 Why: on the 2-core Xeon numpy's OpenBLAS ran W3's matmuls at 190-240 GFLOP/s and PyTorch's MKL at
 340-380; this code runs them at 300-350 (alone, warm caches). As a kernel of the program it also
 runs on the native team, so no OpenBLAS threads are left spinning into the next kernel (they
 slowed it ~35%).
 
-Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core):
+Scheme (BLIS's loop order, sizes for a 48 KB L1 and a 2 MB L2 per core; figures for AVX-512, where
+a vector holds 16 floats; AVX2 hosts run the same code on 8-float vectors, `kernel.GEMM_SHAPES`):
 - The kernel's outer loop, what threads split, runs over (batch, row slice, 32-column panel) units
   (`MatmulKernel.extent`); one matrix's units go to threads in one run each, so a C taller than
   wide (two row slices) gives each thread its rows of A and all of B to pack, a wide one its
@@ -47,33 +48,25 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .kernel import MatmulKernel, unit_strides
+from .kernel import GEMM_SHAPES, MatmulKernel, unit_strides
 from .llvm_math import intrinsic
 from .rendered import GEMM_EXPORTS as EXPORTS, GEMM_PARTS as PARTS, GEMM_TABLE as TABLE
 
-NR = MatmulKernel.PANEL      # C columns per panel: two 16-float vectors
-MR = MatmulKernel.ROW_BLOCK  # C rows per micro-kernel call: 28 accumulators of the 32 zmm registers
-KC = 256                     # K per packed block: a 32 KB B panel stays in L1 across the rows of A
-MC = 5 * MR                  # rows of A per block (a packed transposed A: 70 KB)
+KC = 256                     # K per packed block: a 32 KB B panel (AVX2: 16 KB) stays in L1 across A's rows
+A_ROWS = KC + 1              # k rows per packed block of A: the last is room for plain stores' overrun
 GROUP = 16                   # panels packed together (512 KB, in L2), each reused across all of A's blocks
-assert -(-MatmulKernel.DOT_K[1] // 16) * 16 * MatmulKernel.DOT_COLUMNS <= GROUP * KC * NR   # the dot form's B fits
 AHEAD = 16                   # rows of B ahead that a micro-kernel reading B in place prefetches
-SHORT = 4                    # rows of the micro-kernel for a block's last <= 4 rows (M = 128: 14 rows
-                             # computed for the last 2 made 9% of the work)
+                             # shape.short_rows: the micro-kernel for a block's last <= 4 rows (M = 128:
+                             # 14 rows computed for the last 2 made 9% of the work)
 
 VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I32, I64, F32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
-VEC, MASK = ir.VectorType(F32, 16), ir.VectorType(I1, 16)
-V_I32, V_I64 = ir.VectorType(I32, 16), ir.VectorType(I64, 16)
-ZERO = ir.Constant(VEC, None)           # zeroinitializer (short to print and parse)
-SPLAT = ir.Constant(V_I32, None)
-LANES = ir.Constant(V_I64, list(range(16)))
 ALIGN4 = ir.Constant(I32, 4)
 PACK_A = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 5)
 PACK_B = ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6)
 MICRO = ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, I64, I64, I64, I1])
 DOT = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 5)
-DOT_COLUMNS, DOT_ROWS = MatmulKernel.DOT_COLUMNS, 2   # C elements per dot kernel step: 24 accumulators
+DOT_COLUMNS = MatmulKernel.DOT_COLUMNS
 DRIVER = ir.FunctionType(VOID, [PTR, PTR, PTR] + [I64] * 18 + [ir.PointerType(PACK_A), ir.PointerType(PACK_B),
                                                               ir.PointerType(MICRO)])
 
@@ -87,6 +80,7 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
     over units [start, stop) (the signature every kernel has, so `llvm_ir` gives it a range entry):
     one call of the GEMM library's loop nest, through the module's `TABLE`."""
     m, n, k = kern.m, kern.n, kern.k
+    lanes, panel = kern.lanes, kern.shape.panel
     sa0, sa1 = unit_strides(kern.a_map.strides[-2:], (m, k))
     sb0, sb1 = unit_strides(kern.b_map.strides[-2:], (k, n))
     table = _table(module)
@@ -103,7 +97,7 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
 
     parts = [part("pack_a_rows" if sa1 == 1 else "pack_a_cols", PACK_A),
              part("pack_b_rows" if sb1 == 1 else "pack_b_cols", PACK_B),
-             part("micro14x16" if 0 < n % NR <= 16 else "micro14x32", MICRO)]
+             part("micro_slim" if 0 < n % panel <= lanes else "micro_wide", MICRO)]
     (outer, inner), (a_outer, a_inner), (b_outer, b_inner) = kern.batch_dims
     sizes = (m, n, k, sa0 if sa1 == 1 else sa1, sb0 if sb1 == 1 else sb1, kern.row_slices, kern.slice_rows,
              kern.a_map.offset, kern.b_map.offset, inner, a_outer, a_inner, b_outer, b_inner, int(kern.b_in_place),
@@ -124,12 +118,12 @@ def _table(module: ir.Module) -> ir.GlobalVariable:
     return table
 
 
-def library_ir() -> str:
-    """The GEMM library: the loop nest, packers and micro-kernels every matmul calls, exported as
-    `EXPORTS`. Why a library of its own, compiled (and cached on disk) once per host: inside each
-    program module that has a matmul it cost ~0.1 s of LLVM time per cold compile."""
+def library_ir(lanes: int) -> str:
+    """The GEMM library for vectors of `lanes` floats: the loop nest, packers and micro-kernels every
+    matmul calls, exported as `EXPORTS`. Why a library of its own, compiled (and cached on disk) once
+    per host: inside each program module that has a matmul it cost ~0.1 s of LLVM time per cold compile."""
     module = ir.Module(name="tracetorch_gemm")
-    lib = _Library(module)
+    lib = _Library(module, lanes)
     lib.driver()
     for rows_contiguous in (True, False):
         lib.pack_a(rows_contiguous)
@@ -145,11 +139,18 @@ class _Library:
     """The GEMM library's functions, each made on first use: `EXPORTS` with external linkage (other
     modules call them), the rest internal."""
 
-    def __init__(self, module: ir.Module):
+    def __init__(self, module: ir.Module, lanes: int):
         self.module = module
-        self.fma = intrinsic(module, "llvm.fma.v16f32", VEC, [VEC, VEC, VEC])
-        self.load_masked = intrinsic(module, "llvm.masked.load.v16f32.p0", VEC, [PTR, I32, MASK, VEC])
-        self.store_masked = intrinsic(module, "llvm.masked.store.v16f32.p0", VOID, [VEC, PTR, I32, MASK])
+        shape = GEMM_SHAPES[lanes]
+        self.L, self.MR, self.NR, self.MC = lanes, shape.row_block, shape.panel, shape.block_rows
+        self.short_rows, self.dot_rows = shape.short_rows, shape.dot_rows
+        self.vec, self.mask = ir.VectorType(F32, lanes), ir.VectorType(I1, lanes)
+        self.zero = ir.Constant(self.vec, None)            # zeroinitializer (short to print and parse)
+        self.lane_numbers = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        vec, mask = self.vec, self.mask
+        self.fma = intrinsic(module, f"llvm.fma.v{lanes}f32", vec, [vec, vec, vec])
+        self.load_masked = intrinsic(module, f"llvm.masked.load.v{lanes}f32.p0", vec, [PTR, I32, mask, vec])
+        self.store_masked = intrinsic(module, f"llvm.masked.store.v{lanes}f32.p0", VOID, [vec, PTR, I32, mask])
         self.prefetch = intrinsic(module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
         self.functions: dict = {}
 
@@ -172,10 +173,9 @@ class _Library:
     def at(b: ir.IRBuilder, base, offset) -> ir.Value:
         return b.gep(base, [c64(offset)], inbounds=True, source_etype=F32)
 
-    @staticmethod
-    def lanes_below(b: ir.IRBuilder, count) -> ir.Value:
+    def lanes_below(self, b: ir.IRBuilder, count) -> ir.Value:
         """The mask of lanes < count (an i64; any value)."""
-        return b.icmp_signed("<", LANES, _splat(b, c64(count), V_I64))
+        return b.icmp_signed("<", self.lane_numbers, _splat(b, c64(count), self.lane_numbers.type))
 
     @staticmethod
     def minimum(b: ir.IRBuilder, x, y) -> ir.Value:
@@ -183,135 +183,177 @@ class _Library:
         return b.select(b.icmp_signed("<", x, y), x, y)
 
     def transpose(self) -> ir.Function:
-        """transpose(src, stride, rows, depth, dst, dst_stride, lanes): column c < 16 of the 16x16 block
-        whose row r < rows holds `depth` contiguous floats at src + r*stride (others: zero) goes to
-        dst + c*dst_stride, its first `lanes` lanes. One function for both transposing packers."""
+        """transpose(src, stride, rows, depth, dst, dst_stride): column c < L of the L x L block whose
+        row r < rows holds `depth` contiguous floats at src + r*stride (others: zero) goes to dst +
+        c*dst_stride, all L lanes, in column order: a `dst_stride` < L overlaps the next column, which
+        overwrites it, and the last column runs past (L - dst_stride floats the caller has room for).
+        Plain stores: masked ones made packing 13% of a GEMM on a Zen 3. One function for both
+        transposing packers."""
         def make():
-            fn, b = self._function("transpose16", [PTR, I64, I64, I64, PTR, I64, I64])
-            src, stride, valid, depth, dst, dst_stride, lanes = fn.args
+            fn, b = self._function(f"transpose{self.L}", [PTR, I64, I64, I64, PTR, I64])
+            src, stride, valid, depth, dst, dst_stride = fn.args
             depth_mask = self.lanes_below(b, depth)
-            none = ir.Constant(MASK, None)
+            none = ir.Constant(self.mask, None)
+            wide = b.icmp_signed(">=", depth, c64(self.L))
             rows = []
-            for r in range(16):
-                mask = b.select(b.icmp_signed("<", c64(r), valid), depth_mask, none)
-                rows.append(b.call(self.load_masked, [self.at(b, src, b.mul(c64(r), stride)), ALIGN4, mask, ZERO]))
-            keep = self.lanes_below(b, lanes)
-            for c, column in enumerate(_transpose16(b, rows)):
-                b.call(self.store_masked, [column, self.at(b, dst, b.mul(c64(c), dst_stride)), ALIGN4, keep])
+            with b.if_else(wide) as (plain, masked):   # plain loads of whole rows: faster on AMD's cores
+                with plain:
+                    for r in range(self.L):
+                        inside = b.icmp_signed("<", c64(r), valid)
+                        line = b.select(inside, self.at(b, src, b.mul(c64(r), stride)), src)   # row 0: in bounds
+                        rows.append(b.select(inside, b.load(line, typ=self.vec, align=4), self.zero))
+                    first = b.block
+                with masked:
+                    edge = []
+                    for r in range(self.L):
+                        mask = b.select(b.icmp_signed("<", c64(r), valid), depth_mask, none)
+                        edge.append(b.call(self.load_masked, [self.at(b, src, b.mul(c64(r), stride)), ALIGN4, mask,
+                                                              self.zero]))
+                    second = b.block
+            for r in range(self.L):
+                joined = b.phi(self.vec)
+                joined.add_incoming(rows[r], first)
+                joined.add_incoming(edge[r], second)
+                rows[r] = joined
+            for c, column in enumerate(_transpose(b, rows)):
+                b.store(column, self.at(b, dst, b.mul(c64(c), dst_stride)), align=4)
             b.ret_void()
             return fn
         return self._shared("transpose", make)
 
     # ------------------------------------------------------------ packing
     def pack_b(self, rows_contiguous: bool) -> ir.Function:
-        """pack_b(B, Bp, k0, kb, j0, count, n, step): for panels q < count (columns j = j0 + 32q..),
-        Bp[q*KC*32 + k*32 + c] = B(k0 + k, j + c) for k < kb, j + c < n, zero for other c < 32;
+        """pack_b(B, Bp, k0, kb, j0, count, n, step): for panels q < count (columns j = j0 + NR q..),
+        Bp[q*KC*NR + k*NR + c] = B(k0 + k, j + c) for k < kb, j + c < n, zero for other c < NR;
         B(k, n) at k*step + n (rows contiguous: each row read left to right across the panels, which
         prefetches; panel by panel, its 2 KB-apart rows missed in cache: 12% of a [128, 512] @ [512,
-        512]) or k + n*step (16x16 transposes)."""
+        512]) or k + n*step (L x L transposes)."""
+        L, NR = self.L, self.NR
+
         def make():
             fn, b = self._function(f"pack_b_{'rows' if rows_contiguous else 'cols'}", list(PACK_B.args))
             src, dst, k0, kb, j0, count, n, step = fn.args
-            if rows_contiguous:
+            if rows_contiguous:               # whole panels with plain loads (faster on AMD), the last masked
+                whole = self.minimum(b, count, b.sdiv(b.sub(n, j0), c64(NR)))
                 with _Loop(b, 0, kb, 1, "k") as k:
                     row = self.at(b, src, b.add(b.mul(b.add(k0, k), step), j0))
-                    with _Loop(b, 0, count, 1, "q") as q:
-                        width = b.sub(n, b.add(j0, b.mul(q, c64(NR))))
-                        out = self.at(b, dst, b.add(b.mul(q, c64(KC * NR)), b.mul(k, c64(NR))))
-                        for h in range(2):
-                            mask = self.lanes_below(b, b.sub(width, c64(16 * h)))
-                            p = self.at(b, row, b.add(b.mul(q, c64(NR)), c64(16 * h)))
-                            v = b.call(self.load_masked, [p, ALIGN4, mask, ZERO])
-                            b.store(v, self.at(b, out, 16 * h), align=64)
+                    for masked, (first, last) in ((False, (0, whole)), (True, (whole, count))):
+                        with _Loop(b, first, last, 1, "q") as q:
+                            width = b.sub(n, b.add(j0, b.mul(q, c64(NR))))
+                            out = self.at(b, dst, b.add(b.mul(q, c64(KC * NR)), b.mul(k, c64(NR))))
+                            for h in range(2):
+                                p = self.at(b, row, b.add(b.mul(q, c64(NR)), c64(L * h)))
+                                if masked:
+                                    mask = self.lanes_below(b, b.sub(width, c64(L * h)))
+                                    v = b.call(self.load_masked, [p, ALIGN4, mask, self.zero])
+                                else:
+                                    v = b.load(p, typ=self.vec, align=4)
+                                b.store(v, self.at(b, out, L * h), align=4 * L)
             else:
                 transpose = self.transpose()
                 with _Loop(b, 0, count, 1, "q") as q:
                     j = b.add(j0, b.mul(q, c64(NR)))
                     width = b.sub(n, j)
                     panel = self.at(b, dst, b.mul(q, c64(KC * NR)))
-                    with _Loop(b, 0, kb, 16, "kk") as kk:   # rows kb.. of the scratch (< KC) are never read
+                    with _Loop(b, 0, kb, L, "kk") as kk:    # rows kb.. of the scratch (< KC) are never read
                         for h in range(2):
-                            start = self.at(b, src, b.add(b.mul(b.add(j, c64(16 * h)), step), b.add(k0, kk)))
-                            b.call(transpose, [start, step, b.sub(width, c64(16 * h)), b.sub(kb, kk),
-                                               self.at(b, panel, b.add(b.mul(kk, c64(NR)), c64(16 * h))), c64(NR),
-                                               c64(16)])
+                            start = self.at(b, src, b.add(b.mul(b.add(j, c64(L * h)), step), b.add(k0, kk)))
+                            b.call(transpose, [start, step, b.sub(width, c64(L * h)), b.sub(kb, kk),
+                                               self.at(b, panel, b.add(b.mul(kk, c64(NR)), c64(L * h))), c64(NR)])
             b.ret_void()
             return fn
         return self._shared(("pack_b", rows_contiguous), make)
 
     def pack_a(self, rows_contiguous: bool) -> ir.Function:
-        """pack_a(A, Ap, i0, mb, k0, kb, step): Ap[(i / MR) * MR * KC + k * MR + r] = A(i0 + i + r, k0 + k)
-        for rows i + r < mb, zero for a block's other rows; A(i, k) at i*step + k (rows contiguous:
-        16x16 transposes) or i + k*step (one masked copy per k and block, k outer so that A is read
-        in order)."""
+        """pack_a(A, Ap, i0, mb, k0, kb, step): Ap[(i / MR) * MR * A_ROWS + k * MR + r] = A(i0 + i + r, k0 +
+        k) for rows i + r < mb, zero for a block's other rows; A(i, k) at i*step + k (rows contiguous:
+        L x L transposes) or i + k*step (one copy per k and block, k outer so that A is read in order).
+        Plain stores of L floats (masked ones are slow on AMD's cores): each runs L - MR floats into the
+        next k row, written after it, or into the block's spare row."""
+        L, MR = self.L, self.MR
+
         def make():
             fn, b = self._function(f"pack_a_{'rows' if rows_contiguous else 'cols'}", list(PACK_A.args))
             src, dst, i0, mb, k0, kb, step = fn.args
-            keep = ir.Constant(MASK, [1] * MR + [0] * (16 - MR))
-            if rows_contiguous:                # per block of MR rows, 16x16 transposes along k
+            keep = ir.Constant(self.mask, [1] * MR + [0] * (L - MR))
+            if rows_contiguous:                # per block of MR rows, L x L transposes along k
                 transpose = self.transpose()
                 with _Loop(b, 0, mb, MR, "blk") as blk:
                     valid = self.minimum(b, b.sub(mb, blk), MR)
-                    block = self.at(b, dst, b.mul(blk, c64(KC)))
-                    with _Loop(b, 0, kb, 16, "kk") as kk:    # k rows kb.. (< KC) are never read
+                    block = self.at(b, dst, b.mul(blk, c64(A_ROWS)))
+                    with _Loop(b, 0, kb, L, "kk") as kk:     # k rows kb.. (< KC) are never read
                         start = self.at(b, src, b.add(b.mul(b.add(i0, blk), step), b.add(k0, kk)))
                         b.call(transpose, [start, step, valid, b.sub(kb, kk), self.at(b, block, b.mul(kk, c64(MR))),
-                                           c64(MR), c64(MR)])
+                                           c64(MR)])
             else:                              # k outer: each of A's (column-contiguous) rows read in order
                 with _Loop(b, 0, kb, 1, "k") as k:
                     line = self.at(b, src, b.add(i0, b.mul(b.add(k0, k), step)))
                     with _Loop(b, 0, mb, MR, "blk") as blk:
                         rows = b.and_(self.lanes_below(b, b.sub(mb, blk)), keep)
-                        v = b.call(self.load_masked, [self.at(b, line, blk), ALIGN4, rows, ZERO])
-                        q = self.at(b, dst, b.add(b.mul(blk, c64(KC)), b.mul(k, c64(MR))))
-                        b.call(self.store_masked, [v, q, ALIGN4, keep])
+                        p = self.at(b, line, blk)
+                        with b.if_else(b.icmp_signed("<=", b.add(blk, c64(L)), mb)) as (plain, masked):
+                            with plain:
+                                whole = b.load(p, typ=self.vec, align=4)
+                                first = b.block
+                            with masked:
+                                edge = b.call(self.load_masked, [p, ALIGN4, rows, self.zero])
+                                second = b.block
+                        v = b.phi(self.vec)
+                        v.add_incoming(whole, first)
+                        v.add_incoming(edge, second)
+                        q = self.at(b, dst, b.add(b.mul(blk, c64(A_ROWS)), b.mul(k, c64(MR))))
+                        b.store(v, q, align=4)
             b.ret_void()
             return fn
         return self._shared(("pack_a", rows_contiguous), make)
 
     # ------------------------------------------------------------ the micro-kernel
-    def micro(self, halves: int, tile_rows: int = MR, in_place: bool = False) -> ir.Function:
+    def micro(self, halves: int, tile_rows: int = 0, in_place: bool = False) -> ir.Function:
         """micro(Ap, B, C, b_step, ldc, kb, rows, width, add): C[r*ldc + c] (+)= sum_k Ap[k*MR + r] *
-        B[k*b_step + c] for r < rows (<= tile_rows), c < width (<= 16 * halves), from tile_rows x
-        16*halves accumulators. A and B are packed panels (B's step NR); `in_place`: B
+        B[k*b_step + c] for r < rows (<= tile_rows, MR by default), c < width (<= L * halves), from
+        tile_rows x L*halves accumulators. A and B are packed panels (B's step NR); `in_place`: B
         is the operand's own rows, loaded masked (no column past `width` is read; masked loads made
         the packed kernel 4% slower)."""
+        L, MR = self.L, self.MR
+        tile_rows = tile_rows or MR
         unrolled = halves == 2 and tile_rows == MR and not in_place   # the kernel of large GEMMs
+        exported = {(2, MR, False): "micro_wide", (1, MR, False): "micro_slim"}  # a program's last panel picks
 
         def make():
-            name = f"micro{tile_rows}x{16 * halves}" + ("_in_place" if in_place else "")
+            name = exported.get((halves, tile_rows, in_place)) or \
+                f"micro{tile_rows}x{L * halves}" + ("_in_place" if in_place else "")
             fn, b = self._function(name, list(MICRO.args))
             a, bp, c, b_step, ldc, kb, rows, width, add = fn.args
             for arg in (a, bp, c):
                 arg.add_attribute("noalias")
             with _Loop(b, 0, rows, 1, "touch") as r:       # C's tile, for writing: in L1 by the k loop's end
                 for h in range(halves):
-                    b.call(self.prefetch, [self.at(b, c, b.add(b.mul(r, ldc), c64(16 * h))), ir.Constant(I32, 1),
+                    b.call(self.prefetch, [self.at(b, c, b.add(b.mul(r, ldc), c64(L * h))), ir.Constant(I32, 1),
                                            ir.Constant(I32, 3), ir.Constant(I32, 1)])
-            masks = [self.lanes_below(b, b.sub(width, c64(16 * h))) for h in range(halves)]
+            masks = [self.lanes_below(b, b.sub(width, c64(L * h))) for h in range(halves)]
             pre = b.block
             loop = fn.append_basic_block("k")
             b.branch(loop)
             b.position_at_end(loop)
             k = b.phi(I64, name="k")
             k.add_incoming(c64(0), pre)
-            acc = [b.phi(VEC) for _ in range(halves * tile_rows)]
+            acc = [b.phi(self.vec) for _ in range(halves * tile_rows)]
             for p in acc:
-                p.add_incoming(ZERO, pre)
+                p.add_incoming(self.zero, pre)
             row = self.at(b, bp, b.mul(k, b_step))
             if in_place:                                 # its rows are far apart: prefetched ahead
                 ahead = self.at(b, row, b.mul(b_step, c64(AHEAD)))
                 for h in range(halves):
-                    b.call(self.prefetch, [self.at(b, ahead, 16 * h), ir.Constant(I32, 0), ir.Constant(I32, 3),
+                    b.call(self.prefetch, [self.at(b, ahead, L * h), ir.Constant(I32, 0), ir.Constant(I32, 3),
                                            ir.Constant(I32, 1)])
-                bs = [b.call(self.load_masked, [self.at(b, row, 16 * h), ALIGN4, mask, ZERO])
+                bs = [b.call(self.load_masked, [self.at(b, row, L * h), ALIGN4, mask, self.zero])
                       for h, mask in enumerate(masks)]
             else:
-                bs = [b.load(self.at(b, row, 16 * h), typ=VEC, align=64) for h in range(halves)]
+                bs = [b.load(self.at(b, row, L * h), typ=self.vec, align=4 * L) for h in range(halves)]
             col = self.at(b, a, b.mul(k, c64(MR)))
             new = []
             for r in range(tile_rows):
-                x = _splat(b, b.load(self.at(b, col, r), typ=F32, align=4), VEC)
+                x = _splat(b, b.load(self.at(b, col, r), typ=F32, align=4), self.vec)
                 new += [b.call(self.fma, [x, bs[h], acc[halves * r + h]]) for h in range(halves)]
             for p, v in zip(acc, new):
                 p.add_incoming(v, loop)
@@ -320,25 +362,38 @@ class _Library:
             done = fn.append_basic_block("tile")
             b.cbranch(b.icmp_signed("<", k1, kb), loop, done)
             b.position_at_end(done)
-            adds = [b.and_(mask, _splat(b, add, MASK)) for mask in masks]   # the first K block reads 0
+            adds = [b.and_(mask, _splat(b, add, self.mask)) for mask in masks]   # the first K block reads 0
             if unrolled:
-                self._store_rows(b, new, c, ldc, rows, masks, adds, halves, tile_rows)
+                self._store_rows(b, new, c, ldc, rows, width, add, masks, adds, halves, tile_rows)
             else:
                 self._store_tile(b, new, c, ldc, rows, masks, adds, halves, tile_rows)
             b.ret_void()
             return fn
         return self._shared(("micro", halves, tile_rows, in_place), make)
 
-    def _store_rows(self, b, acc, c, ldc, rows, masks, adds, halves, tile_rows) -> None:
+    def _store_rows(self, b, acc, c, ldc, rows, width, add, masks, adds, halves, tile_rows) -> None:
         """The accumulators' rows < `rows` into C (added unless `adds` masks off), unrolled: the
-        main micro-kernel's way (W3 B=128 ~2% faster than through a tile)."""
+        main micro-kernel's way (W3 B=128 ~2% faster than through a tile). A whole tile inside C
+        takes plain loads and stores (masked stores are slow on AMD's cores: 1024x512x512 on a Zen 3
+        66 -> 74 GFLOP/s on one core)."""
         fn = b.function
-        finished = fn.append_basic_block("finished")
+        finished, whole, part = (fn.append_basic_block(name) for name in ("finished", "whole", "part"))
+        inside = b.and_(b.icmp_signed("==", rows, c64(tile_rows)), b.icmp_signed(">=", width, c64(self.L * halves)))
+        b.cbranch(inside, whole, part)
+        b.position_at_end(whole)
+        for r in range(tile_rows):
+            out = self.at(b, c, b.mul(c64(r), ldc))
+            for h in range(halves):
+                p = self.at(b, out, self.L * h)
+                old = b.select(add, b.load(p, typ=self.vec, align=4), self.zero)
+                b.store(b.fadd(acc[halves * r + h], old), p, align=4)
+        b.branch(finished)
+        b.position_at_end(part)
         for r in range(tile_rows):
             out = self.at(b, c, b.mul(c64(r), ldc))
             for h, mask in enumerate(masks):
-                p = self.at(b, out, 16 * h)
-                old = b.call(self.load_masked, [p, ALIGN4, adds[h], ZERO])
+                p = self.at(b, out, self.L * h)
+                old = b.call(self.load_masked, [p, ALIGN4, adds[h], self.zero])
                 b.call(self.store_masked, [b.fadd(acc[halves * r + h], old), p, ALIGN4, mask])
             if r + 1 < tile_rows:
                 following = fn.append_basic_block(f"row{r + 1}")
@@ -350,36 +405,39 @@ class _Library:
     def _store_tile(self, b, acc, c, ldc, rows, masks, adds, halves, tile_rows) -> None:
         """The same through a tile on the stack and a loop over `rows`: a third less IR to compile
         for the micro-kernels of edges and small matrices."""
-        tile = b.alloca(ir.ArrayType(VEC, halves * tile_rows))
-        tile.align = 64
+        tile = b.alloca(ir.ArrayType(self.vec, halves * tile_rows))
+        tile.align = 4 * self.L
 
         def vector(index):
             return b.gep(tile, [ir.Constant(I32, 0), index], inbounds=True)
 
         for i, v in enumerate(acc):
-            b.store(v, vector(c64(i)), align=64)
+            b.store(v, vector(c64(i)), align=4 * self.L)
         with _Loop(b, 0, rows, 1, "row") as r:
             out = self.at(b, c, b.mul(r, ldc))
             for h, mask in enumerate(masks):
-                v = b.load(vector(b.add(b.mul(r, c64(halves)), c64(h))), align=64)
-                p = self.at(b, out, 16 * h)
-                old = b.call(self.load_masked, [p, ALIGN4, adds[h], ZERO])
+                v = b.load(vector(b.add(b.mul(r, c64(halves)), c64(h))), align=4 * self.L)
+                p = self.at(b, out, self.L * h)
+                old = b.call(self.load_masked, [p, ALIGN4, adds[h], self.zero])
                 b.call(self.store_masked, [b.fadd(v, old), p, ALIGN4, mask])
 
     # ------------------------------------------------------------ the dot form (n <= DOT_COLUMNS)
     def pack_bt(self) -> ir.Function:
-        """pack_bt(B, Bp, n, k, step, cols): Bp[(c*cols + j)*16 + l] = B(16c + l, j), B(k, j) at k + j*step,
-        for j < n and 16c + l < k; zero for other j < cols and l < 16 (whole chunks of 16 k)."""
+        """pack_bt(B, Bp, n, k, step, cols): Bp[(c*cols + j)*L + l] = B(Lc + l, j), B(k, j) at k + j*step,
+        for j < n and Lc + l < k; zero for other j < cols and l < L (whole chunks of L k)."""
+        L = self.L
+
         def make():
             fn, b = self._function("pack_bt", [PTR, PTR] + [I64] * 4)
             src, dst, n, k, step, cols = fn.args
-            with _Loop(b, 0, k, 16, "kk") as kk:
+            with _Loop(b, 0, k, L, "kk") as kk:
                 mask = self.lanes_below(b, b.sub(k, kk))
                 chunk = self.at(b, dst, b.mul(kk, cols))
                 with _Loop(b, 0, cols, 1, "j") as j:
-                    keep = b.and_(mask, _splat(b, b.icmp_signed("<", j, n), MASK))
-                    v = b.call(self.load_masked, [self.at(b, src, b.add(b.mul(j, step), kk)), ALIGN4, keep, ZERO])
-                    b.store(v, self.at(b, chunk, b.mul(j, c64(16))), align=64)
+                    keep = b.and_(mask, _splat(b, b.icmp_signed("<", j, n), self.mask))
+                    v = b.call(self.load_masked, [self.at(b, src, b.add(b.mul(j, step), kk)), ALIGN4, keep,
+                                                  self.zero])
+                    b.store(v, self.at(b, chunk, b.mul(j, c64(L))), align=4 * L)
             b.ret_void()
             return fn
         return self._shared("pack_bt", make)
@@ -387,37 +445,43 @@ class _Library:
     def dot(self, rows_per: int, cols: int) -> ir.Function:
         """dot(A, Bp, C, rows, n, k, a_step, ldc): C[r*ldc + j] = sum_k A[r*a_step + k] * Bt(j, k) for r <
         rows, j < n (<= cols), Bt packed by `pack_bt`: `rows_per` rows at a time, one vector accumulator
-        per element of C (summed across lanes at the end), A read in place (its last chunk masked)."""
+        per element of C (summed across lanes at the end, L columns at a time), A read in place (its
+        last chunk masked)."""
+        L = self.L
+
         def make():
             fn, b = self._function(f"dot{rows_per}x{cols}", list(DOT.args))
             a, bp, c, rows, n, k, a_step, ldc = fn.args
             for arg in (a, bp, c):
                 arg.add_attribute("noalias")
-            full = b.and_(k, c64(-16))
+            full = b.and_(k, c64(-L))
             tail = self.lanes_below(b, b.sub(k, full))
-            store = self.lanes_below(b, n)
+            stores = [self.lanes_below(b, b.sub(n, c64(j))) for j in range(0, cols, L)]
             last = b.sub(rows, c64(1))
             with _Loop(b, 0, rows, rows_per, "i") as i:
                 lines = [self.at(b, a, b.mul(self.minimum(b, b.add(i, c64(r)), last), a_step))  # in bounds
                          for r in range(rows_per)]
 
                 def chunk(acc, kk, mask):
-                    av = [b.call(self.load_masked, [self.at(b, line, kk), ALIGN4, mask, ZERO]) if mask is not None
-                          else b.load(self.at(b, line, kk), typ=VEC, align=4) for line in lines]
+                    av = [b.call(self.load_masked, [self.at(b, line, kk), ALIGN4, mask, self.zero])
+                          if mask is not None else b.load(self.at(b, line, kk), typ=self.vec, align=4)
+                          for line in lines]
                     packed = self.at(b, bp, b.mul(kk, c64(cols)))
                     out = list(acc)
                     for j in range(cols):
-                        bv = b.load(self.at(b, packed, 16 * j), typ=VEC, align=64)
+                        bv = b.load(self.at(b, packed, L * j), typ=self.vec, align=4 * L)
                         for r in range(rows_per):
                             out[r * cols + j] = b.call(self.fma, [av[r], bv, acc[r * cols + j]])
                     return out
 
-                acc = _accumulate(b, full, rows_per * cols, lambda acc, kk: chunk(acc, kk, None))
-                acc = chunk(acc, full, tail)            # the last k % 16 (zero lanes when none)
+                acc = _accumulate(b, full, rows_per * cols, self.vec, lambda acc, kk: chunk(acc, kk, None))
+                acc = chunk(acc, full, tail)            # the last k % L (zero lanes when none)
                 for r in range(rows_per):
                     with b.if_then(b.icmp_signed("<", b.add(i, c64(r)), rows)):
-                        sums = _lane_sums(b, acc[r * cols:(r + 1) * cols])
-                        b.call(self.store_masked, [sums, self.at(b, c, b.mul(b.add(i, c64(r)), ldc)), ALIGN4, store])
+                        line = self.at(b, c, b.mul(b.add(i, c64(r)), ldc))
+                        for g, store in enumerate(stores):
+                            sums = _lane_sums(b, acc[r * cols + g * L:r * cols + min(cols, (g + 1) * L)], self.zero)
+                            b.call(self.store_masked, [sums, self.at(b, line, g * L), ALIGN4, store])
             b.ret_void()
             return fn
         return self._shared(("dot", rows_per, cols), make)
@@ -441,9 +505,11 @@ class _Library:
          b_outer, b_inner, b_in_place, dot_cols, pack_a, pack_b, slim) = fn.args
         for arg in (A, B, C):
             arg.add_attribute("noalias")
-        packed_b = b.alloca(ir.ArrayType(F32, GROUP * KC * NR))
+        L, NR = self.L, self.NR
+        dot_b = -(-MatmulKernel.DOT_K[1] // L) * L * DOT_COLUMNS        # the dot form's packed B
+        packed_b = b.alloca(ir.ArrayType(F32, max(GROUP * KC * NR, dot_b)))
         packed_b.align = 64
-        packed_a = b.alloca(ir.ArrayType(F32, MC * KC))
+        packed_a = b.alloca(ir.ArrayType(F32, self.MC * A_ROWS))
         packed_a.align = 64
         panels = b.udiv(b.add(n, c64(NR - 1)), c64(NR))
         per_batch = b.mul(slices, panels)
@@ -474,14 +540,15 @@ class _Library:
     def _dot_unit(self, b, a, bm, c, packed, m0, m1, n, k, a_step, b_step, cols) -> None:
         """Rows [m0, m1) of one C in the dot form of `cols` columns."""
         b.call(self.pack_bt(), [bm, packed, n, k, b_step, cols])
-        b.call(self.dot(DOT_ROWS, DOT_COLUMNS), [self.at(b, a, b.mul(m0, a_step)), packed, self.at(b, c, b.mul(m0, n)),
+        b.call(self.dot(self.dot_rows, DOT_COLUMNS), [self.at(b, a, b.mul(m0, a_step)), packed, self.at(b, c, b.mul(m0, n)),
                                                  b.sub(m1, m0), n, k, a_step, n])
 
     def _panel_unit(self, b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_in_place, pack_a,
                     pack_b, slim) -> None:
         """Panels p0 .. p0 + count of rows [m0, m1) of one C: BLIS's loops over K blocks, A blocks,
         panels and micro-tiles."""
-        wide, short = self.micro(2), self.micro(2, SHORT)
+        L, MR, NR, MC = self.L, self.MR, self.NR, self.MC
+        wide, short = self.micro(2), self.micro(2, self.short_rows)
         in_place_micro = self.micro(2, in_place=True)    # also for <= SHORT rows: as fast as packing B
         in_place = b.icmp_signed("!=", b_in_place, c64(0))
         with _Loop(b, 0, k, KC, "kc") as kc:
@@ -498,12 +565,12 @@ class _Library:
                     bq = b.select(in_place, self.at(b, bm, b.add(b.mul(kc, b_step), j)),
                                   self.at(b, packed_b, b.mul(q, c64(KC * NR))))
                     bq_step = b.select(in_place, b_step, c64(NR))
-                    edge = b.select(b.icmp_signed("<=", width, c64(16)), slim, wide)
+                    edge = b.select(b.icmp_signed("<=", width, c64(L)), slim, wide)
                     with _Loop(b, 0, mb, MR, "rows") as i:
                         rows = self.minimum(b, b.sub(mb, i), MR)
-                        small = b.icmp_signed("<=", rows, c64(SHORT))
+                        small = b.icmp_signed("<=", rows, c64(self.short_rows))
                         micro = b.select(in_place, in_place_micro, b.select(small, short, edge))
-                        b.call(micro, [self.at(b, packed_a, b.mul(i, c64(KC))), bq,
+                        b.call(micro, [self.at(b, packed_a, b.mul(i, c64(A_ROWS))), bq,
                                        self.at(b, c, b.add(b.mul(b.add(ic, i), n), j)), bq_step, n,
                                        kb, rows, width, add])
 
@@ -551,72 +618,88 @@ class _Loop(_WhileLoop):
 def _splat(b: ir.IRBuilder, value: ir.Value, vector: ir.VectorType) -> ir.Value:
     """`value` in every lane of a `vector`."""
     undefined = ir.Constant(vector, ir.Undefined)
-    return b.shuffle_vector(b.insert_element(undefined, value, c64(0)), undefined, SPLAT)
+    first = ir.Constant(ir.VectorType(I32, vector.count), None)
+    return b.shuffle_vector(b.insert_element(undefined, value, c64(0)), undefined, first)
 
 
-def _transpose16(b: ir.IRBuilder, rows: list) -> list:
-    """The 16x16 transpose of 16 vectors: swap the off-diagonal d x d blocks for d = 8, 4, 2, 1."""
-    for d in (8, 4, 2, 1):
+def _shuffle(lanes: list) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I32, len(lanes)), lanes)
+
+
+def _transpose(b: ir.IRBuilder, rows: list) -> list:
+    """The L x L transpose of L vectors of L lanes: swap the off-diagonal d x d blocks for d = L/2, ..., 1."""
+    n = len(rows)
+    d = n // 2
+    while d:
         out = list(rows)
-        for r in range(16):
+        for r in range(n):
             if r & d:
                 continue
             x, y = rows[r], rows[r + d]
-            out[r] = b.shuffle_vector(x, y, ir.Constant(V_I32, [c if not c & d else 16 + c - d for c in range(16)]))
-            out[r + d] = b.shuffle_vector(x, y, ir.Constant(V_I32, [c + d if not c & d else 16 + c for c in range(16)]))
+            out[r] = b.shuffle_vector(x, y, _shuffle([c if not c & d else n + c - d for c in range(n)]))
+            out[r + d] = b.shuffle_vector(x, y, _shuffle([c + d if not c & d else n + c for c in range(n)]))
         rows = out
+        d //= 2
     return rows
 
 
-def _accumulate(b: ir.IRBuilder, stop, count: int, body) -> list:
-    """`count` vector accumulators, from zero, through `acc = body(acc, kk)` for kk in range(0, stop, 16)."""
+def _accumulate(b: ir.IRBuilder, stop, count: int, vec: ir.VectorType, body) -> list:
+    """`count` accumulators of type `vec`, from zero, through `acc = body(acc, kk)` for kk in range(0,
+    stop, lanes)."""
     fn, pre = b.function, b.block
+    zero = ir.Constant(vec, None)
     loop, done = fn.append_basic_block("chunk"), fn.append_basic_block("chunk.done")
     b.cbranch(b.icmp_signed("<", c64(0), stop), loop, done)
     b.position_at_end(loop)
     kk = b.phi(I64, name="kk")
     kk.add_incoming(c64(0), pre)
-    acc = [b.phi(VEC) for _ in range(count)]
+    acc = [b.phi(vec) for _ in range(count)]
     for p in acc:
-        p.add_incoming(ZERO, pre)
+        p.add_incoming(zero, pre)
     new = body(acc, kk)
     end = b.block
     for p, v in zip(acc, new):
         p.add_incoming(v, end)
-    following = b.add(kk, c64(16))
+    following = b.add(kk, c64(vec.count))
     kk.add_incoming(following, end)
     b.cbranch(b.icmp_signed("<", following, stop), loop, done)
     b.position_at_end(done)
-    out = [b.phi(VEC) for _ in range(count)]
+    out = [b.phi(vec) for _ in range(count)]
     for o, v in zip(out, new):
-        o.add_incoming(ZERO, pre)
+        o.add_incoming(zero, pre)
         o.add_incoming(v, end)
     return out
 
 
-def _lane_sums(b: ir.IRBuilder, vectors: list) -> ir.Value:
-    """The vector whose lane j is the sum of the lanes of vectors[j] (at most 16): a tree of 15
-    two-vector steps (each adds the halves of 2d-lane blocks of two vectors side by side, d = 8, 4, 2,
-    1), the inputs placed so that the sums come out in order."""
+def _lane_sums(b: ir.IRBuilder, vectors: list, zero: ir.Constant) -> ir.Value:
+    """The vector whose lane j is the sum of the lanes of vectors[j] (at most L, the lanes of `zero`,
+    the vector type's zero): a tree of L - 1 two-vector steps (each adds the halves of 2d-lane blocks of
+    two vectors side by side, d = L/2, ..., 1), the inputs placed so that the sums come out in order."""
+    n = zero.type.count
+    widths = []
+    d = n // 2
+    while d:
+        widths.append(d)
+        d //= 2
+
     def step(d):
-        lo = [(L // (2 * d)) * 2 * d + L % (2 * d) + (0 if L % (2 * d) < d else 16 - d) for L in range(16)]
+        lo = [i if i % (2 * d) < d else n + i - d for i in range(n)]
         return lo, [i + d for i in lo]
 
-    owners = [[j] * 16 for j in range(16)]          # which input each lane's partial sum belongs to
-    for d in (8, 4, 2, 1):
+    owners = [[j] * n for j in range(n)]            # which input each lane's partial sum belongs to
+    for d in widths:
         merged = []
         for x, y in zip(owners[::2], owners[1::2]):
             merged.append([(x + y)[i] for i in step(d)[0]])
         owners = merged
     position = owners[0]                            # lane L ends up with the input at position[L]
-    placed = [ZERO] * 16
+    placed = [zero] * n
     for lane, vector in enumerate(vectors):
         placed[position[lane]] = vector
-    for d in (8, 4, 2, 1):
+    for d in widths:
         merged = []
         for x, y in zip(placed[::2], placed[1::2]):
             lo, hi = step(d)
-            merged.append(b.fadd(b.shuffle_vector(x, y, ir.Constant(V_I32, lo)),
-                                 b.shuffle_vector(x, y, ir.Constant(V_I32, hi))))
+            merged.append(b.fadd(b.shuffle_vector(x, y, _shuffle(lo)), b.shuffle_vector(x, y, _shuffle(hi))))
         placed = merged
     return placed[0]

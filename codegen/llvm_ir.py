@@ -107,7 +107,7 @@ def render_program(program: Program) -> RenderedProgram:
     b.ret_void()
     _segment_entry(module, program, entries, checked)
     return RenderedProgram(str(module), ENTRY, tuple(f.name for f in entries), tuple(checks),
-                           any(isinstance(k, MatmulKernel) for k in program.kernels), SEGMENT)
+                           _gemm_lanes(program), SEGMENT)
 
 
 def _segment_entry(module: ir.Module, program: Program, entries: list, checked: list) -> None:
@@ -171,6 +171,13 @@ def canonical_kernel(kernel: Kernel):
         return type(st)(**{**st.__dict__, "value": expr(st.value)})
 
     return stmt(kernel.outer)
+
+
+def _gemm_lanes(program: Program) -> int:
+    """The vector width of the GEMM library the program's matmuls call (0: none)."""
+    lanes = {k.lanes for k in program.kernels if isinstance(k, MatmulKernel)}
+    assert len(lanes) <= 1, f"matmuls of one program for GEMM libraries of {sorted(lanes)} lanes"
+    return lanes.pop() if lanes else 0
 
 
 def _matmul_key(kernel: MatmulKernel):

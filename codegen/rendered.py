@@ -28,7 +28,7 @@ class Check:
 # The GEMM library (codegen.llvm_gemm.library_ir): a module with matmuls exports GEMM_TABLE, an array of
 # pointers that the loader fills with the addresses of the library's GEMM_EXPORTS, in this order.
 GEMM_TABLE = "tt_gemm_table"
-GEMM_PARTS = ("driver", "pack_a_rows", "pack_a_cols", "pack_b_rows", "pack_b_cols", "micro14x16", "micro14x32")
+GEMM_PARTS = ("driver", "pack_a_rows", "pack_a_cols", "pack_b_rows", "pack_b_cols", "micro_slim", "micro_wide")
 GEMM_EXPORTS = tuple(f"tt_gemm.{part}" for part in GEMM_PARTS)
 
 
@@ -38,7 +38,8 @@ class RenderedProgram:
     entry: str                            # void program(ptr table, ptr err)
     kernel_entries: tuple[str, ...]       # per kernel (program.kernels order): void (ptr table, ptr err, i64, i64)
     checks: tuple[Check, ...]             # error flag value i+1 -> checks[i]
-    gemm: bool = False                    # it calls the GEMM library through its GEMM_TABLE
+    gemm: int = 0                         # it calls the GEMM library of vectors of that many floats through
+                                          # its GEMM_TABLE (0: no matmul)
     segment: str = ""                     # void (ptr table, ptr err, i64 first, i64 last): kernels first..last-1
 
     @property

@@ -34,6 +34,15 @@ def host_fingerprint() -> str | None:
     return f"host {h.hexdigest()}"
 
 
+def gemm_lanes() -> int:
+    """The vector width (floats) the generated GEMM uses on this host: 16 with AVX-512, 8 with AVX2
+    and FMA, 0 without them (numpy's BLAS then)."""
+    flags = cpu_flags()
+    if "avx512f" in flags:
+        return 16
+    return 8 if {"avx2", "fma"} <= flags else 0
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_flags() -> frozenset:
     """The first CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""

@@ -77,9 +77,10 @@ ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 RANGE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 
-def _gemm_library_ir() -> str:
-    from codegen.llvm_gemm import library_ir
-    return library_ir()
+def library_ir(lanes: int) -> str:
+    """codegen.llvm_gemm.library_ir, imported on first use (a warm start renders no IR)."""
+    from codegen.llvm_gemm import library_ir as render
+    return render(lanes)
 
 
 def render_program(program: Program) -> RenderedProgram:
@@ -125,7 +126,7 @@ class LLVMEngine:
         self._lock = threading.Lock()
         self._compiler_lock = threading.Lock()
         self._team = None
-        self._gemm = None                        # the GEMM library's loaded code, once a module needs it
+        self._gemm: dict = {}                    # lanes -> the GEMM library's loaded code, once a module needs it
         self.team_error: str | None = None      # why the native team could not be made, if it could not
         self.threads = threads or default_threads()
         self.pool = BufferPool()
@@ -183,7 +184,7 @@ class LLVMEngine:
             library = self._library(key, rendered.ir, rendered.exports)
             self._store_index(pkey, key, rendered)
         if rendered.gemm:
-            self._link_gemm(library)
+            self._link_gemm(library, rendered.gemm)
         self._programs[pkey] = (key, RenderedProgram("", rendered.entry, rendered.kernel_entries, rendered.checks,
                                                      rendered.gemm, rendered.segment))
         self.stats.load_seconds += time.perf_counter() - t0
@@ -197,7 +198,7 @@ class LLVMEngine:
         try:
             d = json.loads(blob)
             checks = tuple(Check(_EXCEPTIONS[name], message) for name, message in d["checks"])
-            return d["key"], RenderedProgram("", d["entry"], tuple(d["kernel_entries"]), checks, bool(d["gemm"]),
+            return d["key"], RenderedProgram("", d["entry"], tuple(d["kernel_entries"]), checks, int(d["gemm"]),
                                              str(d["segment"]))
         except (ValueError, KeyError, TypeError):
             return None
@@ -210,16 +211,17 @@ class LLVMEngine:
              "segment": rendered.segment}
         self.cache.store(pkey, json.dumps(d).encode(), ".json")
 
-    def _link_gemm(self, library) -> None:
-        """Fill a loaded module's GEMM table with the GEMM library's functions (compiled, or loaded from
-        the disk cache, once per process; kept loaded as long as the engine)."""
-        if self._gemm is None:
-            key = "gemm-" + hashlib.sha256(f"{self.target}\0{RENDERER_VERSION}\0no passes".encode()).hexdigest()
+    def _link_gemm(self, library, lanes: int) -> None:
+        """Fill a loaded module's GEMM table with the functions of the GEMM library for vectors of `lanes`
+        floats (compiled, or loaded from the disk cache, once per process; kept loaded as long as the engine)."""
+        gemm = self._gemm.get(lanes)
+        if gemm is None:
+            key = "gemm-" + hashlib.sha256(f"{self.target}\0{RENDERER_VERSION}\0{lanes}\0no passes".encode()).hexdigest()
             # no IR passes: its IR is already what the machine code should be, and O3 made it slower
             # (128x512x784: 260 -> 311 GFLOP/s without them; 0.045 s less compile time)
-            self._gemm = self._library(key, _gemm_library_ir, GEMM_EXPORTS, optimize=False)
+            gemm = self._gemm[lanes] = self._library(key, lambda: library_ir(lanes), GEMM_EXPORTS, optimize=False)
         table = (ctypes.c_void_p * len(GEMM_EXPORTS)).from_address(library[GEMM_TABLE])
-        table[:] = [self._gemm[name] for name in GEMM_EXPORTS]
+        table[:] = [gemm[name] for name in GEMM_EXPORTS]
 
     def _library(self, key: str, ir_text, exports: tuple[str, ...], optimize: bool = True):
         """The loaded code of object `key`: a SharedLibrary or an ORC resource tracker (`lib[name]` is

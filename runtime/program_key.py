@@ -43,7 +43,7 @@ def program_key(program: Program, target: str) -> str:
             out.append(f"X{step.name}:{[slot[b] for b in step.inputs]}:{[slot[b] for b in step.outputs]}")
         elif isinstance(step, MatmulKernel):
             out.append(f"M{step.name}:{slot[step.a]}:{slot[step.b]}:{slot[step.out]}:{step.batch}:{step.m}:"
-                       f"{step.n}:{step.k}:{step.a_map}:{step.b_map}")
+                       f"{step.n}:{step.k}:{step.a_map}:{step.b_map}:{step.lanes}")
         else:
             _kernel(step, slot, out)
     h = hashlib.sha256()

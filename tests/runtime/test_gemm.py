@@ -13,12 +13,20 @@ import tracetorch as tt
 from codegen.kernel import Arg, Buffer, IndexMap, MatmulKernel, Program
 from codegen.templates import elementwise_kernel
 from runtime.disk_cache import DiskCache
-from runtime.host import cpu_flags
+from runtime.host import gemm_lanes
 from runtime.llvm_engine import LLVMEngine
 from runtime.memory import MemoryPlan
 from tracetorch.dtypes import float32
 
-pytestmark = pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the generated GEMM needs AVX-512 (host has none)")
+HOST_LANES = [lanes for lanes in (16, 8) if lanes <= gemm_lanes()]    # an AVX-512 host runs both libraries
+pytestmark = pytest.mark.skipif(not HOST_LANES, reason="the generated GEMM needs AVX-512 or AVX2 with FMA (host has "
+                                                       "neither)")
+
+
+@pytest.fixture(params=HOST_LANES or [16], ids=lambda lanes: f"{lanes}lanes")
+def lanes(request) -> int:
+    """The vector width of the GEMM library under test: each one this host runs."""
+    return request.param
 
 
 def _operand(rng, shape, transposed: bool, offset: int, pad: int):
@@ -44,25 +52,26 @@ def _operand(rng, shape, transposed: bool, offset: int, pad: int):
     return store, imap, values
 
 
-def _program(name, m, n, k, batch, a_store, a_map, b_store, b_map):
+def _program(name, m, n, k, batch, a_store, a_map, b_store, b_map, lanes=16):
     a = Buffer("a", float32, a_store.shape)
     b = Buffer("b", float32, b_store.shape)
     out = Buffer("out", float32, tuple(batch) + (m, n))
-    kernel = MatmulKernel(name, a, b, out, tuple(batch), m, n, k, a_map, b_map)
+    kernel = MatmulKernel(name, a, b, out, tuple(batch), m, n, k, a_map, b_map, lanes)
     return Program(name, (kernel,), (a, b), (out,))
 
 
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (13, 10, 17), (14, 32, 16), (15, 33, 256), (29, 64, 257),
                                      (71, 100, 300), (150, 70, 600),
-                                     (10, 70, 300), (28, 40, 300),    # units of <= 14 rows: B read in place
+                                     (10, 70, 300), (28, 40, 300),    # units of <= 14 (6) rows: B read in place
                                      (71, 10, 300), (29, 12, 64), (3, 1, 100)])   # "nt": the dot form
 @pytest.mark.parametrize("a_t, b_t", [(False, False), (False, True), (True, False), (True, True)],
                          ids=["nn", "nt", "tn", "tt"])
-def test_gemm_matches_float64_for_every_layout(engine, m, n, k, a_t, b_t):
+def test_gemm_matches_float64_for_every_layout(engine, lanes, m, n, k, a_t, b_t):
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     a_store, a_map, a = _operand(rng, (m, k), a_t, offset=3, pad=5)
     b_store, b_map, b = _operand(rng, (k, n), b_t, offset=7, pad=2)
-    compiled = engine.compile(_program(f"gemm_{m}_{n}_{k}_{a_t}{b_t}", m, n, k, (), a_store, a_map, b_store, b_map))
+    compiled = engine.compile(_program(f"gemm_{m}_{n}_{k}_{a_t}{b_t}", m, n, k, (), a_store, a_map, b_store, b_map,
+                                       lanes))
     (got,) = compiled(a_store, b_store)
     want = a.astype(np.float64) @ b.astype(np.float64)
     bound = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
@@ -72,19 +81,19 @@ def test_gemm_matches_float64_for_every_layout(engine, m, n, k, a_t, b_t):
 
 
 @pytest.mark.parametrize("m, n, k", [(20, 40, 35), (20, 7, 100)], ids=["panels", "dot"])
-def test_batched_and_broadcast_operands(engine, m, n, k):
+def test_batched_and_broadcast_operands(engine, lanes, m, n, k):
     """[2, 3] batches: a has its own per batch, b one matrix per first-batch index (stride 0 on the second)."""
     rng = np.random.default_rng(5)
     a_store, a_map, a = _operand(rng, (2, 3, m, k), False, offset=1, pad=3)
     b_store, b_map2, b = _operand(rng, (2, k, n), True, offset=4, pad=1)
     b_map = IndexMap((b_map2.strides[0], 0) + b_map2.strides[1:], b_map2.offset)
-    compiled = engine.compile(_program("gemm_batched", m, n, k, (2, 3), a_store, a_map, b_store, b_map))
+    compiled = engine.compile(_program("gemm_batched", m, n, k, (2, 3), a_store, a_map, b_store, b_map, lanes))
     (got,) = compiled(a_store, b_store)
     want = a.astype(np.float64) @ b.astype(np.float64)[:, None]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_three_batch_dims_merge_into_two(engine):
+def test_three_batch_dims_merge_into_two(engine, lanes):
     """[2, 3, 4] batches: a contiguous, b one matrix per (first, second) index read again for the
     third: the first two dims merge (both operands step them as one), two remain."""
     rng = np.random.default_rng(6)
@@ -92,7 +101,7 @@ def test_three_batch_dims_merge_into_two(engine):
     a_store, a_map, a = _operand(rng, (2, 3, 4, m, k), False, offset=2, pad=1)
     b_store, b_map2, b = _operand(rng, (2, 3, k, n), True, offset=3, pad=2)
     b_map = IndexMap(b_map2.strides[:2] + (0,) + b_map2.strides[2:], b_map2.offset)
-    program = _program("gemm_batch3", m, n, k, (2, 3, 4), a_store, a_map, b_store, b_map)
+    program = _program("gemm_batch3", m, n, k, (2, 3, 4), a_store, a_map, b_store, b_map, lanes)
     assert program.steps[0].batch_dims == ((6, 4), (a_map.strides[1], a_map.strides[2]), (b_map.strides[1], 0))
     (got,) = engine.compile(program)(a_store, b_store)
     want = a.astype(np.float64) @ b.astype(np.float64)[:, :, None]
@@ -103,12 +112,12 @@ def test_three_batch_dims_merge_into_two(engine):
 @pytest.mark.parametrize("m, n, k, b_t, slices", [(200, 300, 190, True, 1), (333, 100, 190, True, 2),
                                                  (2000, 10, 300, True, 4), (14, 2048, 300, False, 1)],
                          ids=["wide", "tall", "dot", "b in place"])
-def test_threaded_gemm_equals_single_thread(engine, tmp_path, m, n, k, b_t, slices):
+def test_threaded_gemm_equals_single_thread(engine, tmp_path, lanes, m, n, k, b_t, slices):
     # 2*m*n*k above PARALLEL_MIN_COST: split across the team; a tall C by row slices, a wide one by panels
     rng = np.random.default_rng(9)
     a_store, a_map, a = _operand(rng, (m, k), False, 0, 0)
     b_store, b_map, b = _operand(rng, (k, n), b_t, 0, 0)
-    program = _program("gemm_threads", m, n, k, (), a_store, a_map, b_store, b_map)
+    program = _program("gemm_threads", m, n, k, (), a_store, a_map, b_store, b_map, lanes)
     assert program.steps[0].row_slices == slices
     threaded = engine.compile(program)
     assert engine.threads > 1 or pytest.skip("one CPU")
@@ -136,7 +145,7 @@ def test_row_slices_follow_the_shape():
 
 @pytest.mark.parametrize("m, n, k, b_t", [(13, 48, 20, False), (16, 10, 33, False), (3, 16, 1, False),
                                           (32, 10, 100, True), (4, 12, 70, True)])     # the dot form
-def test_gemm_writes_nothing_outside_its_output(engine, m, n, k, b_t):
+def test_gemm_writes_nothing_outside_its_output(engine, lanes, m, n, k, b_t):
     """The output sits in the arena between two sentinel buffers (no gap): they keep their values."""
     rng = np.random.default_rng(11)
     a_np = rng.standard_normal((m, k)).astype(np.float32)
@@ -150,7 +159,7 @@ def test_gemm_writes_nothing_outside_its_output(engine, m, n, k, b_t):
     flat = {"x": (fill, IndexMap.contiguous((16,)))}
     steps = [elementwise_kernel("sentinels", (16,), flat, [(before, Arg("x", float32)), (after, Arg("x", float32))]),
              MatmulKernel("gemm", a, b, product, (), m, n, k, IndexMap.contiguous((m, k)),
-                          IndexMap((1, k)) if b_t else IndexMap((n, 1))),
+                          IndexMap((1, k)) if b_t else IndexMap((n, 1)), lanes),
              elementwise_kernel("copy_before", (16,), {"x": (before, IndexMap.contiguous((16,)))},
                                 [(outs[0], Arg("x", float32))]),
              elementwise_kernel("copy_product", (m, n), {"x": (product, IndexMap.contiguous((m, n)))},
@@ -173,10 +182,10 @@ def test_gemm_writes_nothing_outside_its_output(engine, m, n, k, b_t):
 def test_the_dot_form_takes_few_columns_contiguous_along_k():
     rng = np.random.default_rng(2)
 
-    def kernel(m, n, k, a_t=False, b_t=True):
+    def kernel(m, n, k, a_t=False, b_t=True, lanes=16):
         a_store, a_map, _ = _operand(rng, (m, k), a_t, 0, 0)
         b_store, b_map, _ = _operand(rng, (k, n), b_t, 0, 0)
-        return _program("form", m, n, k, (), a_store, a_map, b_store, b_map).steps[0]
+        return _program("form", m, n, k, (), a_store, a_map, b_store, b_map, lanes).steps[0]
 
     assert kernel(40, 10, 512).dot_form and kernel(3, 1, 64).dot_form and kernel(20, 12, 784).dot_form
     assert not kernel(40, 13, 512).dot_form               # too many columns: panels
@@ -186,6 +195,9 @@ def test_the_dot_form_takes_few_columns_contiguous_along_k():
     assert not kernel(40, 10, 512, a_t=True).dot_form
     assert kernel(14, 40, 300, b_t=False).b_in_place and kernel(28, 40, 300, b_t=False).b_in_place
     assert not kernel(14, 40, 300).b_in_place and not kernel(100, 40, 300, b_t=False).b_in_place
+    # AVX2's micro-kernels have 6 rows: units of at most 6 read B in place
+    assert kernel(6, 40, 300, b_t=False, lanes=8).b_in_place and kernel(12, 16, 300, b_t=False, lanes=8).b_in_place
+    assert not kernel(14, 40, 300, b_t=False, lanes=8).b_in_place
 
 
 def test_kernel_rejects_maps_outside_its_buffers_and_layouts_without_a_unit_stride():
@@ -233,7 +245,7 @@ def test_explain_names_each_matmul_form():
     notes = [line.strip() for line in f.explain(x, w, v, y).splitlines() if "matmul: generated GEMM" in line]
     assert len(notes) == 3
     assert "a dot product per element" in notes[0]
-    assert "32-column panels" in notes[1] and "in place" not in notes[1]
+    assert "-column panels" in notes[1] and "in place" not in notes[1]
     assert "B read in place" in notes[2]
 
 
@@ -273,7 +285,7 @@ def test_the_gemm_library_is_compiled_once_and_a_warm_engine_compiles_nothing(tm
                       a.astype(np.float64) @ b.astype(np.float64)))
     rendered = render_program(cases[0][0])
     assert rendered.gemm and GEMM_TABLE in rendered.exports
-    assert "define void @\"tt_gemm." not in rendered.ir and "micro14x32" not in rendered.ir
+    assert "define void @\"tt_gemm." not in rendered.ir and "micro_wide\"(" not in rendered.ir
     for warm in (False, True):
         engine = LLVMEngine(cache=DiskCache(tmp_path), threads=2)
         for n, (program, a_store, b_store, want) in enumerate(cases):

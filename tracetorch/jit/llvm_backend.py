@@ -29,7 +29,7 @@ from codegen.kernel import ExternCall
 
 from .ir import Graph
 from .lowering import LoweredProgram, group_of, lower_program
-from runtime.host import cpu_flags
+from runtime.host import gemm_lanes
 from runtime.interrupts import FinishedInterrupt
 from runtime.memory import storage_root
 
@@ -89,11 +89,13 @@ class LLVMBackend:
         return self.name == "llvm"
 
     @property
-    def generated_matmuls(self) -> bool:
-        """float32 matmuls as generated GEMM kernels (codegen.llvm_gemm) rather than numpy's BLAS: on
-        x86-64 hosts with AVX-512, where they ran faster than OpenBLAS; `$TRACETORCH_GEMM=0` turns them off."""
-        return self.name == "llvm" and "avx512f" in cpu_flags() and \
-            os.environ.get("TRACETORCH_GEMM", "1").strip() not in ("0", "")
+    def generated_matmuls(self) -> int:
+        """The vector width (floats) of generated GEMM kernels (codegen.llvm_gemm) for float32 matmuls,
+        or 0 for numpy's BLAS: x86-64 hosts with AVX-512 (16) or AVX2 and FMA (8), where they ran faster
+        than OpenBLAS; `$TRACETORCH_GEMM=0` turns them off."""
+        if self.name != "llvm" or os.environ.get("TRACETORCH_GEMM", "1").strip() in ("0", ""):
+            return 0
+        return gemm_lanes()
 
     def build(self, lowered: LoweredProgram):
         """The engine's compiled program of `lowered` (a subclass may rewrite steps first)."""

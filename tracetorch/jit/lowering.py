@@ -53,14 +53,15 @@ class LoweredProgram:
 
 
 def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: bool = False,
-                  name: str | None = None, scatter: bool = False, matmuls: bool = False,
+                  name: str | None = None, scatter: bool = False, matmuls: int = 0,
                   cpu_forms: bool = False) -> LoweredProgram:
     """`scatter`: lower index_put to a serial scatter kernel where it can (`_scatter_kernel`), not to an
     extern call of numpy's kernel (np.add.at took ~0.5 ms for an embedding gradient of 512 rows).
     `cpu_forms`: kernels shaped for CPU threads (the CUDA backend has its own): cat as a copy kernel
     (`_cat_kernel`), not numpy's concatenate; a column reduction over many rows with no kept outer dim
     split into partial sums per chunk of rows (`codegen.templates._row_chunks`), not one serial pass.
-    `matmuls`: lower float32 matmuls to generated GEMM kernels (`_matmul_kernel`), not to numpy's BLAS."""
+    `matmuls`: lower float32 matmuls to generated GEMM kernels (`_matmul_kernel`) of vectors of that many
+    floats (`runtime.host.gemm_lanes`), not to numpy's BLAS (0)."""
     name = name or graph.name
     input_index = {v: i for i, v in enumerate(graph.inputs)}
     constants: dict = {}                      # Value -> array
@@ -176,13 +177,13 @@ def _scratch(buffers: list, g: FusionGroup):
 
 
 def _lower_group(g: FusionGroup, buffer_of: dict, overwrites: dict, scatter: bool = False,
-                 matmuls: bool = False, cpu_forms: bool = False, scratch=None):
+                 matmuls: int = 0, cpu_forms: bool = False, scratch=None):
     if g.kind == EXTERN:
         if scatter and _scatter_form(g.extern):
             return _scatter_kernel(g, buffer_of)
         if cpu_forms and _cat_form(g, buffer_of):
             return _cat_kernel(g, buffer_of)
-        kernel = _matmul_kernel(g, buffer_of) if matmuls else None
+        kernel = _matmul_kernel(g, buffer_of, matmuls) if matmuls else None
         return kernel if kernel is not None else _extern_call(g, buffer_of)
     inputs = {name: (buffer_of[acc.value], _index(g, acc, buffer_of)) for name, acc in g.args.items()}
     order = _store_order(g, overwrites)
@@ -419,11 +420,11 @@ def _cat_kernel(g: FusionGroup, buffer_of: dict):
 
 
 # ---------------------------------------------------------------- generated matmuls
-MATMUL_NOTE = ("matmul: generated GEMM kernel (AVX-512, {form} split across cores); "
+MATMUL_NOTE = ("matmul: generated GEMM kernel ({isa}, {form} split across cores); "
                "its consumers fuse into the next kernel")
 
 
-def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
+def _matmul_kernel(g: FusionGroup, buffer_of: dict, lanes: int) -> MatmulKernel | None:
     """A float32 matmul of matrices (batched, broadcast) as a `MatmulKernel` reading its operands
     through their strided layouts; None where the generated GEMM does not take it (vectors, other
     dtypes, `MatmulKernel.takes`, an output in an operand's memory)."""
@@ -449,7 +450,7 @@ def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
     a_buf, b_buf, out_buf = buffer_of[a], buffer_of[b], buffer_of[out]
     if not MatmulKernel.takes(batch, m, n, k, a_map.strides, b_map.strides) or out_buf in (a_buf, b_buf):
         return None
-    kernel = MatmulKernel(g.name, a_buf, b_buf, out_buf, batch, m, n, k, a_map, b_map)
+    kernel = MatmulKernel(g.name, a_buf, b_buf, out_buf, batch, m, n, k, a_map, b_map, lanes)
     note = matmul_note(kernel)
     g.notes = [note if n.startswith("matmul:") else n for n in g.notes]
     g.lowered_as = "gemm"
@@ -458,13 +459,14 @@ def _matmul_kernel(g: FusionGroup, buffer_of: dict) -> MatmulKernel | None:
 
 def matmul_note(kernel: MatmulKernel) -> str:
     """What explain() says of a generated GEMM: its form."""
+    panels = f"{kernel.shape.panel}-column panels"
     if kernel.dot_form:
         form = f"a dot product per element: C has at most {kernel.DOT_COLUMNS} columns; row slices"
     elif kernel.b_in_place:
-        form = f"32-column panels (B read in place: at most {kernel.ROW_BLOCK} rows)"
+        form = f"{panels} (B read in place: at most {kernel.shape.row_block} rows)"
     else:
-        form = "32-column panels"
-    return MATMUL_NOTE.format(form=form)
+        form = panels
+    return MATMUL_NOTE.format(isa="AVX-512" if kernel.lanes == 16 else "AVX2", form=form)
 
 
 # ---------------------------------------------------------------- extern calls
