@@ -98,6 +98,22 @@ def test_fold_simplify_cse_dce():
     np.testing.assert_allclose(_run(final, x)[0], _run(g, x)[0], rtol=1e-6)
 
 
+def test_permutes_of_permutes_compose_and_cancel():
+    def f(x):
+        back = x.permute(2, 0, 1).permute(1, 2, 0)            # the identity: dropped
+        turned = x.permute(1, 0, 2).permute(0, 2, 1)          # one permute (1, 2, 0)
+        return back * 2.0, turned + 1.0
+
+    x = tt.tensor(np.arange(24.0, dtype=np.float32).reshape(2, 3, 4))
+    g = lower_markers(functionalize(_trace(f, x)))
+    simple = verify(dce(simplify(g)), pure=True)
+    permutes = [n for n in simple.nodes if n.op.name == "permute"]
+    assert [tuple(n.attrs["dims"]) for n in permutes] == [(1, 2, 0)] and permutes[0].inputs[0] is simple.inputs[0]
+    for got, want in zip(_run(simple, x.numpy()), _run(g, x.numpy())):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(_run(simple, x.numpy())[1], x.numpy().transpose(1, 2, 0) + 1)
+
+
 def test_joint_graph_partition_saves_residuals():
     def f(x, w):
         return (x @ w).tanh()

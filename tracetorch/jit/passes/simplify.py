@@ -69,6 +69,16 @@ def _identity_permute(n, ctx):
     return n.inputs[0] if tuple(n.attrs["dims"]) == tuple(range(len(n.attrs["dims"]))) else None
 
 
+def _permute_of_permute(n, ctx):
+    """permute(permute(x, d1), d2) -> permute(x, d1[d2]) (the identity rule may then drop it): a
+    Linear's weight gradient comes out of autodiff as the transpose of the transpose of (g^T x)."""
+    p = ctx.producer.get(n.inputs[0])
+    if p is None or p.op.name != "permute":
+        return None
+    inner = tuple(p.attrs["dims"])
+    return Node(n.op, (p.inputs[0],), n.outputs, {"dims": tuple(inner[d] for d in n.attrs["dims"])}, n.where)
+
+
 def _double_negation(n, ctx):
     p = ctx.producer.get(n.inputs[0])
     if p is not None and p.op.name == "neg" and _same(p.inputs[0], n):
@@ -190,7 +200,7 @@ RULES = {
     "expand": [_same_input],
     "slice": [_same_input],
     "slice_scatter": [_scatter_of_own_slice, _tiling_scatters],
-    "permute": [_identity_permute],
+    "permute": [_identity_permute, _permute_of_permute],
     "where": [_where_same_branches],
     "sum": [_empty_reduction],
 }
