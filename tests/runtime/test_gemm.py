@@ -18,14 +18,16 @@ from runtime.llvm_engine import LLVMEngine
 from runtime.memory import MemoryPlan
 from tracetorch.dtypes import float32
 
-HOST_LANES = [lanes for lanes in (16, 8) if lanes <= gemm_lanes()]    # an AVX-512 host runs both libraries
+# both libraries wherever either runs: on an AVX2 host LLVM splits the AVX-512 library's 16-float vectors in
+# two (slower, same results), so its logic is checked there too
+HOST_LANES = [16, 8] if gemm_lanes() else []
 pytestmark = pytest.mark.skipif(not HOST_LANES, reason="the generated GEMM needs AVX-512 or AVX2 with FMA (host has "
                                                        "neither)")
 
 
 @pytest.fixture(params=HOST_LANES or [16], ids=lambda lanes: f"{lanes}lanes")
 def lanes(request) -> int:
-    """The vector width of the GEMM library under test: each one this host runs."""
+    """The vector width of the GEMM library under test."""
     return request.param
 
 
