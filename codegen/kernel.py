@@ -344,7 +344,8 @@ class GemmShape:
     AVX2: 12 of 16 ymm, the other registers hold B's two vectors and A's broadcast)."""
     lanes: int              # floats per vector register
     row_block: int          # C rows per micro-kernel call (MR)
-    short_rows: int         # rows of the micro-kernel for a block's last few rows
+    short_rows: int         # rows of the micro-kernel for a block's last few rows (M = 128: 14 rows
+                            # computed for the last 2 made 9% of the work)
     dot_rows: int           # C rows per step of the dot form: dot_rows * DOT_COLUMNS accumulators
     block_rows: int         # rows of A per packed block (MC, a multiple of row_block; in L2)
 

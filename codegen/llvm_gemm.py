@@ -43,7 +43,8 @@ a vector holds 16 floats; AVX2 hosts run the same code on 8-float vectors, `kern
 
 Bounds: the operands' maps are checked over their whole shapes (`MatmulKernel.__post_init__`); rows
 past M and columns past N are touched only through masked loads and stores (masked-off lanes do not
-touch memory); plain ones only where the whole vector is inside the matrix. Scratch (packed panels, ~600 KB) is on the calling thread's stack.
+touch memory); plain ones only where the whole vector is inside the matrix. Scratch (packed panels,
+~600 KB) is on the calling thread's stack.
 
 Numerics: each C element is a sum over k in order within a K block, blocks added in order, with
 fused multiply-adds (the dot form: 16 interleaved partial sums, added in a tree): the rounding
@@ -61,8 +62,6 @@ KC = 256                     # K per packed block: a 32 KB B panel (AVX2: 16 KB)
 A_ROWS = KC + 1              # k rows per packed block of A: the last is room for plain stores' overrun
 GROUP = 16                   # panels packed together (512 KB, in L2), each reused across all of A's blocks
 AHEAD = 16                   # rows of B ahead that a micro-kernel reading B in place prefetches
-                             # shape.short_rows: the micro-kernel for a block's last <= 4 rows (M = 128:
-                             # 14 rows computed for the last 2 made 9% of the work)
 
 VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I32, I64, F32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
