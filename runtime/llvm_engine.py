@@ -5,7 +5,11 @@ its cache key, optimize at O3 for the host CPU (new pass manager, loop and
 SLP vectorization), emit position-independent object code
 (`runtime.llvm_compiler`, the only module that imports llvmlite.binding).
 Where a system linker exists (`runtime.shared_object`), the object is also
-linked into a shared object. Both are cached on disk (`runtime.disk_cache`).
+linked into a shared object, in the background: the process that compiled it
+has LLVM loaded and links it by ORC at once (the linker took ~25 ms a module,
+~0.1 s of W3's cold start), later processes load the shared object. Both are
+cached on disk (`runtime.disk_cache`); `wait_for_links()` (also run at exit)
+waits for the shared objects still being linked.
 A small index maps a hash of the program itself (`runtime.program_key`,
 with a host fingerprint read without LLVM: `runtime.host`) to its object's
 key and entry points, so a program seen before (in this process or on disk)
@@ -33,6 +37,7 @@ its exception. Modules with matmuls call the GEMM library (codegen.llvm_gemm), l
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import json
@@ -55,7 +60,7 @@ from .memory import Arena, BufferPool, MemoryPlan, sequential_plan
 from . import native_team, profiler
 from .parallel import ThreadTeam, default_threads
 from .program_key import RENDERER_VERSION, program_key
-from .shared_object import LinkError, SharedLibrary, find_linker, link_shared
+from .shared_object import LINK_TIMEOUT_S, LinkError, SharedLibrary, find_linker, link_shared
 
 _EXCEPTIONS = {e.__name__: e for e in (IndexError, ValueError, ZeroDivisionError, TypeError, ArithmeticError)}
 
@@ -73,6 +78,16 @@ PARALLEL_MIN_BYTES = 1 << 20  # buffer bytes a kernel touches from which it runs
                               # [1024, 512] ReLU kernels 0.21 -> 0.11 ms each); 512 KiB slowed W3 B=128
 _OP_COST = {"exp": 10, "log": 10, "log1p": 10, "expm1": 10, "tanh": 12, "sigmoid": 12, "sin": 10, "cos": 10,
             "pow": 20, "div": 4, "sqrt": 4, "rsqrt": 4, "floordiv": 4, "mod": 4, "random": 12}
+_PENDING_LINKS: weakref.WeakSet = weakref.WeakSet()     # background links of every engine (threads)
+
+
+@atexit.register
+def _finish_links() -> None:
+    """At exit, let the shared objects being linked reach the cache (a short cold run's would be lost)."""
+    for thread in list(_PENDING_LINKS):
+        thread.join(LINK_TIMEOUT_S)
+
+
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 RANGE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
@@ -127,6 +142,7 @@ class LLVMEngine:
         self._compiler_lock = threading.Lock()
         self._team = None
         self._gemm: dict = {}                    # lanes -> the GEMM library's loaded code, once a module needs it
+        self._links: list = []                   # threads linking shared objects for later processes
         self.team_error: str | None = None      # why the native team could not be made, if it could not
         self.threads = threads or default_threads()
         self.pool = BufferPool()
@@ -235,13 +251,14 @@ class LLVMEngine:
             lib = self._cached_shared_library(key, exports)
             if lib is None:
                 obj = self.cache.load(key) if self.cache else None
-                if obj is None:
+                if obj is None:                 # compiled now: LLVM is loaded, ORC links it at once
                     obj = self.object_code(ir_text() if callable(ir_text) else ir_text, key, optimize)
                     if self.cache:
                         self.cache.store(key, obj)
+                        self._link_later(key, obj, exports)
                 else:
                     self.stats.disk_hits += 1
-                lib = self._link_shared(key, obj, exports)
+                    lib = self._link_shared(key, obj, exports)
                 if lib is None:
                     lib = self.compiler.link(obj, exports, key)
                     self.stats.orc_links += 1
@@ -262,16 +279,34 @@ class LLVMEngine:
         self.stats.shared_loads += 1
         return lib
 
-    def _link_shared(self, key: str, obj: bytes, exports: tuple[str, ...]) -> SharedLibrary | None:
+    def _link_later(self, key: str, obj: bytes, exports: tuple[str, ...]) -> None:
+        """Link, check and cache the shared object of `obj` on a thread, for the processes that load it
+        later (this one runs the ORC copy)."""
+        if not self.shared_objects or self.linker is None:
+            return
+        thread = threading.Thread(target=self._link_shared, args=(key, obj, exports, False), daemon=True,
+                                  name="tracetorch-link")
+        self._links.append(thread)
+        _PENDING_LINKS.add(thread)
+        thread.start()
+
+    def wait_for_links(self) -> None:
+        """Wait until the shared objects this engine is linking in the background are in the cache."""
+        while self._links:
+            self._links.pop().join(LINK_TIMEOUT_S)
+
+    def _link_shared(self, key: str, obj: bytes, exports: tuple[str, ...], keep: bool = True) -> SharedLibrary | None:
         """Link `obj` into a shared object, load it and cache it. None if the linker fails (then no
-        more linking in this process) or its output cannot be loaded here (this module goes to ORC)."""
-        if self.linker == "auto":
-            self.linker = find_linker()
-        if self.linker is None:
+        more linking in this process) or its output cannot be loaded here (this module goes to ORC).
+        `keep` false: the loaded library is only a check that it loads, closed again (None)."""
+        linker = self.linker
+        if linker == "auto":
+            linker = self.linker = find_linker()
+        if linker is None:
             return None
         t0 = time.perf_counter()
         try:
-            data = link_shared(obj, self.linker)
+            data = link_shared(obj, linker)
         except LinkError as e:
             self.link_error = str(e)
             self.linker = None
@@ -282,11 +317,11 @@ class LLVMEngine:
             self.link_error = f"{type(e).__name__}: {e}"
             return None
         self.stats.links += 1
-        self.stats.shared_loads += 1
+        self.stats.shared_loads += keep
         self.stats.timings["link"] = time.perf_counter() - t0
         if self.cache:
             self.cache.store(key, data, ".so")
-        return lib
+        return lib if keep else None
 
     def object_code(self, ir_text: str, name: str, optimize: bool = True) -> bytes:
         """Optimize (O3, vectorizers on; unless not `optimize`) and compile IR text to an object file

@@ -34,6 +34,7 @@ SCRIPT = textwrap.dedent("""
     x, y = tt.randn(8, 10), tt.randint(0, 4, (8,))
     losses = [step(x, y).item() for _ in range(4)]
     engine, cache = BACKEND.engine, BACKEND.engine.cache
+    engine.wait_for_links()
     print(json.dumps({"losses": losses, "compiles": engine.stats.compiles, "disk_hits": engine.stats.disk_hits,
                       "links": engine.stats.links, "corrupt": cache.corrupt, "renders": len(renders),
                       "llvm_loaded": "llvmlite.binding" in sys.modules, "dir": str(cache.directory)}))

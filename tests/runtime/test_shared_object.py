@@ -1,9 +1,14 @@
-"""Shared objects: linked by the system linker, loaded without LLVM, unloaded with their last user;
-a missing or failing linker falls back to ORC."""
+"""Shared objects: linked by the system linker in the background of a cold compile (which runs the
+ORC copy meanwhile), loaded without LLVM, unloaded with their last user; a missing or failing linker
+falls back to ORC."""
 from __future__ import annotations
 
 import gc
 import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -32,8 +37,9 @@ def _memfd_mappings() -> int:
 @needs_linker
 def test_cold_compile_links_a_shared_object_and_a_warm_engine_loads_it(tmp_path):
     cold = LLVMEngine(cache=DiskCache(tmp_path))
-    _check(cold.compile(two_stage_program(300, name="linked")), 300)
-    assert (cold.stats.compiles, cold.stats.links, cold.stats.orc_links) == (1, 1, 0)
+    _check(cold.compile(two_stage_program(300, name="linked")), 300)    # runs the ORC copy at once
+    cold.wait_for_links()
+    assert (cold.stats.compiles, cold.stats.orc_links, cold.stats.links, cold.stats.shared_loads) == (1, 1, 1, 0)
     assert len(list(tmp_path.glob("*.so"))) == 1
     warm = LLVMEngine(cache=DiskCache(tmp_path), linker=None)     # loading needs no linker, and no LLVM
     compiled = warm.compile(two_stage_program(300, name="linked"))
@@ -54,6 +60,7 @@ def test_a_failing_linker_falls_back_to_orc_and_is_not_retried(tmp_path):
     _check(engine.compile(two_stage_program(100, name="bad_linker_1")), 100)
     if not engine.shared_objects:
         pytest.skip("shared objects are not supported here")
+    engine.wait_for_links()
     assert engine.link_error and "false" in engine.link_error and engine.linker is None
     _check(engine.compile(two_stage_program(101, name="bad_linker_2")), 101)
     assert (engine.stats.links, engine.stats.orc_links) == (0, 2)
@@ -64,6 +71,7 @@ def test_a_failing_linker_falls_back_to_orc_and_is_not_retried(tmp_path):
 def test_a_shared_object_without_an_export_is_refused_and_closed(tmp_path):
     engine = LLVMEngine(cache=DiskCache(tmp_path))
     compiled = engine.compile(two_stage_program(64, name="exports"))
+    engine.wait_for_links()
     (entry,) = tmp_path.glob("*.so")
     data = engine.cache.load(entry.name[:-3], ".so")
     before = _memfd_mappings()
@@ -78,14 +86,38 @@ def test_a_shared_object_without_an_export_is_refused_and_closed(tmp_path):
 
 @needs_linker
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads mappings from /proc")
-def test_shared_objects_are_unloaded_with_their_last_user():
-    engine = LLVMEngine(use_disk_cache=False)
+def test_shared_objects_are_unloaded_with_their_last_user(tmp_path):
+    cold = LLVMEngine(cache=DiskCache(tmp_path))
+    for n in (10, 11, 12, 13):
+        cold.compile(two_stage_program(n, name=f"unload_{n}"))
+    cold.wait_for_links()
+    del cold
+    engine = LLVMEngine(cache=DiskCache(tmp_path))              # loads the four shared objects
     gc.collect()
     mappings, fds = _memfd_mappings(), len(os.listdir("/proc/self/fd"))
     programs = [engine.compile(two_stage_program(n, name=f"unload_{n}")) for n in (10, 11, 12, 13)]
     for n, compiled in zip((10, 11, 12, 13), programs):
         _check(compiled, n)
-    assert engine.stats.links == 4 and _memfd_mappings() >= mappings + 4
+    assert engine.stats.shared_loads == 4 and _memfd_mappings() >= mappings + 4
     del programs, compiled
     gc.collect()
     assert _memfd_mappings() == mappings and len(os.listdir("/proc/self/fd")) == fds
+
+
+@needs_linker
+def test_a_process_that_exits_right_after_compiling_leaves_its_shared_object(tmp_path):
+    """The background link finishes at exit (atexit), so a short cold run's warm successors load it."""
+    here = pathlib.Path(__file__).resolve().parent
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(here.parents[1])!r}, {str(here)!r}]
+        from runtime.disk_cache import DiskCache
+        from runtime.llvm_engine import LLVMEngine
+        from sample_programs import two_stage_program
+        LLVMEngine(cache=DiskCache({str(tmp_path)!r})).compile(two_stage_program(77, name="short_run"))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    assert len(list(tmp_path.glob("*.so"))) == 1
+    warm = LLVMEngine(cache=DiskCache(tmp_path), linker=None)
+    _check(warm.compile(two_stage_program(77, name="short_run")), 77)
+    assert (warm.stats.compiles, warm.stats.shared_loads, warm.stats.orc_links) == (0, 1, 0)
