@@ -198,27 +198,20 @@ class _Library:
             src, stride, valid, depth, dst, dst_stride = fn.args
             depth_mask = self.lanes_below(b, depth)
             none = ir.Constant(self.mask, None)
-            wide = b.icmp_signed(">=", depth, c64(self.L))
-            rows = []
-            with b.if_else(wide) as (plain, masked):   # plain loads of whole rows: faster on AMD's cores
-                with plain:
-                    for r in range(self.L):
-                        inside = b.icmp_signed("<", c64(r), valid)
-                        line = b.select(inside, self.at(b, src, b.mul(c64(r), stride)), src)   # row 0: in bounds
-                        rows.append(b.select(inside, b.load(line, typ=self.vec, align=4), self.zero))
-                    first = b.block
-                with masked:
-                    edge = []
-                    for r in range(self.L):
-                        mask = b.select(b.icmp_signed("<", c64(r), valid), depth_mask, none)
-                        edge.append(b.call(self.load_masked, [self.at(b, src, b.mul(c64(r), stride)), ALIGN4, mask,
-                                                              self.zero]))
-                    second = b.block
-            for r in range(self.L):
-                joined = b.phi(self.vec)
-                joined.add_incoming(rows[r], first)
-                joined.add_incoming(edge[r], second)
-                rows[r] = joined
+            def plain():                    # whole rows: faster on AMD's cores
+                rows = []
+                for r in range(self.L):
+                    inside = b.icmp_signed("<", c64(r), valid)
+                    line = b.select(inside, self.at(b, src, b.mul(c64(r), stride)), src)   # row 0: in bounds
+                    rows.append(b.select(inside, b.load(line, typ=self.vec, align=4), self.zero))
+                return rows
+
+            def masked():
+                return [b.call(self.load_masked, [self.at(b, src, b.mul(c64(r), stride)), ALIGN4,
+                                                  b.select(b.icmp_signed("<", c64(r), valid), depth_mask, none),
+                                                  self.zero]) for r in range(self.L)]
+
+            rows = _either(b, b.icmp_signed(">=", depth, c64(self.L)), plain, masked)
             for c, column in enumerate(_transpose(b, rows)):
                 b.store(column, self.at(b, dst, b.mul(c64(c), dst_stride)), align=4)
             b.ret_void()
@@ -295,16 +288,9 @@ class _Library:
                     with _Loop(b, 0, mb, MR, "blk") as blk:
                         rows = b.and_(self.lanes_below(b, b.sub(mb, blk)), keep)
                         p = self.at(b, line, blk)
-                        with b.if_else(b.icmp_signed("<=", b.add(blk, c64(L)), mb)) as (plain, masked):
-                            with plain:
-                                whole = b.load(p, typ=self.vec, align=4)
-                                first = b.block
-                            with masked:
-                                edge = b.call(self.load_masked, [p, ALIGN4, rows, self.zero])
-                                second = b.block
-                        v = b.phi(self.vec)
-                        v.add_incoming(whole, first)
-                        v.add_incoming(edge, second)
+                        (v,) = _either(b, b.icmp_signed("<=", b.add(blk, c64(L)), mb),
+                                       lambda: [b.load(p, typ=self.vec, align=4)],
+                                       lambda: [b.call(self.load_masked, [p, ALIGN4, rows, self.zero])])
                         q = self.at(b, dst, b.add(b.mul(blk, c64(A_ROWS)), b.mul(k, c64(MR))))
                         b.store(v, q, align=4)
             b.ret_void()
@@ -499,7 +485,7 @@ class _Library:
         inner, a_outer, a_inner, b_outer, b_inner, b_in_place, dot_cols, pack_a, pack_b, edge_micro): units [start,
         stop) = (batch, row slice, panel), panels fastest; a batch index is (outer, inner) over two
         batch dims (`MatmulKernel.batch_dims`) with the operands' strides. The packers for the operands'
-        layouts and the micro-kernel of a last panel of <= 16 columns come as arguments: one loop nest
+        layouts and the micro-kernel of a last panel of <= L columns come as arguments: one loop nest
         for every matmul (each took ~25 ms of LLVM time). `b_in_place` (`MatmulKernel.b_in_place`): the
         micro-kernels read B's rows in place, not packed panels that would be read once ([10, 1024] @
         [1024, 512]: packing B was half the time). `dot_cols` > 0: the dot form of that many columns
@@ -535,8 +521,8 @@ class _Library:
                 with dot_form:
                     self._dot_unit(b, a, bm, c, packed_b, m0, m1, n, k, a_step, b_step, dot_cols)
                 with panel_form:
-                    self._panel_unit(b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_in_place,
-                                     pack_a, pack_b, slim)
+                    self._panel_unit(b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step,
+                                     b_in_place, pack_a, pack_b, slim)
             units.next(end)
         b.ret_void()
         return fn
@@ -544,8 +530,8 @@ class _Library:
     def _dot_unit(self, b, a, bm, c, packed, m0, m1, n, k, a_step, b_step, cols) -> None:
         """Rows [m0, m1) of one C in the dot form of `cols` columns."""
         b.call(self.pack_bt(), [bm, packed, n, k, b_step, cols])
-        b.call(self.dot(self.dot_rows, DOT_COLUMNS), [self.at(b, a, b.mul(m0, a_step)), packed, self.at(b, c, b.mul(m0, n)),
-                                                 b.sub(m1, m0), n, k, a_step, n])
+        b.call(self.dot(self.dot_rows, DOT_COLUMNS), [self.at(b, a, b.mul(m0, a_step)), packed,
+                                                      self.at(b, c, b.mul(m0, n)), b.sub(m1, m0), n, k, a_step, n])
 
     def _panel_unit(self, b, a, bm, c, packed_b, packed_a, p0, count, m0, m1, n, k, a_step, b_step, b_in_place, pack_a,
                     pack_b, slim) -> None:
@@ -553,7 +539,7 @@ class _Library:
         panels and micro-tiles."""
         L, MR, NR, MC = self.L, self.MR, self.NR, self.MC
         wide, short = self.micro(2), self.micro(2, self.short_rows)
-        in_place_micro = self.micro(2, in_place=True)    # also for <= SHORT rows: as fast as packing B
+        in_place_micro = self.micro(2, in_place=True)    # also for <= short_rows rows: as fast as packing B
         in_place = b.icmp_signed("!=", b_in_place, c64(0))
         with _Loop(b, 0, k, KC, "kc") as kc:
             kb = self.minimum(b, b.sub(k, kc), KC)
@@ -630,11 +616,32 @@ def _shuffle(lanes: list) -> ir.Constant:
     return ir.Constant(ir.VectorType(I32, len(lanes)), lanes)
 
 
+def _halvings(n: int) -> list:
+    """n/2, n/4, ..., 1: the block sizes of the transpose and lane-sum trees over n lanes."""
+    return [n >> s for s in range(1, n.bit_length())]
+
+
+def _either(b: ir.IRBuilder, condition, then, otherwise) -> list:
+    """The values `then()` or `otherwise()` builds (lists of one length and types), each in its own
+    branch on `condition`, joined by phis."""
+    with b.if_else(condition) as (first, second):
+        with first:
+            a, a_end = then(), b.block
+        with second:
+            c, c_end = otherwise(), b.block
+    joined = []
+    for x, y in zip(a, c):
+        phi = b.phi(x.type)
+        phi.add_incoming(x, a_end)
+        phi.add_incoming(y, c_end)
+        joined.append(phi)
+    return joined
+
+
 def _transpose(b: ir.IRBuilder, rows: list) -> list:
     """The L x L transpose of L vectors of L lanes: swap the off-diagonal d x d blocks for d = L/2, ..., 1."""
     n = len(rows)
-    d = n // 2
-    while d:
+    for d in _halvings(n):
         out = list(rows)
         for r in range(n):
             if r & d:
@@ -643,7 +650,6 @@ def _transpose(b: ir.IRBuilder, rows: list) -> list:
             out[r] = b.shuffle_vector(x, y, _shuffle([c if not c & d else n + c - d for c in range(n)]))
             out[r + d] = b.shuffle_vector(x, y, _shuffle([c + d if not c & d else n + c for c in range(n)]))
         rows = out
-        d //= 2
     return rows
 
 
@@ -680,11 +686,7 @@ def _lane_sums(b: ir.IRBuilder, vectors: list, zero: ir.Constant) -> ir.Value:
     the vector type's zero): a tree of L - 1 two-vector steps (each adds the halves of 2d-lane blocks of
     two vectors side by side, d = L/2, ..., 1), the inputs placed so that the sums come out in order."""
     n = zero.type.count
-    widths = []
-    d = n // 2
-    while d:
-        widths.append(d)
-        d //= 2
+    widths = _halvings(n)
 
     def step(d):
         lo = [i if i % (2 * d) < d else n + i - d for i in range(n)]

@@ -232,7 +232,8 @@ class LLVMEngine:
         floats (compiled, or loaded from the disk cache, once per process; kept loaded as long as the engine)."""
         gemm = self._gemm.get(lanes)
         if gemm is None:
-            key = "gemm-" + hashlib.sha256(f"{self.target}\0{RENDERER_VERSION}\0{lanes}\0no passes".encode()).hexdigest()
+            text = f"{self.target}\0{RENDERER_VERSION}\0{lanes}\0no passes"
+            key = "gemm-" + hashlib.sha256(text.encode()).hexdigest()
             # no IR passes: its IR is already what the machine code should be, and O3 made it slower
             # (128x512x784: 260 -> 311 GFLOP/s without them; 0.045 s less compile time)
             gemm = self._gemm[lanes] = self._library(key, lambda: library_ir(lanes), GEMM_EXPORTS, optimize=False)
