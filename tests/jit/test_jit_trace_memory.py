@@ -29,21 +29,25 @@ def test_intermediates_are_freed_during_the_trace():
 
 
 def test_a_tensor_reusing_a_dead_tensors_id_is_a_new_value():
-    ids = []
+    # Whether CPython hands the dead tensor's memory (so its id) to the next tensor depends on the
+    # allocator's state; tracing anew a few times makes the reuse happen in practice, so the test runs.
+    for _attempt in range(20):
+        ids = []
 
-    @tt.compile(backend="interp")
-    def f(x):
-        y = x * 2
-        dead = id(y)
-        del y
-        c = tt.from_numpy(np.array([5.0, 6.0, 7.0], np.float32))   # made outside ops: a graph constant
-        ids.append(id(c) == dead)
-        return x + c
+        @tt.compile(backend="interp")
+        def f(x):
+            y = x * 2
+            dead = id(y)
+            del y
+            c = tt.from_numpy(np.array([5.0, 6.0, 7.0], np.float32))   # made outside ops: a graph constant
+            ids.append(id(c) == dead)
+            return x + c
 
-    for _ in range(3):
-        np.testing.assert_array_equal(f(tt.ones(3)).numpy(), [6.0, 7.0, 8.0])
-    if not ids[0]:
-        pytest.skip("the new tensor did not reuse the dead one's id here")
+        for _ in range(3):
+            np.testing.assert_array_equal(f(tt.ones(3)).numpy(), [6.0, 7.0, 8.0])
+        if ids[0]:
+            return
+    pytest.skip("in 20 traces no new tensor reused a dead one's id here")
 
 
 def test_tracing_a_long_chain_holds_memory_like_eager():
