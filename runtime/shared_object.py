@@ -47,11 +47,17 @@ def find_linker() -> tuple[str, ...] | None:
 
 
 def link_shared(obj: bytes, linker: tuple[str, ...]) -> bytes:
-    """Link object code into a shared object with `linker` (run in a temporary directory)."""
+    """Link object code into a shared object with `linker` (run in a temporary directory).
+
+    The directory is made and removed here, not by `tempfile.TemporaryDirectory`: that one's
+    finalizer runs at interpreter exit, before `llvm_engine`'s exit hook lets a background link
+    finish, and would delete the directory under the linker."""
     import shlex
+    import shutil
     import subprocess
     import tempfile
-    with tempfile.TemporaryDirectory(prefix="tracetorch-link-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="tracetorch-link-")
+    try:
         src, out = os.path.join(tmp, "code.o"), os.path.join(tmp, "code.so")
         with open(src, "wb") as f:
             f.write(obj)
@@ -64,6 +70,8 @@ def link_shared(obj: bytes, linker: tuple[str, ...]) -> bytes:
             raise LinkError(f"{shlex.join(command)} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
         with open(out, "rb") as f:
             return f.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class SharedLibrary:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -106,7 +107,9 @@ def test_shared_objects_are_unloaded_with_their_last_user(tmp_path):
 
 @needs_linker
 def test_a_process_that_exits_right_after_compiling_leaves_its_shared_object(tmp_path):
-    """The background link finishes at exit (atexit), so a short cold run's warm successors load it."""
+    """The background link finishes at exit (atexit), so a short cold run's warm successors load it. The
+    linker sleeps first, so the process reaches exit while it runs: nothing else's exit hook (such as a
+    temporary directory's finalizer) may remove its files meanwhile, and nothing is printed."""
     here = pathlib.Path(__file__).resolve().parent
     script = textwrap.dedent(f"""
         import sys
@@ -114,9 +117,14 @@ def test_a_process_that_exits_right_after_compiling_leaves_its_shared_object(tmp
         from runtime.disk_cache import DiskCache
         from runtime.llvm_engine import LLVMEngine
         from sample_programs import two_stage_program
+        import time
         LLVMEngine(cache=DiskCache({str(tmp_path)!r})).compile(two_stage_program(77, name="short_run"))
+        time.sleep(0.3)         # the link thread is in the linker now; exit while it runs
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    slow_linker = f"sh -c 'sleep 1; exec \"$0\" \"$@\"' {shlex.quote(find_linker()[0])}"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRACETORCH_LINKER": slow_linker})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
     assert len(list(tmp_path.glob("*.so"))) == 1
     warm = LLVMEngine(cache=DiskCache(tmp_path), linker=None)
     _check(warm.compile(two_stage_program(77, name="short_run")), 77)
