@@ -87,7 +87,7 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
     lanes, panel = kern.lanes, kern.shape.panel
     sa0, sa1 = unit_strides(kern.a_map.strides[-2:], (m, k))
     sb0, sb1 = unit_strides(kern.b_map.strides[-2:], (k, n))
-    table = _table(module)
+    table = gemm_table(module)
     buffers = kern.buffers
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * len(buffers) + [PTR, I64, I64]), name=name)
     fn.linkage = "internal"
@@ -112,7 +112,7 @@ def render_matmul(module: ir.Module, kern: MatmulKernel, name: str) -> ir.Functi
     return fn
 
 
-def _table(module: ir.Module) -> ir.GlobalVariable:
+def gemm_table(module: ir.Module) -> ir.GlobalVariable:
     """The module's `TABLE` (exported: the loader fills it with the library's `EXPORTS`)."""
     table = module.globals.get(TABLE)
     if table is None:

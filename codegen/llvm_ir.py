@@ -37,12 +37,12 @@ from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64,
 
 from . import llvm_math
 from .memo import ScopedMemo
-from .rendered import Check, RenderedProgram, unique_symbol
+from .rendered import GEMM_TABLE, Check, RenderedProgram, unique_symbol
 from .scalar import RANDOM_BITS, RNG_GOLDEN, RNG_MIX1, RNG_MIX2
 from .verify import verify_bounds
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, Kernel, Let, Load, Loop,
                      MatmulKernel, Op, Program, Reduce, Stmt, Store, Var, walk_exprs, walk_stmts)
-from .llvm_gemm import render_matmul
+from .llvm_gemm import gemm_table, render_matmul
 
 VOID, PTR = ir.VoidType(), ir.PointerType()
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -71,43 +71,93 @@ def compute_type(dt: DType) -> ir.Type:
     return storage_type(dt)
 
 
+MODULE_WEIGHT = 300    # estimated code size (`kernel_weight`) per module from which a program is several modules,
+                       # which the engine compiles at once in forked children (runtime.compile_jobs): on the 2-core
+                       # Zen 3 host, W3's step (weight 682) 0.32 -> 0.22 s of LLVM time as 2 modules, W5's (4565)
+                       # 1.83 -> 0.82 s as 8; compiled one after the other, 15 modules took as long as one
+MAX_MODULES = 8
+
+
 def render_program(program: Program) -> RenderedProgram:
-    module = ir.Module(name="tracetorch")
+    """The program's code: one module, or for a big program several (`module_of`), which the engine
+    compiles at once and links together. Each kernel's function and range entry are in one module,
+    with every helper they call (internal: each module has its own copy); the entries `program` and
+    `program_segment` are in the first, which declares the other modules' range entries and defines
+    the GEMM table that theirs declare."""
+    kernels = program.kernels
+    keys = []
+    for kernel in kernels:
+        if isinstance(kernel, MatmulKernel):
+            keys.append(_matmul_key(kernel))
+        else:
+            verify_bounds(kernel)
+            keys.append(canonical_kernel(kernel))
+    home = module_of(kernels, keys)
+    modules = [ir.Module(name="tracetorch") for _ in range(max(home.values(), default=0) + 1)]
     slots = {b: i for i, b in enumerate(program.buffers)}
     checks: list[Check] = []
     entries = []
     names = set()
     shared: dict = {}                     # kernels equal up to their buffers share one function
     checked = []                          # per kernel: whether it may set the error flag
-    for n, kernel in enumerate(program.kernels):
+    for n, (kernel, key) in enumerate(zip(kernels, keys)):
         base = unique_symbol(f"k{n}_{kernel.name}", names)
-        if isinstance(kernel, MatmulKernel):
-            key = _matmul_key(kernel)
-            hit = shared.get(key)
-            if hit is None:
-                hit = shared[key] = (render_matmul(module, kernel, base), False, False)
-            entries.append(_range_entry(module, hit[0], kernel, slots, base + ".range", False))
-            checked.append(False)
-            continue
-        verify_bounds(kernel)
-        key = canonical_kernel(kernel)
+        module = modules[home[key]]
         hit = shared.get(key)
         if hit is None:
             before = len(checks)
-            wide = wide_vectors(kernel)
-            hit = shared[key] = (_KernelRenderer(module, kernel, base, checks, wide).fn, len(checks) > before, wide)
+            if isinstance(kernel, MatmulKernel):
+                hit = (render_matmul(module, kernel, base), False, False)
+            else:
+                wide = wide_vectors(kernel)
+                hit = (_KernelRenderer(module, kernel, base, checks, wide).fn, len(checks) > before, wide)
+            shared[key] = hit
         entries.append(_range_entry(module, hit[0], kernel, slots, base + ".range", hit[2]))
         checked.append(hit[1])
-    entry = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), name=ENTRY)
+    main = modules[0]
+    entries = [e if e.module is main else ir.Function(main, e.function_type, name=e.name) for e in entries]
+    entry = ir.Function(main, ir.FunctionType(VOID, [PTR, PTR]), name=ENTRY)
     entry.attributes.add("nounwind")
     b = ir.IRBuilder(entry.append_basic_block("entry"))
-    for n, (kernel, fn) in enumerate(zip(program.kernels, entries)):
+    for n, (kernel, fn) in enumerate(zip(kernels, entries)):
         if kernel.extent > 0:               # stop at the first failure: later kernels may write inputs in place
             _call_kernel(b, fn, entry.args[0], entry.args[1], kernel, checked[n] and n + 1 < len(entries))
     b.ret_void()
-    _segment_entry(module, program, entries, checked)
-    return RenderedProgram(str(module), ENTRY, tuple(f.name for f in entries), tuple(checks),
+    _segment_entry(main, program, entries, checked)
+    if any(GEMM_TABLE in m.globals for m in modules):
+        gemm_table(main)
+        for m in modules[1:]:
+            if GEMM_TABLE in m.globals:
+                m.globals[GEMM_TABLE].initializer = None     # `external global`: module 0's
+    return RenderedProgram(tuple(str(m) for m in modules), ENTRY, tuple(f.name for f in entries), tuple(checks),
                            _gemm_lanes(program), SEGMENT)
+
+
+def module_of(kernels, keys) -> dict:
+    """Shared-function key -> the module its kernels go into: one module unless the program weighs
+    more than MODULE_WEIGHT, else up to MAX_MODULES balanced by weight (largest first, each into the
+    lightest module so far), so that compiling them in parallel takes about the longest's time."""
+    weight: dict = {}
+    for kernel, key in zip(kernels, keys):
+        if key not in weight:
+            weight[key] = kernel_weight(kernel)
+    count = min(MAX_MODULES, len(weight), sum(weight.values()) // MODULE_WEIGHT) or 1
+    loads = [0] * count
+    home = {}
+    for key in sorted(weight, key=lambda k: -weight[k]):        # (stable: ties in program order)
+        i = loads.index(min(loads))
+        home[key] = i
+        loads[i] += weight[key]
+    return home
+
+
+def kernel_weight(kernel) -> int:
+    """A kernel's code size estimate: its distinct expressions and statements, a transcendental's
+    polynomial (inlined at each use) as 25."""
+    if isinstance(kernel, MatmulKernel):
+        return 4                          # a call of the GEMM library
+    exprs = sum(25 if isinstance(e, Op) and e.op in _HEAVY_OPS else 1 for e in walk_exprs(kernel.outer))
+    return exprs + sum(1 for _ in walk_stmts(kernel.outer))
 
 
 def _segment_entry(module: ir.Module, program: Program, entries: list, checked: list) -> None:

@@ -32,15 +32,27 @@ GEMM_PARTS = ("driver", "pack_a_rows", "pack_a_cols", "pack_b_rows", "pack_b_col
 GEMM_EXPORTS = tuple(f"tt_gemm.{part}" for part in GEMM_PARTS)
 
 
+MODULE_HEADER = "; tracetorch module {} of {}"   # starts each module's text in `RenderedProgram.ir` when several
+
+
 @dataclass(frozen=True)
 class RenderedProgram:
-    ir: str                               # LLVM IR text (module name "tracetorch": the runtime renames it)
+    modules: tuple[str, ...]              # LLVM IR text of each module (named "tracetorch": the runtime renames
+                                          # them); a big program is several, compiled at once (llvm_engine)
     entry: str                            # void program(ptr table, ptr err)
     kernel_entries: tuple[str, ...]       # per kernel (program.kernels order): void (ptr table, ptr err, i64, i64)
     checks: tuple[Check, ...]             # error flag value i+1 -> checks[i]
     gemm: int = 0                         # it calls the GEMM library of vectors of that many floats through
                                           # its GEMM_TABLE (0: no matmul)
     segment: str = ""                     # void (ptr table, ptr err, i64 first, i64 last): kernels first..last-1
+
+    @property
+    def ir(self) -> str:
+        """All the program's IR as one text: its module's, or each module's after a header line."""
+        if len(self.modules) == 1:
+            return self.modules[0]
+        n = len(self.modules)
+        return "\n".join(f"{MODULE_HEADER.format(i + 1, n)}\n{text}" for i, text in enumerate(self.modules))
 
     @property
     def exports(self) -> tuple[str, ...]:

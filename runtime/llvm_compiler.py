@@ -97,13 +97,16 @@ class LLVMCompiler:
         pb = llvm.create_pass_builder(self._tm, pto)
         pb.getModulePassManager().run(mod, pb)
 
-    def link(self, obj: bytes, exports: tuple[str, ...], key: str) -> llvm.ResourceTracker:
-        """Link an object into the JIT as its own library (with the process's symbols, for libm).
+    def link(self, objs: list[bytes], exports: tuple[str, ...], key: str) -> llvm.ResourceTracker:
+        """Link objects into the JIT as one library of their own (with the process's symbols, for libm).
         `tracker[name]` is an export's address; the code is freed when the tracker is."""
         if self._jit is None:
             self._jit_tm = host_target_machine()     # the JIT's; kept alive with it and never reused
             self._jit = llvm.create_lljit_compiler(self._jit_tm, use_jit_link=True)
-        builder = llvm.JITLibraryBuilder().add_object_img(obj).add_current_process()
+        builder = llvm.JITLibraryBuilder()
+        for obj in objs:
+            builder.add_object_img(obj)
+        builder.add_current_process()
         for name in exports:
             builder.export_symbol(name)
         self._libraries_linked += 1               # ORC library names can never be reused

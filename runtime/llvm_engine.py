@@ -53,6 +53,7 @@ import numpy as np
 from codegen.kernel import Accumulator, ExternCall, Load, Loop, MatmulKernel, Op, Program
 from codegen.rendered import GEMM_EXPORTS, GEMM_TABLE, Check, RenderedProgram
 
+from .compile_jobs import Later, compile_all
 from .disk_cache import CODE_MODEL, DiskCache
 from .host import host_fingerprint
 from .interrupts import FinishedInterrupt
@@ -90,6 +91,12 @@ def _finish_links() -> None:
 
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 RANGE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+
+def module_keys(key: str, count: int) -> list[str]:
+    """The cache keys (and LLVM module names) of an object's modules: the object's own key for the
+    first, `<key>.<i>` for the others."""
+    return [key] + [f"{key}.{i}" for i in range(1, count)]
 
 
 def library_ir(lanes: int) -> str:
@@ -142,6 +149,7 @@ class LLVMEngine:
         self._compiler_lock = threading.Lock()
         self._team = None
         self._gemm: dict = {}                    # lanes -> the GEMM library's loaded code, once a module needs it
+        self._later: dict = {}                   # key -> compile_jobs.Later: its object, compiled in a child
         self._links: list = []                   # threads linking shared objects for later processes
         self.team_error: str | None = None      # why the native team could not be made, if it could not
         self.threads = threads or default_threads()
@@ -189,33 +197,35 @@ class LLVMEngine:
     # ------------------------------------------------------------ compiling
     def compile(self, program: Program, plan: MemoryPlan | None = None) -> CompiledProgram:
         t0 = time.perf_counter()
+        self._prefetch_gemm(program)
         pkey = program_key(program, self.target)
         found = self._programs.get(pkey) or self._load_index(pkey)
         if found is not None:                  # seen before: its object is found without rendering the IR
-            key, rendered = found
-            library = self._library(key, lambda: render_program(program).ir, rendered.exports)
+            key, rendered, count = found
+            library = self._library(key, lambda: render_program(program).modules, rendered.exports, count=count)
         else:
             rendered = render_program(program)
-            key = self.compiler.key(rendered.ir)
-            library = self._library(key, rendered.ir, rendered.exports)
+            key, count = self.compiler.key(rendered.ir), len(rendered.modules)
+            library = self._library(key, rendered.modules, rendered.exports, count=count)
             self._store_index(pkey, key, rendered)
         if rendered.gemm:
             self._link_gemm(library, rendered.gemm)
-        self._programs[pkey] = (key, RenderedProgram("", rendered.entry, rendered.kernel_entries, rendered.checks,
-                                                     rendered.gemm, rendered.segment))
+        self._programs[pkey] = (key, RenderedProgram((), rendered.entry, rendered.kernel_entries, rendered.checks,
+                                                     rendered.gemm, rendered.segment), count)
         self.stats.load_seconds += time.perf_counter() - t0
         return CompiledProgram(self, program, rendered, library, plan or sequential_plan(program.temps))
 
     def _load_index(self, pkey: str):
-        """(object key, rendered program without its IR text) stored for a program key, or None."""
+        """(object key, rendered program without its IR text, number of modules) stored for a program
+        key, or None."""
         blob = self.cache.load(pkey, ".json") if self.cache else None
         if blob is None:
             return None
         try:
             d = json.loads(blob)
             checks = tuple(Check(_EXCEPTIONS[name], message) for name, message in d["checks"])
-            return d["key"], RenderedProgram("", d["entry"], tuple(d["kernel_entries"]), checks, int(d["gemm"]),
-                                             str(d["segment"]))
+            return d["key"], RenderedProgram((), d["entry"], tuple(d["kernel_entries"]), checks, int(d["gemm"]),
+                                             str(d["segment"])), int(d["modules"])
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -224,26 +234,46 @@ class LLVMEngine:
             return
         d = {"key": key, "entry": rendered.entry, "kernel_entries": list(rendered.kernel_entries),
              "checks": [[c.error.__name__, c.message] for c in rendered.checks], "gemm": rendered.gemm,
-             "segment": rendered.segment}
+             "segment": rendered.segment, "modules": len(rendered.modules)}
         self.cache.store(pkey, json.dumps(d).encode(), ".json")
+
+    def _gemm_key(self, lanes: int) -> str:
+        text = f"{self.target}\0{RENDERER_VERSION}\0{lanes}\0no passes"
+        return "gemm-" + hashlib.sha256(text.encode()).hexdigest()
+
+    def _prefetch_gemm(self, program: Program) -> None:
+        """A program with matmuls needs the GEMM library: if this process has not loaded it and the
+        disk cache lacks it, a forked child renders and compiles it meanwhile (`_library` takes its
+        object), so its ~0.2 s of LLVM time overlaps the program's own."""
+        lanes = {k.lanes for k in program.kernels if isinstance(k, MatmulKernel)}
+        if len(lanes) != 1:
+            return
+        lanes = lanes.pop()
+        with self._lock:
+            key = self._gemm_key(lanes)
+            if lanes in self._gemm or key in self._later or \
+                    (self.cache and any(self.cache.path(key, suffix).exists() for suffix in (".o", ".so"))):
+                return
+            compiler = self.compiler
+            self._later[key] = Later(lambda: compiler.object_code(library_ir(lanes), key, False))
 
     def _link_gemm(self, library, lanes: int) -> None:
         """Fill a loaded module's GEMM table with the functions of the GEMM library for vectors of `lanes`
         floats (compiled, or loaded from the disk cache, once per process; kept loaded as long as the engine)."""
         gemm = self._gemm.get(lanes)
         if gemm is None:
-            text = f"{self.target}\0{RENDERER_VERSION}\0{lanes}\0no passes"
-            key = "gemm-" + hashlib.sha256(text.encode()).hexdigest()
+            key = self._gemm_key(lanes)
             # no IR passes: its IR is already what the machine code should be, and O3 made it slower
             # (128x512x784: 260 -> 311 GFLOP/s without them; 0.045 s less compile time)
             gemm = self._gemm[lanes] = self._library(key, lambda: library_ir(lanes), GEMM_EXPORTS, optimize=False)
         table = (ctypes.c_void_p * len(GEMM_EXPORTS)).from_address(library[GEMM_TABLE])
         table[:] = [gemm[name] for name in GEMM_EXPORTS]
 
-    def _library(self, key: str, ir_text, exports: tuple[str, ...], optimize: bool = True):
-        """The loaded code of object `key`: a SharedLibrary or an ORC resource tracker (`lib[name]` is
+    def _library(self, key: str, modules, exports: tuple[str, ...], optimize: bool = True, count: int = 1):
+        """The loaded code of object `key`, made of `count` modules (`modules`: their IR texts, or a
+        function giving them, or one text): a SharedLibrary or an ORC resource tracker (`lib[name]` is
         an export's address either way). In this process, else a cached shared object, else the cached
-        object (or IR compiled now) linked into a shared object, else linked by ORC."""
+        objects (or IR compiled now) linked into a shared object, else linked by ORC."""
         with self._lock:
             lib = self._loaded_libraries.get(key)
             if lib is not None:
@@ -251,17 +281,27 @@ class LLVMEngine:
                 return lib
             lib = self._cached_shared_library(key, exports)
             if lib is None:
-                obj = self.cache.load(key) if self.cache else None
-                if obj is None:                 # compiled now: LLVM is loaded, ORC links it at once
-                    obj = self.object_code(ir_text() if callable(ir_text) else ir_text, key, optimize)
+                keys = module_keys(key, count)
+                objs = [self.cache.load(k) for k in keys] if self.cache else [None]
+                if None in objs:                # compiled now: LLVM is loaded, ORC links it at once
+                    later = self._later.pop(key, None)
+                    if later is not None and count == 1:
+                        objs = [later.result()]
+                        self.stats.compiles += 1
+                    else:
+                        texts = modules() if callable(modules) else modules
+                        objs = self.object_codes((texts,) if isinstance(texts, str) else tuple(texts), key,
+                                                 optimize)
+                    assert len(objs) == count, (key, len(objs), count)
                     if self.cache:
-                        self.cache.store(key, obj)
-                        self._link_later(key, obj, exports)
+                        for k, obj in zip(keys, objs):
+                            self.cache.store(k, obj)
+                        self._link_later(key, objs, exports)
                 else:
                     self.stats.disk_hits += 1
-                    lib = self._link_shared(key, obj, exports)
+                    lib = self._link_shared(key, objs, exports)
                 if lib is None:
-                    lib = self.compiler.link(obj, exports, key)
+                    lib = self.compiler.link(objs, exports, key)
                     self.stats.orc_links += 1
             self._loaded_libraries[key] = lib
             return lib
@@ -280,12 +320,12 @@ class LLVMEngine:
         self.stats.shared_loads += 1
         return lib
 
-    def _link_later(self, key: str, obj: bytes, exports: tuple[str, ...]) -> None:
-        """Link, check and cache the shared object of `obj` on a thread, for the processes that load it
+    def _link_later(self, key: str, objs: list[bytes], exports: tuple[str, ...]) -> None:
+        """Link, check and cache the shared object of `objs` on a thread, for the processes that load it
         later (this one runs the ORC copy)."""
         if not self.shared_objects or self.linker is None:
             return
-        thread = threading.Thread(target=self._link_shared, args=(key, obj, exports, False), daemon=True,
+        thread = threading.Thread(target=self._link_shared, args=(key, objs, exports, False), daemon=True,
                                   name="tracetorch-link")
         self._links.append(thread)
         _PENDING_LINKS.add(thread)
@@ -296,8 +336,9 @@ class LLVMEngine:
         while self._links:
             self._links.pop().join(LINK_TIMEOUT_S)
 
-    def _link_shared(self, key: str, obj: bytes, exports: tuple[str, ...], keep: bool = True) -> SharedLibrary | None:
-        """Link `obj` into a shared object, load it and cache it. None if the linker fails (then no
+    def _link_shared(self, key: str, objs: list[bytes], exports: tuple[str, ...],
+                     keep: bool = True) -> SharedLibrary | None:
+        """Link `objs` into a shared object, load it and cache it. None if the linker fails (then no
         more linking in this process) or its output cannot be loaded here (this module goes to ORC).
         `keep` false: the loaded library is only a check that it loads, closed again (None)."""
         linker = self.linker
@@ -307,7 +348,7 @@ class LLVMEngine:
             return None
         t0 = time.perf_counter()
         try:
-            data = link_shared(obj, linker)
+            data = link_shared(objs, linker)
         except LinkError as e:
             self.link_error = str(e)
             self.linker = None
@@ -324,19 +365,22 @@ class LLVMEngine:
             self.cache.store(key, data, ".so")
         return lib if keep else None
 
-    def object_code(self, ir_text: str, name: str, optimize: bool = True) -> bytes:
-        """Optimize (O3, vectorizers on; unless not `optimize`) and compile IR text to an object file
-        for the host."""
+    def object_codes(self, texts: tuple[str, ...], key: str, optimize: bool = True) -> list[bytes]:
+        """Optimize (O3, vectorizers on; unless not `optimize`) and compile each module's IR text to an
+        object file for the host (named by `module_keys`); several at once in forked children
+        (runtime.compile_jobs)."""
         t0 = time.perf_counter()
-        obj = self.compiler.object_code(ir_text, name, optimize)
-        self.stats.compiles += 1
+        compiler = self.compiler
+        names = module_keys(key, len(texts))
+        objs = compile_all(lambda i: compiler.object_code(texts[i], names[i], optimize), list(texts))
+        self.stats.compiles += len(texts)
         self.stats.compile_seconds += time.perf_counter() - t0
-        self.stats.timings = dict(self.compiler.timings)
-        return obj
+        self.stats.timings = dict(compiler.timings)
+        return objs
 
     def assembly(self, program: Program) -> str:
         """The optimized machine code of a program, as text (for inspecting vectorization)."""
-        return self.compiler.assembly(render_program(program).ir)
+        return "\n".join(self.compiler.assembly(text) for text in render_program(program).modules)
 
 
 _DEFAULT_ENGINE: LLVMEngine | None = None

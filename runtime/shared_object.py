@@ -7,7 +7,7 @@ a small shared object takes well under a millisecond.
 - `find_linker()`: the link command. `$TRACETORCH_LINKER` if set (a command
   line, e.g. `ld`; `none` turns shared objects off, and the engine links every
   object in ORC), else `cc` on the PATH, else None.
-- `link_shared(obj, linker)`: position-independent object code -> shared object
+- `link_shared(objs, linker)`: position-independent object files -> one shared object
   bytes (`cc -shared ... -lm`: libm and the compiler's runtime library are
   resolved as for any C library). Raises `LinkError`.
 - `SharedLibrary(data, exports)`: the bytes are written to an anonymous memory
@@ -46,8 +46,8 @@ def find_linker() -> tuple[str, ...] | None:
     return (cc,) if cc else None
 
 
-def link_shared(obj: bytes, linker: tuple[str, ...]) -> bytes:
-    """Link object code into a shared object with `linker` (run in a temporary directory).
+def link_shared(objs: list[bytes], linker: tuple[str, ...]) -> bytes:
+    """Link object files into one shared object with `linker` (run in a temporary directory).
 
     The directory is made and removed here, not by `tempfile.TemporaryDirectory`: that one's
     finalizer runs at interpreter exit, before `llvm_engine`'s exit hook lets a background link
@@ -58,10 +58,11 @@ def link_shared(obj: bytes, linker: tuple[str, ...]) -> bytes:
     import tempfile
     tmp = tempfile.mkdtemp(prefix="tracetorch-link-")
     try:
-        src, out = os.path.join(tmp, "code.o"), os.path.join(tmp, "code.so")
-        with open(src, "wb") as f:
-            f.write(obj)
-        command = [*linker, "-shared", "-o", out, src, "-lm"]
+        sources, out = [os.path.join(tmp, f"code{i}.o") for i in range(len(objs))], os.path.join(tmp, "code.so")
+        for src, obj in zip(sources, objs):
+            with open(src, "wb") as f:
+                f.write(obj)
+        command = [*linker, "-shared", "-o", out, *sources, "-lm"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=LINK_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as e:

@@ -54,10 +54,11 @@ def test_second_process_compiles_no_llvm_and_recovers_from_a_corrupt_entry(tmp_p
     assert cold["compiles"] >= 1 and cold["disk_hits"] == 0
     objects = sorted(pathlib.Path(cold["dir"]).glob("*.o"))
     shared = sorted(pathlib.Path(cold["dir"]).glob("*.so"))       # where a system linker exists
-    assert len(objects) == cold["compiles"] and len(shared) == cold["links"] in (0, cold["compiles"])
+    libraries = [o for o in objects if "." not in o.stem]        # a big program's other modules: <key>.<i>.o
+    assert len(objects) == cold["compiles"] and len(shared) == cold["links"] in (0, len(libraries))
 
     warm = _run(tmp_path)
-    assert warm["compiles"] == 0 and warm["disk_hits"] == cold["compiles"]
+    assert warm["compiles"] == 0 and warm["disk_hits"] == len(libraries)
     assert warm["renders"] == 0                    # found by program key: not even rendered to LLVM IR
     assert warm["llvm_loaded"] == (not shared)     # shared objects are loaded without LLVM
     assert warm["losses"] == cold["losses"]

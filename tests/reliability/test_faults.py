@@ -141,7 +141,7 @@ def test_llvm_failure_at_each_stage_is_a_compile_error_naming_the_stage(stage, m
 
         def broken_render(program):
             r = render(program)
-            return dataclasses.replace(r, ir=r.ir.replace("define", "define broken", 1))
+            return dataclasses.replace(r, modules=(r.modules[0].replace("define", "define broken", 1),) + r.modules[1:])
         monkeypatch.setattr(runtime.llvm_engine, "render_program", broken_render)
         expected = "llvm backend: code generation of"
     f = tt.compile(lambda x: (x.exp() + 0.123456789).sum(1), backend="llvm")
