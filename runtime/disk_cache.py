@@ -1,9 +1,10 @@
 """Object code cached on disk, so a second process compiles no LLVM at all.
 
 Location: `$TRACETORCH_CACHE_DIR/llvm/` if the variable is set, else
-`~/.cache/tracetorch/llvm/`. Per compiled module, `<key>.o` (its object code)
-and, where a system linker exists, `<key>.so` (the same code linked into a
-shared object, which a warm start loads without LLVM); the engine also keeps
+`~/.cache/tracetorch/llvm/`. Per compiled module, `<key>.o` (its object code;
+a program of several modules adds `<key>.1.o` ... for the others) and, where a
+system linker exists, `<key>.so` (all of them linked into one shared object,
+which a warm start loads without LLVM); the engine also keeps
 small `<program key>.json` index entries. The key is the SHA-256 of the
 module's IR text, the host CPU name and features, the llvmlite and LLVM
 versions and this file format's version. An entry holds a header (magic,

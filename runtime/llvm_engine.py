@@ -1,8 +1,9 @@
 """The LLVM CPU engine: compile a `Program` to native code once, then call it cheaply.
 
-Compile: render the program to LLVM IR (codegen.llvm_ir), name the module by
-its cache key, optimize at O3 for the host CPU (new pass manager, loop and
-SLP vectorization), emit position-independent object code
+Compile: render the program to LLVM IR (codegen.llvm_ir; a big program as
+several modules, compiled at once by forked children: runtime.compile_jobs),
+name each module by its cache key, optimize at O3 for the host CPU (new pass
+manager, loop and SLP vectorization), emit position-independent object code
 (`runtime.llvm_compiler`, the only module that imports llvmlite.binding).
 Where a system linker exists (`runtime.shared_object`), the object is also
 linked into a shared object, in the background: the process that compiled it
