@@ -3,6 +3,7 @@ as several modules (codegen.llvm_ir.module_of) that compile, cache, link and run
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -48,8 +49,12 @@ def _all_reaped(pids) -> bool:
 
 
 def _fake_compile(texts):
-    """compile_one for texts: "text@pid|" repeated (some past a pipe's buffer), naming who made it."""
-    return lambda i: f"{texts[i]}@{os.getpid()}|".encode() * (1 + 40000 * (i % 3))
+    """compile_one for texts: "text@pid|" repeated (some past a pipe's buffer), naming who made it; it
+    takes 50 ms, so that every process gets some of the work."""
+    def compile_one(i):
+        time.sleep(0.05)
+        return f"{texts[i]}@{os.getpid()}|".encode() * (1 + 40000 * (i % 3))
+    return compile_one
 
 
 def _made(out: bytes) -> tuple[str, str]:
@@ -92,9 +97,10 @@ def test_a_failing_child_costs_only_time(failure, forked):
         if os.getpid() != parent:
             if failure == "raises":
                 raise RuntimeError("child failed")
-            if done:                        # the first object is written, then the child dies
+            if done:                        # one object made, then the child dies
                 os._exit(3)
             done.append(i)
+        time.sleep(0.05)
         return f"{texts[i]}!".encode()
     assert compile_all(compile_one, texts, jobs=2) == [f"{t}!".encode() for t in texts]
     assert len(forked) == 1 and _all_reaped(forked)
@@ -108,7 +114,6 @@ def test_an_error_here_leaves_no_child_running(forked):
     def compile_one(i):
         if os.getpid() == parent:
             raise ValueError("bad IR")
-        import time
         time.sleep(30)                      # a child still at work when the error arrives: killed
         return b""
     with pytest.raises(ValueError, match="bad IR"):
