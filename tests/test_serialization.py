@@ -209,3 +209,11 @@ def test_parameters_load_as_parameters():
     assert isinstance(out["p"], nn.Parameter) and out["p"].requires_grad
     assert isinstance(out["frozen"], nn.Parameter) and not out["frozen"].requires_grad
     assert_same_tensor(p, out["p"])
+
+
+def test_dtypes_pickle_and_copy_as_themselves():
+    """As torch dtypes: pickle (and deepcopy) give back the one instance, so `x.dtype is tt.float32` holds."""
+    import copy
+    import pickle
+    for dt in tt.dtypes.ALL_DTYPES:
+        assert pickle.loads(pickle.dumps(dt)) is dt and copy.deepcopy(dt) is dt

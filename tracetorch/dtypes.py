@@ -24,7 +24,7 @@ class DType:
         return f"tracetorch.{self.name}"
 
     def __reduce__(self):
-        return (getattr, (__import__("tracetorch"), self.name))
+        return (dtype_named, (self.name,))      # pickled by name: unpickling gives the one instance
 
     def to_real(self):
         return self
@@ -42,6 +42,12 @@ float32 = DType("float32", np.float32, 2, 1, 4)
 float64 = DType("float64", np.float64, 2, 2, 8)
 
 ALL_DTYPES = (bool_, uint8, int8, int16, int32, int64, float16, bfloat16, float32, float64)
+_BY_NAME = {d.name: d for d in ALL_DTYPES}
+
+
+def dtype_named(name: str) -> DType:
+    """The dtype called `name` ("float32", "bool", ...)."""
+    return _BY_NAME[name]
 FLOAT_DTYPES = (float16, bfloat16, float32, float64)
 
 # numpy scalar type -> DType (bfloat16 is never inferred from storage).
