@@ -5,7 +5,8 @@ Location: `$TRACETORCH_CACHE_DIR/llvm/` if the variable is set, else
 a program of several modules adds `<key>.1.o` ... for the others) and, where a
 system linker exists, `<key>.so` (all of them linked into one shared object,
 which a warm start loads without LLVM); the engine also keeps
-small `<program key>.json` index entries. The key is the SHA-256 of the
+small `<program key>.json` index entries, and the CPU backend the lowered
+programs of graphs (`<graph key>.lowered`: tracetorch.jit.lowering_cache). The key is the SHA-256 of the
 module's IR text, the host CPU name and features, the llvmlite and LLVM
 versions and this file format's version. An entry holds a header (magic,
 payload length, SHA-256 of the payload) and the payload; an entry that is

@@ -17,8 +17,11 @@ SCRIPT = textwrap.dedent("""
     import tracetorch as tt, tracetorch.nn as nn, tracetorch.nn.functional as F
     import runtime.llvm_engine as engine_module
     from tracetorch.jit.llvm_backend import BACKEND
+    import tracetorch.jit.llvm_backend as backend_module
     renders, render = [], engine_module.render_program
     engine_module.render_program = lambda program: renders.append(program.name) or render(program)
+    fusions, fuse = [], backend_module.fuse
+    backend_module.fuse = lambda graph: fusions.append(graph.name) or fuse(graph)
     tt.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4))
     opt = tt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -36,7 +39,7 @@ SCRIPT = textwrap.dedent("""
     engine, cache = BACKEND.engine, BACKEND.engine.cache
     engine.wait_for_links()
     print(json.dumps({"losses": losses, "compiles": engine.stats.compiles, "disk_hits": engine.stats.disk_hits,
-                      "links": engine.stats.links, "corrupt": cache.corrupt, "renders": len(renders),
+                      "links": engine.stats.links, "corrupt": cache.corrupt, "renders": len(renders), "fusions": len(fusions),
                       "llvm_loaded": "llvmlite.binding" in sys.modules, "dir": str(cache.directory)}))
 """)
 
@@ -60,14 +63,15 @@ def test_second_process_compiles_no_llvm_and_recovers_from_a_corrupt_entry(tmp_p
     warm = _run(tmp_path)
     assert warm["compiles"] == 0 and warm["disk_hits"] == len(libraries)
     assert warm["renders"] == 0                    # found by program key: not even rendered to LLVM IR
+    assert cold["fusions"] >= 1 and warm["fusions"] == 0      # nor fused and lowered (jit/lowering_cache)
     assert warm["llvm_loaded"] == (not shared)     # shared objects are loaded without LLVM
     assert warm["losses"] == cold["losses"]
 
-    entries = objects + shared
+    entries = objects + shared + sorted(pathlib.Path(cold["dir"]).glob("*.lowered"))
     for entry in entries:                          # flip bytes in the middle of every cached module
         blob = bytearray(entry.read_bytes())
         blob[len(blob) // 2] ^= 0xFF
         entry.write_bytes(bytes(blob))
     healed = _run(tmp_path)
     assert healed["corrupt"] == len(entries) and healed["compiles"] == cold["compiles"]
-    assert healed["losses"] == cold["losses"]
+    assert healed["losses"] == cold["losses"] and healed["fusions"] == cold["fusions"]

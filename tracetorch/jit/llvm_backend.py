@@ -27,6 +27,7 @@ import numpy as np
 
 from codegen.kernel import ExternCall
 
+from . import lowering_cache
 from .ir import Graph
 from .lowering import LoweredProgram, group_of, lower_program
 from runtime.host import gemm_lanes
@@ -60,21 +61,40 @@ class LLVMBackend:
         """`donate`: kernels may store write-backs straight into their target inputs (the caller
         guarantees no check of its own can fail after the run: see Program.run)."""
         t0 = time.perf_counter()
-        stage = "fusion"
+        stage = ["fusion"]
         try:
-            groups = fuse(graph)
-            stage = "lowering"
-            lowered = lower_program(graph, groups, donate=donate and self.donates_writebacks,
-                                    scatter=self.serial_scatter, matmuls=self.generated_matmuls,
-                                    cpu_forms=self.cpu_forms)
-            stage = "code generation"
+            lowered = self.lowered(graph, donate, stage)
+            stage[0] = "code generation"
             compiled = self.build(lowered)
         except Exception as e:
-            raise self.compile_error(f"{self.name} backend: {stage} of {graph.name!r} failed: "
+            raise self.compile_error(f"{self.name} backend: {stage[0]} of {graph.name!r} failed: "
                                      f"{type(e).__name__}: {e}\n\n"
                                      f"optimized IR:\n{graph.text()}") from e
         return self.executable(self, graph, lowered, compiled, time.perf_counter() - t0)
 
+
+    def lowered(self, graph: Graph, donate: bool, stage: list):
+        """Fusion and lowering of `graph` (`stage[0]` names the one running), or, for the CPU backend
+        with a disk cache, what an earlier process cached of them (jit/lowering_cache: a warm start
+        then runs neither)."""
+        options = (self.name, donate and self.donates_writebacks, self.serial_scatter, self.generated_matmuls,
+                   self.cpu_forms)
+
+        def lower():
+            groups = fuse(graph)
+            stage[0] = "lowering"
+            return lower_program(graph, groups, donate=options[1], scatter=options[2], matmuls=options[3],
+                                 cpu_forms=options[4])
+        cache = getattr(self.engine, "cache", None) if self.name == "llvm" else None
+        key = lowering_cache.graph_key(graph, options, self.engine.target) if cache is not None else None
+        if key is None:
+            return lower()
+        found = lowering_cache.load(cache, key, lower)
+        if found is not None:
+            return found
+        lowered = lower()
+        lowering_cache.store(cache, key, lowered)
+        return lowered
 
     @property
     def serial_scatter(self) -> bool:
@@ -114,7 +134,7 @@ class LLVMExecutable:
         self.kernels_after_fusion = lowered.kernels_after_fusion
         self.bytes_moved = lowered.bytes_moved
         self.planned_peak_bytes = lowered.plan.size      # the arena and the split reductions' scratch
-        self.intermediate_bytes = lowered.arena.total_bytes
+        self.intermediate_bytes = lowered.intermediate_bytes
         self.donated = dict(lowered.donated)    # graph input index -> result position stored into it
         # results_owned: the results (but the donated ones) share memory with no input and no other result
         # and are writeable (fresh arrays from the runtime's pool): the program need not check them (owned())

@@ -51,6 +51,11 @@ class LoweredProgram:
     def kernels_after_fusion(self) -> int:
         return len(self.program.steps)
 
+    @property
+    def intermediate_bytes(self) -> int:
+        """What the intermediates would take with a buffer each (explain()'s "vs")."""
+        return self.arena.total_bytes
+
 
 def lower_program(graph: Graph, groups: list, *, inplace: bool = True, donate: bool = False,
                   name: str | None = None, scatter: bool = False, matmuls: int = 0,
