@@ -8,12 +8,12 @@ import pytest
 
 import tracetorch as tt
 import tracetorch.nn as nn
-import tracetorch.nn.functional as F
 import tracetorch.jit.llvm_backend as llvm_backend
 from runtime.disk_cache import DiskCache
 from runtime.llvm_engine import LLVMEngine
 from tracetorch.jit import lowering_cache
 from tracetorch.jit.ir import Graph
+from training_steps import training_step
 
 
 def _graph(fn, *args):
@@ -26,14 +26,7 @@ def _step_graph():
     """The optimized graph of a training step (matmuls, a row reduction, optimizer updates)."""
     tt.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 5))
-    opt = tt.optim.Adam(model.parameters(), lr=1e-2)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = training_step(model, tt.optim.Adam(model.parameters(), lr=1e-2))
     step(tt.randn(8, 12), tt.randint(0, 5, (8,)))               # Adam's state exists from here on
     return _graph(step, tt.randn(8, 12), tt.randint(0, 5, (8,)))
 
