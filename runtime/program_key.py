@@ -17,7 +17,8 @@ import codegen
 from codegen.kernel import (Accumulator, Arg, Assign, CheckedIndex, Const, ExternCall, Kernel, Let, Load, Loop,
                             MatmulKernel, Op, Program, Reduce, Store, Var)
 
-_RENDERER_FILES = ("kernel.py", "llvm_ir.py", "llvm_gemm.py", "llvm_math.py", "rendered.py", "verify.py")
+_RENDERER_FILES = ("kernel.py", "llvm_ir.py", "llvm_gemm.py", "llvm_math.py", "memo.py", "rendered.py", "scalar.py",
+                   "verify.py")      # every codegen module llvm_ir reads
 
 
 def _renderer_version() -> str:
