@@ -30,6 +30,7 @@ messages for the runtime to raise after the call.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -78,12 +79,25 @@ MODULE_WEIGHT = 300    # estimated code size (`kernel_weight`) per module from w
 MAX_MODULES = 8
 
 
-def render_program(program: Program) -> RenderedProgram:
-    """The program's code: one module, or for a big program several (`module_of`), which the engine
-    compiles at once and links together. Each kernel's function and range entry are in one module,
-    with every helper they call (internal: each module has its own copy); the entries `program` and
-    `program_segment` are in the first, which declares the other modules' range entries and defines
-    the GEMM table that theirs declare."""
+CHECK_STRIDE = 1 << 16   # module m's checks have ids m * CHECK_STRIDE + 1, + 2, ... (each module renders alone)
+
+
+@dataclass(frozen=True)
+class ModulePlan:
+    """Which module each kernel goes into, and the symbols every module needs to know: made before
+    any module is rendered, so that each can be rendered (and compiled) apart, in any process."""
+    keys: tuple                           # per kernel: its shared-function key (`canonical_kernel`)
+    home: dict                            # shared-function key -> module number
+    symbols: tuple                        # per kernel: its function's base name (its range entry: + ".range")
+    weights: tuple                        # per module: its estimated size (`kernel_weight`)
+
+    @property
+    def count(self) -> int:
+        return len(self.weights)
+
+
+def plan_modules(program: Program) -> ModulePlan:
+    """Check every kernel's bounds (`verify_bounds`) and place it in a module (`module_of`)."""
     kernels = program.kernels
     keys = []
     for kernel in kernels:
@@ -92,49 +106,77 @@ def render_program(program: Program) -> RenderedProgram:
         else:
             verify_bounds(kernel)
             keys.append(canonical_kernel(kernel))
-    home = module_of(kernels, keys)
-    modules = [ir.Module(name="tracetorch") for _ in range(max(home.values(), default=0) + 1)]
-    slots = {b: i for i, b in enumerate(program.buffers)}
-    checks: list[Check] = []
-    entries = []
-    names = set()
-    shared: dict = {}                     # kernels equal up to their buffers share one function
-    checked = []                          # per kernel: whether it may set the error flag
-    for n, (kernel, key) in enumerate(zip(kernels, keys)):
-        base = unique_symbol(f"k{n}_{kernel.name}", names)
-        module = modules[home[key]]
-        hit = shared.get(key)
-        if hit is None:
-            before = len(checks)
-            if isinstance(kernel, MatmulKernel):
-                hit = (render_matmul(module, kernel, base), False, False)
-            else:
-                wide = wide_vectors(kernel)
-                hit = (_KernelRenderer(module, kernel, base, checks, wide).fn, len(checks) > before, wide)
-            shared[key] = hit
-        entries.append(_range_entry(module, hit[0], kernel, slots, base + ".range", hit[2]))
-        checked.append(hit[1])
-    main = modules[0]
-    entries = [e if e.module is main else ir.Function(main, e.function_type, name=e.name) for e in entries]
-    entry = ir.Function(main, ir.FunctionType(VOID, [PTR, PTR]), name=ENTRY)
-    entry.attributes.add("nounwind")
-    b = ir.IRBuilder(entry.append_basic_block("entry"))
-    for n, (kernel, fn) in enumerate(zip(kernels, entries)):
-        if kernel.extent > 0:               # stop at the first failure: later kernels may write inputs in place
-            _call_kernel(b, fn, entry.args[0], entry.args[1], kernel, checked[n] and n + 1 < len(entries))
-    b.ret_void()
-    _segment_entry(main, program, entries, checked)
-    if any(GEMM_TABLE in m.globals for m in modules):
-        gemm_table(main)
-        for m in modules[1:]:
-            if GEMM_TABLE in m.globals:
-                m.globals[GEMM_TABLE].initializer = None     # `external global`: module 0's
-    return RenderedProgram(tuple(str(m) for m in modules), ENTRY, tuple(f.name for f in entries), tuple(checks),
+    home, weights = module_of(kernels, keys)
+    names: set = set()
+    symbols = tuple(unique_symbol(f"k{n}_{kernel.name}", names) for n, kernel in enumerate(kernels))
+    return ModulePlan(tuple(keys), home, symbols, tuple(weights))
+
+
+def render_program(program: Program) -> RenderedProgram:
+    """The program's code: one module, or for a big program several (`module_of`), which the engine
+    compiles at once and links together (`render_module` each, then `rendered_program`)."""
+    plan = plan_modules(program)
+    parts = [render_module(program, plan, m) for m in range(plan.count)]
+    return rendered_program(program, plan, [checks for _, checks in parts], tuple(text for text, _ in parts))
+
+
+def rendered_program(program: Program, plan: ModulePlan, checks: list, modules: tuple = ()) -> RenderedProgram:
+    """The RenderedProgram of modules rendered apart (`checks`: each module's, from `render_module`)."""
+    merged = {cid: check for module_checks in checks for cid, check in module_checks}
+    return RenderedProgram(modules, ENTRY, tuple(f"{symbol}.range" for symbol in plan.symbols), merged,
                            _gemm_lanes(program), SEGMENT)
 
 
-def module_of(kernels, keys) -> dict:
-    """Shared-function key -> the module its kernels go into: one module unless the program weighs
+def render_module(program: Program, plan: ModulePlan, m: int) -> tuple[str, tuple]:
+    """(IR text, ((check id, Check), ...)) of module `m`: each of its kernels' function (once per
+    shared key) and range entry, with every helper they call (internal: each module has its own
+    copy). Module 0 also holds the entries `program` and `program_segment`, which declare the other
+    modules' range entries, and defines the GEMM table that their matmuls declare."""
+    module = ir.Module(name="tracetorch")
+    slots = {b: i for i, b in enumerate(program.buffers)}
+    checks: list[Check] = []
+    shared: dict = {}                     # kernels equal up to their buffers share one function
+    entries = {}
+    for n, (kernel, key) in enumerate(zip(program.kernels, plan.keys)):
+        if plan.home[key] != m:
+            continue
+        base = plan.symbols[n]
+        hit = shared.get(key)
+        if hit is None:
+            if isinstance(kernel, MatmulKernel):
+                hit = (render_matmul(module, kernel, base), False)
+            else:
+                wide = wide_vectors(kernel)
+                hit = (_KernelRenderer(module, kernel, base, checks, wide, m * CHECK_STRIDE).fn, wide)
+            shared[key] = hit
+        entries[n] = _range_entry(module, hit[0], kernel, slots, base + ".range", hit[1])
+    assert len(checks) < CHECK_STRIDE, f"module {m}: {len(checks)} checks"
+    if m == 0:
+        ranges = [entries.get(n) or ir.Function(module, RANGE_ENTRY, name=f"{symbol}.range")
+                  for n, symbol in enumerate(plan.symbols)]
+        _program_entry(module, program, ranges)
+        _segment_entry(module, program, ranges)
+        if any(isinstance(k, MatmulKernel) for k in program.kernels):
+            gemm_table(module)
+    elif GEMM_TABLE in module.globals:
+        module.globals[GEMM_TABLE].initializer = None     # `external global`: module 0's
+    return str(module), tuple((m * CHECK_STRIDE + i + 1, check) for i, check in enumerate(checks))
+
+
+def _program_entry(module: ir.Module, program: Program, ranges: list) -> None:
+    """void program(table, err): every kernel over its whole range, in order, returning early once
+    one has set the error flag (later kernels may write inputs in place)."""
+    entry = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), name=ENTRY)
+    entry.attributes.add("nounwind")
+    b = ir.IRBuilder(entry.append_basic_block("entry"))
+    for n, (kernel, fn) in enumerate(zip(program.kernels, ranges)):
+        if kernel.extent > 0:
+            _call_kernel(b, fn, entry.args[0], entry.args[1], kernel, n + 1 < len(ranges))
+    b.ret_void()
+
+
+def module_of(kernels, keys) -> tuple[dict, list]:
+    """(shared-function key -> the module its kernels go into, each module's weight): one module unless the program weighs
     more than MODULE_WEIGHT, else up to MAX_MODULES balanced by weight (largest first, each into the
     lightest module so far), so that compiling them in parallel takes about the longest's time."""
     weight: dict = {}
@@ -148,7 +190,7 @@ def module_of(kernels, keys) -> dict:
         i = loads.index(min(loads))
         home[key] = i
         loads[i] += weight[key]
-    return home
+    return home, loads
 
 
 def kernel_weight(kernel) -> int:
@@ -160,7 +202,7 @@ def kernel_weight(kernel) -> int:
     return exprs + sum(1 for _ in walk_stmts(kernel.outer))
 
 
-def _segment_entry(module: ir.Module, program: Program, entries: list, checked: list) -> None:
+def _segment_entry(module: ir.Module, program: Program, entries: list) -> None:
     """void program_segment(table, err, first, last): kernels first..last-1 (program.kernels order) in
     order, stopping at the first failure, as `program` runs them all. Why: a program with parallel
     kernels runs step by step from Python, and one foreign call per run of serial kernels instead of
@@ -175,13 +217,14 @@ def _segment_entry(module: ir.Module, program: Program, entries: list, checked: 
         number = ir.Constant(I64, n)
         inside = b.and_(b.icmp_signed("<=", first, number), b.icmp_signed("<", number, last))
         with b.if_then(inside):
-            _call_kernel(b, entry, table, err, kernel, checked[n])
+            _call_kernel(b, entry, table, err, kernel, True)
     b.ret_void()
 
 
 def _call_kernel(b: ir.IRBuilder, entry, table, err, kernel, checked: bool) -> None:
     """Call a kernel's range entry over its whole outer loop; when `checked`, return from the calling
-    function if the kernel set the error flag."""
+    function if the kernel set the error flag (after every kernel: whether one has checks is known
+    only once its module is rendered, and a load and branch a kernel cost nothing)."""
     b.call(entry, [table, err, ir.Constant(I64, 0), ir.Constant(I64, kernel.extent)])
     if checked:
         failed = b.icmp_signed("!=", b.load(err, typ=I32, align=4), ir.Constant(I32, 0))
@@ -267,8 +310,11 @@ def _prefer_wide_vectors(fn: ir.Function) -> None:
     set.add(fn.attributes, WIDE_VECTORS)      # a string attribute: llvmlite's set admits only keywords
 
 
+RANGE_ENTRY = ir.FunctionType(VOID, [PTR, PTR, I64, I64])     # void (ptr table, ptr err, i64 start, i64 stop)
+
+
 def _range_entry(module, kernel_fn, kernel: Kernel, slots: dict, name: str, wide: bool) -> ir.Function:
-    fn = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64, I64]), name=name)
+    fn = ir.Function(module, RANGE_ENTRY, name=name)
     fn.attributes.add("noinline")
     fn.attributes.add("nounwind")
     if wide:                                  # it inlines the kernel: the preference must be on both
@@ -285,8 +331,9 @@ def _range_entry(module, kernel_fn, kernel: Kernel, slots: dict, name: str, wide
 class _KernelRenderer:
     """Emit one kernel function; expressions are memoized per scope (they are DAGs)."""
 
-    def __init__(self, module: ir.Module, kernel: Kernel, name: str, checks: list[Check], wide: bool = False):
-        self.kernel, self.checks = kernel, checks
+    def __init__(self, module: ir.Module, kernel: Kernel, name: str, checks: list[Check], wide: bool = False,
+                 check_base: int = 0):
+        self.kernel, self.checks, self.check_base = kernel, checks, check_base
         self.buffers = kernel.buffers
         args = [PTR] * len(self.buffers) + [PTR, I64, I64]
         fn = ir.Function(module, ir.FunctionType(VOID, args), name=name)
@@ -469,7 +516,7 @@ class _KernelRenderer:
         with safe values). Inside the loops the check only ORs into a local flag, without a branch or a
         store to memory, so the loop still vectorizes (a gather in a reduction loop ran scalar)."""
         self.checks.append(check)
-        cid = len(self.checks)
+        cid = self.check_base + len(self.checks)
         at_entry = ir.IRBuilder(self._entry)
         at_entry.position_at_start(self._entry)        # allocas in the entry block: promoted to registers
         flag = at_entry.alloca(I8, name=f"failed{cid}")

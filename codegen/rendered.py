@@ -41,7 +41,7 @@ class RenderedProgram:
                                           # them); a big program is several, compiled at once (llvm_engine)
     entry: str                            # void program(ptr table, ptr err)
     kernel_entries: tuple[str, ...]       # per kernel (program.kernels order): void (ptr table, ptr err, i64, i64)
-    checks: tuple[Check, ...]             # error flag value i+1 -> checks[i]
+    checks: dict                          # error flag value -> its Check (module m's: m * CHECK_STRIDE + 1, ...)
     gemm: int = 0                         # it calls the GEMM library of vectors of that many floats through
                                           # its GEMM_TABLE (0: no matmul)
     segment: str = ""                     # void (ptr table, ptr err, i64 first, i64 last): kernels first..last-1

@@ -42,17 +42,17 @@ def job_count() -> int:
     return max(1, min(MAX_JOBS, cores))
 
 
-def compile_all(compile_one, texts: list[str], jobs: int | None = None) -> list[bytes]:
-    """[compile_one(i) for each i in range(len(texts))], the work spread over `jobs` processes
-    (`job_count()` by default): this one and forked children take the modules one at a time from a
-    shared queue, longest text first, so the processes finish together even where a module's size
-    says little about its compile time (W6's took 2 to 9 us a byte)."""
-    jobs = min(job_count() if jobs is None else jobs, len(texts))
+def compile_all(compile_one, sizes: list[int], jobs: int | None = None) -> list[bytes]:
+    """[compile_one(i) for each i in range(len(sizes))] (bytes each), the work spread over `jobs`
+    processes (`job_count()` by default): this one and forked children take the modules one at a
+    time from a shared queue, largest estimated `sizes` first, so the processes finish together even
+    where a module's size says little about its compile time (W6's took 2 to 9 us a byte of IR)."""
+    jobs = min(job_count() if jobs is None else jobs, len(sizes))
     if jobs <= 1 or not hasattr(os, "fork"):
-        return [compile_one(i) for i in range(len(texts))]
-    queue = _queue(sorted(range(len(texts)), key=lambda i: -len(texts[i])))
+        return [compile_one(i) for i in range(len(sizes))]
+    queue = _queue(sorted(range(len(sizes)), key=lambda i: -sizes[i]))
     if queue is None:
-        return [compile_one(i) for i in range(len(texts))]
+        return [compile_one(i) for i in range(len(sizes))]
     done: dict[int, bytes] = {}
     children = []
     try:
@@ -65,7 +65,7 @@ def compile_all(compile_one, texts: list[str], jobs: int | None = None) -> list[
         os.close(queue)
         for pid, fd in children:
             _reap(pid, fd)
-    return [done[i] if i in done else compile_one(i) for i in range(len(texts))]
+    return [done[i] if i in done else compile_one(i) for i in range(len(sizes))]
 
 
 def _queue(order: list[int]):

@@ -1,14 +1,16 @@
 """Object code cached on disk, so a second process compiles no LLVM at all.
 
 Location: `$TRACETORCH_CACHE_DIR/llvm/` if the variable is set, else
-`~/.cache/tracetorch/llvm/`. Per compiled module, `<key>.o` (its object code;
-a program of several modules adds `<key>.1.o` ... for the others) and, where a
-system linker exists, `<key>.so` (all of them linked into one shared object,
-which a warm start loads without LLVM); the engine also keeps
-small `<program key>.json` index entries, and the CPU backend the lowered
-programs of graphs (`<graph key>.lowered`: tracetorch.jit.lowering_cache). The key is the SHA-256 of the
-module's IR text, the host CPU name and features, the llvmlite and LLVM
-versions and this file format's version. An entry holds a header (magic,
+`~/.cache/tracetorch/llvm/`. Per program, `<key>.o` (its object code; a
+program of several modules adds `<key>.1.o` ... for the others), where a
+system linker exists `<key>.so` (all of them linked into one shared object,
+which a warm start loads without LLVM), and a small `<key>.json` index entry
+(entry points and checks); the key is the program key (`runtime.program_key`:
+the program's content, the renderer's source, the host CPU and toolchain).
+The GEMM library and the native team are keyed alike by what makes them
+(host target, renderer source, their IR). The CPU backend also keeps the
+lowered programs of graphs (`<graph key>.lowered`: tracetorch.jit.lowering_cache).
+An entry holds a header (magic,
 payload length, SHA-256 of the payload) and the payload; an entry that is
 truncated or corrupt fails the check, is deleted and the caller rebuilds it
 (relinks a shared object, recompiles object code). Writes go to a temporary
@@ -30,15 +32,6 @@ def default_directory() -> Path:
     root = os.environ.get("TRACETORCH_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "tracetorch"
     return base / "llvm"
-
-
-def cache_key(ir_text: str, cpu: str, features: str, versions: str) -> str:
-    """The key of a module: it is also the module's name (see LLVM.md: object caches are keyed by name)."""
-    h = hashlib.sha256()
-    for part in (FORMAT.decode(), versions, cpu, features, ir_text):
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 class DiskCache:

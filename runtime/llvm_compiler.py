@@ -21,7 +21,7 @@ import time
 import llvmlite
 import llvmlite.binding as llvm
 
-from .disk_cache import CODE_MODEL, cache_key
+from .disk_cache import CODE_MODEL
 
 _llvm_ready = False
 
@@ -57,10 +57,6 @@ class LLVMCompiler:
         self._tm = host_target_machine()
         self._jit = None                     # the ORC LLJIT, started on the first `link`
         self._libraries_linked = 0
-
-    def key(self, ir_text: str) -> str:
-        """The object's cache key (and module name): IR, CPU, features and versions."""
-        return cache_key(ir_text, self.cpu, self.features, self.versions)
 
     def object_code(self, ir_text: str, name: str, optimize: bool = True) -> bytes:
         """Optimize (O3, vectorizers on; not when `optimize` is false: IR written as the machine code

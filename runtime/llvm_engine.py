@@ -1,10 +1,12 @@
 """The LLVM CPU engine: compile a `Program` to native code once, then call it cheaply.
 
 Compile: render the program to LLVM IR (codegen.llvm_ir; a big program as
-several modules, compiled at once by forked children: runtime.compile_jobs),
-name each module by its cache key, optimize at O3 for the host CPU (new pass
-manager, loop and SLP vectorization), emit position-independent object code
-(`runtime.llvm_compiler`, the only module that imports llvmlite.binding).
+several modules, each rendered and compiled by whichever of this process and
+its forked children takes it: runtime.compile_jobs), name each module by its
+cache key (the program key: `runtime.program_key`), optimize at O3 for the
+host CPU (new pass manager, loop and SLP vectorization), emit
+position-independent object code (`runtime.llvm_compiler`, the only module
+that imports llvmlite.binding).
 Where a system linker exists (`runtime.shared_object`), the object is also
 linked into a shared object, in the background: the process that compiled it
 has LLVM loaded and links it by ORC at once (the linker took ~25 ms a module,
@@ -44,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import threading
 import time
 import weakref
@@ -110,6 +113,21 @@ def render_program(program: Program) -> RenderedProgram:
     """codegen.llvm_ir.render_program, imported on first use: a warm start never renders IR."""
     from codegen.llvm_ir import render_program as render
     return render(program)
+
+
+def plan_modules(program: Program):
+    from codegen.llvm_ir import plan_modules as plan
+    return plan(program)
+
+
+def render_module(program: Program, plan, m: int):
+    from codegen.llvm_ir import render_module as render
+    return render(program, plan, m)
+
+
+def rendered_program(program: Program, plan, checks: list) -> RenderedProgram:
+    from codegen.llvm_ir import rendered_program as assemble
+    return assemble(program, plan, checks)
 
 
 @dataclass
@@ -203,12 +221,19 @@ class LLVMEngine:
         found = self._programs.get(pkey) or self._load_index(pkey)
         if found is not None:                  # seen before: its object is found without rendering the IR
             key, rendered, count = found
-            library = self._library(key, lambda: render_program(program).modules, rendered.exports, count=count)
-        else:
-            rendered = render_program(program)
-            key, count = self.compiler.key(rendered.ir), len(rendered.modules)
-            library = self._library(key, rendered.modules, rendered.exports, count=count)
-            self._store_index(pkey, key, rendered)
+            library = self._library(key, lambda: self._render_objects(program, pkey)[0], rendered.exports,
+                                    count=count)
+        else:                                  # objects are keyed by the program key: rendered in parallel
+            made: dict = {}
+            layout = plan_modules(program)
+            key, count = pkey, layout.count
+
+            def make():
+                objs, made["rendered"] = self._render_objects(program, pkey, layout)
+                return objs
+            library = self._library(key, make, rendered_program(program, layout, []).exports, count=count)
+            rendered = made.get("rendered") or render_program(program)     # (objects found: render for checks)
+            self._store_index(pkey, key, rendered, count)
         if rendered.gemm:
             self._link_gemm(library, rendered.gemm)
         self._programs[pkey] = (key, RenderedProgram((), rendered.entry, rendered.kernel_entries, rendered.checks,
@@ -224,18 +249,19 @@ class LLVMEngine:
             return None
         try:
             d = json.loads(blob)
-            checks = tuple(Check(_EXCEPTIONS[name], message) for name, message in d["checks"])
+            checks = {int(cid): Check(_EXCEPTIONS[name], message) for cid, name, message in d["checks"]}
             return d["key"], RenderedProgram((), d["entry"], tuple(d["kernel_entries"]), checks, int(d["gemm"]),
                                              str(d["segment"])), int(d["modules"])
         except (ValueError, KeyError, TypeError):
             return None
 
-    def _store_index(self, pkey: str, key: str, rendered: RenderedProgram) -> None:
+    def _store_index(self, pkey: str, key: str, rendered: RenderedProgram, count: int) -> None:
         if self.cache is None:
             return
         d = {"key": key, "entry": rendered.entry, "kernel_entries": list(rendered.kernel_entries),
-             "checks": [[c.error.__name__, c.message] for c in rendered.checks], "gemm": rendered.gemm,
-             "segment": rendered.segment, "modules": len(rendered.modules)}
+             "checks": [[cid, c.error.__name__, c.message] for cid, c in rendered.checks.items()],
+             "gemm": rendered.gemm,
+             "segment": rendered.segment, "modules": count}
         self.cache.store(pkey, json.dumps(d).encode(), ".json")
 
     def _gemm_key(self, lanes: int) -> str:
@@ -266,15 +292,25 @@ class LLVMEngine:
             key = self._gemm_key(lanes)
             # no IR passes: its IR is already what the machine code should be, and O3 made it slower
             # (128x512x784: 260 -> 311 GFLOP/s without them; 0.045 s less compile time)
-            gemm = self._gemm[lanes] = self._library(key, lambda: library_ir(lanes), GEMM_EXPORTS, optimize=False)
+            gemm = self._gemm[lanes] = self.ir_library(key, lambda: library_ir(lanes), GEMM_EXPORTS, optimize=False)
         table = (ctypes.c_void_p * len(GEMM_EXPORTS)).from_address(library[GEMM_TABLE])
         table[:] = [gemm[name] for name in GEMM_EXPORTS]
 
-    def _library(self, key: str, modules, exports: tuple[str, ...], optimize: bool = True, count: int = 1):
-        """The loaded code of object `key`, made of `count` modules (`modules`: their IR texts, or a
-        function giving them, or one text): a SharedLibrary or an ORC resource tracker (`lib[name]` is
-        an export's address either way). In this process, else a cached shared object, else the cached
-        objects (or IR compiled now) linked into a shared object, else linked by ORC."""
+    def ir_library(self, key: str, texts, exports: tuple[str, ...], optimize: bool = True):
+        """`_library` of IR (one text, or a function giving it): the GEMM library, the native team."""
+        def make():
+            later = self._later.pop(key, None)      # compiled by a child meanwhile (`_prefetch_gemm`)
+            if later is not None:
+                self.stats.compiles += 1
+                return [later.result()]
+            return self.object_codes((texts() if callable(texts) else texts,), key, optimize)
+        return self._library(key, make, exports)
+
+    def _library(self, key: str, make_objects, exports: tuple[str, ...], count: int = 1):
+        """The loaded code of object `key`, made of `count` modules: a SharedLibrary or an ORC resource
+        tracker (`lib[name]` is an export's address either way). In this process, else a cached shared
+        object, else the cached objects (or `make_objects()`'s, compiled now) linked into a shared
+        object, else linked by ORC."""
         with self._lock:
             lib = self._loaded_libraries.get(key)
             if lib is not None:
@@ -285,14 +321,7 @@ class LLVMEngine:
                 keys = module_keys(key, count)
                 objs = [self.cache.load(k) for k in keys] if self.cache else [None]
                 if None in objs:                # compiled now: LLVM is loaded, ORC links it at once
-                    later = self._later.pop(key, None)
-                    if later is not None and count == 1:
-                        objs = [later.result()]
-                        self.stats.compiles += 1
-                    else:
-                        texts = modules() if callable(modules) else modules
-                        objs = self.object_codes((texts,) if isinstance(texts, str) else tuple(texts), key,
-                                                 optimize)
+                    objs = make_objects()
                     assert len(objs) == count, (key, len(objs), count)
                     if self.cache:
                         for k, obj in zip(keys, objs):
@@ -306,6 +335,24 @@ class LLVMEngine:
                     self.stats.orc_links += 1
             self._loaded_libraries[key] = lib
             return lib
+
+    def _render_objects(self, program: Program, key: str, plan=None) -> tuple[list[bytes], RenderedProgram]:
+        """(object code of each of the program's modules, the RenderedProgram without IR text): each
+        module is rendered and compiled by whichever process takes it from the queue of
+        runtime.compile_jobs, so rendering (W6: ~0.7 s of Python) is split across the cores too."""
+        plan = plan or plan_modules(program)
+        compiler = self.compiler
+        names = module_keys(key, plan.count)
+
+        def build(i: int) -> bytes:
+            text, checks = render_module(program, plan, i)
+            return pickle.dumps((compiler.object_code(text, names[i], True), checks))
+        t0 = time.perf_counter()
+        built = [pickle.loads(b) for b in compile_all(build, list(plan.weights))]
+        self.stats.compiles += plan.count
+        self.stats.compile_seconds += time.perf_counter() - t0
+        self.stats.timings = dict(compiler.timings)
+        return [obj for obj, _ in built], rendered_program(program, plan, [checks for _, checks in built])
 
     def _cached_shared_library(self, key: str, exports: tuple[str, ...]) -> SharedLibrary | None:
         if not (self.cache and self.shared_objects):
@@ -373,7 +420,7 @@ class LLVMEngine:
         t0 = time.perf_counter()
         compiler = self.compiler
         names = module_keys(key, len(texts))
-        objs = compile_all(lambda i: compiler.object_code(texts[i], names[i], optimize), list(texts))
+        objs = compile_all(lambda i: compiler.object_code(texts[i], names[i], optimize), [len(t) for t in texts])
         self.stats.compiles += len(texts)
         self.stats.compile_seconds += time.perf_counter() - t0
         self.stats.timings = dict(compiler.timings)
@@ -658,7 +705,7 @@ class CompiledProgram:
     def _raise(self) -> None:
         code = self._err[0]
         self._err[0] = 0
-        check = self.rendered.checks[code - 1]
+        check = self.rendered.checks[code]
         raise check.error(f"{check.message} (program {self.program.name!r})")
 
     def step_kinds(self) -> dict:

@@ -269,7 +269,7 @@ class NativeTeam:
         self.pid = os.getpid()
         ir = team_ir(arch)
         key = "team-" + hashlib.sha256(f"{engine.target}\0{ir}".encode()).hexdigest()
-        self._library = engine._library(key, ir, EXPORTS)       # kept: the workers run its code
+        self._library = engine.ir_library(key, ir, EXPORTS)     # kept: the workers run its code
         self._run = RUN_TYPE(self._library["tt_team_run"])
         self._stop = STOP_TYPE(self._library["tt_team_stop"])
         self._raw = ctypes.create_string_buffer(STATE_BYTES + 64)

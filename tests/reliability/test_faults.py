@@ -3,7 +3,6 @@ at once, and KeyboardInterrupt at each phase of a compiled call. Each ends in a 
 correct result, with the function's state consistent (all of a call's updates or none)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
@@ -127,10 +126,12 @@ def test_a_program_failing_at_run_time_commits_nothing(backend, monkeypatch):
 
 @needs_llvm
 @pytest.mark.parametrize("stage", ["fusion", "lowering", "llvm parse"])
-def test_llvm_failure_at_each_stage_is_a_compile_error_naming_the_stage(stage, monkeypatch):
+def test_llvm_failure_at_each_stage_is_a_compile_error_naming_the_stage(stage, monkeypatch, tmp_path):
     import runtime.llvm_engine
     import tracetorch.jit.llvm_backend as llvm_backend
-    monkeypatch.setattr(llvm_backend.lowering_cache, "load", lambda *args: None)    # fusion and lowering run
+    from runtime.disk_cache import DiskCache
+    # an engine of its own, with an empty disk cache: every stage runs (nothing is found by key)
+    monkeypatch.setattr(llvm_backend.BACKEND, "_engine", runtime.llvm_engine.LLVMEngine(cache=DiskCache(tmp_path)))
     if stage == "fusion":
         monkeypatch.setattr(llvm_backend, "fuse", _raising(None, InjectedFault("injected fusion failure")))
         expected = "llvm backend: fusion of"
@@ -138,12 +139,12 @@ def test_llvm_failure_at_each_stage_is_a_compile_error_naming_the_stage(stage, m
         monkeypatch.setattr(llvm_backend, "lower_program", _raising(None, InjectedFault("injected lowering failure")))
         expected = "llvm backend: lowering of"
     else:                                               # invalid LLVM IR reaches llvmlite's parser
-        render = runtime.llvm_engine.render_program
+        render = runtime.llvm_engine.render_module
 
-        def broken_render(program):
-            r = render(program)
-            return dataclasses.replace(r, modules=(r.modules[0].replace("define", "define broken", 1),) + r.modules[1:])
-        monkeypatch.setattr(runtime.llvm_engine, "render_program", broken_render)
+        def broken_render(program, plan, m):
+            text, checks = render(program, plan, m)
+            return text.replace("define", "define broken", 1), checks
+        monkeypatch.setattr(runtime.llvm_engine, "render_module", broken_render)
         expected = "llvm backend: code generation of"
     f = tt.compile(lambda x: (x.exp() + 0.123456789).sum(1), backend="llvm")
     with pytest.raises(CompileError, match=expected) as err:

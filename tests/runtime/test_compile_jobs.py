@@ -66,7 +66,7 @@ def _made(out: bytes) -> tuple[str, str]:
 def test_jobs_are_shared_between_this_process_and_forked_children_in_order(forked):
     texts = [f"module {i} " + "x" * (i * 37 % 11) for i in range(7)]
     compile_one = _fake_compile(texts)
-    out = compile_all(compile_one, texts, jobs=3)
+    out = compile_all(compile_one, [len(t) for t in texts], jobs=3)
     assert out == [compile_one(i).replace(str(os.getpid()).encode(), _made(o)[1].encode())
                    for i, o in enumerate(out)]                 # each complete, in order
     assert [_made(o)[0] for o in out] == texts
@@ -79,7 +79,7 @@ def test_one_job_compiles_everything_here(monkeypatch):
     monkeypatch.setenv("TRACETORCH_COMPILE_JOBS", "1")
     texts = ["a", "b", "c"]
     assert job_count() == 1
-    assert [_made(o) for o in compile_all(_fake_compile(texts), texts)] == [(t, str(os.getpid())) for t in texts]
+    assert [_made(o) for o in compile_all(_fake_compile(texts), [1] * len(texts))] == [(t, str(os.getpid())) for t in texts]
     monkeypatch.setenv("TRACETORCH_COMPILE_JOBS", "two")
     with pytest.raises(ValueError, match="TRACETORCH_COMPILE_JOBS='two'"):
         job_count()
@@ -102,7 +102,7 @@ def test_a_failing_child_costs_only_time(failure, forked):
             done.append(i)
         time.sleep(0.05)
         return f"{texts[i]}!".encode()
-    assert compile_all(compile_one, texts, jobs=2) == [f"{t}!".encode() for t in texts]
+    assert compile_all(compile_one, [len(t) for t in texts], jobs=2) == [f"{t}!".encode() for t in texts]
     assert len(forked) == 1 and _all_reaped(forked)
 
 
@@ -117,7 +117,7 @@ def test_an_error_here_leaves_no_child_running(forked):
         time.sleep(30)                      # a child still at work when the error arrives: killed
         return b""
     with pytest.raises(ValueError, match="bad IR"):
-        compile_all(compile_one, texts, jobs=2)
+        compile_all(compile_one, [len(t) for t in texts], jobs=2)
     assert len(forked) == 1 and _all_reaped(forked)
 
 
@@ -231,13 +231,13 @@ def test_module_weights_balance_and_keep_shared_kernels_together():
     keys = [llvm_ir._matmul_key(k) if isinstance(k, MatmulKernel) else llvm_ir.canonical_kernel(k)
             for k in program.kernels]
     weights = [llvm_ir.kernel_weight(k) for k in program.kernels]
-    assert llvm_ir.module_of(program.kernels, keys) == {key: 0 for key in keys}     # light: one module
-    home = llvm_ir.module_of(program.kernels * 3, keys * 3)                          # repeats share functions
+    assert llvm_ir.module_of(program.kernels, keys)[0] == {key: 0 for key in keys}     # light: one module
+    home, _ = llvm_ir.module_of(program.kernels * 3, keys * 3)                          # repeats share functions
     assert set(home) == set(keys)
     old = llvm_ir.MODULE_WEIGHT
     try:
         llvm_ir.MODULE_WEIGHT = sum(weights) // 3
-        home = llvm_ir.module_of(program.kernels, keys)
+        home, _ = llvm_ir.module_of(program.kernels, keys)
     finally:
         llvm_ir.MODULE_WEIGHT = old
     loads = [0] * (max(home.values()) + 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.disk_cache import DiskCache, cache_key, default_directory
+from runtime.disk_cache import DiskCache, default_directory
 from runtime.llvm_engine import LLVMEngine
 from sample_programs import two_stage_program
 
@@ -37,14 +37,6 @@ def test_truncated_or_corrupt_entries_are_detected_and_removed(tmp_path):
         assert cache.load("a" * 64) is None
         assert not path.exists()
     assert cache.corrupt == 4
-
-
-def test_key_covers_ir_cpu_features_and_versions():
-    base = cache_key("ir", "znver4", "+avx", "llvmlite 0.50")
-    assert len(base) == 64
-    others = [cache_key("ir2", "znver4", "+avx", "llvmlite 0.50"), cache_key("ir", "skylake", "+avx", "llvmlite 0.50"),
-              cache_key("ir", "znver4", "-avx", "llvmlite 0.50"), cache_key("ir", "znver4", "+avx", "llvmlite 0.51")]
-    assert len({base, *others}) == 5
 
 
 def test_directory_from_environment(monkeypatch, tmp_path):

@@ -53,7 +53,7 @@ done:
 
 @pytest.fixture(scope="module")
 def mark(engine):
-    lib = engine._library("test-native-team-mark", MARK_IR, ("mark",))
+    lib = engine.ir_library("test-native-team-mark", MARK_IR, ("mark",))
     return lib, lib["mark"]
 
 
@@ -139,7 +139,7 @@ def test_a_forked_child_gets_a_team_of_its_own(tmp_path, mark):
     engine = LLVMEngine(cache=DiskCache(tmp_path), threads=2)
     parent_team = engine.team
     assert isinstance(parent_team, native_team.NativeTeam)
-    lib = engine._library("test-native-team-mark", MARK_IR, ("mark",))
+    lib = engine.ir_library("test-native-team-mark", MARK_IR, ("mark",))
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                                          # the child: the parent's worker did not survive fork
