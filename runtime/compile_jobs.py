@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 import struct
+import sys
 import warnings
 
 MAX_JOBS = 8
@@ -28,13 +29,16 @@ _RECORD = struct.Struct("<IQ")     # a child's result: module number, object len
 
 
 def job_count() -> int:
-    """The processes that compile at once: `$TRACETORCH_COMPILE_JOBS`, else the usable cores (<= 8)."""
+    """The processes that compile at once: `$TRACETORCH_COMPILE_JOBS`, else the usable cores (<= 8);
+    1 off Linux (fork without exec is unsafe on macOS once system frameworks run threads)."""
     env = os.environ.get("TRACETORCH_COMPILE_JOBS", "").strip()
     if env:
         try:
             return max(1, int(env))
         except ValueError:
             raise ValueError(f"TRACETORCH_COMPILE_JOBS={env!r}: expected a whole number of processes") from None
+    if not sys.platform.startswith("linux"):
+        return 1
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
