@@ -60,7 +60,10 @@ def compile_all(compile_one, sizes: list[int], jobs: int | None = None) -> list[
     done: dict[int, bytes] = {}
     children = []
     try:
-        children = [child for _ in range(jobs - 1) if (child := _fork(compile_one, queue)) is not None]
+        for _ in range(jobs - 1):
+            child = _fork(compile_one, queue)
+            if child is not None:
+                children.append(child)      # (one by one: an interrupt between forks still reaps them)
         while (i := _take(queue)) is not None:
             done[i] = compile_one(i)
         for pid, fd in children:
