@@ -528,6 +528,13 @@ class Program:
         return tuple(s for s in self.steps if isinstance(s, (Kernel, MatmulKernel)))
 
     @property
+    def gemm_lanes(self) -> int:
+        """The vector width of the GEMM library the program's matmuls call (0: none)."""
+        lanes = {k.lanes for k in self.steps if isinstance(k, MatmulKernel)}
+        assert len(lanes) <= 1, f"matmuls of one program for GEMM libraries of {sorted(lanes)} lanes"
+        return lanes.pop() if lanes else 0
+
+    @property
     def temps(self) -> tuple[Buffer, ...]:
         known = set(self.inputs) | set(self.outputs)
         found: dict[Buffer, None] = {}

@@ -124,7 +124,7 @@ def rendered_program(program: Program, plan: ModulePlan, checks: list, modules: 
     """The RenderedProgram of modules rendered apart (`checks`: each module's, from `render_module`)."""
     merged = {cid: check for module_checks in checks for cid, check in module_checks}
     return RenderedProgram(modules, ENTRY, tuple(f"{symbol}.range" for symbol in plan.symbols), merged,
-                           _gemm_lanes(program), SEGMENT)
+                           program.gemm_lanes, SEGMENT)
 
 
 def render_module(program: Program, plan: ModulePlan, m: int) -> tuple[str, tuple]:
@@ -156,7 +156,7 @@ def render_module(program: Program, plan: ModulePlan, m: int) -> tuple[str, tupl
                   for n, symbol in enumerate(plan.symbols)]
         _program_entry(module, program, ranges)
         _segment_entry(module, program, ranges)
-        if any(isinstance(k, MatmulKernel) for k in program.kernels):
+        if program.gemm_lanes:
             gemm_table(module)
     elif GEMM_TABLE in module.globals:
         module.globals[GEMM_TABLE].initializer = None     # `external global`: module 0's
@@ -264,13 +264,6 @@ def canonical_kernel(kernel: Kernel):
         return type(st)(**{**st.__dict__, "value": expr(st.value)})
 
     return stmt(kernel.outer)
-
-
-def _gemm_lanes(program: Program) -> int:
-    """The vector width of the GEMM library the program's matmuls call (0: none)."""
-    lanes = {k.lanes for k in program.kernels if isinstance(k, MatmulKernel)}
-    assert len(lanes) <= 1, f"matmuls of one program for GEMM libraries of {sorted(lanes)} lanes"
-    return lanes.pop() if lanes else 0
 
 
 def _matmul_key(kernel: MatmulKernel):

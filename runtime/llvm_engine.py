@@ -219,46 +219,46 @@ class LLVMEngine:
         self._prefetch_gemm(program)
         pkey = program_key(program, self.target)
         found = self._programs.get(pkey) or self._load_index(pkey)
+        # the program's objects are keyed by its program key
         if found is not None:                  # seen before: its object is found without rendering the IR
-            key, rendered, count = found
-            library = self._library(key, lambda: self._render_objects(program, pkey)[0], rendered.exports,
+            rendered, count = found
+            library = self._library(pkey, lambda: self._render_objects(program, pkey)[0], rendered.exports,
                                     count=count)
-        else:                                  # objects are keyed by the program key: rendered in parallel
+        else:                                  # its modules are rendered (and compiled) in parallel
             made: dict = {}
             layout = plan_modules(program)
-            key, count = pkey, layout.count
+            count = layout.count
 
             def make():
                 objs, made["rendered"] = self._render_objects(program, pkey, layout)
                 return objs
-            library = self._library(key, make, rendered_program(program, layout, []).exports, count=count)
+            library = self._library(pkey, make, rendered_program(program, layout, []).exports, count=count)
             rendered = made.get("rendered") or render_program(program)     # (objects found: render for checks)
-            self._store_index(pkey, key, rendered, count)
+            self._store_index(pkey, rendered, count)
         if rendered.gemm:
             self._link_gemm(library, rendered.gemm)
-        self._programs[pkey] = (key, RenderedProgram((), rendered.entry, rendered.kernel_entries, rendered.checks,
-                                                     rendered.gemm, rendered.segment), count)
+        self._programs[pkey] = (RenderedProgram((), rendered.entry, rendered.kernel_entries, rendered.checks,
+                                                rendered.gemm, rendered.segment), count)
         self.stats.load_seconds += time.perf_counter() - t0
         return CompiledProgram(self, program, rendered, library, plan or sequential_plan(program.temps))
 
     def _load_index(self, pkey: str):
-        """(object key, rendered program without its IR text, number of modules) stored for a program
-        key, or None."""
+        """(rendered program without its IR text, number of modules) stored for a program key, or None."""
         blob = self.cache.load(pkey, ".json") if self.cache else None
         if blob is None:
             return None
         try:
             d = json.loads(blob)
             checks = {int(cid): Check(_EXCEPTIONS[name], message) for cid, name, message in d["checks"]}
-            return d["key"], RenderedProgram((), d["entry"], tuple(d["kernel_entries"]), checks, int(d["gemm"]),
+            return RenderedProgram((), d["entry"], tuple(d["kernel_entries"]), checks, int(d["gemm"]),
                                              str(d["segment"])), int(d["modules"])
         except (ValueError, KeyError, TypeError):
             return None
 
-    def _store_index(self, pkey: str, key: str, rendered: RenderedProgram, count: int) -> None:
+    def _store_index(self, pkey: str, rendered: RenderedProgram, count: int) -> None:
         if self.cache is None:
             return
-        d = {"key": key, "entry": rendered.entry, "kernel_entries": list(rendered.kernel_entries),
+        d = {"entry": rendered.entry, "kernel_entries": list(rendered.kernel_entries),
              "checks": [[cid, c.error.__name__, c.message] for cid, c in rendered.checks.items()],
              "gemm": rendered.gemm,
              "segment": rendered.segment, "modules": count}
@@ -272,10 +272,9 @@ class LLVMEngine:
         """A program with matmuls needs the GEMM library: if this process has not loaded it and the
         disk cache lacks it, a forked child renders and compiles it meanwhile (`_library` takes its
         object), so its ~0.2 s of LLVM time overlaps the program's own."""
-        lanes = {k.lanes for k in program.kernels if isinstance(k, MatmulKernel)}
-        if len(lanes) != 1:
+        lanes = program.gemm_lanes
+        if not lanes:
             return
-        lanes = lanes.pop()
         with self._lock:
             key = self._gemm_key(lanes)
             if lanes in self._gemm or key in self._later or \
@@ -347,11 +346,7 @@ class LLVMEngine:
         def build(i: int) -> bytes:
             text, checks = render_module(program, plan, i)
             return pickle.dumps((compiler.object_code(text, names[i], True), checks))
-        t0 = time.perf_counter()
-        built = [pickle.loads(b) for b in compile_all(build, list(plan.weights))]
-        self.stats.compiles += plan.count
-        self.stats.compile_seconds += time.perf_counter() - t0
-        self.stats.timings = dict(compiler.timings)
+        built = [pickle.loads(b) for b in self._compile_all(build, list(plan.weights))]
         return [obj for obj, _ in built], rendered_program(program, plan, [checks for _, checks in built])
 
     def _cached_shared_library(self, key: str, exports: tuple[str, ...]) -> SharedLibrary | None:
@@ -417,14 +412,18 @@ class LLVMEngine:
         """Optimize (O3, vectorizers on; unless not `optimize`) and compile each module's IR text to an
         object file for the host (named by `module_keys`); several at once in forked children
         (runtime.compile_jobs)."""
-        t0 = time.perf_counter()
         compiler = self.compiler
         names = module_keys(key, len(texts))
-        objs = compile_all(lambda i: compiler.object_code(texts[i], names[i], optimize), [len(t) for t in texts])
-        self.stats.compiles += len(texts)
+        return self._compile_all(lambda i: compiler.object_code(texts[i], names[i], optimize), [len(t) for t in texts])
+
+    def _compile_all(self, build, sizes: list[int]) -> list[bytes]:
+        """compile_jobs.compile_all(build, sizes), counted in the stats (one compile per module)."""
+        t0 = time.perf_counter()
+        out = compile_all(build, sizes)
+        self.stats.compiles += len(sizes)
         self.stats.compile_seconds += time.perf_counter() - t0
-        self.stats.timings = dict(compiler.timings)
-        return objs
+        self.stats.timings = dict(self.compiler.timings)
+        return out
 
     def assembly(self, program: Program) -> str:
         """The optimized machine code of a program, as text (for inspecting vectorization)."""
