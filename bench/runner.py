@@ -539,6 +539,9 @@ def run_compile_times(cases: list[Case], systems: Systems, options: Options, log
 def _run_probe(case: Case, backend: str, cache_dir: str, options: Options) -> dict:
     env = dict(os.environ)
     env[CACHE_DIR_ENV] = cache_dir
+    # Python as a user runs it: the cold process may write bytecode a warm one reads (a sandbox's
+    # PYTHONDONTWRITEBYTECODE made each warm start recompile the library's stale sources: ~15 ms)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     cmd = [sys.executable, "-m", "bench.compile_probe", "--case", case.name, "--backend", backend,
            "--device", options.device] + (["--quick"] if options.quick else [])

@@ -237,3 +237,98 @@ def test_every_kind_of_module_change_is_seen_by_the_cached_guards(mutate):
     got, want = f(x), model(x)
     assert f.stats()["traces"] == traces + 1
     np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- Python constants inside plain objects and containers
+class _Config:
+    pass
+
+
+_CFG = _Config()
+_HP = {"scale": 1.0, "smooth": [0.0]}
+
+
+def test_constants_in_object_attributes_dict_values_and_list_items_retrace():
+    """`cfg.x`, `hp["k"]` and `hp["k"][0]` are read like a global constant: a change is a new trace,
+    never a stale replay of the first value."""
+    tt.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x, y = tt.randn(8, 4), tt.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    _CFG.offset, _HP["scale"], _HP["smooth"][0] = 0.0, 1.0, 0.0
+
+    def loss_fn(x, y):
+        return F.cross_entropy(model(x) * _HP["scale"] + _CFG.offset, y, label_smoothing=_HP["smooth"][0])
+
+    compiled = tt.compile(loss_fn)
+    for offset, scale, smooth in [(0.0, 1.0, 0.0), (0.0, 1.0, 0.0), (0.5, 1.0, 0.0), (0.5, 3.0, 0.0),
+                                  (0.5, 3.0, 0.25), (0.5, 3.0, 0.25)]:
+        _CFG.offset, _HP["scale"], _HP["smooth"][0] = offset, scale, smooth
+        assert compiled(x, y).item() == pytest.approx(loss_fn(x, y).item(), rel=1e-6), (offset, scale, smooth)
+    s = compiled.stats()
+    assert s["traces"] == 4 and s["cache_hits"] == 2, s
+    assert set(s["guard_failures"]) == {"_CFG.offset", "_HP['scale']", "_HP['smooth'][0]"}, s
+
+
+def test_attributes_of_an_opaque_argument_are_guarded():
+    """An object argument is the same object (identity) on a cached call; its attributes are read again."""
+    cfg = _Config()
+    cfg.scale = 2.0
+    f = tt.compile(lambda x, c: x * c.scale)
+    x = tt.ones(3)
+    assert f(x, cfg).tolist() == [2.0] * 3
+    cfg.scale = 5.0
+    assert f(x, cfg).tolist() == [5.0] * 3
+    assert f.stats()["traces"] == 2
+
+
+def test_scheduler_stepped_inside_the_compiled_step_matches_eager_and_is_never_replayed():
+    """The scheduler's `last_epoch` changes during every call: a replay would not step it, so such a
+    trace is not cached; after cache_size_limit traces the step runs eagerly, with a warning naming it."""
+    def run(compiled):
+        tt.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = tt.optim.SGD(model.parameters(), lr=1.0)
+        sched = tt.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 / (e + 1))
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            return loss
+        if compiled:
+            step = tt.compile(step, cache_size_limit=4)
+        x, y = tt.ones(4, 3), tt.zeros(4, 1)
+        lrs = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(6):
+                step(x, y)
+                lrs.append(opt.param_groups[0]["lr"])
+        return lrs, sched.last_epoch, model.weight.detach().numpy().copy(), step, caught
+
+    lrs, epoch, w, _, _ = run(False)
+    clrs, cepoch, cw, step, caught = run(True)
+    assert clrs == pytest.approx(lrs) and cepoch == epoch == 6
+    np.testing.assert_allclose(cw, w, rtol=1e-6)
+    s = step.stats()
+    assert s["compiles"] == 0 and s["uncached_traces"] == 4 and s["eager_since_limit"], s
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "sched.last_epoch changed during the call" in messages[0], messages
+
+
+def test_a_global_counter_the_call_increments_is_never_replayed():
+    global _CALLS
+    _CALLS = 0
+
+    def f(x):
+        global _CALLS
+        _CALLS += 1
+        return x * _CALLS
+
+    g = tt.compile(f)
+    x = tt.ones(2)
+    assert [g(x).tolist()[0] for _ in range(3)] == [1.0, 2.0, 3.0]
+    s = g.stats()
+    assert s["compiles"] == 0 and s["uncached_traces"] == 3, s

@@ -34,7 +34,8 @@ from ..ops import REGISTRY
 from ..ops.dispatch import STATE
 from ..tensor import Tensor
 from . import pytree
-from .guards import BindingGuard, GradGuard, SameObjectGuard, SpecGuard, TensorGuard, global_guards, state_guards
+from .guards import (BindingGuard, ConstantGuard, GradGuard, SameObjectGuard, SpecGuard, TensorGuard, global_guards,
+                     state_guards)
 from .ir import COPY_, Graph, Node
 from .reach import reach
 from .scalars import _plain, _Traced
@@ -94,6 +95,7 @@ class Trace:
     node_values: list = field(default_factory=list)
     seconds: float = 0.0
     on_device: bool = False         # a cuda tensor is an input or is made inside: "auto" picks backend cuda
+    uncacheable_kind: str = "state created during the call"     # the guard-failure key it is counted under
 
 
 def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgraph=False,
@@ -152,10 +154,30 @@ def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgrap
         uncacheable = (f"a tensor created at {escaped} outlived the call outside its results (it escaped into "
                        "Python state, e.g. optimizer state created on the first step)")
         uncacheable_where = escaped
+    uncacheable_kind = "state created during the call"
+    changed = _changed_constants(guards)
+    if changed and uncacheable is None:
+        uncacheable, uncacheable_kind = changed, "Python state changed during the call"
     raw = Graph(tuple(inputs), tuple(constants + nodes), tuple(outputs), name=name)
     return Trace(raw, sources, guards, value_guards, out_spec, out_leaves, grad_bindings, diff_outputs,
                  diff_inputs, result, uncacheable, uncacheable_where, node_values, time.perf_counter() - t0,
-                 on_device)
+                 on_device, uncacheable_kind)
+
+
+def _changed_constants(guards) -> str | None:
+    """A Python constant the trace read that the call itself changed (`sched.last_epoch` of a scheduler
+    stepped inside, a global counter): a replay would not change it, so such a trace is never replayed."""
+    for g in guards:
+        if isinstance(g, ConstantGuard) and not g.check(None):
+            return (f"{g.name} changed during the call ({g.expected!r} -> {_short(g.read())}): a compiled call "
+                    "that changes Python state runs traced every time; change it outside the compiled "
+                    "function (step an lr scheduler after the call), or keep it in a tensor")
+    return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _drop_dead_captures(inputs, sources, diff_inputs, guards, input_arrays, mutated):

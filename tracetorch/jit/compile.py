@@ -230,9 +230,9 @@ class CompiledFunction:
             self._stats["trace_seconds"] += trace.seconds
             if trace.uncacheable is not None:
                 self._stats["uncached_traces"] += 1
-                key = "state created during the call"
+                key = trace.uncacheable_kind
                 self._failures[key] += 1
-                self._failure_detail[key] = (trace.uncacheable, trace.uncacheable_where)
+                self._failure_detail[key] = (trace.uncacheable, trace.uncacheable_where or self._where())
                 logs.log("recompiles", f"{self.name}: not cached: {trace.uncacheable}")
                 return trace.result
             try:

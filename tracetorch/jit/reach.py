@@ -2,7 +2,9 @@
 
 A trace may depend on state it was never passed: the `training` flag and
 Python attributes of modules, an optimizer's flags and which state it holds,
-Python constants in closures and globals. We find that state by walking from
+Python constants in closures and globals, and in the attributes, items and
+elements of the plain objects and containers found there (`cfg.lr`,
+`hp["scale"]`, a scheduler's `last_epoch`). We find that state by walking from
 the function's `self`, arguments, closure cells and the globals its code
 names (and, a couple of levels deep, the functions, objects and containers
 found there). The walk also names captured tensors (`model.fc.weight`,
@@ -59,8 +61,8 @@ def reach(fn, self_obj=None, named_args=()) -> Reach:
     walker = _Walker()
     if self_obj is not None:
         walker.visit("self", self_obj, 0, _fixed(self_obj))
-    for name, value in named_args:
-        walker.visit(name, value, 0, None)
+    for name, value in named_args:     # an opaque argument is guarded as the same object: read it again
+        walker.visit(name, value, 0, _fixed(value) if _opaque(value) else None)
     walker.visit_function(fn, 0)
     walker.name_optimizer_tensors()
     if self_obj is not None:
@@ -88,7 +90,11 @@ class _Walker:
             if read is not None:
                 self.result.bindings.setdefault(id(obj), (name, read))
             return
-        if type(obj) in _SCALARS or isinstance(obj, (types.ModuleType, type)):
+        if is_constant(obj):
+            if read is not None and depth > 0:     # an attribute, item or element: `cfg.lr`, `hp["scale"]`
+                self.result.constants.append((name, read, obj))
+            return
+        if isinstance(obj, (types.ModuleType, type)):
             return
         self.seen.add(id(obj))
         if self.Module is not None and isinstance(obj, self.Module):
@@ -176,6 +182,13 @@ class _Walker:
                 for key, v in (opt.state.get(p) or {}).items():
                     if isinstance(v, Tensor):
                         names.setdefault(id(v), f"{name}.state[{p_name}].{key}")
+
+
+def _opaque(v) -> bool:
+    """An argument that the call's spec holds by identity (pytree's "object"): its attributes are
+    read from that very object on a later call whose spec matches."""
+    return (not isinstance(v, (Tensor, tuple, list, dict, int, float, str, bytes, complex, type(None)))
+            and hasattr(v, "__dict__"))
 
 
 def _names_used(code) -> set:
