@@ -122,6 +122,32 @@ def test_returning_an_input_returns_that_object():
         np.testing.assert_array_equal(_np(x), [k, k])
 
 
+@pytest.mark.parametrize("backend", ["llvm", "interp"])
+def test_a_returned_view_of_an_input_is_a_view_on_every_call(backend):
+    """`return x[0]`, `x.t()`, `x.detach()[1:]`: writes into the result reach the input, as eagerly."""
+    f = tt.compile(lambda x: (x[0], x.t(), x.detach()[1:], x * 2), backend=backend)
+    for k in range(3):
+        x = tt.arange(6., dtype=tt.float64).reshape(2, 3)
+        row, t, rest, doubled = f(x)
+        np.testing.assert_array_equal(_np(doubled), np.arange(6.).reshape(2, 3) * 2)
+        row.add_(100)
+        t[2, 1] = -1.0
+        rest[0, 0] = 7.0
+        assert _np(x).tolist() == [[100.0, 101.0, 102.0], [7.0, 4.0, -1.0]], k
+        assert row._version is x._version and t.shape == (3, 2) and rest.shape == (1, 3)
+    assert f.stats()["cache_hits"] == 2
+
+
+def test_a_returned_view_of_a_leaf_keeps_its_gradient_path():
+    f = tt.compile(lambda w: (w[1:], (w * w).sum()))
+    for _ in range(3):
+        w = tt.tensor([1.0, 2.0, 3.0], dtype=tt.float64, requires_grad=True)
+        view, s = f(w)
+        (view.sum() + s).backward()
+        np.testing.assert_allclose(_np(w.grad), [2.0, 5.0, 7.0])
+        assert view.grad_fn is not None
+
+
 def test_nested_compiled_functions_are_inlined():
     inner = tt.compile(lambda x: x.exp())
 

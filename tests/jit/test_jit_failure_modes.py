@@ -125,8 +125,9 @@ def test_returned_outputs_are_not_overwritten_by_the_next_call():
     assert _np(first[1]).tolist() == [1] * 4 and _np(third[2]).tolist() == [5] * 4
     x = tt.zeros(2, 2)
     out = f(x)[2]
-    x.add_(1)                                   # the result is a fresh tensor, not a view of the input
-    assert _np(out).tolist() == [0] * 4
+    x.add_(1)                                   # the result is a view of the input, as eagerly
+    assert _np(out).tolist() == [1] * 4
+    assert _np(second[1]).tolist() == [2] * 4   # a view of an intermediate is the caller's own
 
 
 # ---------------------------------------------------------------- instance-method caches

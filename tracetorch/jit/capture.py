@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ops import REGISTRY
-from ..ops.dispatch import STATE
+from ..ops.dispatch import STATE, apply
 from ..tensor import Tensor
 from . import pytree
-from .guards import (BindingGuard, ConstantGuard, GradGuard, SameObjectGuard, SpecGuard, TensorGuard, global_guards,
-                     state_guards)
-from .ir import COPY_, Graph, Node
+from .guards import (BindingGuard, ConstantGuard, DisjointGuard, GradGuard, SameObjectGuard, SpecGuard, TensorGuard,
+                     global_guards, overlaps, state_guards)
+from .ir import COPY_, DETACH, Graph, Node, Value
 from .reach import reach
 from .scalars import _plain, _Traced
 from .sources import ArgSource, CapturedSource
@@ -47,10 +47,20 @@ CONSTANT = REGISTRY["constant"]
 
 @dataclass(frozen=True)
 class OutputLeaf:
-    kind: str               # "value" (a program output), "input" (an input tensor object), "scalar"
+    kind: str               # "value" (a program output), "input" (an input tensor object), "scalar",
+                            # "view" (a view of an input tensor, made again from it after the run)
     index: int = -1         # output position ("value", "scalar")
     pytype: type = float    # "scalar": the Python type returned
-    source: object = None   # "input": where that tensor object is found at call time
+    source: object = None   # "input", "view": where that tensor object is found at call time
+    views: tuple = ()       # "view": (op, other operands, attrs) of each view op from the input, in order
+
+    def view_of(self, base):
+        """The result of a "view" leaf: its view ops run eagerly on `base` (so it shares the input's
+        storage and version counter, and autograd records them, as when traced)."""
+        t = base
+        for op, operands, attrs in self.views:
+            t = t.detach() if op is DETACH else apply(op, t, *operands, **attrs)
+        return t
 
 
 class Call:
@@ -155,6 +165,10 @@ def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgrap
                        "Python state, e.g. optimizer state created on the first step)")
         uncacheable_where = escaped
     uncacheable_kind = "state created during the call"
+    disjoint, shared = _disjoint_guards(inputs, sources, mutated, call)
+    guards += disjoint
+    if shared and uncacheable is None:
+        uncacheable, uncacheable_kind = shared, "arguments share memory"
     changed = _changed_constants(guards)
     if changed and uncacheable is None:
         uncacheable, uncacheable_kind = changed, "Python state changed during the call"
@@ -162,6 +176,24 @@ def capture(fn, call: Call, *, name: str, self_obj=None, reach_fn=None, fullgrap
     return Trace(raw, sources, guards, value_guards, out_spec, out_leaves, grad_bindings, diff_outputs,
                  diff_inputs, result, uncacheable, uncacheable_where, node_values, time.perf_counter() - t0,
                  on_device, uncacheable_kind)
+
+
+def _disjoint_guards(inputs, sources, mutated, call):
+    """([DisjointGuard per written argument], None), or ([], why) when a written argument shares memory
+    with another input: the trace made them separate inputs, so its program would read stale data."""
+    guards = []
+    for value, src in zip(inputs, sources):
+        if not isinstance(src, ArgSource) or value not in mutated:
+            continue
+        others = tuple(s for s in sources if s is not src and isinstance(s, (ArgSource, CapturedSource)))
+        data = src.tensor(call.leaves)._data
+        for other in others:
+            t = other.tensor(call.leaves)
+            if t is not None and overlaps(data, t._data):
+                return [], (f"{src.describe()} shares memory with {other.describe()} and the call writes it: "
+                            "a program reads each input separately, so such calls run traced (eagerly)")
+        guards.append(DisjointGuard(src, others))
+    return guards, None
 
 
 def _changed_constants(guards) -> str | None:
@@ -178,6 +210,26 @@ def _changed_constants(guards) -> str | None:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _view_leaf(tracer, obj, v) -> OutputLeaf | None:
+    """A "view" leaf when result `obj` is a view of an input tensor made by view ops alone (`x[0]`,
+    `x.t()`): returned as a copy, writes into it would not reach the input as they do eagerly."""
+    bases = [k for k, t in enumerate(tracer.input_tensors) if t._version is obj._version]
+    if not bases:
+        return None
+    inputs = {x: k for k, x in enumerate(tracer.inputs)}
+    producers = {n.outputs[0]: n for n in tracer.nodes if n.aliases and len(n.outputs) == 1}
+    views = []
+    while v not in inputs:
+        n = producers.get(v)
+        if n is None or not n.inputs or any(isinstance(x, Value) for x in n.inputs[1:]):
+            return None
+        views.append((n.op, tuple(n.inputs[1:]), dict(n.attrs)))
+        v = n.inputs[0]
+    if inputs[v] not in bases:
+        return None
+    return OutputLeaf("view", source=tracer.sources[inputs[v]], views=tuple(reversed(views)))
 
 
 def _drop_dead_captures(inputs, sources, diff_inputs, guards, input_arrays, mutated):
@@ -213,6 +265,10 @@ def _outputs(tracer, result):
                 out_leaves.append(OutputLeaf("input", source=tracer.sources[input_pos[id(obj)]]))
                 continue
             v = tracer.value_of(obj)
+            view = _view_leaf(tracer, obj, v)
+            if view is not None:
+                out_leaves.append(view)
+                continue
             if obj.requires_grad and STATE.grad_enabled and v not in tracer.backward_roots:
                 diff_outputs.append(len(outputs))
             out_leaves.append(OutputLeaf("value", len(outputs)))

@@ -63,7 +63,7 @@ def _compare(program, call, results, eager_result) -> list:
     dtypes = [v.dtype.name for v in program.graph.results()]
     eager_leaves, _ = pytree.flatten(eager_result, (Tensor, _Traced))
     for k, (leaf, got) in enumerate(zip(program.out_leaves, eager_leaves)):
-        if leaf.kind == "input":
+        if leaf.kind in ("input", "view"):
             continue
         want = got._data if isinstance(got, Tensor) else got
         if not close(results[leaf.index], want, dtypes[leaf.index]):

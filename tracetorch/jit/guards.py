@@ -108,6 +108,46 @@ class TensorGuard(Guard):
         return f"shape {tuple(t._data.shape)}, {t._dtype.name}, {t.device}, requires_grad={t.requires_grad}"
 
 
+def overlaps(a, b) -> bool:
+    """Whether two storages may share memory (bounds only: disjoint interleaved views count as shared)."""
+    if type(a) is np.ndarray and type(b) is np.ndarray:
+        return np.may_share_memory(a, b)
+    return getattr(a, "block", a) is getattr(b, "block", b)       # device arrays: the same allocation
+
+
+@dataclass(frozen=True, eq=False)
+class DisjointGuard(Guard):
+    """An argument the program writes shares no memory with its other inputs. The program reads each
+    input as an array of its own, so `f(x, x[0])` or `f(x, x)` replaying a trace made with separate
+    tensors would read what the write through the first left unchanged in the second."""
+    written: object             # the ArgSource of a written argument
+    others: tuple               # the sources of the other tensor inputs
+
+    @property
+    def subject(self) -> str:
+        return f"{self.written.describe()} shares no memory with another input"
+
+    def _clash(self, call):
+        data = self.written.tensor(call.leaves)._data
+        for s in self.others:
+            other = s.tensor(call.leaves)
+            if other is not None and overlaps(data, other._data):
+                return s
+        return None
+
+    def check(self, call) -> bool:
+        return self._clash(call) is None
+
+    def code(self, bind) -> list:
+        fn = bind(overlaps, "overlaps")
+        return [f"d = {self.written.expression(bind)}._data"] + [
+            f"if {fn}(d, {s.expression(bind)}._data): return None" for s in self.others]
+
+    def actual(self, call) -> str:
+        s = self._clash(call)
+        return "no overlap" if s is None else f"it shares memory with {s.describe()}"
+
+
 @dataclass(frozen=True, eq=False)
 class GradGuard(Guard):
     owner: object           # the ArgSource or CapturedSource the parameter is found by

@@ -11,7 +11,9 @@ Running it on a call:
    and rebind the `.grad` of parameters whose grad the trace replaced;
 5. build the results: fresh tensors owned by the caller (an array that
    aliases an input, another result or read-only memory is copied), the very
-   input tensor object where the function returned one, Python numbers for
+   input tensor object where the function returned one, a view of it made
+   again by the same view ops where it returned one (`x[0]`, `x.t()`: writes
+   into it reach the input, as eagerly), Python numbers for
    traced numbers; outputs that need gradients get a grad_fn that runs the
    compiled backward program.
 """
@@ -206,6 +208,8 @@ class Program:
         for leaf in self.out_leaves:
             if leaf.kind == "input":
                 leaves.append(leaf.source.tensor(call.leaves))
+            elif leaf.kind == "view":
+                leaves.append(leaf.view_of(leaf.source.tensor(call.leaves)))
             elif leaf.kind == "scalar":
                 leaves.append(leaf.pytype(results[leaf.index].item()))
             else:
