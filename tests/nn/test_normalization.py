@@ -96,6 +96,19 @@ def test_batch_norm_momentum_none_is_a_cumulative_average():
     np.testing.assert_allclose(bn.running_var.numpy(), np.mean([s[2] for s in stats], 0), rtol=1e-12)
 
 
+def test_batch_norm_momentum_none_compiles_once_and_matches_eager():
+    """The cumulative factor 1/n is a tensor: a compiled step does not retrace for each count."""
+    rng = np.random.default_rng(4)
+    batches = [tt.tensor(rng.standard_normal((5, 3)) + i) for i in range(5)]
+    eager, compiled = (nn.BatchNorm1d(3, momentum=None, dtype=tt.float64) for _ in range(2))
+    step = tt.compile(lambda x: compiled(x).sum())
+    for x in batches:
+        np.testing.assert_allclose(step(x).item(), eager(x).sum().item(), rtol=1e-12, atol=1e-12)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_allclose(getattr(compiled, name).numpy(), getattr(eager, name).numpy(), rtol=1e-12)
+    assert step.stats()["traces"] == 1 and step.stats()["cache_hits"] == 4, step.stats()
+
+
 def test_batch_norm_without_running_stats():
     bn = nn.BatchNorm1d(2, track_running_stats=False, affine=False)
     assert bn.running_mean is None and list(bn.state_dict()) == []

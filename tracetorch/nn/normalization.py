@@ -98,7 +98,8 @@ class _BatchNorm(Module):
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            if self.momentum is None:   # a tensor, not float(count): a compiled step would guard each count
+                factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         keep_stats = not self.training or self.track_running_stats
         return F.batch_norm(input, self.running_mean if keep_stats else None,
