@@ -380,3 +380,15 @@ def test_only_written_arguments_are_checked_for_overlap():
     assert f(x, x).tolist() == (x * x).tolist()
     program = f.programs[0]
     assert not any(type(g).__name__ == "DisjointGuard" for g in program.guards)
+
+
+def test_numpy_scalar_and_nan_constants():
+    """A numpy scalar attribute is a constant like a float; a NaN constant holds while it stays NaN."""
+    _CFG.gain, _CFG.fill = np.float32(2.0), float("nan")
+    f = tt.compile(lambda x: x * float(_CFG.gain) + (_CFG.fill if x.dim() > 5 else 0.0))
+    x = tt.ones(2)
+    assert f(x).tolist() == [2.0, 2.0] and f(x).tolist() == [2.0, 2.0]
+    _CFG.gain = np.float32(3.0)
+    assert f(x).tolist() == [3.0, 3.0]
+    s = f.stats()
+    assert s["traces"] == 2 and s["cache_hits"] == 1 and s["uncached_traces"] == 0, s

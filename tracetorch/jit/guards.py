@@ -231,9 +231,12 @@ class ConstantGuard(Guard):
         return self.name
 
     def check(self, call) -> bool:
-        return self.read() == self.expected
+        now = self.read()
+        return bool(now == self.expected) or (_is_nan(self.expected) and _is_nan(now))
 
     def code(self, bind) -> list:
+        if _is_nan(self.expected):                  # nan == nan is False: a NaN constant holds while NaN
+            return [f"if not {bind(_is_nan, 'is_nan')}({bind(self.read, 'read')}()): return None"]
         return [f"if not ({bind(self.read, 'read')}() == {bind(self.expected, 'expected')}): return None"]
 
     def describe(self) -> str:
@@ -241,6 +244,10 @@ class ConstantGuard(Guard):
 
     def actual(self, call) -> str:
         return repr(self.read())
+
+
+def _is_nan(v) -> bool:
+    return isinstance(v, (float, np.floating)) and v != v
 
 
 class GlobalGuard(ConstantGuard):

@@ -25,6 +25,8 @@ import types
 import weakref
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..tensor import Tensor
 
 _MAX_DEPTH = 3
@@ -51,7 +53,7 @@ def optimizer_class():
 
 
 def is_constant(v) -> bool:
-    if type(v) in _SCALARS:
+    if type(v) in _SCALARS or isinstance(v, np.generic):        # numpy scalars too (`cfg.lr = np.float32(.1)`)
         return True
     return type(v) is tuple and len(v) <= 16 and all(is_constant(e) for e in v)
 
