@@ -645,7 +645,8 @@ SAMPLES: dict[str, OpSamples] = {
     # unary, any numeric dtype
     "neg": OpSamples(_unary(np.negative), NUMERIC + LOW_PRECISION),
     "abs": OpSamples(_unary(np.abs, away_from_zero), NUMERIC + LOW_PRECISION),
-    "sign": OpSamples(_unary(np.sign, away_from_zero, with_specials=False), NUMERIC),
+    "sign": OpSamples(_unary(lambda a: np.where(np.isnan(a), 0, np.sign(a)).astype(a.dtype), away_from_zero),
+                      NUMERIC),
     "floor": OpSamples(_rounding(np.floor), FLOATS + LOW_PRECISION),
     "ceil": OpSamples(_rounding(np.ceil), FLOATS + LOW_PRECISION),
     "round": OpSamples(_rounding(np.rint), FLOATS + LOW_PRECISION),
@@ -1070,7 +1071,9 @@ def _where_public(dt, rng):
 def _relu_public(dt, rng):
     x = avoid(values(rng, (3, 4), dt), (0,)) if dt.is_floating_point else values(rng, (3, 4), dt)
     return [P(lambda t: tt.relu(t), (x,), lambda a: np.maximum(a, 0).astype(a.dtype), "relu"),
-            P(lambda t: t.relu(), (values(rng, (0, 2), dt),), lambda a: a.copy(), "empty")]
+            P(lambda t: t.relu(), (values(rng, (0, 2), dt),), lambda a: a.copy(), "empty")] + (
+        [P(lambda t: tt.relu(t), (specials(dt),), lambda a: np.maximum(a, 0).astype(a.dtype),
+           "0, -0, +-1, +-inf, nan (NaN passes, as in PyTorch)", grad=False)] if dt.is_floating_point else [])
 
 
 def _trunc_public(dt, rng):

@@ -280,7 +280,8 @@ def _full_bool(x, v):
 
 
 def relu(x):
-    return where(x > 0, x, 0)
+    """NaN passes through, and the gradient is PyTorch's threshold_backward: 0 where x <= 0, else 1."""
+    return where(x <= 0, 0, x)
 
 
 def maximum(a, b):

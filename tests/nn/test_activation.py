@@ -123,3 +123,23 @@ def test_eager_erfc_without_a_graph_is_the_recorded_series_to_the_bit(dtype):
     rtol = 1e-13 if dtype is tt.float64 else 1e-5            # float32: exp(series - z^2) in the tails
     keep = _erfc(finite) > 1e-30                                 # float32 tails go subnormal
     np.testing.assert_allclose(tt_erfc(tt.tensor(x[7:5000])).numpy()[keep], _erfc(finite)[keep], rtol=rtol)
+
+
+@pytest.mark.parametrize("relu", [tt.relu, F.relu, nn.ReLU(), lambda x: F.relu(x * 1, inplace=True),
+                                  tt.compile(lambda x: x.relu(), backend="llvm")],
+                         ids=["tt.relu", "F.relu", "nn.ReLU", "inplace", "compiled"])
+def test_relu_propagates_nan_with_pytorchs_gradient(relu):
+    """relu(nan) is nan, as in PyTorch; the gradient is threshold_backward's: 0 where x <= 0, else 1."""
+    for _ in range(2):                                      # a compiled function: traced, then cached
+        x = tt.tensor([np.nan, -1.0, -0.0, 0.0, 2.0, np.inf], dtype=tt.float64, requires_grad=True)
+        y = relu(x)
+        np.testing.assert_array_equal(y.detach().numpy(), [np.nan, 0, 0, 0, 2, np.inf])
+        y.sum().backward()
+        np.testing.assert_array_equal(x.grad.numpy(), [1, 0, 0, 0, 1, 1])
+
+
+def test_sign_of_nan_is_zero_eager_and_compiled():
+    x = tt.tensor([np.nan, -2.0, -0.0, 3.0])
+    f = tt.compile(lambda t: t.sign(), backend="llvm")
+    for out in (x.sign(), f(x), f(x * 2)):
+        np.testing.assert_array_equal(out.numpy(), [0, -1, 0, 1])

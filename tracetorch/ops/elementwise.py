@@ -142,7 +142,13 @@ EXPM1 = _unary("expm1", _quiet(np.expm1), lambda n, g: (g * (n.out + 1),), ("out
 RECIPROCAL = _unary("reciprocal", _quiet(np.reciprocal), lambda n, g: (-(g * n.out * n.out),), ("out",),
                     "1 / x0")
 ABS = _unary("abs", np.abs, lambda n, g: (g * tt.sign(n.x(0)),), (0,), "abs(x0)", infer=_infer_unary)
-SIGN = _unary("sign", np.sign, _zero_grad, (), "sign(x0)", infer=_infer_unary_numeric)
+def _sign(x):
+    out = np.sign(x)
+    return np.where(np.isnan(out), out.dtype.type(0), out) if out.dtype.kind == "f" else out
+
+
+SIGN = _unary("sign", _sign, _zero_grad, (), "where(isnan(x0), 0, sign(x0))", infer=_infer_unary_numeric,
+              doc="sign(nan) is 0, as PyTorch's (x > 0) - (x < 0); the kernels' sign passes NaN on")
 FLOOR = _unary("floor", np.floor, _zero_grad, (), "floor(x0)")
 CEIL = _unary("ceil", np.ceil, _zero_grad, (), "ceil(x0)")
 ROUND = _unary("round", np.rint, _zero_grad, (), "rint(x0)",
