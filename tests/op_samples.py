@@ -375,6 +375,16 @@ def _reduce(np_fn, make_x=values, empty_ok=True, **bounds):
     return make
 
 
+def _prod_zeros(dt, rng):
+    """Rows with no, one, two and three zeros: the gradient is the product of the others (never 0/0) and,
+    prod being multilinear, finite differences are exact there too."""
+    if not dt.is_floating_point:
+        return []
+    x = _as_float([[2.0, 0.0, 3.0, 0.5], [1.5, 4.0, 0.5, 2.0], [0.0, 0.0, 3.0, 1.5], [0.0, 2.0, 0.0, 0.0]], dt)
+    return [Sample((x,), {"dims": dims, "keepdim": False}, lambda a, dims, keepdim: np.prod(a, axis=dims),
+                   f"zeros dims={dims}") for dims in ((1,), (0,), (0, 1))]
+
+
 def _minmax_reduce(np_fn):
     base = _reduce(np_fn, empty_ok=False)
 
@@ -680,7 +690,7 @@ SAMPLES: dict[str, OpSamples] = {
     "cast": OpSamples(_cast_make, ALL),
     # reductions, scans
     "sum": OpSamples(_reduce(np.sum), ALL),
-    "prod": OpSamples(_reduce(np.prod, away_from_zero, low=0.5, high=1.5), ALL),
+    "prod": OpSamples(_with_extra(_reduce(np.prod, away_from_zero, low=0.5, high=1.5), _prod_zeros), ALL),
     "amax": OpSamples(_minmax_reduce(np.max), NUMERIC + BOOL + (bfloat16,)),
     "amin": OpSamples(_minmax_reduce(np.min), NUMERIC + BOOL + (bfloat16,)),
     "argmax": OpSamples(_arg_make(np.argmax), NUMERIC + SMALL_INTS + BOOL),

@@ -143,6 +143,23 @@ def test_kinks_at_zero_follow_pytorch():
     np.testing.assert_array_equal(g, [0.0, 0.0, 1.0])
 
 
+def test_prod_gradient_with_zeros_is_the_product_of_the_others_eager_and_compiled():
+    rows = [[2.0, 0.0, 3.0], [1.0, 4.0, 5.0], [0.0, 0.0, 3.0]]
+    want = [[0.0, 6.0, 0.0], [20.0, 5.0, 4.0], [0.0, 0.0, 0.0]]         # PyTorch's
+    (g,) = _grad(lambda x: x.prod(1), rows)
+    np.testing.assert_array_equal(g, want)
+    (g,) = _grad(lambda x: x.prod(), [4.0, 0.0, 2.0])
+    np.testing.assert_array_equal(g, [0.0, 8.0, 0.0])
+
+    def step(x):
+        x.prod(1).sum().backward()
+        return x.grad
+    f = tt.compile(step, backend="llvm")
+    for _ in range(2):                                                  # traced, then a cache hit
+        x = tt.tensor(rows, dtype=tt.float64, requires_grad=True)
+        np.testing.assert_array_equal(f(x).numpy(), want)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered in multiply")   # 0 * inf, masked by where
 def test_pow_gradient_at_zero_base():
     ga, gb = _grad(lambda a, b: a ** b, [0.0, 0.0, 2.0], [0.0, 2.0, 0.5])

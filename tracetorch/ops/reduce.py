@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import bool_, int64
+from .dispatch import apply
 from .registry import REDUCE, SCAN, Aval, register
 
 import tracetorch as tt
@@ -65,8 +66,19 @@ def _minmax_vjp(n, g):
 
 
 def _prod_vjp(n, g):
-    ks = _keep_shape(n)
-    return (g.reshape(ks) * n.out.reshape(ks) / n.x(0),)
+    """g times the product of the others, as PyTorch: out / x in a slice without zeros; where the slice
+    has zeros, written so that no 0/0 arises and the second derivative stays exact (a zero's product of
+    the others holds the other zero when there are two; with three or more every gradient is 0)."""
+    dims, x = n.attrs["dims"], n.x(0)
+    zero = x == 0
+    zeros = apply(SUM, zero, dims=dims, keepdim=True)
+    nonzero = tt.where(zero, 1, x)
+    rest = apply(PROD, nonzero, dims=dims, keepdim=True)
+    zprod = apply(PROD, tt.where(zero, x, 1), dims=dims, keepdim=True)     # 1 without zeros
+    zsum = apply(SUM, tt.where(zero, x, 0), dims=dims, keepdim=True)
+    other_zeros = tt.where(zeros == 1, 1, tt.where(zeros == 2, zsum - x, 0))
+    scale = tt.where(zero, rest * other_zeros, rest * zprod / nonzero)
+    return (g.reshape(_keep_shape(n)) * scale,)
 
 
 def _sum(x, dims, keepdim):
@@ -82,7 +94,7 @@ def _prod(x, dims, keepdim):
 
 
 SUM = register("sum", REDUCE, eager=_sum, infer=_infer_reduce, vjp=_sum_vjp, lowering=("add", 0))
-PROD = register("prod", REDUCE, eager=_prod, infer=_infer_reduce, vjp=_prod_vjp, saves=(0, "out"),
+PROD = register("prod", REDUCE, eager=_prod, infer=_infer_reduce, vjp=_prod_vjp, saves=(0,),
                 lowering=("mul", 1))
 AMAX = register("amax", REDUCE, eager=lambda x, dims, keepdim: np.max(x, axis=dims, keepdims=keepdim),
                 infer=_infer_minmax, vjp=_minmax_vjp, saves=(0, "out"), lowering=("max", "-inf"),
