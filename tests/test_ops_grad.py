@@ -160,6 +160,27 @@ def test_prod_gradient_with_zeros_is_the_product_of_the_others_eager_and_compile
         np.testing.assert_array_equal(f(x).numpy(), want)
 
 
+@pytest.mark.parametrize("p", [2, "fro", 3, 0.5])
+def test_norm_gradient_at_a_zero_vector_is_zero_eager_and_compiled(p):
+    """PyTorch's subgradient 0 at a zero norm, also per row with dim= (and at zero elements for p < 1)."""
+    (g,) = _grad(lambda x: x.norm(p), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(g, [0.0, 0.0, 0.0])
+    q = 2 if p == "fro" else p
+    rows = [[0.0, 0.0], [3.0, 4.0], [0.0, 2.0]]
+    n = (3 ** q + 4 ** q) ** (1 / q)
+    want = [[0.0, 0.0], [(3 / n) ** (q - 1), (4 / n) ** (q - 1)], [0.0, 1.0]]      # (|x| / norm) ** (p - 1)
+    (g,) = _grad(lambda x: x.norm(p, dim=1), rows)
+    np.testing.assert_allclose(g, want, rtol=1e-14)
+
+    def step(x):
+        x.norm(p, dim=1).sum().backward()
+        return x.grad
+    f = tt.compile(step, backend="llvm")
+    for _ in range(2):                                                  # traced, then a cache hit
+        x = tt.tensor(rows, dtype=tt.float64, requires_grad=True)
+        np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-14)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered in multiply")   # 0 * inf, masked by where
 def test_pow_gradient_at_zero_base():
     ga, gb = _grad(lambda a, b: a ** b, [0.0, 0.0, 2.0], [0.0, 2.0, 0.5])

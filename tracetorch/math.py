@@ -541,7 +541,7 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
     if p in ("fro", 2, 2.0):
-        return sqrt(sum(x * x, dim, keepdim))
+        return _root(sum(x * x, dim, keepdim), 2)
     if p in (float("inf"), "inf"):
         return amax(abs(x), dim, keepdim)
     if p in (float("-inf"), "-inf"):
@@ -550,7 +550,18 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
         return sum(abs(x), dim, keepdim)
     if p == 0:
         return sum((x != 0).to(x._dtype), dim, keepdim)
+    if p > 0:                       # 0 ** p is 0, and its gradient too (not 0 * inf for p < 1)
+        zero = x == 0
+        return _root(sum(where(zero, 0, where(zero, 1, abs(x)) ** p), dim, keepdim), p)
     return sum(abs(x) ** p, dim, keepdim) ** (1.0 / p)
+
+
+def _root(s, p):
+    """s ** (1 / p) whose gradient is 0 where s == 0, as PyTorch's norm at the zero vector (the
+    subgradient 0), rather than 0 * inf. Each where keeps the unused branch finite."""
+    zero = s == 0
+    safe = where(zero, 1, s)
+    return where(zero, 0, sqrt(safe) if p == 2 else safe ** (1.0 / p))
 
 
 def softmax(x, dim, dtype=None):
