@@ -775,7 +775,9 @@ def _var_public(std: bool):
                 P(lambda t: fn(t, correction=2), (v,), lambda a: np_fn(a, ddof=2), "correction=2"),
                 P(lambda t: fn(t, (0, 1)), (x,), lambda a: np_fn(a, axis=(0, 1), ddof=1), "dim=(0, 1)"),
                 P(lambda t: fn(t, 1), (values(rng, (3, 1), dt),), lambda a: np_fn(a, axis=1, ddof=1),
-                  "one element: nan", grad=False)]
+                  "one element: nan", grad=False),
+                P(lambda t: fn(t, 1, correction=4), (np.concatenate([x[:2], np.ones((1, 4), x.dtype)]),),
+                  lambda a: np_fn(a, axis=1, ddof=4), "correction >= N: inf, or nan where all equal", grad=False)]
     return make
 
 

@@ -434,8 +434,7 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     m = mean(x, dims, keepdim=True)
     dev = x - m
     ss = apply(SUM, dev * dev, dims=dims, keepdim=keepdim)
-    denom = n - correction
-    return ss / denom if denom > 0 else ss * float("nan")
+    return ss / _py_max(n - correction, 0)      # no degrees of freedom left: inf, or nan for 0/0, as PyTorch
 
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
