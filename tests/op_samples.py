@@ -796,7 +796,11 @@ def _logsumexp_public(dt, rng):
            P(lambda t: tt.logsumexp(t, (0, 1)), (x,), lambda a: _np_logsumexp(a, (0, 1)), "dim=(0, 1)"),
            P(lambda t: tt.logsumexp(t, -1, keepdim=True), (x,), lambda a: _np_logsumexp(a, -1, True), "keepdim"),
            P(lambda t: tt.logsumexp(t, 1), (big,), lambda a: _np_logsumexp(a, 1), "large magnitudes"),
-           P(lambda t: tt.logsumexp(t, 1), (neg_inf,), lambda a: _np_logsumexp(a, 1), "-inf row", grad=False)]
+           P(lambda t: tt.logsumexp(t, 1), (neg_inf,), lambda a: _np_logsumexp(a, 1), "-inf row", grad=False),
+           P(lambda t: tt.logsumexp(t, 0), (values(rng, (0, 3), dt),), lambda a: np.full(3, -np.inf, a.dtype),
+             "empty dim: -inf", grad=False),
+           P(lambda t: tt.logsumexp(t, (0, 1), keepdim=True), (values(rng, (2, 0), dt),),
+             lambda a: np.full((1, 1), -np.inf, a.dtype), "empty dims keepdim", grad=False)]
     if dt is float32:
         ints = values(rng, (2, 3), int64, -3, 3)
         out.append(P(lambda t: tt.logsumexp(t, 1), (ints,), lambda a: _np_logsumexp(a.astype(np.float32), 1),

@@ -513,9 +513,12 @@ def argmin(x, dim=None, keepdim=False):
 def logsumexp(x, dim=None, keepdim=False):
     x = _float_of(x)
     dims = _dims(x, dim, "logsumexp")
-    m = amax(x, dims, keepdim=True).detach()
-    m = where(isfinite(m), m, 0.0)
-    out = log(apply(SUM, exp(x - m), dims=dims, keepdim=True)) + m
+    if 0 in [x._data.shape[d] for d in dims]:       # amax has no identity; the empty sum is 0, its log -inf
+        out = log(apply(SUM, exp(x), dims=dims, keepdim=True))
+    else:
+        m = amax(x, dims, keepdim=True).detach()
+        m = where(isfinite(m), m, 0.0)
+        out = log(apply(SUM, exp(x - m), dims=dims, keepdim=True)) + m
     return out if keepdim else out.reshape(tuple(s for i, s in enumerate(out._data.shape) if i not in dims))
 
 
