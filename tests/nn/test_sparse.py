@@ -57,6 +57,31 @@ def test_from_pretrained_and_errors():
         nn.Embedding(3, 2, padding_idx=3)
 
 
+@pytest.mark.parametrize("bad", [[1, -1], [1, -5], [1, -6], [1, 5]])
+def test_negative_and_too_large_indices_raise_eager_and_compiled(bad):
+    """As PyTorch: a negative index is out of range, not wrapped; compiled, a training step given one
+    raises IndexError with nothing committed (no gradient, no optimizer update)."""
+    emb = nn.Embedding(5, 2)
+    with pytest.raises(IndexError, match="index out of range in self"):
+        emb(tt.tensor(bad))
+    with pytest.raises(IndexError, match="index out of range in self"):
+        F.embedding(tt.tensor(bad, dtype=tt.int32), emb.weight, max_norm=1.0)
+    opt = tt.optim.SGD(emb.parameters(), lr=0.1)
+
+    def step(idx):
+        opt.zero_grad()
+        emb(idx).sum().backward()
+        opt.step()
+    f = tt.compile(step, backend="llvm")
+    f(tt.tensor([1, 2]))
+    f(tt.tensor([0, 3]))                                    # a cache hit
+    assert f.stats()["cache_hits"] == 1
+    before = emb.weight.detach().numpy().copy()
+    with pytest.raises(IndexError):
+        f(tt.tensor(bad))
+    np.testing.assert_array_equal(emb.weight.detach().numpy(), before)
+
+
 def test_max_norm_renormalizes_looked_up_rows_in_place():
     weight = tt.tensor([[3.0, 4.0], [0.3, 0.4], [6.0, 8.0]])
     out = F.embedding(tt.tensor([0, 1]), weight, max_norm=1.0)

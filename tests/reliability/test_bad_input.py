@@ -80,6 +80,8 @@ BAD_CALLS = [
      _out_of_range(0, 3)),
     ("embedding index", lambda i: EMBEDDING(i), (ints([0, 4]),), (ints([0, 5]),), IndexError,
      _out_of_range(0, 5)),
+    ("negative embedding index", lambda i: EMBEDDING(i), (ints([0, 4]),), (ints([0, -1]),), IndexError,
+     _out_of_range(0, 5)),
     ("class label too large", lambda x, y: F.cross_entropy(x, y), (t(4, 3), ints([0, 1, 2, 1])),
      (t(4, 3), ints([0, 1, 3, 1])), IndexError, r"cross_entropy: Target 3 is out of bounds"),
     ("negative class label", lambda x, y: F.cross_entropy(x, y), (t(4, 3), ints([0, 1, 2, 1])),

@@ -280,9 +280,20 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, max
         if not -num <= padding_idx < num:
             raise ValueError("Padding_idx must be within num_embeddings")
         padding_idx %= num
-    if max_norm is not None:
-        _embedding_renorm_(weight, input, max_norm, norm_type)
-    out = weight[input]
+    # A negative index is out of range, as in PyTorch (not wrapped): mapped to num, it fails the eager
+    # gather and the compiled gather's bounds check (which then commits nothing) like an index >= num.
+    index = where(input < 0, num, input)
+    try:
+        if max_norm is not None:
+            _embedding_renorm_(weight, index, max_norm, norm_type)
+        out = weight[index]
+    except IndexError:
+        values = np.asarray(input._data).reshape(-1)
+        bad = values[(values < 0) | (values >= num)]
+        if not bad.size:
+            raise
+        raise IndexError(f"index out of range in self: embedding index {int(bad[0])} is out of bounds for "
+                         f"dimension 0 with size {num}") from None
     if padding_idx is not None and weight.requires_grad:
         out = where((input == padding_idx).unsqueeze(-1), out.detach(), out)
     return out
