@@ -181,6 +181,19 @@ def test_bce_on_probabilities_clamps_logs():
         F.binary_cross_entropy(tt.tensor([1.5]), tt.tensor([1.0]))
 
 
+@pytest.mark.parametrize("bad", [[1.5, 0.2], [-0.5, 0.2], [float("nan"), 0.2]])
+def test_bce_range_check_holds_compiled(bad):
+    """The [0, 1] check is written with tensor ops, so a compiled BCELoss (cache hits included) raises
+    on an input out of range, as eagerly and in PyTorch, instead of returning a loss."""
+    loss = tt.compile(lambda p, t: nn.BCELoss()(p, t), backend="llvm")
+    t = tt.tensor([1.0, 0.0])
+    for p in ([0.3, 0.2], [0.6, 0.1]):
+        loss(tt.tensor(p), t)
+    with pytest.raises(RuntimeError, match="between 0 and 1"):
+        loss(tt.tensor(bad), t)
+    np.testing.assert_allclose(loss(tt.tensor([0.5, 0.5]), t).item(), np.log(2), rtol=1e-6)
+
+
 def test_loss_weights_are_buffers():
     loss = nn.CrossEntropyLoss(weight=tt.ones(3))
     assert list(loss.state_dict()) == ["weight"]
