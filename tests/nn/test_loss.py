@@ -181,6 +181,30 @@ def test_bce_on_probabilities_clamps_logs():
         F.binary_cross_entropy(tt.tensor([1.5]), tt.tensor([1.0]))
 
 
+def test_bce_gradient_is_pytorchs_at_the_edges_eager_and_compiled():
+    """PyTorch's backward: (x - t) / max(x (1 - x), eps) for the input (0 for a perfect x == t in {0, 1},
+    bounded near 0 and 1, where the clamped logs' derivative gave +-1 and 0), -logit(x) for the target."""
+    x = np.array([0.0, 1.0, 1e-50, 1.0, 1e-13, 0.3, 0.999])
+    t = np.array([0.0, 1.0, 1.0, 0.0, 0.3, 0.6, 0.2])
+    w = np.arange(1.0, 8.0)
+    eps = float(np.float32(1e-12))
+    with np.errstate(divide="ignore"):
+        want_x = (x - t) / np.maximum(x * (1 - x), eps) * w / 7
+        want_t = (np.log1p(-x) - np.log(x)) * w / 7
+    np.testing.assert_allclose(want_x[:4], [0.0, 0.0, -428571430283.9155, 571428573711.8873], rtol=1e-12)  # torch's
+
+    def grads(x_, t_):
+        F.binary_cross_entropy(x_, t_, weight=tt.tensor(w)).backward()
+        return x_.grad, t_.grad
+    for fn in (grads, tt.compile(grads, backend="llvm")):
+        for _ in range(2):                                  # compiled: traced, then a cache hit
+            xt = tt.tensor(x, requires_grad=True)
+            tt_ = tt.tensor(t, requires_grad=True)
+            gx, gt = fn(xt, tt_)
+            np.testing.assert_allclose(gx.numpy(), want_x, rtol=1e-12)
+            np.testing.assert_allclose(gt.numpy(), want_t, rtol=1e-12)
+
+
 @pytest.mark.parametrize("bad", [[1.5, 0.2], [-0.5, 0.2], [float("nan"), 0.2]])
 def test_bce_range_check_holds_compiled(bad):
     """The [0, 1] check is written with tensor ops, so a compiled BCELoss (cache hits included) raises

@@ -3,9 +3,11 @@ attention and losses, composed from tracetorch ops.
 
 Every function is built from the registry's primitives (elementwise,
 reductions, slices, index, matmul), so autograd differentiates it and the
-compiler can fuse it. One has a hand-written backward, itself composed of
+compiler can fuse it. Two have a hand-written backward, itself composed of
 primitives: exact GELU (`_ExactGELU`), whose erfc series differentiated step
-by step would keep a dozen intermediates for the backward pass. Convolution and
+by step would keep a dozen intermediates for the backward pass, and binary
+cross-entropy (`_BinaryCrossEntropy`), whose PyTorch gradient is not the
+derivative of its clamped logs. Convolution and
 pooling read their windows as strided slices of the padded input; class-index
 losses pick the target's log-probability with a one-hot mask (no gather).
 """
@@ -798,6 +800,32 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
     return _reduce(loss, reduction)
 
 
+_BCE_EPS = float(np.float32(1e-12))     # PyTorch's EPSILON, which reaches its kernels as a float32
+
+
+class _BinaryCrossEntropy(Function):
+    """The elementwise loss with PyTorch's backward rather than the clamped logs' derivative:
+    (x - t) / max(x (1 - x), 1e-12) for the input (0 at a perfect x == t in {0, 1}, bounded near the
+    edges), -logit(x) for the target. Composed of primitives, so differentiable again."""
+
+    @staticmethod
+    def forward(ctx, x, t):
+        ctx.save_for_backward(x, t)
+        # each log reads a safe argument where it is clamped, so no warning or NaN arises there
+        below_one = x < 1
+        log_1m = where(below_one, log1p(-where(below_one, x, 0.0)), -100.0).clamp(min=-100.0)
+        positive = x > 0
+        log_x = where(positive, log(where(positive, x, 1.0)), -100.0).clamp(min=-100.0)
+        return (t - 1) * log_1m - t * log_x
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, t = ctx.saved_tensors
+        gx = grad * (x - t) / (x * (1 - x)).clamp(min=_BCE_EPS) if ctx.needs_input_grad[0] else None
+        gt = grad * (log1p(-x) - log(x)) if ctx.needs_input_grad[1] else None
+        return gx, gt
+
+
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
                          reduce=None, reduction: str = "mean") -> Tensor:
     """-w * [t * log(x) + (1 - t) * log(1 - x)], each log clamped at -100 as in PyTorch."""
@@ -809,12 +837,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     # with tensor ops, as _check_class_range: under tt.compile the outcome is a guard, so a bad input retraces
     if ((input < 0) | (input > 1) | isnan(input)).any():
         raise RuntimeError("all elements of input should be between 0 and 1")
-    # each log reads a safe argument where it is clamped, so its gradient stays finite (0) there
-    below_one = input < 1
-    log_1m = where(below_one, log1p(-where(below_one, input, 0.0)), -100.0).clamp(min=-100.0)
-    positive = input > 0
-    log_x = where(positive, log(where(positive, input, 1.0)), -100.0).clamp(min=-100.0)
-    loss = (target - 1) * log_1m - target * log_x
+    loss = _BinaryCrossEntropy.apply(input, target)
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction)
