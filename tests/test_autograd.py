@@ -161,6 +161,26 @@ class TestLeavesAndFlags:
         assert z.grad is None
         assert x.grad.tolist() == [7.0, 11.0]
 
+    def test_retain_grad_follows_in_place_writes(self):
+        """As PyTorch: .grad is the gradient of the tensor's latest value, also after a write through a view."""
+        x = f64([1.0, 2.0])
+        h = x * 2
+        h.retain_grad()
+        h.mul_(3)
+        h.add_(1)
+        (h * h).sum().backward()
+        assert h.grad.tolist() == [14.0, 26.0]
+        b = x * 1
+        b.retain_grad()
+        b[0].mul_(2)
+        (b ** 2).sum().backward()
+        assert b.grad.tolist() == [4.0, 4.0]
+        c = x * 1
+        c.retain_grad()
+        c[0] = 5.0
+        (c * c).sum().backward()
+        assert c.grad.tolist() == [10.0, 4.0]
+
     def test_hooks(self):
         x = f64([0.5, 1.0])
         y = x * 2

@@ -140,6 +140,8 @@ class Tensor:
     def _grad_fn(self, node):
         self._grad_fn_raw = node
         self._history_version = self._version[0]
+        if self._retains_grad and node is not None:     # an in-place write: .grad is its latest value's, as PyTorch
+            self._retain_on(node)
 
     def _regenerate_view_history(self):
         from .autograd.inplace import replay_view
@@ -206,10 +208,14 @@ class Tensor:
             raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
         if self._grad_fn is None or self._retains_grad:
             return
-        import weakref
-        node = self._grad_fn
-        node.retained = (node.retained or []) + [weakref.ref(self)]
+        self._retain_on(self._grad_fn)
         self._retains_grad = True
+
+    def _retain_on(self, node) -> None:
+        """Have the backward walk store this tensor's gradient when it reaches `node` (its grad_fn)."""
+        import weakref
+        if not any(ref() is self for ref in node.retained or ()):
+            node.retained = (node.retained or []) + [weakref.ref(self)]
 
     @property
     def retains_grad(self) -> bool:
