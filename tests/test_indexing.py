@@ -170,6 +170,28 @@ def test_setitem_from_python_and_numpy_values():
     assert x.tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
+def test_setitem_strips_the_values_leading_size_one_dims_eager_and_compiled():
+    """As PyTorch: a value with extra leading 1s writes into a target of fewer dims."""
+    def write(x, v):
+        x[0] = v
+        x[1, 0] = v[0] * 2
+        x[tt.tensor([1]), 2] = v * 4
+        return x
+    f = tt.compile(write, backend="llvm")
+    want = np.zeros((2, 3, 4))
+    want[0], want[1, 0], want[1, 2] = 1, 2, 4
+    for fn in (write, f, f):                        # eager, then compiled: traced and a cache hit
+        out = fn(tt.zeros(2, 3, 4, dtype=tt.float64), tt.ones(1, 1, 4, dtype=tt.float64))
+        np.testing.assert_array_equal(out.numpy(), want)
+    w = tt.ones(1, 1, 4, dtype=tt.float64, requires_grad=True)
+    z = tt.zeros(3, 4, dtype=tt.float64)
+    z[1:] = w * 2
+    z.sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), np.full((1, 1, 4), 4.0))
+    with pytest.raises(RuntimeError, match="broadcast shape"):
+        tt.zeros(2, 3, 4)[0] = tt.ones(2, 3, 4)
+
+
 class TestErrors:
     def test_int_out_of_range_names_dim_and_size(self):
         x = tt.zeros(3, 4)

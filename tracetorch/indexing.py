@@ -161,6 +161,8 @@ def setitem(x, key, value):
         value = tensor(value, dtype=x._dtype)
     if isinstance(value, Tensor) and value._dtype is not x._dtype:
         value = value.to(x._dtype)
+    if isinstance(value, Tensor) and value._data.ndim and value._data.shape[0] == 1:
+        value = _strip_leading_ones(value)
     if not advanced:
         if isinstance(value, Tensor):
             y._assign(value)
@@ -170,6 +172,16 @@ def setitem(x, key, value):
     dims = tuple(d for d, _ in advanced)
     idx = [i if i._dtype is D.int64 else i.long() for _, i in advanced]
     y._assign(apply(R["index_put"], y, value, *idx, dims=dims, accumulate=False))
+
+
+def _strip_leading_ones(value):
+    """The value without its leading size-1 dims, as PyTorch's setitem: x[0] = ones(1, 1, 4) for x of
+    shape (2, 3, 4) writes a (4,) row into (3, 4); broadcasting puts such dims back where they fit."""
+    shape = value._data.shape
+    k = 0
+    while k < len(shape) and shape[k] == 1:
+        k += 1
+    return value.reshape(shape[k:])
 
 
 def index_put(x, indices, values, accumulate=False):
