@@ -1092,6 +1092,27 @@ def _relu_public(dt, rng):
            "0, -0, +-1, +-inf, nan (NaN passes, as in PyTorch)", grad=False)] if dt.is_floating_point else [])
 
 
+def _np_int_pow(a, b):
+    """PyTorch's integer a ** b: for b < 0 the integer part of 1 / a ** -b (numpy refuses)."""
+    a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+    neg = np.where(a == 1, 1, np.where(a == -1, np.where(b % 2 == 1, -1, 1), 0))
+    return np.where(b < 0, neg, np.power(a, np.maximum(b, 0))).astype(np.result_type(a.dtype, b.dtype))
+
+
+def _int_pow_public(dt, rng):
+    a = _cast_list([2, 1, -1, -1, 0, 3, -2, 0, 5], dt)
+    b = _cast_list([-1, -1, -1, -2, -1, 2, -3, 0, 1], dt)
+
+    def in_place(x, y):
+        x = x.clone()
+        x **= y
+        return x
+    return [P(lambda x, y: x ** y, (a, b), _np_int_pow, "negative exponents"),
+            P(lambda y: 2 ** y, (b,), lambda y: _np_int_pow(np.asarray(2, y.dtype), y), "scalar base"),
+            P(lambda x, y: x ** y, (a.reshape(3, 3), b[:3]), _np_int_pow, "broadcast"),
+            P(in_place, (a, b), _np_int_pow, "in place")]
+
+
 def _trunc_public(dt, rng):
     x = _off_integers(rng, (3, 4), dt) if dt.is_floating_point else values(rng, (3, 4), dt, -5, 5)
     return [P(lambda t: tt.trunc(t), (x,), np.trunc if dt.is_floating_point else np.copy, "trunc")]
@@ -1174,6 +1195,7 @@ PUBLIC_SAMPLES: dict[str, OpSamples] = {
     "where": OpSamples(_where_public, NUMERIC),
     "relu": OpSamples(_relu_public, NUMERIC),
     "trunc": OpSamples(_trunc_public, NUMERIC),
+    "int_pow": OpSamples(_int_pow_public, INTS, differentiable=False),
     "fmod": OpSamples(_rounding_public(tt.fmod, np.fmod), NUMERIC),
     "remainder": OpSamples(_rounding_public(tt.remainder, np.remainder), NUMERIC),
     "floor_divide": OpSamples(_rounding_public(tt.floor_divide, np.floor_divide), NUMERIC, differentiable=False),

@@ -168,7 +168,20 @@ def pow(a, b):
             return apply(MUL, a, a)
         if b == 1:
             return apply(MUL, a, 1)
+    if isinstance(b, Tensor) and b._dtype.category == 1:
+        dt = D.result_type(a, b) if isinstance(a, Tensor) else _with_scalar(b._dtype, _pyscalar(a))
+        if dt.category == 1 and dt is not D.uint8:
+            return _int_pow(a, b)
     return binary(POW, a, b)
+
+
+def _int_pow(a, b):
+    """Integer a ** b where b may hold negative values, as PyTorch: a ** -k is the integer part of
+    1 / a ** k (1 for a == 1, +-1 for a == -1 by k's parity, else 0); the primitive sees b >= 0 only."""
+    neg = b < 0
+    out = binary(POW, a, where(neg, 0, b))
+    at_neg = where(a == 1, 1, where(a == -1, 1 - 2 * (b & 1), 0))
+    return where(neg, at_neg, out)
 
 
 def neg(x):

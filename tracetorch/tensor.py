@@ -449,7 +449,8 @@ class Tensor:
         return self._assign_result(M.div(self._as_operand(), other, rounding_mode=rounding_mode))
 
     def pow_(self, other):
-        return self._inplace(_op("pow"), other)
+        from . import math as M
+        return self._assign_result(M.pow(self._as_operand(), other))
 
     def zero_(self):
         return self._assign(_full_like(self, 0))
@@ -502,7 +503,8 @@ class Tensor:
         return self._inplace(_op("remainder"), other)
 
     def __ipow__(self, other):
-        return self._inplace(_op("pow"), other)
+        from . import math as M
+        return self._assign_result(M.pow(self._as_operand(), other))
 
     def __iand__(self, other):
         return self._inplace(_op("bitwise_and"), other)
