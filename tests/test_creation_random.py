@@ -140,6 +140,22 @@ class TestRandom:
         with pytest.raises(RuntimeError, match="expects 'from' to be less than 'to'"):
             tt.randint(5, 2, (3,))
 
+    def test_randint_keyword_forms_and_normal_rejects_a_negative_std(self):
+        """As PyTorch: randint(high=, size=) and low= keywords; normal with std < 0 raises."""
+        tt.manual_seed(3)
+        k = tt.randint(high=5, size=(1000,)).numpy()
+        assert k.shape == (1000,) and k.min() == 0 and k.max() == 4
+        k = tt.randint(low=2, high=5, size=(1000,)).numpy()
+        assert k.min() == 2 and k.max() == 4
+        assert tt.randint(size=(2,), high=3).shape == (2,)
+        with pytest.raises(RuntimeError, match=r"normal expects std >= 0.0, but found std -1"):
+            tt.normal(0.0, -1.0, (2,))
+        with pytest.raises(RuntimeError, match=r"normal expects std >= 0.0"):
+            tt.normal(tt.zeros(3), -1.0)
+        with pytest.raises(RuntimeError, match=r"normal expects all elements of std >= 0.0"):
+            tt.normal(0.0, tt.tensor([1.0, -1.0]))
+        assert tt.normal(0.0, 0.0, (2,)).tolist() == [0.0, 0.0]
+
     def test_randperm_is_a_permutation(self):
         tt.manual_seed(1)
         for n in (0, 1, 7, 1000):

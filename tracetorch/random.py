@@ -122,11 +122,15 @@ def randn_like(x, *, dtype=None, generator=None) -> Tensor:
     return _draw(x._data.shape, dtype or x._dtype, generator, True, _device_of(x))
 
 
-def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+def randint(low=None, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
     if size is None and isinstance(high, (tuple, list)):
         low, high, size = 0, low, high      # randint(high, size)
     if high is None:
         low, high = 0, low
+    if low is None:
+        low = 0                             # randint(high=5, size=...)
+    if high is None:
+        raise TypeError("randint() missing required argument 'high'")
     if size is None:
         raise TypeError("randint() missing required argument 'size'")
     if high <= low:
@@ -164,6 +168,11 @@ def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None) -> Tenso
         device = _device_of(ref)
     else:
         shape, device = tuple(size), None
+    if isinstance(std, Tensor):
+        if (std < 0).any():
+            raise RuntimeError("normal expects all elements of std >= 0.0")
+    elif std < 0:
+        raise RuntimeError(f"normal expects std >= 0.0, but found std {std:g}")
     return _draw(shape, dtype, generator, True, device) * std + mean
 
 
