@@ -25,6 +25,18 @@ class TestTensor:
         assert tt.tensor([1.7, -1.7], dtype=tt.int32).tolist() == [1, -1]
         assert tt.tensor([0.1], dtype=tt.bfloat16).item() == 0.10009765625     # rounded to bfloat16
 
+    def test_python_ints_beyond_int64_raise_unless_a_float_dtype_is_asked(self):
+        """As PyTorch (numpy would wrap 2**63 to -2**63, or widen [1, 2**63] to float64)."""
+        for data in (2 ** 63, [1, 2 ** 63], [[1], [-2 ** 63 - 1]], 2 ** 64, [True, 2 ** 63]):
+            with pytest.raises(ValueError, match="Overflow"):
+                tt.tensor(data)
+        with pytest.raises(ValueError, match="Overflow"):
+            tt.tensor(2 ** 63, dtype=tt.int64)
+        assert tt.tensor(2 ** 63 - 1).item() == 2 ** 63 - 1 and tt.tensor(-2 ** 63).item() == -2 ** 63
+        assert tt.tensor([2 ** 63, 1], dtype=tt.float64).tolist() == [2.0 ** 63, 1.0]
+        assert tt.tensor(2 ** 70, dtype=tt.float64).item() == 2.0 ** 70
+        assert tt.tensor([1.5, 2 ** 63]).dtype is tt.float32           # a float in the data: floating point
+
     def test_tensor_copies(self):
         a = np.array([1.0, 2.0])
         t = tt.tensor(a)

@@ -47,7 +47,8 @@ def _infer_dtype(arr: np.ndarray, data) -> D.DType:
     raise TypeError(f"can't convert data of numpy kind {arr.dtype} to a tensor")
 
 
-def _to_array(data):
+def _to_array(data, floating: bool = False):
+    """`data` as an array and its inferred dtype; `floating`: a floating-point dtype was asked for."""
     if isinstance(data, Tensor):
         return data._data, data._dtype
     if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
@@ -56,9 +57,25 @@ def _to_array(data):
         arr = np.asarray(data)
     except ValueError as e:
         raise ValueError(f"tensor(): could not build a tensor from ragged nested sequences: {e}") from None
+    if _beyond_int64(arr, data):
+        if floating:
+            return np.asarray(data, dtype=np.float64), D.float64
+        raise ValueError("Overflow when unpacking long long")     # PyTorch's words; numpy would wrap or widen
     if arr.dtype == object:
         raise TypeError(f"tensor(): could not infer dtype of {type(data).__name__} elements")
     return arr, _infer_dtype(arr, data)
+
+
+def _beyond_int64(arr: np.ndarray, data) -> bool:
+    """Whether Python data of ints (and bools) only holds one outside int64, which numpy turns into a
+    uint64, float64 or object array. Data with a Python float is floating point, as in PyTorch."""
+    if isinstance(data, (np.ndarray, np.generic)) or arr.dtype.kind not in "ufO" or not arr.size:
+        return False
+    if arr.dtype.kind == "f" and not np.abs(arr).max() >= 2.0 ** 63:
+        return False
+    values = list(_flat(data)) if isinstance(data, (list, tuple)) else [data]
+    return (all(type(v) in (int, bool) for v in values)
+            and any(type(v) is int and not -2 ** 63 <= v < 2 ** 63 for v in values))
 
 
 def _flat(seq):
@@ -76,7 +93,7 @@ def _lists_of_tensors(seq):
 
 def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     """A new tensor with a copy of `data`; inside a traced region it is a constant."""
-    arr, dt = _to_array(data)
+    arr, dt = _to_array(data, dtype is not None and D.as_dtype(dtype).is_floating_point)
     if type(arr) is not np.ndarray:             # tt.tensor(a cuda tensor): its values
         arr = arr.get()
     if dtype is not None:
