@@ -301,6 +301,16 @@ class TestInPlaceAutograd:
         z.sum().backward()
         assert x.grad.tolist() == [4.0, 4.0]
 
+    def test_scalar_over_tensor_saves_its_result_not_the_tensor(self):
+        """`c / w` is reciprocal(w) * c, as PyTorch's __rtruediv__: writing w afterwards is fine."""
+        for c, want in ((1, [-1.0, -0.25, -1 / 9]), (3.0, [-3.0, -0.75, -1 / 3])):
+            x = tt.tensor([1.0, 2.0, 3.0], dtype=tt.float64, requires_grad=True)
+            w = x * 1
+            y = (c / w).sum()
+            w.mul_(2)
+            y.backward()
+            np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-15)
+
     def test_self_times_self_in_place_raises_like_pytorch(self):
         x = tt.tensor([0.5, 1.0], requires_grad=True)
         y = x * 2

@@ -130,7 +130,12 @@ def div(a, b, *, rounding_mode=None):
         if dt.category < 2:
             dt = D.get_default_dtype()
         t = _cast(t, dt)
-        return apply(DIV, t, other) if tensor_left else apply(DIV, other, t)
+        if tensor_left:
+            return apply(DIV, t, other)
+        # scalar / t is reciprocal(t) * scalar, as PyTorch's __rtruediv__: the backward saves the result,
+        # not t, so writing t in place afterwards is fine
+        r = apply(R["reciprocal"], t)
+        return r if other == 1 else apply(MUL, r, other)
     if rounding_mode == "floor":
         return floor_divide(a, b)
     if rounding_mode == "trunc":
