@@ -49,7 +49,10 @@ def test_embedding_index_out_of_range_raises_and_commits_nothing():
         step(tt.tensor([[1, 2, 3], [4, 5, 7]]), labels)
     _assert_same_state(before, _state(model, opt))
     assert step.stats()["cache_hits"] == 1 and step.stats()["traces"] == 2     # the program raised: no retrace
-    step(tt.tensor([[1, -1, 3], [4, 5, -7]]), labels)                           # negative indices wrap (PyTorch)
+    with pytest.raises(IndexError, match="out of bounds for dimension 0 with size 7"):
+        step(tt.tensor([[1, -1, 3], [4, 5, 6]]), labels)                        # negative: out of range (PyTorch)
+    _assert_same_state(before, _state(model, opt))
+    step(tokens, labels)
     assert step.stats()["cache_hits"] == 2
 
 
