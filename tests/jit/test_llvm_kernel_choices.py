@@ -450,3 +450,17 @@ def test_batch_norm_runs_column_wise_and_matches_eager(rng, batch, features, blo
             if isinstance(loop, Loop) and loop.var.startswith("r"):
                 ops = {e.op for e in walk_exprs(loop) if isinstance(e, Op)}
                 assert not ops & {"rsqrt", "pow", "sqrt", "div"}, (k.name, ops)
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [((7, 4, 3), (3, 5)), ((4, 3), (7, 3, 5)), ((2, 7, 4, 3), (7, 3, 5)),
+                                              ((1, 4, 3), (7, 3, 5)), ((7, 4, 3), (7, 3, 5))])
+def test_a_transposed_batch_broadcast_matmul_computes_the_transposed_product(rng, a_shape, b_shape):
+    """(a @ b).mT read only transposed becomes b.mT @ a.mT, each operand transposed over its own last two
+    dims: a 3-D @ 2-D (attention's x @ w_k, then q @ k.mT) once failed to compile."""
+    a, b = tt.tensor(rng.standard_normal(a_shape)), tt.tensor(rng.standard_normal(b_shape))
+
+    def f(a, b):
+        return (a @ b).mT.exp()
+    _, out = _compiled(f, a, b)
+    _close(out, f(a, b))
+    np.testing.assert_allclose(out.numpy(), np.exp(np.swapaxes(a.numpy() @ b.numpy(), -1, -2)), rtol=1e-12)

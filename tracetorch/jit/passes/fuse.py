@@ -159,7 +159,7 @@ def swap_transposed_matmuls(graph: Graph) -> Graph:
         (t,) = users[n.out]
         rank = len(n.out.shape)
         dims = tuple(range(rank - 2)) + (rank - 1, rank - 2)
-        if t.op.name == "permute" and tuple(t.attrs["dims"]) == dims:
+        if t.op.name == "permute" and tuple(t.attrs["dims"]) == dims and min(len(x.shape) for x in n.inputs) >= 2:
             swap[n] = t
     if not swap:
         return graph
@@ -174,13 +174,20 @@ def swap_transposed_matmuls(graph: Graph) -> Graph:
             nodes.append(n)
             continue
         a, b = n.inputs
-        dims = t.attrs["dims"]
-        at = Value(tuple(a.shape[d] for d in dims), a.dtype, a.name)
-        bt = Value(tuple(b.shape[d] for d in dims), b.dtype, b.name)
-        nodes += [Node(permute, (b,), (bt,), {"dims": dims}, n.where),
-                  Node(permute, (a,), (at,), {"dims": dims}, n.where),
+        at, bt = _transposed(a), _transposed(b)        # each over its own last two dims (batch broadcasting)
+        nodes += [Node(permute, (b,), (bt,), {"dims": _last_two_swapped(b)}, n.where),
+                  Node(permute, (a,), (at,), {"dims": _last_two_swapped(a)}, n.where),
                   Node(matmul, (bt, at), t.outputs, {}, n.where)]
     return graph.replace(nodes=tuple(nodes))
+
+
+def _last_two_swapped(v: Value) -> tuple:
+    rank = len(v.shape)
+    return tuple(range(rank - 2)) + (rank - 1, rank - 2)
+
+
+def _transposed(v: Value) -> Value:
+    return Value(tuple(v.shape[d] for d in _last_two_swapped(v)), v.dtype, v.name)
 
 
 def is_view(node: Node) -> bool:
