@@ -265,3 +265,17 @@ def test_where_on_large_tensors_selects_exactly_what_np_where_does(dtype):
         np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
     t = tt.where(tt.tensor(c), tt.tensor(a), tt.tensor(b))            # through the public op
     np.testing.assert_array_equal(t.numpy().view(np.uint8), np.where(c, a, b).astype(dtype).view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [tt.float32, tt.float64])
+def test_sigmoid_keeps_its_relative_accuracy_for_large_negative_inputs(dtype):
+    """sigmoid(-20) ~ 2e-9 is representable: eager must not lose it to cancellation (the compiled kernel
+    did not), and both agree to a few ulps."""
+    xs = np.array([-80.0, -40.0, -20.0, -17.0, -5.0, 0.0, 5.0, 17.0, 40.0])
+    exact = np.exp(xs) / (1 + np.exp(xs))             # float64, no cancellation on this side
+    x = tt.tensor(xs, dtype=dtype)
+    rtol = 1e-6 if dtype is tt.float32 else 1e-14
+    np.testing.assert_allclose(x.sigmoid().numpy().astype(np.float64), exact, rtol=rtol, atol=1e-38)
+    f = tt.compile(lambda t: t.sigmoid(), backend="llvm")
+    f(x)
+    np.testing.assert_allclose(f(x).numpy(), x.sigmoid().numpy(), rtol=4 * rtol, atol=1e-38)

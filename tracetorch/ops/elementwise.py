@@ -135,8 +135,15 @@ RSQRT = _unary("rsqrt", _quiet(lambda x: 1 / np.sqrt(x)), lambda n, g: (g * (-0.
 SIN = _unary("sin", _quiet(np.sin), lambda n, g: (g * tt.cos(n.x(0)),), (0,), "sin(x0)")
 COS = _unary("cos", _quiet(np.cos), lambda n, g: (-(g * tt.sin(n.x(0))),), (0,), "cos(x0)")
 TANH = _unary("tanh", np.tanh, lambda n, g: (g * (1 - n.out * n.out),), ("out",), "tanh(x0)")
-SIGMOID = _unary("sigmoid", lambda x: (np.tanh(x * x.dtype.type(0.5)) + 1) * x.dtype.type(0.5),
-                 lambda n, g: (g * n.out * (1 - n.out),), ("out",), "sigmoid(x0)")
+def _sigmoid(x):
+    """1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: no cancellation for large negative x, where
+    (tanh(x / 2) + 1) / 2 lost every digit (sigmoid(-20) was 0 in float32; the kernels' is exact)."""
+    e = np.exp(-np.abs(x))
+    one = x.dtype.type(1)
+    return np.where(x >= 0, one / (one + e), e / (one + e))
+
+
+SIGMOID = _unary("sigmoid", _sigmoid, lambda n, g: (g * n.out * (1 - n.out),), ("out",), "sigmoid(x0)")
 LOG1P = _unary("log1p", _quiet(np.log1p), lambda n, g: (g / (n.x(0) + 1),), (0,), "log1p(x0)")
 EXPM1 = _unary("expm1", _quiet(np.expm1), lambda n, g: (g * (n.out + 1),), ("out",), "expm1(x0)")
 RECIPROCAL = _unary("reciprocal", _quiet(np.reciprocal), lambda n, g: (-(g * n.out * n.out),), ("out",),
