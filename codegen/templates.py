@@ -20,13 +20,14 @@ for the statistics, once for the elementwise outputs.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 import numpy as np
 
-from tracetorch.dtypes import DType, bool_, int64
+from tracetorch.dtypes import DType, bool_, float64, int64
 
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, IndexMap, Kernel, Let, Load, Loop,
                      Op, Reduce, Stmt, Store, Var, substitute, walk_exprs)
@@ -42,6 +43,7 @@ Output = tuple[Buffer, Expr]
 FLAT_INDEX = Arg("@flat_index", int64)
 
 BLOCK = 512  # elements per block of the one-pass row statistics (2 KiB of float32: stays in L1)
+SUM_BLOCK = 1024  # elements per block of a long float sum (`_blocked_sum`)
 COLUMN_MIN = 8  # a contiguous kept dim at least this long makes a reduction over outer dims column-wise
 
 
@@ -123,7 +125,7 @@ def elementwise_kernel(name: str, shape: Sequence[int], inputs: dict[str, Access
 # ---------------------------------------------------------------- reductions
 def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int], inputs: dict[str, Access],
                      stages: Sequence[Stage], row_outputs: Sequence[Output] = (),
-                     elem_outputs: Sequence[Output] = (), scratch: Callable | None = None):
+                     elem_outputs: Sequence[Output] = (), scratch: Callable | None = None, sum_block: int = 0):
     """Reduce over `reduce_dims` of the iteration space `shape`.
 
     Stages run in order, each may use the results (Vars) of earlier ones.
@@ -137,6 +139,10 @@ def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int]
     `scratch(shape, dtype) -> Buffer`, when given, lets a column-wise reduction over many rows with
     no kept outer dim (a bias gradient) split its rows into chunks (`_row_chunks`): then the result is
     two kernels, (partial sums per chunk, their combination), else one kernel.
+
+    `sum_block` (> 0): a float sum over more elements adds them in blocks of that many, each block's sum
+    folded into a float64 total (`_blocked_sum`), rather than in one running float32 sum per vector lane
+    (x.sum() of 2^24 floats was 4e-3 off); the CUDA renderer, which parallelizes plain sums, passes 0.
     """
     shape = tuple(shape)
     rdims = sorted(set(reduce_dims))
@@ -175,7 +181,7 @@ def reduction_kernel(name: str, shape: Sequence[int], reduce_dims: Sequence[int]
 
     body: list[Stmt] = []
     for stage in stages:
-        body += _stage(stage, rgroups, rloops, rvars, shape, values)
+        body += _stage(stage, rgroups, rloops, rvars, shape, values, sum_block)
     for buf, expr in row_outputs:
         body.append(Store(buf, row_map.index([at([zero] * len(rvars))[d] for d in kdims]),
                           values(expr, [zero] * len(rvars))))
@@ -385,23 +391,31 @@ def _partial_kernel(name, partials, chunk, at, stage, rloops, inner_var, inner_e
     return Kernel(name + "_partials", Loop(chunk.name, PARTIAL_CHUNKS, (init, body)))
 
 
-def _stage(stage: Stage, rgroups, rloops, rvars, shape, values) -> list[Stmt]:
+def _stage(stage: Stage, rgroups, rloops, rvars, shape, values, sum_block: int = 0) -> list[Stmt]:
     if isinstance(stage, _Named):
         return [Let(stage.name, values(stage.value, rvars))]
+    extent = math.prod(shape[d] for g in rgroups for d in g)
     if isinstance(stage, Reduction):
         dt = stage.value.dtype
+        if sum_block and stage.combine == "add" and dt.is_floating_point and len(rgroups) == 1 \
+                and extent > sum_block:
+            return _blocked_sum(stage, extent, sum_block, values)
         return [Accumulator(stage.name, identity(stage.combine, dt)),
                 _nest(rloops, [Reduce(stage.name, stage.combine, values(stage.value, rvars))])]
-    extent = math.prod(shape[d] for g in rgroups for d in g)
     if len(rgroups) != 1:
-        return [s for sub in _two_pass(stage, extent) for s in _stage(sub, rgroups, rloops, rvars, shape, values)]
+        return [s for sub in _two_pass(stage, extent) for s in _stage(sub, rgroups, rloops, rvars, shape, values,
+                                                                      sum_block)]
     value = stage.value
     dt = value.dtype
     if isinstance(stage, SoftmaxStats):
         first, second, first_init, blocked = stage.max_name, stage.sum_name, identity("max", dt), _softmax_block
     else:
         first, second, first_init, blocked = stage.mean_name, "_m2_" + stage.mean_name, const(0, dt), _moments_block
-    out: list[Stmt] = [Accumulator(first, first_init), Accumulator(second, const(0, dt))]
+    wide = isinstance(stage, Moments) and sum_block and extent > sum_block
+    if wide:        # the blocks' statistics merged in float64, as _blocked_sum's totals
+        first, second, first_init = "wide_" + first, "wide" + second, const(0, float64)
+        blocked = functools.partial(_moments_block, merged=float64)
+    out: list[Stmt] = [Accumulator(first, first_init), Accumulator(second, const(0, first_init.dtype))]
     full, tail = divmod(extent, BLOCK)
     blk = Var(f"blk_{first}", int64)
     if full:
@@ -409,9 +423,34 @@ def _stage(stage: Stage, rgroups, rloops, rvars, shape, values) -> list[Stmt]:
         out.append(Loop(blk.name, full, tuple(blocked(first, second, value, base, BLOCK, values, "b"))))
     if tail:
         out += blocked(first, second, value, Const(full * BLOCK, int64), tail, values, "t")
-    if isinstance(stage, Moments):
+    if wide:
+        out += [Let(stage.mean_name, op("cast", Var(first, float64), dtype=dt)),
+                Let(stage.var_name, op("cast", op("div", Var(second, float64), const(extent, float64)), dtype=dt))]
+    elif isinstance(stage, Moments):
         out.append(Let(stage.var_name, op("div", Var(second, dt), const(extent, dt))))
     return out
+
+
+def _blocked_sum(stage: Reduction, extent: int, size: int, values) -> list[Stmt]:
+    """stage.name = the sum of `extent` elements, `size` at a time: each block summed in the value's
+    dtype (vectorized), the blocks' sums added into a float64 total, so the rounding error grows with
+    the block, not with the whole extent."""
+    dt = stage.value.dtype
+    total = f"wide_{stage.name}"
+    out: list[Stmt] = [Accumulator(total, const(0, float64))]
+    full, tail = divmod(extent, size)
+
+    def block(base, n, tag) -> list[Stmt]:
+        j, part = Var(f"j_{stage.name}_{tag}", int64), f"part_{stage.name}_{tag}"
+        return [Accumulator(part, const(0, dt)),
+                Loop(j.name, n, (Reduce(part, "add", values(stage.value, [Op("add", (base, j), int64)])),)),
+                Assign(total, op("add", Var(total, float64), op("cast", Var(part, dt), dtype=float64)))]
+    if full:
+        blk = Var(f"blk_{stage.name}", int64)
+        out.append(Loop(blk.name, full, tuple(block(Op("mul", (blk, Const(size, int64)), int64), size, "b"))))
+    if tail:
+        out += block(Const(full * size, int64), tail, "t")
+    return out + [Let(stage.name, op("cast", Var(total, float64), dtype=dt))]
 
 
 def _two_pass(stage: Stage, extent: int) -> list:
@@ -466,25 +505,31 @@ def _softmax_block(m: str, s: str, value, base, size, values, tag) -> list[Stmt]
     ]
 
 
-def _moments_block(mean: str, m2: str, value, base, size, values, tag) -> list[Stmt]:
+def _moments_block(mean: str, m2: str, value, base, size, values, tag, merged: DType | None = None) -> list[Stmt]:
+    """One block's mean and squared deviations (in the value's dtype), merged into the running `mean`
+    and `m2` (of dtype `merged`, default the value's) by Chan's formula."""
     dt = value.dtype
+    wt = merged or dt
     j = Var(f"j_{mean}_{tag}", int64)
     v = values(value, [Op("add", (base, j), int64)])
     bsum, bmean, bm2 = f"bsum_{mean}_{tag}", f"bmean_{mean}_{tag}", f"bm2_{mean}_{tag}"
     na, delta, frac = f"na_{mean}_{tag}", f"delta_{mean}_{tag}", f"frac_{mean}_{tag}"
     dev = op("sub", v, Var(bmean, dt))
+
+    def wide(name):
+        return op("cast", Var(name, dt), dtype=wt)
     return [
         Accumulator(bsum, const(0, dt)),
         Loop(j.name, size, (Reduce(bsum, "add", v),)),
         Let(bmean, op("div", Var(bsum, dt), const(size, dt))),
         Accumulator(bm2, const(0, dt)),
         Loop(j.name, size, (Reduce(bm2, "add", op("mul", dev, dev)),)),
-        Let(na, Op("cast", (base,), dt)),
-        Let(delta, op("sub", Var(bmean, dt), Var(mean, dt))),
-        Let(frac, op("div", const(size, dt), op("add", Var(na, dt), const(size, dt)))),
-        Assign(m2, op("add", op("add", Var(m2, dt), Var(bm2, dt)),
-                      op("mul", op("mul", op("mul", Var(delta, dt), Var(delta, dt)), Var(na, dt)), Var(frac, dt)))),
-        Assign(mean, op("add", Var(mean, dt), op("mul", Var(delta, dt), Var(frac, dt)))),
+        Let(na, Op("cast", (base,), wt)),
+        Let(delta, op("sub", wide(bmean), Var(mean, wt))),
+        Let(frac, op("div", const(size, wt), op("add", Var(na, wt), const(size, wt)))),
+        Assign(m2, op("add", op("add", Var(m2, wt), wide(bm2)),
+                      op("mul", op("mul", op("mul", Var(delta, wt), Var(delta, wt)), Var(na, wt)), Var(frac, wt)))),
+        Assign(mean, op("add", Var(mean, wt), op("mul", Var(delta, wt), Var(frac, wt)))),
     ]
 
 

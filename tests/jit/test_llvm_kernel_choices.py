@@ -464,3 +464,22 @@ def test_a_transposed_batch_broadcast_matmul_computes_the_transposed_product(rng
     _, out = _compiled(f, a, b)
     _close(out, f(a, b))
     np.testing.assert_allclose(out.numpy(), np.exp(np.swapaxes(a.numpy() @ b.numpy(), -1, -2)), rtol=1e-12)
+
+
+def test_long_float32_sums_and_moments_stay_accurate():
+    """A float sum over many elements adds blocks into a float64 total (and the moments merge their
+    blocks in float64): the error grows with a block, not with the extent (a running float32 sum per
+    lane was 2.6e-4 off for 2^20 elements of 0.1, var 7e-5 off for 2^24 uniform values)."""
+    n = 1 << 20
+    x = tt.full((n,), 0.1)
+    rows = tt.tensor(np.random.default_rng(0).random((3, n // 4)).astype(np.float32))
+    exact = n * float(np.float32(0.1))
+
+    def stats(x, rows):
+        return x.sum(), x.mean(), rows.sum(1), rows.var(1), rows.double().var(1)
+    _, (s, m, rs, rv, rv64) = _compiled(stats, x, rows)
+    r = rows.numpy().astype(np.float64)
+    assert abs(s.item() - exact) / exact < 1e-6 and abs(m.item() - 0.1) / 0.1 < 1e-6
+    np.testing.assert_allclose(rs.numpy(), r.sum(1), rtol=1e-6)
+    np.testing.assert_allclose(rv.numpy(), r.var(1, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(rv64.numpy(), r.var(1, ddof=1), rtol=1e-12)

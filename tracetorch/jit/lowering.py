@@ -23,7 +23,7 @@ import numpy as np
 
 from codegen.kernel import (Arg, Buffer, CheckedIndex, Const, Expr, ExternCall, IndexMap, Load, MatmulKernel, Op,
                             Program, substitute, walk_exprs)
-from codegen.templates import FLAT_INDEX, cat_kernel, elementwise_kernel, reduction_kernel, scatter_kernel
+from codegen.templates import SUM_BLOCK, FLAT_INDEX, cat_kernel, elementwise_kernel, reduction_kernel, scatter_kernel
 from runtime.memory import MemoryPlan, align_up
 
 from .interp import run_kernel
@@ -200,7 +200,8 @@ def _lower_group(g: FusionGroup, buffer_of: dict, overwrites: dict, scatter: boo
             return elementwise_kernel(g.name, g.space, inputs, outs)
         elem = [(b, e) for (b, e), v in zip(outs, order) if tuple(v.shape) == g.space]
         row = [(b, e) for (b, e), v in zip(outs, order) if tuple(v.shape) != g.space]
-        return reduction_kernel(g.name, g.space, g.reduce_dims, inputs, g.stages, row, elem, scratch)
+        return reduction_kernel(g.name, g.space, g.reduce_dims, inputs, g.stages, row, elem, scratch,
+                                SUM_BLOCK if cpu_forms else 0)
     except Exception as e:
         raise type(e)(f"lowering {g.describe()}: {e}") from e
 
