@@ -148,6 +148,31 @@ def test_a_returned_view_of_a_leaf_keeps_its_gradient_path():
         assert view.grad_fn is not None
 
 
+@pytest.mark.parametrize("backend", ["llvm", "interp"])
+def test_results_that_alias_each_other_alias_on_every_call(backend):
+    """A tensor returned twice is one object, and a returned view of another result is a view of it."""
+    def f(x):
+        y = x * 2
+        return y, y, y[0], y.view(-1)
+    c = tt.compile(f, backend=backend)
+    for _ in range(3):
+        a, b, row, flat = c(tt.ones(2, 3))
+        a.add_(10)
+        assert a is b and row.tolist() == [12.0] * 3 and flat.tolist() == [12.0] * 6
+        assert row._version is a._version is flat._version
+
+
+def test_a_view_of_a_differentiable_result_carries_its_gradient():
+    w = tt.tensor([1.0, 2.0, 3.0], dtype=tt.float64, requires_grad=True)
+    c = tt.compile(lambda w: (lambda y: (y, y[1:]))(w * w))
+    for _ in range(3):
+        w.grad = None
+        y, tail = c(w)
+        assert tail.requires_grad and tail.grad_fn is not None
+        tail.sum().backward()
+        np.testing.assert_allclose(_np(w.grad), [0.0, 4.0, 6.0])
+
+
 def test_nested_compiled_functions_are_inlined():
     inner = tt.compile(lambda x: x.exp())
 

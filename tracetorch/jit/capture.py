@@ -51,8 +51,9 @@ class OutputLeaf:
                             # "view" (a view of an input tensor, made again from it after the run)
     index: int = -1         # output position ("value", "scalar")
     pytype: type = float    # "scalar": the Python type returned
-    source: object = None   # "input", "view": where that tensor object is found at call time
-    views: tuple = ()       # "view": (op, other operands, attrs) of each view op from the input, in order
+    source: object = None   # "input", "view" of an input: where that tensor object is found at call time
+    base: int = -1          # "view" of a result: the position of that result's leaf
+    views: tuple = ()       # "view": (op, other operands, attrs) of each view op from the base, in order
 
     def view_of(self, base):
         """The result of a "view" leaf: its view ops run eagerly on `base` (so it shares the input's
@@ -212,24 +213,26 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _view_leaf(tracer, obj, v) -> OutputLeaf | None:
-    """A "view" leaf when result `obj` is a view of an input tensor made by view ops alone (`x[0]`,
-    `x.t()`): returned as a copy, writes into it would not reach the input as they do eagerly."""
-    bases = [k for k, t in enumerate(tracer.input_tensors) if t._version is obj._version]
-    if not bases:
+def _view_leaf(tracer, obj, v, out_objs, results) -> OutputLeaf | None:
+    """A "view" leaf when result `obj` is a view, made by view ops alone (`x[0]`, `y.t()`), of an input
+    tensor or of a result returned before it: returned as a copy, writes into it would not reach its
+    base as they do eagerly."""
+    inputs = {x: k for k, x in enumerate(tracer.inputs) if tracer.input_tensors[k]._version is obj._version}
+    bases = {x: k for x, k in results.items() if out_objs[k]._version is obj._version}
+    if not inputs and not bases:
         return None
-    inputs = {x: k for k, x in enumerate(tracer.inputs)}
     producers = {n.outputs[0]: n for n in tracer.nodes if n.aliases and len(n.outputs) == 1}
     views = []
-    while v not in inputs:
+    while v not in inputs and v not in bases:
         n = producers.get(v)
         if n is None or not n.inputs or any(isinstance(x, Value) for x in n.inputs[1:]):
             return None
         views.append((n.op, tuple(n.inputs[1:]), dict(n.attrs)))
         v = n.inputs[0]
-    if inputs[v] not in bases:
-        return None
-    return OutputLeaf("view", source=tracer.sources[inputs[v]], views=tuple(reversed(views)))
+    views = tuple(reversed(views))
+    if v in inputs:
+        return OutputLeaf("view", source=tracer.sources[inputs[v]], views=views)
+    return OutputLeaf("view", base=bases[v], views=views)
 
 
 def _drop_dead_captures(inputs, sources, diff_inputs, guards, input_arrays, mutated):
@@ -259,20 +262,26 @@ def _outputs(tracer, result):
     out_objs, out_spec = pytree.flatten(result, (Tensor, _Traced))
     outputs, out_leaves, diff_outputs = [], [], []
     input_pos = {id(t): k for k, t in enumerate(tracer.input_tensors)}
+    seen: dict = {}             # id(tensor) -> its leaf: a tensor returned twice is one object, as eagerly
+    results: dict = {}          # Value -> position of its "value" leaf (a base for views of it)
     for obj in out_objs:
         if isinstance(obj, Tensor):
+            if id(obj) in seen:
+                out_leaves.append(seen[id(obj)])
+                continue
             if id(obj) in input_pos:
                 out_leaves.append(OutputLeaf("input", source=tracer.sources[input_pos[id(obj)]]))
                 continue
             v = tracer.value_of(obj)
-            view = _view_leaf(tracer, obj, v)
-            if view is not None:
-                out_leaves.append(view)
-                continue
-            if obj.requires_grad and STATE.grad_enabled and v not in tracer.backward_roots:
-                diff_outputs.append(len(outputs))
-            out_leaves.append(OutputLeaf("value", len(outputs)))
-            outputs.append(v)
+            leaf = _view_leaf(tracer, obj, v, out_objs, results)
+            if leaf is None:
+                if obj.requires_grad and STATE.grad_enabled and v not in tracer.backward_roots:
+                    diff_outputs.append(len(outputs))
+                leaf = OutputLeaf("value", len(outputs))
+                results[v] = len(out_leaves)
+                outputs.append(v)
+            seen[id(obj)] = leaf
+            out_leaves.append(leaf)
         else:
             pytype = float if isinstance(obj, float) else int
             out_leaves.append(OutputLeaf("scalar", len(outputs), pytype))

@@ -209,7 +209,7 @@ class Program:
             if leaf.kind == "input":
                 leaves.append(leaf.source.tensor(call.leaves))
             elif leaf.kind == "view":
-                leaves.append(leaf.view_of(leaf.source.tensor(call.leaves)))
+                leaves.append(None)             # below, once its base has its grad_fn
             elif leaf.kind == "scalar":
                 leaves.append(leaf.pytype(results[leaf.index].item()))
             else:
@@ -219,7 +219,20 @@ class Program:
                 leaves.append(t)
         if self.backward is not None and STATE.grad_enabled:
             self._connect_backward(call, made, results, inputs)
+        if self._has_views:
+            views: dict = {}            # id(leaf) -> its view: a view returned twice is one object
+            for k, leaf in enumerate(self.out_leaves):
+                if leaf.kind == "view":
+                    t = views.get(id(leaf))
+                    if t is None:
+                        base = leaf.source.tensor(call.leaves) if leaf.source is not None else leaves[leaf.base]
+                        t = views[id(leaf)] = leaf.view_of(base)
+                    leaves[k] = t
         return pytree.unflatten(self.out_spec, leaves)
+
+    @functools.cached_property
+    def _has_views(self) -> bool:
+        return any(leaf.kind == "view" for leaf in self.out_leaves)
 
     def _connect_backward(self, call, made, results, inputs):
         plan = self.backward
