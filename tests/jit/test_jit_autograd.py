@@ -197,3 +197,24 @@ def test_custom_function_backward_replaces_differentiation():
         xr = x.detach().requires_grad_()
         cf(xr).sum().backward()
         np.testing.assert_allclose(_np(xr.grad), expected)
+
+
+def test_a_result_whose_graph_the_call_backwarded_still_requires_grad():
+    """`loss.backward(); return loss`: as eagerly, the returned loss requires grad and has a grad_fn on
+    every call, and backward through it again raises PyTorch's error instead of a silent no-op."""
+    w = tt.tensor([1.0, 2.0], requires_grad=True)
+
+    @tt.compile
+    def step(x):
+        loss = (x * w).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        w.grad = None
+        loss = step(tt.ones(2))
+        assert loss.requires_grad and loss.grad_fn is not None and loss.grad_fn.name() == "SumBackward"
+        assert w.grad.tolist() == [1.0, 1.0]
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            loss.backward()
+    assert step.stats()["cache_hits"] >= 1

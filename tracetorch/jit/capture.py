@@ -54,6 +54,7 @@ class OutputLeaf:
     source: object = None   # "input", "view" of an input: where that tensor object is found at call time
     base: int = -1          # "view" of a result: the position of that result's leaf
     views: tuple = ()       # "view": (op, other operands, attrs) of each view op from the base, in order
+    spent: str = ""         # "value": the grad_fn name of a result whose graph a backward in the call used
 
     def view_of(self, base):
         """The result of a "view" leaf: its view ops run eagerly on `base` (so it shares the input's
@@ -275,9 +276,12 @@ def _outputs(tracer, result):
             v = tracer.value_of(obj)
             leaf = _view_leaf(tracer, obj, v, out_objs, results)
             if leaf is None:
+                spent = ""
                 if obj.requires_grad and STATE.grad_enabled and v not in tracer.backward_roots:
                     diff_outputs.append(len(outputs))
-                leaf = OutputLeaf("value", len(outputs))
+                elif obj.requires_grad and obj.grad_fn is not None:      # `loss.backward(); return loss`
+                    spent = obj.grad_fn.name()
+                leaf = OutputLeaf("value", len(outputs), spent=spent)
                 results[v] = len(out_leaves)
                 outputs.append(v)
             seen[id(obj)] = leaf

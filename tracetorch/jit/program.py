@@ -30,6 +30,7 @@ from runtime.interrupts import FinishedInterrupt
 from runtime.memory import storage_root
 
 from ..autograd.function import Function, FunctionCtx, connect
+from ..autograd.graph import Node
 from ..ops.dispatch import STATE
 from ..ops.registry import RANDOM
 from ..tensor import Tensor
@@ -202,7 +203,8 @@ class Program:
         dtypes = self.result_dtypes
         lone = self._lone_result
         if lone is not None and self.backward is None:
-            return Tensor._make(results[lone], dtypes[lone])
+            t = Tensor._make(results[lone], dtypes[lone])
+            return t if not self.out_leaves[0].spent else _spent(t, self.out_leaves[0].spent)
         made: dict = {}
         leaves = []
         for leaf in self.out_leaves:
@@ -216,6 +218,8 @@ class Program:
                 t = made.get(leaf.index)
                 if t is None:
                     t = made[leaf.index] = Tensor._make(results[leaf.index], dtypes[leaf.index])
+                    if leaf.spent:
+                        _spent(t, leaf.spent)
                 leaves.append(t)
         if self.backward is not None and STATE.grad_enabled:
             self._connect_backward(call, made, results, inputs)
@@ -249,6 +253,27 @@ class Program:
                                                                                    len(self.graph.outputs)])
         ctx.saved_versions = tuple((t, t._version[0]) for t in saved_inputs)
         connect(CompiledBackward, ctx, wrt, outs if len(outs) > 1 else outs[0])
+
+
+class SpentNode(Node):
+    """grad_fn of a result whose graph a backward inside the compiled call already used (`loss.backward();
+    return loss`): it requires grad, as eagerly, and a second backward through it raises PyTorch's error."""
+    __slots__ = ("traced_name",)
+
+    def __init__(self, traced_name: str):
+        super().__init__(None, {}, (), ())
+        self.traced_name = traced_name
+        self.freed = True
+
+    def name(self) -> str:
+        return self.traced_name
+
+
+def _spent(t: Tensor, name: str) -> Tensor:
+    if STATE.grad_enabled:
+        t.requires_grad = True
+        t._grad_fn = SpentNode(name)
+    return t
 
 
 class CompiledBackward(Function):
