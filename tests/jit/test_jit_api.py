@@ -80,6 +80,86 @@ def test_compile_module_forwards_attributes_and_modes():
     assert "matmul" in cmodel.graph.text()
 
 
+def test_a_compiled_module_is_a_module_its_parent_sees():
+    """As PyTorch's OptimizedModule: parameters, state (prefixed `_orig_mod.`), train/eval and an
+    optimizer's updates reach a compiled submodule, nn.Sequential takes one, and `.to()` keeps it."""
+    tt.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = tt.compile(nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)))
+            self.head = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.head(self.block(x))
+
+    net = Net()
+    assert isinstance(net.block, nn.Module) and len(list(net.parameters())) == 4
+    assert list(net.state_dict()) == ["block._orig_mod.0.weight", "block._orig_mod.0.bias", "head.weight",
+                                      "head.bias"]
+    net.eval()
+    assert not net.block.training and not net.block[1].training
+    x = tt.randn(4, 3)
+    np.testing.assert_array_equal(_np(net(x)), _np(net(x)))           # dropout off in eval, compiled too
+    net.train()
+    opt = tt.optim.SGD(net.parameters(), lr=1.0)
+    before = _np(net.block[0].weight).copy()
+    net(x).sum().backward()
+    opt.step()
+    assert not np.array_equal(_np(net.block[0].weight), before)
+    seq = nn.Sequential(tt.compile(nn.Linear(2, 2)), nn.ReLU())
+    assert len(list(seq.parameters())) == 2
+    moved = tt.compile(nn.Linear(2, 2)).double()
+    assert isinstance(moved, tt.jit.CompiledModule) and moved.weight.dtype is tt.float64
+    moved(tt.ones(1, 2, dtype=tt.float64))
+    assert moved.stats()["calls"] == 1
+
+
+def test_compiled_methods_bind_to_each_instance_by_identity():
+    """Two equal instances (a custom __eq__), an unhashable dataclass and a __slots__ class each get
+    their own cache, bound to that very instance."""
+    import dataclasses
+
+    class Scaled:
+        def __init__(self, k):
+            self.k = k
+
+        def __eq__(self, other):
+            return isinstance(other, Scaled)
+
+        def __hash__(self):
+            return 0
+
+        @tt.compile
+        def apply(self, x):
+            return x * self.k
+
+    @dataclasses.dataclass
+    class Trainer:
+        k: float
+
+        @tt.compile
+        def apply(self, x):
+            return x * self.k
+
+    class Slotted:
+        __slots__ = ("k",)
+
+        def __init__(self, k):
+            self.k = k
+
+        @tt.compile
+        def apply(self, x):
+            return x * self.k
+
+    x = tt.ones(3)
+    for cls in (Scaled, Trainer, Slotted):
+        a, b = cls(2.0), cls(3.0)
+        for _ in range(2):
+            assert a.apply(x).tolist() == [2.0] * 3 and b.apply(x).tolist() == [3.0] * 3, cls
+
+
 def test_nested_structures_in_arguments_and_results():
     @tt.compile
     def f(batch, *, scale, names=("a",)):

@@ -72,7 +72,7 @@ class CompiledFunction:
         self._lock = threading.RLock()
         self._programs: tuple = ()          # replaced, never mutated: a call reads it without the lock
         self._generation = 0                # bumped after a program is cached
-        self._instances = weakref.WeakKeyDictionary()
+        self._instances: dict = {}         # id(instance) -> (reference to it, its bound CompiledFunction)
         self._gave_up: str | None = None
         self._last_program = None
         self._failures: Counter = Counter()
@@ -89,14 +89,15 @@ class CompiledFunction:
     def __get__(self, obj, objtype=None):
         if obj is None or self._self_ref is not None:
             return self
-        bound = self._instances.get(obj)
-        if bound is None:
+        entry = self._instances.get(id(obj))
+        if entry is None or entry[0]() is not obj:
             with self._lock:
-                bound = self._instances.get(obj)
-                if bound is None:
-                    bound = CompiledFunction(self.fn, self.options, self_ref=weakref.ref(obj), name=self.name)
-                    self._instances[obj] = bound
-        return bound
+                entry = self._instances.get(id(obj))
+                if entry is None or entry[0]() is not obj:
+                    ref = _instance_ref(obj, self._instances)
+                    entry = (ref, CompiledFunction(self.fn, self.options, self_ref=ref, name=self.name))
+                    self._instances[id(obj)] = entry
+        return entry[1]
 
     def _target(self):
         if self._self_ref is None:
@@ -308,7 +309,7 @@ class CompiledFunction:
             self._failure_detail.clear()
             self._stats = _new_stats()
             self._call_counts = {}
-            for bound in list(self._instances.values()):
+            for _, bound in list(self._instances.values()):
                 bound.reset()
 
     def __repr__(self) -> str:
@@ -316,11 +317,15 @@ class CompiledFunction:
 
 
 class CompiledModule:
-    """`tt.compile(module)`: calls go through a compiled `module.__call__`; everything else
-    (parameters(), train(), state_dict(), attributes) is the module's own."""
+    """`tt.compile(module)`: an nn.Module (as PyTorch's OptimizedModule) holding the original as its
+    submodule `_orig_mod`, so a parent module sees its parameters, buffers, state (keys prefixed
+    `_orig_mod.`) and train/eval flags, and `nn.Sequential` takes it. Calls (and `forward`) go through
+    the compiled `module.__call__`; other attributes are the original's. The class made is a subclass
+    of this one and of nn.Module (`_compiled_module_class`: the compiler does not import nn itself)."""
 
     def __init__(self, module, options: dict):
-        object.__setattr__(self, "_orig_mod", module)
+        super().__init__()                               # nn.Module's, next in the made class's MRO
+        self._orig_mod = module
         fn = CompiledFunction(type(module).__call__, options, self_ref=weakref.ref(module),
                               reach_fn=type(module).forward, name=type(module).__name__)
         object.__setattr__(self, "_compiled", fn)
@@ -328,11 +333,23 @@ class CompiledModule:
     def __call__(self, *args, **kwargs):
         return self._compiled(*args, **kwargs)
 
+    def forward(self, *args, **kwargs):
+        return self._compiled(*args, **kwargs)
+
     def __getattr__(self, name):
-        return getattr(self._orig_mod, name)
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name == "_orig_mod" and name in modules:
+            return modules[name]
+        if modules is None or "_orig_mod" not in modules:
+            raise AttributeError(name)
+        return getattr(modules["_orig_mod"], name)
 
     def __setattr__(self, name, value):
-        setattr(self._orig_mod, name, value)
+        modules = self.__dict__.get("_modules")
+        if modules is None or "_orig_mod" not in modules or name in ("_orig_mod", "training"):
+            super().__setattr__(name, value)
+        else:
+            setattr(modules["_orig_mod"], name, value)
 
     def __getitem__(self, key):
         return self._orig_mod[key]
@@ -345,14 +362,6 @@ class CompiledModule:
 
     def _tt_compiled_target(self):
         return self._orig_mod.forward, self._orig_mod
-
-    def train(self, mode: bool = True):
-        self._orig_mod.train(mode)
-        return self
-
-    def eval(self):
-        self._orig_mod.eval()
-        return self
 
     def stats(self) -> dict:
         return self._compiled.stats()
@@ -367,8 +376,10 @@ class CompiledModule:
     def reset(self) -> None:
         self._compiled.reset()
 
-    def __repr__(self) -> str:
-        return f"CompiledModule({self._orig_mod!r})"
+
+@functools.lru_cache(maxsize=None)
+def _compiled_module_class(module_class):
+    return type("CompiledModule", (CompiledModule, module_class), {"__module__": __name__})
 
 
 def compile(fn=None, *, backend="auto", mode="default", check: bool = False, fullgraph: bool = False,
@@ -405,13 +416,28 @@ def _wrap(fn, opts):
     if isinstance(fn, CompiledModule):
         fn = fn._orig_mod
     if Module is not None and isinstance(fn, Module):
-        return CompiledModule(fn, opts)
+        return _compiled_module_class(Module)(fn, opts)
     if inspect.ismethod(fn):
         return CompiledFunction(fn.__func__, opts, self_ref=weakref.ref(fn.__self__),
                                 name=fn.__func__.__qualname__)
     if not callable(fn):
         raise TypeError(f"tt.compile expects a function or a Module, got {type(fn).__name__}")
     return CompiledFunction(fn, opts)
+
+
+def _instance_ref(obj, instances: dict):
+    """A reference to the instance a compiled method is bound to, keyed by identity, not equality (two
+    equal instances are two caches; an unhashable dataclass is fine): a weak one that drops its entry
+    when the instance dies, or, for an instance without weak references (`__slots__`), a strong one."""
+    key = id(obj)
+
+    def drop(ref):
+        if instances.get(key, (None,))[0] is ref:
+            instances.pop(key, None)
+    try:
+        return weakref.ref(obj, drop)
+    except TypeError:
+        return lambda: obj
 
 
 def _new_stats() -> dict:
