@@ -191,6 +191,9 @@ def test_load_state_dict_strict_errors():
     result = net.load_state_dict(sd, strict=False)
     assert result.missing_keys == ["head.bias"]
     assert result.unexpected_keys == ["nothere.weight", "head.extra"]
+    odd = dict(net.state_dict(), head=tt.ones(1), **{"head.weight.extra": tt.ones(1)})
+    result = net.load_state_dict(odd, strict=False)      # a plain key naming a child, a key below a state
+    assert result.unexpected_keys == ["head", "head.weight.extra"], result
     bad = net.state_dict()
     bad["head.weight"] = tt.zeros(3, 4)
     with pytest.raises(RuntimeError, match=r"size mismatch for head.weight: copying a param with shape"):

@@ -464,10 +464,10 @@ class Module:
                 error_msgs.append(f'While copying the parameter named "{key}", whose dimensions in the model are '
                                   f"{param.shape} and whose dimensions in the checkpoint are {value.shape}, an "
                                   f"exception occurred : {e.args}.")
-        for key in state_dict:
+        for key in state_dict:              # PyTorch's rule: a dotted rest must name a child, a plain one a state
             if key.startswith(prefix):
-                head = key[len(prefix):].split(".", 1)[0]
-                if head not in self._modules and head not in local_state:
+                parts = key[len(prefix):].split(".", 1)
+                if (parts[0] not in self._modules) if len(parts) > 1 else (parts[0] not in local_state):
                     unexpected_keys.append(key)
 
     def _assign_state(self, name: str, current: Tensor, value: Tensor) -> None:
