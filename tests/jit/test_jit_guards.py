@@ -92,6 +92,7 @@ def test_changing_batch_size_traces_per_shape_until_the_limit_then_warns_once():
     assert "test_jit_guards.py" in messages[0]                      # the source line of the function
     s = f.stats()
     assert s["traces"] == 3 and s["fallbacks"] == 4 and s["eager_since_limit"], s
+    assert s["calls"] == 10 and s["cache_hits"] == 3, s            # eager calls after the limit count too
 
 
 def test_item_only_logged_or_returned_does_not_recompile():
@@ -392,3 +393,12 @@ def test_numpy_scalar_and_nan_constants():
     assert f(x).tolist() == [3.0, 3.0]
     s = f.stats()
     assert s["traces"] == 2 and s["cache_hits"] == 1 and s["uncached_traces"] == 0, s
+
+
+def test_the_limit_warning_of_a_compiled_module_points_at_the_callers_line():
+    f = tt.compile(nn.Linear(2, 2), cache_size_limit=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f(tt.ones(1, 2))
+        f(tt.ones(3, 2))                                            # over the limit: warns here
+    assert len(caught) == 1 and caught[0].filename == __file__, [(w.filename, w.lineno) for w in caught]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import threading
 import warnings
 from threading import get_ident
@@ -115,15 +116,15 @@ class CompiledFunction:
         target = self.fn if self._self_ref is None else self._target()
         if self.options["mode"] == "eager" or compilation_disabled() or STATE.tracer is not None:
             return target(*args, **kwargs)
-        if self._gave_up is not None:
-            self._stats["fallbacks"] += 1
-            return target(*args, **kwargs)
-        call = Call.of(args, kwargs)
         served_by = None                # the cached program that ran
         recorder = PROFILING.recorder   # tt.compiler.profile() is on: time the whole call
         if recorder is not None:
             start = perf_counter_ns()
         try:
+            if self._gave_up is not None:       # (counted as a call below, as every call is)
+                self._stats["fallbacks"] += 1
+                return target(*args, **kwargs)
+            call = Call.of(args, kwargs)
             generation, programs = self._generation, self._programs     # in this order (see _trace)
             while True:
                 if self.options["check"]:
@@ -241,7 +242,7 @@ class CompiledFunction:
             except Exception as e:
                 if self.options["fallback"]:
                     warnings.warn(f"tt.compile: compiling {self.name} failed ({e}); running it eagerly",
-                                  CompileWarning, stacklevel=3)
+                                  CompileWarning, stacklevel=_user_stacklevel())
                     self._gave_up = f"compilation failed: {e}"
                     return trace.result
                 raise CompileError(f"tt.compile: compiling {self.name} failed: {e}\n(this call ran eagerly: its "
@@ -272,7 +273,7 @@ class CompiledFunction:
         warnings.warn(f"tt.compile: {self.name} reached cache_size_limit={self.options['cache_size_limit']} "
                       f"traces; the guard that keeps failing: {key} ({detail}) at {where}. Running it eagerly "
                       "from now on (raise cache_size_limit, or make that value a tensor).",
-                      CompileWarning, stacklevel=4)
+                      CompileWarning, stacklevel=_user_stacklevel())
 
     # ------------------------------------------------------------ introspection
     def stats(self) -> dict:
@@ -423,6 +424,15 @@ def _wrap(fn, opts):
     if not callable(fn):
         raise TypeError(f"tt.compile expects a function or a Module, got {type(fn).__name__}")
     return CompiledFunction(fn, opts)
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` that points a warning at the caller's line, past this module's frames (a compiled
+    Module's call adds one)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _instance_ref(obj, instances: dict):
