@@ -218,3 +218,16 @@ def test_a_result_whose_graph_the_call_backwarded_still_requires_grad():
         with pytest.raises(RuntimeError, match="backward through the graph a second time"):
             loss.backward()
     assert step.stats()["cache_hits"] >= 1
+
+
+@pytest.mark.parametrize("compiled_mode", ["default", "eager"])
+def test_grad_of_an_argument_the_value_does_not_depend_on_is_zero(compiled_mode):
+    """As torch.func.grad: zeros of the argument's shape, not autograd's 'does not require grad' error."""
+    def f(x, w):
+        return (x * 2).sum()
+    g = tt.grad(f, argnums=(0, 1), mode=compiled_mode)
+    for _ in range(2):
+        gx, gw = g(tt.ones(2), tt.ones(3))
+        assert gx.tolist() == [2.0, 2.0] and gw.tolist() == [0.0, 0.0, 0.0]
+    value, gw = tt.value_and_grad(lambda x, w: x.sum(), argnums=1, mode=compiled_mode)(tt.ones(2), tt.ones(2))
+    assert value.item() == 2.0 and gw.tolist() == [0.0, 0.0]

@@ -13,6 +13,7 @@ import functools
 
 from ..autograd import grad as autograd_grad
 from ..autograd.grad_mode import enable_grad
+from ..creation import zeros_like
 from ..tensor import Tensor
 from .compile import compile
 
@@ -35,7 +36,11 @@ def value_and_grad(fn, argnums=0, has_aux: bool = False, **compile_options):
         if not isinstance(value, Tensor) or value.numel() != 1:
             raise TypeError("tt.grad: the function must return a scalar tensor"
                             + (" (as the first of (value, aux))" if has_aux else ""))
-        grads = autograd_grad(value, [args[i] for i in nums], allow_unused=True, materialize_grads=True)
+        wrt = [args[i] for i in nums]
+        if value.requires_grad:
+            grads = autograd_grad(value, wrt, allow_unused=True, materialize_grads=True)
+        else:                   # the value does not depend on them: zero gradients, as torch.func.grad
+            grads = [zeros_like(a) for a in wrt]
         g = grads[0] if isinstance(argnums, int) else tuple(grads)
         value = value.detach()
         return ((value, aux) if has_aux else value), g
