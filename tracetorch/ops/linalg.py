@@ -21,7 +21,16 @@ def _infer_matmul(a, b):
     if a.dtype is not b.dtype:
         raise RuntimeError(f"expected both matmul operands to have the same dtype, got {a.dtype.name} "
                            f"and {b.dtype.name}")
-    batch = np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    try:
+        batch = np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    except ValueError:                  # PyTorch's error (numpy's ValueError names numpy's arguments)
+        ba, bb = tuple(a.shape[:-2]), tuple(b.shape[:-2])
+        n = max(len(ba), len(bb))
+        ba, bb = (1,) * (n - len(ba)) + ba, (1,) * (n - len(bb)) + bb
+        d = next(k for k in range(n) if ba[k] != bb[k] and 1 not in (ba[k], bb[k]))
+        raise RuntimeError(f"The size of tensor a ({ba[d]}) must match the size of tensor b ({bb[d]}) at "
+                           f"non-singleton dimension {d} (matmul batch dims {list(a.shape[:-2])} and "
+                           f"{list(b.shape[:-2])})") from None
     return Aval(tuple(batch) + (a.shape[-2], b.shape[-1]), a.dtype)
 
 
