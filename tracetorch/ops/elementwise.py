@@ -76,7 +76,7 @@ def _infer_binary(a, b):
 def _infer_binary_numeric(a, b):
     out = _infer_binary(a, b)
     if out.dtype is bool_:
-        raise RuntimeError("expected numeric tensors, got bool")     # RuntimeError, as PyTorch
+        raise TypeError("expected numeric tensors, got bool")
     return out
 
 
