@@ -61,6 +61,12 @@ class TestShapes:
                     "dimension 0", "[2]", "[5]"):
             tt.ones(2, 3, 4) @ tt.ones(5, 4, 3)                   # batch dims: PyTorch's RuntimeError
 
+    def test_subtracting_bools_raises_pytorchs_runtime_error(self):
+        for f in (lambda: tt.tensor([True]) - tt.tensor([False]), lambda: tt.tensor([True]) - True,
+                  lambda: True - tt.tensor([False]), lambda: tt.sub(tt.tensor([True]), tt.tensor([True]))):
+            with raises(RuntimeError, "Subtraction, the `-` operator, with two bool tensors is not supported"):
+                f()
+
     def test_cat_and_stack(self):
         with raises(RuntimeError, "cat", "Sizes of tensors must match except in dimension 0", "[2, 3]", "[2, 4]"):
             tt.cat([tt.ones(2, 3), tt.ones(2, 4)])

@@ -103,7 +103,19 @@ def add(a, b, *, alpha=1):
 
 
 def sub(a, b, *, alpha=1):
+    check_bool_sub(a, b)
     return binary(SUB, a, b if alpha == 1 else b * alpha)
+
+
+def _is_bool(x) -> bool:
+    return x._dtype is D.bool_ if isinstance(x, Tensor) else type(x) is bool
+
+
+def check_bool_sub(a, b) -> None:
+    """PyTorch's error, and its type (the registry's own is a TypeError: sub does not define bool)."""
+    if _is_bool(a) and _is_bool(b):
+        raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
+                           "Use the `^` or `logical_xor()` operator instead.")
 
 
 subtract = sub

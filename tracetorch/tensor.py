@@ -523,9 +523,13 @@ class Tensor:
         return _M.binary(_ADD, other, self)
 
     def __sub__(self, other):
+        if self._dtype is D.bool_:
+            _M.check_bool_sub(self, other)
         return _M.binary(_SUB, self, other)
 
     def __rsub__(self, other):
+        if self._dtype is D.bool_:
+            _M.check_bool_sub(other, self)
         return _M.binary(_SUB, other, self)
 
     def __mul__(self, other):
