@@ -416,13 +416,7 @@ def _stage(stage: Stage, rgroups, rloops, rvars, shape, values, sum_block: int =
         first, second, first_init = "wide_" + first, "wide" + second, const(0, float64)
         blocked = functools.partial(_moments_block, merged=float64)
     out: list[Stmt] = [Accumulator(first, first_init), Accumulator(second, const(0, first_init.dtype))]
-    full, tail = divmod(extent, BLOCK)
-    blk = Var(f"blk_{first}", int64)
-    if full:
-        base = Op("mul", (blk, Const(BLOCK, int64)), int64)
-        out.append(Loop(blk.name, full, tuple(blocked(first, second, value, base, BLOCK, values, "b"))))
-    if tail:
-        out += blocked(first, second, value, Const(full * BLOCK, int64), tail, values, "t")
+    out += _in_blocks(extent, BLOCK, first, lambda base, n, tag: blocked(first, second, value, base, n, values, tag))
     if wide:
         out += [Let(stage.mean_name, op("cast", Var(first, float64), dtype=dt)),
                 Let(stage.var_name, op("cast", op("div", Var(second, float64), const(extent, float64)), dtype=dt))]
@@ -437,20 +431,27 @@ def _blocked_sum(stage: Reduction, extent: int, size: int, values) -> list[Stmt]
     the block, not with the whole extent."""
     dt = stage.value.dtype
     total = f"wide_{stage.name}"
-    out: list[Stmt] = [Accumulator(total, const(0, float64))]
-    full, tail = divmod(extent, size)
 
     def block(base, n, tag) -> list[Stmt]:
         j, part = Var(f"j_{stage.name}_{tag}", int64), f"part_{stage.name}_{tag}"
         return [Accumulator(part, const(0, dt)),
                 Loop(j.name, n, (Reduce(part, "add", values(stage.value, [Op("add", (base, j), int64)])),)),
                 Assign(total, op("add", Var(total, float64), op("cast", Var(part, dt), dtype=float64)))]
+    return ([Accumulator(total, const(0, float64))] + _in_blocks(extent, size, stage.name, block)
+            + [Let(stage.name, op("cast", Var(total, float64), dtype=dt))])
+
+
+def _in_blocks(extent: int, size: int, name: str, block) -> list[Stmt]:
+    """`block(base, n, tag)`'s statements over `extent` elements, `size` at a time: one loop over the full
+    blocks (variable `blk_<name>`), then the tail block (the shape cuda_c's online stages match)."""
+    full, tail = divmod(extent, size)
+    out: list[Stmt] = []
     if full:
-        blk = Var(f"blk_{stage.name}", int64)
+        blk = Var(f"blk_{name}", int64)
         out.append(Loop(blk.name, full, tuple(block(Op("mul", (blk, Const(size, int64)), int64), size, "b"))))
     if tail:
         out += block(Const(full * size, int64), tail, "t")
-    return out + [Let(stage.name, op("cast", Var(total, float64), dtype=dt))]
+    return out
 
 
 def _two_pass(stage: Stage, extent: int) -> list:

@@ -35,7 +35,7 @@ from ..ops.dispatch import STATE, apply
 from ..tensor import Tensor
 from . import pytree
 from .guards import (BindingGuard, ConstantGuard, DisjointGuard, GradGuard, SameObjectGuard, SpecGuard, TensorGuard,
-                     global_guards, overlaps, state_guards)
+                     _short, global_guards, state_guards)
 from .ir import COPY_, DETACH, Graph, Node, Value
 from .reach import reach
 from .scalars import _plain, _Traced
@@ -187,14 +187,13 @@ def _disjoint_guards(inputs, sources, mutated, call):
     for value, src in zip(inputs, sources):
         if not isinstance(src, ArgSource) or value not in mutated:
             continue
-        others = tuple(s for s in sources if s is not src and isinstance(s, (ArgSource, CapturedSource)))
-        data = src.tensor(call.leaves)._data
-        for other in others:
-            t = other.tensor(call.leaves)
-            if t is not None and overlaps(data, t._data):
-                return [], (f"{src.describe()} shares memory with {other.describe()} and the call writes it: "
-                            "a program reads each input separately, so such calls run traced (eagerly)")
-        guards.append(DisjointGuard(src, others))
+        guard = DisjointGuard(src, tuple(s for s in sources if s is not src
+                                         and isinstance(s, (ArgSource, CapturedSource))))
+        other = guard.clash(call)
+        if other is not None:
+            return [], (f"{src.describe()} shares memory with {other.describe()} and the call writes it: "
+                        "a program reads each input separately, so such calls run traced (eagerly)")
+        guards.append(guard)
     return guards, None
 
 
@@ -203,15 +202,10 @@ def _changed_constants(guards) -> str | None:
     stepped inside, a global counter): a replay would not change it, so such a trace is never replayed."""
     for g in guards:
         if isinstance(g, ConstantGuard) and not g.check(None):
-            return (f"{g.name} changed during the call ({g.expected!r} -> {_short(g.read())}): a compiled call "
-                    "that changes Python state runs traced every time; change it outside the compiled "
+            return (f"{g.name} changed during the call ({g.expected!r} -> {_short(repr(g.read()), 60)}): a "
+                    "compiled call that changes Python state runs traced every time; change it outside the compiled "
                     "function (step an lr scheduler after the call), or keep it in a tensor")
     return None
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _view_leaf(tracer, obj, v, out_objs, results) -> OutputLeaf | None:

@@ -338,12 +338,13 @@ class CompiledModule:
         return self._compiled(*args, **kwargs)
 
     def __getattr__(self, name):
-        modules = self.__dict__.get("_modules")
-        if modules is not None and name == "_orig_mod" and name in modules:
-            return modules[name]
-        if modules is None or "_orig_mod" not in modules:
-            raise AttributeError(name)
-        return getattr(modules["_orig_mod"], name)
+        try:
+            return super().__getattr__(name)            # nn.Module's (its own `_orig_mod`)
+        except AttributeError:
+            modules = self.__dict__.get("_modules")
+            if modules is None or "_orig_mod" not in modules:
+                raise
+            return getattr(modules["_orig_mod"], name)
 
     def __setattr__(self, name, value):
         modules = self.__dict__.get("_modules")

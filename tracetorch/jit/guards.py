@@ -127,7 +127,8 @@ class DisjointGuard(Guard):
     def subject(self) -> str:
         return f"{self.written.describe()} shares no memory with another input"
 
-    def _clash(self, call):
+    def clash(self, call):
+        """The first other input sharing memory with the written argument, or None."""
         data = self.written.tensor(call.leaves)._data
         for s in self.others:
             other = s.tensor(call.leaves)
@@ -136,7 +137,7 @@ class DisjointGuard(Guard):
         return None
 
     def check(self, call) -> bool:
-        return self._clash(call) is None
+        return self.clash(call) is None
 
     def code(self, bind) -> list:
         fn = bind(overlaps, "overlaps")
@@ -144,7 +145,7 @@ class DisjointGuard(Guard):
             f"if {fn}(d, {s.expression(bind)}._data): return None" for s in self.others]
 
     def actual(self, call) -> str:
-        s = self._clash(call)
+        s = self.clash(call)
         return "no overlap" if s is None else f"it shares memory with {s.describe()}"
 
 

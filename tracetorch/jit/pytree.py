@@ -39,6 +39,12 @@ def _flatten(obj, leaves, leaf_types):
     return ("object", id(obj), _Ref(obj))
 
 
+def held_by_identity(obj) -> bool:
+    """Whether a spec holds `obj` by identity (an "object" leaf: compared with `is`), not by value or
+    structure."""
+    return _flatten(obj, [], (Tensor,))[0] == "object"
+
+
 class _Ref:
     """An opaque argument: compared by identity (and kept alive so its id is not reused)."""
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..tensor import Tensor
+from .pytree import held_by_identity
 
 _MAX_DEPTH = 3
 _SCALARS = (int, float, bool, str, type(None))
@@ -64,7 +65,7 @@ def reach(fn, self_obj=None, named_args=()) -> Reach:
     if self_obj is not None:
         walker.visit("self", self_obj, 0, _fixed(self_obj))
     for name, value in named_args:     # an opaque argument is guarded as the same object: read it again
-        walker.visit(name, value, 0, _fixed(value) if _opaque(value) else None)
+        walker.visit(name, value, 0, _fixed(value) if held_by_identity(value) else None)
     walker.visit_function(fn, 0)
     walker.name_optimizer_tensors()
     if self_obj is not None:
@@ -184,13 +185,6 @@ class _Walker:
                 for key, v in (opt.state.get(p) or {}).items():
                     if isinstance(v, Tensor):
                         names.setdefault(id(v), f"{name}.state[{p_name}].{key}")
-
-
-def _opaque(v) -> bool:
-    """An argument that the call's spec holds by identity (pytree's "object"): its attributes are
-    read from that very object on a later call whose spec matches."""
-    return (not isinstance(v, (Tensor, tuple, list, dict, int, float, str, bytes, complex, type(None)))
-            and hasattr(v, "__dict__"))
 
 
 def _names_used(code) -> set:
