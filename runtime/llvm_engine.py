@@ -51,6 +51,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -179,12 +180,24 @@ class LLVMEngine:
         """The fork-join team of parallel kernels: a NativeTeam where the platform has one (unless
         `$TRACETORCH_NATIVE_TEAM` is 0), else a ThreadTeam. Made anew in a forked child."""
         team = self._team
-        if team is None or getattr(team, "pid", None) not in (None, os.getpid()):
+        if self._team_stale():
             self._team = team = self._make_team()
         return team
 
+    def _team_stale(self) -> bool:
+        """Whether `team` makes a new team: none yet in this process (a forked child's was its parent's)."""
+        return self._team is None or getattr(self._team, "pid", None) not in (None, os.getpid())
+
+    @staticmethod
+    def _native_team_enabled() -> bool:
+        return native_team.supported() and os.environ.get("TRACETORCH_NATIVE_TEAM", "1").strip() not in ("0", "")
+
+    def parallel(self, kernel) -> bool:
+        """Whether `kernel` runs on the team, in slices (else serially on the calling thread)."""
+        return self.threads > 1 and kernel.extent >= 2 and worth_threads(kernel)
+
     def _make_team(self):
-        if native_team.supported() and os.environ.get("TRACETORCH_NATIVE_TEAM", "1").strip() not in ("0", ""):
+        if self._native_team_enabled():
             try:
                 return native_team.NativeTeam(self, self.threads)
             except Exception as e:           # no code for it here: Python threads do the same job
@@ -216,7 +229,7 @@ class LLVMEngine:
     # ------------------------------------------------------------ compiling
     def compile(self, program: Program, plan: MemoryPlan | None = None) -> CompiledProgram:
         t0 = time.perf_counter()
-        self._prefetch_gemm(program)
+        self._prefetch(program)
         pkey = program_key(program, self.target)
         found = self._programs.get(pkey) or self._load_index(pkey)
         # the program's objects are keyed by its program key
@@ -230,7 +243,12 @@ class LLVMEngine:
             count = layout.count
 
             def make():
-                objs, made["rendered"] = self._render_objects(program, pkey, layout)
+                later = self._later.pop(pkey, None)       # compiled by a child meanwhile (`prefetch`)
+                if later is not None:
+                    self.stats.compiles += count
+                    objs, made["rendered"] = pickle.loads(later.result())
+                else:
+                    objs, made["rendered"] = self._render_objects(program, pkey, layout)
                 return objs
             library = self._library(pkey, make, rendered_program(program, layout, []).exports, count=count)
             rendered = made.get("rendered") or render_program(program)     # (objects found: render for checks)
@@ -241,6 +259,19 @@ class LLVMEngine:
                                                 rendered.gemm, rendered.segment), count)
         self.stats.load_seconds += time.perf_counter() - t0
         return CompiledProgram(self, program, rendered, library, plan or sequential_plan(program.temps))
+
+    def prefetch(self, program: Program) -> None:
+        """Start compiling `program` in a forked child, for a `compile` of it soon, unless this process or
+        the disk cache holds it already: so that two programs compile at once (a pre-check while the
+        program it guards compiles). Its modules are rendered and compiled one after the other there."""
+        pkey = program_key(program, self.target)
+        with self._lock:
+            if pkey in self._programs or pkey in self._later or \
+                    (self.cache and self.cache.path(pkey, ".json").exists()):
+                return
+            layout = plan_modules(program)
+            self.compiler                       # (LLVM loaded before the fork: the child needs it)
+            self._later[pkey] = Later(lambda: pickle.dumps(self._render_objects(program, pkey, layout, here=True)))
 
     def _load_index(self, pkey: str):
         """(rendered program without its IR text, number of modules) stored for a program key, or None."""
@@ -268,20 +299,28 @@ class LLVMEngine:
         text = f"{self.target}\0{RENDERER_VERSION}\0{lanes}\0no passes"
         return "gemm-" + hashlib.sha256(text.encode()).hexdigest()
 
-    def _prefetch_gemm(self, program: Program) -> None:
-        """A program with matmuls needs the GEMM library: if this process has not loaded it and the
-        disk cache lacks it, a forked child renders and compiles it meanwhile (`_library` takes its
-        object), so its ~0.2 s of LLVM time overlaps the program's own."""
+    def _prefetch(self, program: Program) -> None:
+        """The libraries a program needs that neither this process nor the disk cache holds are compiled
+        by forked children meanwhile (`ir_library` takes their objects), so that their LLVM time overlaps
+        the program's own: the GEMM library (~0.2 s) for matmuls, the native team (~40 ms) for
+        parallel kernels."""
+        wanted = []
         lanes = program.gemm_lanes
-        if not lanes:
-            return
+        if lanes and lanes not in self._gemm:
+            wanted.append((self._gemm_key(lanes), lambda: library_ir(lanes), False))
+        if self._team_stale() and self._native_team_enabled() and any(map(self.parallel, program.kernels)):
+            key, ir = native_team.team_library(self.target)
+            wanted.append((key, lambda: ir, True))
         with self._lock:
-            key = self._gemm_key(lanes)
-            if lanes in self._gemm or key in self._later or \
-                    (self.cache and any(self.cache.path(key, suffix).exists() for suffix in (".o", ".so"))):
-                return
-            compiler = self.compiler
-            self._later[key] = Later(lambda: compiler.object_code(library_ir(lanes), key, False))
+            for key, make_ir, optimize in wanted:
+                if key in self._later or key in self._loaded_libraries or \
+                        (self.cache and any(self.cache.path(key, suffix).exists() for suffix in (".o", ".so"))):
+                    continue
+                self._later[key] = Later(partial(self._object_of, make_ir, key, optimize))
+
+    def _object_of(self, make_ir, key: str, optimize: bool) -> bytes:
+        """The object code of the IR `make_ir()` gives (one module, named `key`)."""
+        return self.compiler.object_code(make_ir(), key, optimize)
 
     def _link_gemm(self, library, lanes: int) -> None:
         """Fill a loaded module's GEMM table with the functions of the GEMM library for vectors of `lanes`
@@ -298,7 +337,7 @@ class LLVMEngine:
     def ir_library(self, key: str, texts, exports: tuple[str, ...], optimize: bool = True):
         """`_library` of IR (one text, or a function giving it): the GEMM library, the native team."""
         def make():
-            later = self._later.pop(key, None)      # compiled by a child meanwhile (`_prefetch_gemm`)
+            later = self._later.pop(key, None)      # compiled by a child meanwhile (`_prefetch`)
             if later is not None:
                 self.stats.compiles += 1
                 return [later.result()]
@@ -335,10 +374,12 @@ class LLVMEngine:
             self._loaded_libraries[key] = lib
             return lib
 
-    def _render_objects(self, program: Program, key: str, plan=None) -> tuple[list[bytes], RenderedProgram]:
+    def _render_objects(self, program: Program, key: str, plan=None,
+                        here: bool = False) -> tuple[list[bytes], RenderedProgram]:
         """(object code of each of the program's modules, the RenderedProgram without IR text): each
         module is rendered and compiled by whichever process takes it from the queue of
-        runtime.compile_jobs, so rendering (W6: ~0.7 s of Python) is split across the cores too."""
+        runtime.compile_jobs, so rendering (W6: ~0.7 s of Python) is split across the cores too.
+        `here`: all in this process, uncounted (a `prefetch` child's work: the compile taking it counts)."""
         plan = plan or plan_modules(program)
         compiler = self.compiler
         names = module_keys(key, plan.count)
@@ -346,7 +387,8 @@ class LLVMEngine:
         def build(i: int) -> bytes:
             text, checks = render_module(program, plan, i)
             return pickle.dumps((compiler.object_code(text, names[i], True), checks))
-        built = [pickle.loads(b) for b in self._compile_all(build, list(plan.weights))]
+        built = [pickle.loads(b) for b in (map(build, range(plan.count)) if here else
+                                           self._compile_all(build, list(plan.weights)))]
         return [obj for obj, _ in built], rendered_program(program, plan, [checks for _, checks in built])
 
     def _cached_shared_library(self, key: str, exports: tuple[str, ...]) -> SharedLibrary | None:
@@ -549,7 +591,7 @@ class CompiledProgram:
         into an input, index in program.steps); a serial step is fn(table, err, a, b) (a kernel: 0,
         extent), a parallel one runs fn over range(a) in slices that are multiples of b."""
         kernels = self.program.kernels
-        parallel = [self.engine.threads > 1 and k.extent >= 2 and worth_threads(k) for k in kernels]
+        parallel = [self.engine.parallel(k) for k in kernels]
         if not force and not any(parallel) and len(kernels) == len(self.program.steps):
             return None
         inputs = set(self.program.inputs)

@@ -69,6 +69,14 @@ def supported() -> bool:
     return _arch() is not None
 
 
+def team_library(target: str) -> tuple[str, str]:
+    """(cache key, LLVM IR) of the team's code on this host, for an engine whose program keys end in
+    `target`: what a NativeTeam loads, and what the engine compiles ahead in a child
+    (`LLVMEngine._prefetch`)."""
+    ir = team_ir(_arch())
+    return "team-" + hashlib.sha256(f"{target}\0{ir}".encode()).hexdigest(), ir
+
+
 def team_ir(arch: str) -> str:
     """The LLVM IR of the team's four entry points for `arch`."""
     futex = _FUTEX[arch]
@@ -267,8 +275,7 @@ class NativeTeam:
             raise OSError("the native team needs Linux on x86-64 or AArch64")
         self.threads = threads
         self.pid = os.getpid()
-        ir = team_ir(arch)
-        key = "team-" + hashlib.sha256(f"{engine.target}\0{ir}".encode()).hexdigest()
+        key, ir = team_library(engine.target)
         self._library = engine.ir_library(key, ir, EXPORTS)     # kept: the workers run its code
         self._run = RUN_TYPE(self._library["tt_team_run"])
         self._stop = STOP_TYPE(self._library["tt_team_stop"])

@@ -68,7 +68,11 @@ def _sgd_step(layers):
     return training_step(model, opt), model, opt
 
 
-def test_sgd_momentum_step_donates_parameters_and_buffers():
+def test_sgd_momentum_step_donates_parameters_and_buffers(monkeypatch):
+    from tracetorch.jit.llvm_backend import LLVMBackend
+    prefetched, prefetch = [], LLVMBackend.prefetch
+    monkeypatch.setattr(LLVMBackend, "prefetch", lambda self, g: (prefetched.append(g.name), prefetch(self, g)))
+
     def make():
         return _sgd_step(lambda: [nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)])
 
@@ -86,6 +90,7 @@ def test_sgd_momentum_step_donates_parameters_and_buffers():
     assert len(program.donated) >= 4                       # the weights and their momentum buffers
     from tracetorch.jit.llvm_backend import LLVMExecutable
     assert isinstance(program.precheck, LLVMExecutable)    # one native call, not numpy node by node
+    assert prefetched == [program.precheck.graph.name]     # compiled meanwhile, while the step compiled
     bad = y.clone()
     bad[3] = 7                                             # out of range: the precheck's guard fails
     with pytest.raises(IndexError):

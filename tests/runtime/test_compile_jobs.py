@@ -12,12 +12,13 @@ import codegen.llvm_ir as llvm_ir
 from codegen.kernel import Arg, Buffer, IndexMap, MatmulKernel, Program, Var
 from codegen.scalar import op
 from codegen.templates import Reduction, elementwise_kernel, reduction_kernel
+from runtime import native_team
 from runtime.compile_jobs import compile_all, job_count
 from runtime.disk_cache import DiskCache
 from runtime.host import gemm_lanes
 from runtime.llvm_engine import LLVMEngine
 from runtime.shared_object import SharedLibrary, find_linker
-from sample_programs import mixed_program
+from sample_programs import big_program, mixed_program, two_stage_program
 from tracetorch.dtypes import float32
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -262,3 +263,55 @@ def test_the_gemm_library_compiles_in_a_child_while_the_program_compiles(tmp_pat
     warm = LLVMEngine(cache=DiskCache(tmp_path), linker=None)         # in the disk cache: no child
     np.testing.assert_array_equal(warm.compile(program)(*inputs)[-2], z)
     assert len(forked) == 1 and warm.stats.compiles == 0
+
+
+@needs_fork
+@pytest.mark.skipif(not native_team.supported(), reason="the native team needs Linux on x86-64/AArch64")
+def test_the_native_team_compiles_in_a_child_while_a_parallel_program_compiles(tmp_path, monkeypatch, forked):
+    monkeypatch.setenv("TRACETORCH_COMPILE_JOBS", "2")
+    monkeypatch.setenv("TRACETORCH_NATIVE_TEAM", "1")
+    program = big_program(256, 1024)
+    x = np.random.default_rng(0).standard_normal((256, 1024), dtype=np.float32)
+    cold = LLVMEngine(cache=DiskCache(tmp_path), linker=None, threads=2)
+    assert all(map(cold.parallel, program.kernels))
+    y, rowsum = cold.compile(program)(x)
+    np.testing.assert_allclose(y, x / (1 + np.exp(-1.702 * x)), rtol=1e-5, atol=1e-6)
+    assert isinstance(cold.team, native_team.NativeTeam) and not cold._later
+    assert len(forked) == 1 and _all_reaped(forked)                   # the team's child (one module: no other)
+    assert len(list(tmp_path.glob("team-*.o"))) == 1
+    warm = LLVMEngine(cache=DiskCache(tmp_path), linker=None, threads=2)   # in the disk cache: no child
+    np.testing.assert_array_equal(warm.compile(program)(x)[0], y)
+    assert len(forked) == 1 and warm.stats.compiles == 0
+    serial = LLVMEngine(cache=DiskCache(tmp_path / "serial"), linker=None, threads=1)   # no team wanted
+    serial.compile(program)
+    assert len(forked) == 1 and serial._team is None
+
+
+@needs_fork
+@pytest.mark.parametrize("child", ["compiles", "fails"])
+def test_a_prefetched_program_is_compiled_by_a_child_for_the_compile_that_follows(tmp_path, monkeypatch, forked,
+                                                                                   child):
+    monkeypatch.setenv("TRACETORCH_COMPILE_JOBS", "2")
+    if child == "fails":                     # the child dies: the compile does the work here
+        parent, render = os.getpid(), llvm_ir.render_module
+
+        def render_here_only(*args):
+            if os.getpid() != parent:
+                os._exit(3)
+            return render(*args)
+        monkeypatch.setattr(llvm_ir, "render_module", render_here_only)
+    program = two_stage_program(1000)
+    x = np.linspace(-2, 2, 1000, dtype=np.float32)
+    engine = LLVMEngine(cache=DiskCache(tmp_path), linker=None, threads=1)
+    engine.prefetch(program)
+    assert len(forked) == 1 and len(engine._later) == 1
+    engine.prefetch(program)                 # asked again meanwhile: the same child
+    assert len(forked) == 1
+    y, s = engine.compile(program)(x)
+    t = np.exp(x) * np.float32(0.5)
+    np.testing.assert_allclose(y, t + x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s, t.sum(dtype=np.float64), rtol=1e-5)
+    assert not engine._later and _all_reaped(forked) and engine.stats.compiles == 1
+    engine.prefetch(program)                 # loaded here, and cached on disk: nothing to do
+    LLVMEngine(cache=DiskCache(tmp_path), linker=None, threads=1).prefetch(program)
+    assert len(forked) == 1

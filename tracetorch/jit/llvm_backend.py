@@ -73,6 +73,16 @@ class LLVMBackend:
         return self.executable(self, graph, lowered, compiled, time.perf_counter() - t0)
 
 
+    def prefetch(self, graph: Graph) -> None:
+        """Start compiling `graph` on the CPU in the background, for a `compile(graph)` soon (the engine's
+        `prefetch`). Only a head start: a failure here shows in that compile."""
+        if self.name != "llvm":
+            return
+        try:
+            self.engine.prefetch(self.lowered(graph, False, ["fusion"]).program)
+        except Exception:
+            pass
+
     def lowered(self, graph: Graph, donate: bool, stage: list):
         """Fusion and lowering of `graph` (`stage[0]` names the one running), or, for the CPU backend
         with a disk cache, what an earlier process cached of them (jit/lowering_cache: a warm start

@@ -336,6 +336,8 @@ def build_program(trace: Trace, backend_name, *, name: str) -> Program:
     if plan is None:
         graph, sources = _drop_unused_inputs(graph, sources)
     precheck = _precheck(graph, trace.value_guards) if trace.value_guards else None
+    if precheck is not None and graph.writebacks and hasattr(backend, "prefetch"):
+        backend.prefetch(precheck)            # compiled meanwhile: it is needed if the program donates
     if getattr(backend, "donates_writebacks", False):
         # donated write-backs are stored during the run: only when no value guard can fail after it
         executable = backend.compile(graph, donate=not trace.value_guards or precheck is not None)
