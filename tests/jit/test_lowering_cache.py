@@ -3,6 +3,8 @@ no fusion or lowering and gives the same results; the key tells apart graphs tha
 operand, attribute or constant, and refuses what it cannot describe; damaged entries are redone."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,31 @@ def test_a_damaged_entry_is_lowered_again(tmp_path, fusions):
     for a, b in zip(again(_inputs(graph, 1)), want):
         np.testing.assert_array_equal(a, b)
     assert _backend(tmp_path).compile(graph, donate=False) and len(fusions) == 2    # stored again
+
+
+def test_the_source_version_changes_with_any_edit_to_the_library(tmp_path):
+    root = tmp_path / "lib"
+    for package in ("tracetorch", "codegen", "runtime"):
+        (root / package / "sub").mkdir(parents=True)
+        (root / package / "__init__.py").write_text("x = 1\n")
+        (root / package / "sub" / "passes.py").write_text("def f():\n    return 2\n")
+    (root / "tracetorch" / "notes.txt").write_text("not source")
+
+    def version():
+        lowering_cache.source_version.cache_clear()        # (computed once a process otherwise)
+        return lowering_cache.source_version(str(root))
+    try:
+        first = version()
+        assert version() == first and first != lowering_cache.source_version()     # stable; per tree
+        (root / "tracetorch" / "notes.txt").write_text("edited, but no Python")
+        assert version() == first
+        target = root / "codegen" / "sub" / "passes.py"
+        stat = target.stat()
+        target.write_text("def f():\n    return 3\n")       # the same size, saved later
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        edited = version()
+        assert edited != first
+        (root / "runtime" / "new.py").write_text("")        # a new module
+        assert version() not in (first, edited)
+    finally:
+        lowering_cache.source_version.cache_clear()
