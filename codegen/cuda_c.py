@@ -549,7 +549,7 @@ class _Emitter:
         wrapped = self.temp(int64, f"{v} < 0 ? {v} + {e.size}LL : {v}")
         ok = self.temp(bool_, f"(unsigned long long){wrapped} < {e.size}ULL")
         self.fail_if(f"!{ok}", Check(IndexError, f"kernel {self.kernel.name!r}: {e.what} out of range for "
-                                                 f"a dimension of size {e.size}"))
+                                                 f"a dimension of size {e.size}", self.kernel.name))
         return self.temp(int64, f"{ok} ? {wrapped} : 0LL")
 
     # ------------------------------------------------------------ scalar ops
@@ -599,12 +599,14 @@ class _Emitter:
                 return f"tt_wrap_{name}<{c}>({x}, {y})"
             if name in ("floordiv", "mod"):             # x // 0 and x % 0 raise, like eager and PyTorch
                 self.fail_if(f"{y} == 0", Check(ZeroDivisionError,
-                                                f"kernel {self.kernel.name!r}: integer division by zero"))
+                                                f"kernel {self.kernel.name!r}: integer division by zero",
+                                                self.kernel.name))
                 return f"tt_{name}_int<{c}>({x}, {y})"
             if name == "pow":
                 if dt is not uint8:
                     self.fail_if(f"{y} < 0", Check(ValueError, f"kernel {self.kernel.name!r}: Integers to "
-                                                               f"negative integer powers are not allowed."))
+                                                               f"negative integer powers are not allowed.",
+                                                   self.kernel.name))
                 return f"tt_pow_int<{c}>({x}, {y})"
         raise TypeError(f"kernel {self.kernel.name!r}: {name} on {dt.name} is not supported")
 

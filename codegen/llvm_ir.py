@@ -538,7 +538,7 @@ class _KernelRenderer:
         wrapped = b.select(b.icmp_signed("<", v, ir.Constant(I64, 0)), b.add(v, size), v)
         ok = b.icmp_unsigned("<", wrapped, size)
         self.fail_if(b.not_(ok), Check(IndexError, f"kernel {self.kernel.name!r}: {e.what} out of range for "
-                                                   f"a dimension of size {e.size}"))
+                                                   f"a dimension of size {e.size}", self.kernel.name))
         return b.select(ok, wrapped, ir.Constant(I64, 0))
 
     # ------------------------------------------------------------ scalar ops
@@ -714,7 +714,8 @@ class _KernelRenderer:
         ty = a.type
         zero, one, minus1 = ir.Constant(ty, 0), ir.Constant(ty, 1), ir.Constant(ty, -1)
         is_zero = b.icmp_unsigned("==", d, zero)
-        self.fail_if(is_zero, Check(ZeroDivisionError, f"kernel {self.kernel.name!r}: integer division by zero"))
+        self.fail_if(is_zero, Check(ZeroDivisionError, f"kernel {self.kernel.name!r}: integer division by zero",
+                                    self.kernel.name))
         if dt is uint8:
             safe = b.select(is_zero, one, d)
             out = b.udiv(a, safe) if name == "floordiv" else b.urem(a, safe)
@@ -737,7 +738,7 @@ class _KernelRenderer:
             return b.trunc(b.call(wide, [b.zext(x, I32), b.zext(y, I32)]), x.type)
         self.fail_if(b.icmp_signed("<", y, ir.Constant(y.type, 0)),
                      Check(ValueError, f"kernel {self.kernel.name!r}: Integers to negative integer powers "
-                                       f"are not allowed."))
+                                       f"are not allowed.", self.kernel.name))
         return b.call(_int_pow_function(b.module, x.type), [x, y])
 
     # ------------------------------------------------------------ conversions

@@ -20,9 +20,17 @@ def unique_symbol(name: str, taken: set) -> str:
 
 @dataclass(frozen=True)
 class Check:
-    """What a failed check id means: the exception to raise and its message."""
+    """What a failed check id means: the exception to raise, its message, and the kernel whose check it
+    is (the jit adds the user's lines of that kernel's ops that can fail it)."""
     error: type
     message: str
+    kernel: str = ""
+
+    def exception(self, program: str) -> Exception:
+        """The exception a run of `program` raises when this check failed (`failed_kernel` set)."""
+        error = self.error(f"{self.message} (program {program!r})")
+        error.failed_kernel = self.kernel
+        return error
 
 
 # The GEMM library (codegen.llvm_gemm.library_ir): a module with matmuls exports GEMM_TABLE, an array of

@@ -166,8 +166,7 @@ class CUDAProgram:
             code = int(back[self._err_at:self._err_at + 4].view(np.int32)[0])
             if code:
                 drv.memset_d32(self._err, 0, 1)
-                check = self.rendered.checks[code - 1]
-                raise check.error(f"{check.message} (program {program.name!r})")
+                raise self.rendered.checks[code - 1].exception(program.name)
             return tuple(back[off:off + nbytes].view(dtype).reshape(shape) for shape, dtype, off, nbytes in self._back)
 
     def _host_step(self, drv, step, address=None) -> None:
@@ -213,8 +212,7 @@ class CUDAProgram:
                 drv.memcpy_dtoh(flag, self._err)
                 if flag[0]:
                     drv.memset_d32(self._err, 0, 1)
-                    check = self.rendered.checks[int(flag[0]) - 1]
-                    raise check.error(f"{check.message} (program {self.program.name!r})")
+                    raise self.rendered.checks[int(flag[0]) - 1].exception(self.program.name)
 
     def _device_steps(self) -> list:
         """Per step: (kind, fn, dims, fixed args, [(arg position, index into inputs + outputs)])."""

@@ -280,7 +280,7 @@ class LLVMEngine:
             return None
         try:
             d = json.loads(blob)
-            checks = {int(cid): Check(_EXCEPTIONS[name], message) for cid, name, message in d["checks"]}
+            checks = {int(cid): Check(_EXCEPTIONS[name], message, *kernel) for cid, name, message, *kernel in d["checks"]}
             return RenderedProgram((), d["entry"], tuple(d["kernel_entries"]), checks, int(d["gemm"]),
                                              str(d["segment"])), int(d["modules"])
         except (ValueError, KeyError, TypeError):
@@ -290,7 +290,7 @@ class LLVMEngine:
         if self.cache is None:
             return
         d = {"entry": rendered.entry, "kernel_entries": list(rendered.kernel_entries),
-             "checks": [[cid, c.error.__name__, c.message] for cid, c in rendered.checks.items()],
+             "checks": [[cid, c.error.__name__, c.message, c.kernel] for cid, c in rendered.checks.items()],
              "gemm": rendered.gemm,
              "segment": rendered.segment, "modules": count}
         self.cache.store(pkey, json.dumps(d).encode(), ".json")
@@ -746,8 +746,7 @@ class CompiledProgram:
     def _raise(self) -> None:
         code = self._err[0]
         self._err[0] = 0
-        check = self.rendered.checks[code]
-        raise check.error(f"{check.message} (program {self.program.name!r})")
+        raise self.rendered.checks[code].exception(self.program.name)
 
     def step_kinds(self) -> dict:
         """program.steps index -> how it runs: serial, parallel (split across the team) or extern."""

@@ -92,3 +92,39 @@ def test_results_are_fresh_and_never_overwritten(rng):
     assert not np.shares_memory(second.numpy(), third.numpy())
     np.testing.assert_allclose(third.numpy(), np.exp(x.numpy() * 6).sum(1), rtol=1e-12)
     del first
+
+
+def _line_of(fn, text: str) -> str:
+    """`file.py:N in fn` of the line of `fn` holding `text` (what errors name)."""
+    import inspect
+    import os
+    lines, first = inspect.getsourcelines(fn)
+    n = first + next(k for k, line in enumerate(lines) if text in line)
+    return f"{os.path.basename(inspect.getsourcefile(fn))}:{n} in {fn.__name__}"
+
+
+def test_a_failed_check_of_a_compiled_call_names_the_users_line():
+    table = nn.Embedding(10, 4)
+
+    def lookup(tokens, scale):
+        x = table(tokens) * scale
+        return x.sum(-1)
+
+    def divide(a, b):
+        c = a * 3 // b
+        return c % (b + 1)              # in c's kernel: one check flag, either line may be the one
+
+    ok = (tt.tensor([1, 2]), tt.tensor(2.0))
+    for attempt in range(2):           # the second: an identical graph, lowered from the disk cache
+        f = tt.compile(lookup, backend="llvm")
+        f(*ok)
+        f(*ok)                         # a replay of the compiled program
+        with pytest.raises(IndexError, match=r"dimension of size 10 .*, from " + _line_of(lookup, "table(tokens)")):
+            f(tt.tensor([1, 12]), tt.tensor(2.0))
+        g = tt.compile(divide, backend="llvm")
+        g(tt.tensor([1, 2]), tt.tensor([1, 3]))
+        g(tt.tensor([1, 2]), tt.tensor([1, 3]))
+        lines = f"from {_line_of(divide, '3 // b')} or {_line_of(divide, '% (b + 1)')}$"
+        for b in ([1, 0], [1, -1]):
+            with pytest.raises(ZeroDivisionError, match="division by zero .*, " + lines):
+                g(tt.tensor([1, 2]), tt.tensor(b))

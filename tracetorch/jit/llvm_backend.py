@@ -28,8 +28,8 @@ import numpy as np
 from codegen.kernel import ExternCall
 
 from . import lowering_cache
-from .ir import Graph
-from .lowering import LoweredProgram, group_of, lower_program
+from .ir import Graph, Value
+from .lowering import LoweredProgram, can_fail, group_of, lower_program
 from runtime.host import gemm_lanes
 from runtime.interrupts import FinishedInterrupt
 from runtime.memory import storage_root
@@ -156,6 +156,25 @@ class LLVMExecutable:
     def __call__(self, inputs: list):
         """The results (a sequence of arrays) for `graph.results()`."""
         return self._call(inputs)
+
+    def lines_of(self, error: Exception) -> list[str]:
+        """The user's lines (in graph order) of the ops that can fail the run-time check `error` reports:
+        those in its kernel (`error.failed_kernel`), else anywhere in the graph."""
+        groups = {g.name: g for g in self.lowered.groups}
+        group = group_of(getattr(error, "failed_kernel", ""), groups)
+        nodes = self.graph.nodes
+        if group is not None:          # its nodes, and the producers it recomputes instead of loading
+            producers, loaded = self.graph.producers(), set(group.inputs)
+            inside = set(map(id, group.nodes))
+            stack = [v for n in group.nodes for v in n.inputs]
+            while stack:
+                v = stack.pop()
+                n = producers.get(v) if isinstance(v, Value) and v not in loaded else None
+                if n is not None and id(n) not in inside:
+                    inside.add(id(n))
+                    stack.extend(n.inputs)
+            nodes = [n for n in nodes if id(n) in inside and can_fail(n, type(error))] or nodes
+        return list(dict.fromkeys(n.where for n in nodes if n.where and can_fail(n, type(error))))
 
     # ------------------------------------------------------------ reports
     def explain(self) -> str:

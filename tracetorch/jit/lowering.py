@@ -26,6 +26,7 @@ from codegen.kernel import (Arg, Buffer, CheckedIndex, Const, Expr, ExternCall, 
 from codegen.templates import SUM_BLOCK, FLAT_INDEX, cat_kernel, elementwise_kernel, reduction_kernel, scatter_kernel
 from runtime.memory import MemoryPlan, align_up
 
+from ..ops.registry import INDEX
 from .interp import run_kernel
 from .ir import Graph, Value
 from .passes.fuse import ELEMENTWISE, EXTERN, FusionGroup, kernels_before_fusion
@@ -547,6 +548,15 @@ def _hint(v: Value) -> str:
     import re
     base = re.sub(r"\W+", "_", v.name or "").strip("_")[:24]
     return f"{base}_{v.id}" if base else f"v{v.id}"
+
+
+def can_fail(node, error: type) -> bool:
+    """Whether the kernel code of `node` has a run-time check raising `error` (the renderers' checks):
+    data-dependent indexing (IndexError), integer division (ZeroDivisionError)."""
+    if error is IndexError:
+        return node.op.kind == INDEX
+    return (error is ZeroDivisionError and node.op.name in ("floor_divide", "remainder")
+            and not node.outputs[0].dtype.is_floating_point)
 
 
 def group_of(step_name: str, groups: dict):

@@ -111,14 +111,18 @@ class Program:
         if inputs is None:
             inputs = self.read_inputs(call)
         plain = self._plain
-        if plain is not None and plain[0] is self.executable:      # (a test may have swapped the executable)
-            return Tensor._make(plain[1](inputs)[self._lone_result], plain[2])
-        if self.precheck is not None:               # value guards that depend on small inputs only
-            self.check_values(self.precheck(inputs), in_guard_order=True)
         try:
+            if plain is not None and plain[0] is self.executable:      # (a test may have swapped the executable)
+                return Tensor._make(plain[1](inputs)[self._lone_result], plain[2])
+            if self.precheck is not None:               # value guards that depend on small inputs only
+                self.check_values(self.precheck(inputs), in_guard_order=True)
             results = self.executable(inputs)
         except FinishedInterrupt as stop:           # Ctrl-C after donated write-backs began: finish the call
             self.commit(call, owned(stop.results, inputs, self.donated_results))
+            raise
+        except Exception as e:
+            if hasattr(e, "failed_kernel"):          # a run-time check: name the user's line, as eagerly
+                _name_lines(e, self.executable)
             raise
         if self.value_guards and self.precheck is None:
             self.check_values(results)
@@ -359,6 +363,14 @@ def build_program(trace: Trace, backend_name, *, name: str) -> Program:
 
 
 # ---------------------------------------------------------------- helpers
+def _name_lines(error: Exception, executable) -> None:
+    """Add to the message of a compiled run's failed check (which names its kernel) the user's lines of
+    the ops that can fail it, as the error of an eager run points at the user's line."""
+    lines = executable.lines_of(error) if hasattr(executable, "lines_of") else []
+    if lines and len(error.args) == 1 and isinstance(error.args[0], str):
+        error.args = (f"{error.args[0]}, from {' or '.join(lines)}",)
+
+
 PRECHECK_MAX_ELEMENTS = 1 << 16      # per value: a pre-check repeats work the program does anyway
 PRECHECK_MAX_NODES = 32
 
