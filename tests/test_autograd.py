@@ -308,6 +308,32 @@ class TestAutogradGrad:
         with pytest.raises(RuntimeError, match="does not require grad"):
             tt.autograd.grad((f64([1.0]) * 2).sum(), tt.ones(1))
 
+    def test_grad_runs_only_the_nodes_between_outputs_and_inputs(self):
+        """As PyTorch's engine: a node past the inputs is not run, so one an earlier backward freed does
+        not raise, and a user's backward there is not called."""
+        x = f64([0.5, 1.0])
+        h = x.exp()
+        h.sum().backward()                      # frees exp's saved output
+        (g,) = tt.autograd.grad((h * 2).sum(), h)
+        np.testing.assert_allclose(g.numpy(), [2.0, 2.0])
+
+        calls = []
+
+        class Spy(tt.autograd.Function):
+            @staticmethod
+            def forward(ctx, a):
+                return a * 1
+
+            @staticmethod
+            def backward(ctx, grad):
+                calls.append(grad)
+                return grad
+
+        h = Spy.apply(x)
+        (g,) = tt.autograd.grad((h * h).sum(), h)
+        np.testing.assert_allclose(g.numpy(), [1.0, 2.0])
+        assert calls == []
+
     def test_second_derivative_of_cube(self):
         xv = np.array([0.5, 2.0, -1.5])
         x = f64(xv)
