@@ -194,7 +194,9 @@ def run_backward(tensors, grads, retain_graph: bool, create_graph: bool, inputs=
     With `inputs`, returns their gradients (autograd.grad) instead of writing
     `.grad` on leaves.
     """
-    if STATE.tracer is not None:        # inside tt.compile: one `backward` node (the tracer runs this eagerly)
+    if STATE.tracer is not None and not (create_graph and not accumulate):
+        # inside tt.compile: one `backward` node (the tracer runs this eagerly); but the walk of an
+        # autograd.grad(create_graph=True) is recorded op by op, so its gradients stay differentiable
         return STATE.tracer.run_backward(tensors, grads, retain_graph, create_graph, inputs, accumulate)
     Tensor = _BOUND.Tensor
     pending: dict[int, object] = {}     # id(node) -> accumulated grad
