@@ -248,6 +248,33 @@ class TestGradMode:
         with tt.no_grad():
             assert g(x).requires_grad
 
+    def test_decorated_generators_run_under_the_mode_at_each_step(self):
+        """As PyTorch's decorators: the mode holds inside the generator's body whenever it runs, and the
+        caller's mode between steps (a plain wrapper's mode ended before the first `next`)."""
+        x = f64([1.0])
+
+        @tt.no_grad()
+        def steps(n):
+            for _ in range(n):
+                sent = yield (x * 2).requires_grad, tt.is_grad_enabled()
+                assert sent is None
+            return "done"
+
+        @tt.set_grad_enabled(False)
+        def steps_set():
+            yield (x * 2).requires_grad
+
+        gen = steps(2)
+        assert next(gen) == (False, False)
+        assert tt.is_grad_enabled()
+        assert next(gen) == (False, False)
+        with pytest.raises(StopIteration) as stop:
+            next(gen)
+        assert stop.value.value == "done" and steps.__name__ == "steps"
+        assert list(steps_set()) == [False] and tt.is_grad_enabled()
+        with tt.no_grad():
+            assert [step for step, _ in tt.enable_grad()(steps.__wrapped__)(1)] == [True]
+
     def test_grad_mode_is_thread_local(self):
         x = f64([1.0])
         seen = {}
