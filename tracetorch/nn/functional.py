@@ -730,6 +730,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     classes = input.shape[class_dim]
     logp = _log_softmax(input, class_dim)
     if target.is_floating_point():
+        if ignore_index >= 0:           # PyTorch's check (a negative index matches no class: it is allowed)
+            raise RuntimeError("ignore_index is not supported for floating point target")
         return _cross_entropy_probs(logp, target, weight, reduction, label_smoothing, class_dim)
     loss, sample_weight = _pick_targets(logp, target, weight, ignore_index, "cross_entropy")
     if reduction == "mean":
