@@ -314,3 +314,27 @@ def test_gradients_beyond_the_inputs_or_for_non_tensors_raise():
         TooMany.apply(f64([0.5, 1.0])).sum().backward()
     with pytest.raises(RuntimeError, match="different than None at position 2"):
         ForScalar.apply(f64([0.5, 1.0]), 2.0).sum().backward()
+
+
+def test_a_tensor_passed_by_keyword_is_an_input_with_a_gradient():
+    """PyTorch binds apply's keyword arguments to forward's positional parameters (defaults left out):
+    a tensor passed by keyword gets backward's gradient in its position (it got none)."""
+    class Scaled(tt.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w=None, k=2.0):
+            ctx.save_for_backward(x, w)
+            ctx.k = k
+            return x * w * k
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return g * w * ctx.k, g * x * ctx.k, None
+
+    x, w = f64([1.0, 2.0]), f64([3.0, 4.0])
+    Scaled.apply(x, k=3.0, w=w).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [9.0, 12.0])
+    np.testing.assert_allclose(w.grad.numpy(), [3.0, 6.0])
+    x, w = f64([1.0, 2.0]), f64([3.0, 4.0])
+    Scaled.apply(x, w=w).sum().backward()           # (x, w): the third gradient is a trailing None
+    np.testing.assert_allclose(w.grad.numpy(), [2.0, 4.0])

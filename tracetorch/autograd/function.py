@@ -2,6 +2,8 @@
 interface) that composes with the rest of autograd and with tt.compile."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from ..ops.dispatch import STATE
@@ -137,6 +139,8 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         from ..tensor import Tensor
+        if kwargs:
+            args, kwargs = _bind_positional(cls.forward, args, kwargs)
         ctx = FunctionCtx()
         ctx._fn_cls = cls
         ctx._input_shapes = tuple(tuple(a.shape) if isinstance(a, Tensor) else None for a in args)
@@ -151,6 +155,14 @@ class Function:
         finally:
             STATE.grad_enabled = prev
         return connect(cls, ctx, args, out)
+
+
+def _bind_positional(forward, args, kwargs):
+    """Keyword arguments of `apply` bound to forward's positional parameters, as PyTorch binds them: a
+    tensor passed by keyword is an input like any other, whose gradient is backward's result in its
+    position (it got none). Defaults are not filled in."""
+    bound = inspect.signature(forward).bind(None, *args, **kwargs)      # None stands for ctx
+    return bound.args[1:], bound.kwargs
 
 
 def connect(cls, ctx, args, out):
