@@ -248,6 +248,33 @@ class TestGradMode:
         with tt.no_grad():
             assert g(x).requires_grad
 
+    def test_decorated_generators_run_under_the_mode_at_each_step(self):
+        """As PyTorch's decorators: the mode holds inside the generator's body whenever it runs, and the
+        caller's mode between steps (a plain wrapper's mode ended before the first `next`)."""
+        x = f64([1.0])
+
+        @tt.no_grad()
+        def steps(n):
+            for _ in range(n):
+                sent = yield (x * 2).requires_grad, tt.is_grad_enabled()
+                assert sent is None
+            return "done"
+
+        @tt.set_grad_enabled(False)
+        def steps_set():
+            yield (x * 2).requires_grad
+
+        gen = steps(2)
+        assert next(gen) == (False, False)
+        assert tt.is_grad_enabled()
+        assert next(gen) == (False, False)
+        with pytest.raises(StopIteration) as stop:
+            next(gen)
+        assert stop.value.value == "done" and steps.__name__ == "steps"
+        assert list(steps_set()) == [False] and tt.is_grad_enabled()
+        with tt.no_grad():
+            assert [step for step, _ in tt.enable_grad()(steps.__wrapped__)(1)] == [True]
+
     def test_grad_mode_is_thread_local(self):
         x = f64([1.0])
         seen = {}
@@ -307,6 +334,32 @@ class TestAutogradGrad:
     def test_grad_of_input_not_requiring_grad_raises(self):
         with pytest.raises(RuntimeError, match="does not require grad"):
             tt.autograd.grad((f64([1.0]) * 2).sum(), tt.ones(1))
+
+    def test_grad_runs_only_the_nodes_between_outputs_and_inputs(self):
+        """As PyTorch's engine: a node past the inputs is not run, so one an earlier backward freed does
+        not raise, and a user's backward there is not called."""
+        x = f64([0.5, 1.0])
+        h = x.exp()
+        h.sum().backward()                      # frees exp's saved output
+        (g,) = tt.autograd.grad((h * 2).sum(), h)
+        np.testing.assert_allclose(g.numpy(), [2.0, 2.0])
+
+        calls = []
+
+        class Spy(tt.autograd.Function):
+            @staticmethod
+            def forward(ctx, a):
+                return a * 1
+
+            @staticmethod
+            def backward(ctx, grad):
+                calls.append(grad)
+                return grad
+
+        h = Spy.apply(x)
+        (g,) = tt.autograd.grad((h * h).sum(), h)
+        np.testing.assert_allclose(g.numpy(), [1.0, 2.0])
+        assert calls == []
 
     def test_second_derivative_of_cube(self):
         xv = np.array([0.5, 2.0, -1.5])

@@ -262,3 +262,79 @@ def test_missing_backward_raises():
     y = NoBackward.apply(f64([1.0]))
     with pytest.raises(NotImplementedError):
         y.sum().backward()
+
+
+class AddBias(tt.autograd.Function):
+    """x + b * k, whose backward hands b the gradient in the output's (broadcast) shape, plus an extra None."""
+
+    @staticmethod
+    def forward(ctx, x, b, k):
+        return x + b * k
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g * 3.0, None, None
+
+
+def test_a_broadcast_shaped_gradient_is_summed_to_its_input():
+    """PyTorch sums a gradient of a shape the input broadcasts to down to the input's shape, and drops
+    trailing None gradients beyond the inputs."""
+    x, b = f64(np.arange(6.0).reshape(2, 3)), f64([1.0, 2.0, 3.0])
+    (AddBias.apply(x, b, 3.0) * 2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.full((2, 3), 2.0))
+    np.testing.assert_allclose(b.grad.numpy(), [12.0, 12.0, 12.0])
+    for backend in ("llvm", "interp"):
+        cf = tt.compile(lambda x, b: (AddBias.apply(x, b, 3.0) * 2).sum(), backend=backend)
+        for _ in range(3):
+            b = f64([1.0, 2.0, 3.0])
+            cf(f64(np.ones((2, 3))), b).backward()
+            np.testing.assert_allclose(b.grad.numpy(), [12.0, 12.0, 12.0])
+
+
+def test_gradients_beyond_the_inputs_or_for_non_tensors_raise():
+    class TooMany(tt.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, g
+
+    class ForScalar(tt.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, k):
+            return x * k
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2, g
+
+    with pytest.raises(RuntimeError, match=r"incorrect number of gradients \(expected 1, got 2\)"):
+        TooMany.apply(f64([0.5, 1.0])).sum().backward()
+    with pytest.raises(RuntimeError, match="different than None at position 2"):
+        ForScalar.apply(f64([0.5, 1.0]), 2.0).sum().backward()
+
+
+def test_a_tensor_passed_by_keyword_is_an_input_with_a_gradient():
+    """PyTorch binds apply's keyword arguments to forward's positional parameters (defaults left out):
+    a tensor passed by keyword gets backward's gradient in its position (it got none)."""
+    class Scaled(tt.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w=None, k=2.0):
+            ctx.save_for_backward(x, w)
+            ctx.k = k
+            return x * w * k
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return g * w * ctx.k, g * x * ctx.k, None
+
+    x, w = f64([1.0, 2.0]), f64([3.0, 4.0])
+    Scaled.apply(x, k=3.0, w=w).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [9.0, 12.0])
+    np.testing.assert_allclose(w.grad.numpy(), [3.0, 6.0])
+    x, w = f64([1.0, 2.0]), f64([3.0, 4.0])
+    Scaled.apply(x, w=w).sum().backward()           # (x, w): the third gradient is a trailing None
+    np.testing.assert_allclose(w.grad.numpy(), [2.0, 4.0])

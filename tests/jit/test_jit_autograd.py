@@ -134,11 +134,43 @@ def test_a_linear_weight_gradient_takes_eagers_formula_so_the_interpreter_is_bit
     assert (4, 8) not in matmul_shapes and (8, 3) not in matmul_shapes, matmul_shapes
 
 
-def test_create_graph_inside_the_region_is_a_clear_error():
+@pytest.mark.parametrize("backend", ["llvm", "interp"])
+def test_a_gradient_penalty_inside_the_region_matches_eager(backend):
+    """autograd.grad(create_graph=True) inside the region is recorded op by op, so the penalty on the
+    gradient is differentiable: by a backward inside the call, and across it (exp, tanh and sigmoid
+    read their saved output, which must stay the traced value on every replay)."""
+    def inside(x, w):
+        (g,) = tt.autograd.grad((x @ w).tanh().exp().sum(), x, create_graph=True)
+        penalty = g.pow(2).sum()
+        penalty.backward()
+        return penalty
+
+    def across(x, w):
+        (g,) = tt.autograd.grad((x @ w).sigmoid().sum(), x, create_graph=True)
+        return g.pow(2).sum()
+
+    rng = np.random.default_rng(0)
+    for fn in (inside, across):
+        compiled = tt.compile(fn, backend=backend)
+        for _ in range(3):
+            xv, wv = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+            results = []
+            for f in (compiled, fn):
+                x, w = tt.tensor(xv, requires_grad=True), tt.tensor(wv, requires_grad=True)
+                penalty = f(x, w)
+                if fn is across:
+                    penalty.backward()
+                results.append((penalty.item(), _np(x.grad), _np(w.grad)))
+            for c, e in zip(*results):
+                np.testing.assert_allclose(c, e, rtol=1e-9, atol=1e-12)
+        assert compiled.stats()["traces"] == 1
+
+
+def test_backward_with_create_graph_inside_the_region_is_a_clear_error():
     @tt.compile
     def f(w):
-        (g,) = tt.autograd.grad((w ** 3).sum(), w, create_graph=True)
-        return g
+        (w ** 3).sum().backward(create_graph=True)
+        return w.grad
 
     with pytest.raises(tt.jit.GraphBreak, match="create_graph"):
         f(tt.ones(2, requires_grad=True))

@@ -49,9 +49,35 @@ def test_attention_masks(qkv):
     bias = rng.standard_normal((1, 3, 5, 6))
     got = F.scaled_dot_product_attention(*map(tt.tensor, qkv), attn_mask=tt.tensor(bias))
     np.testing.assert_allclose(got.numpy(), np_attention(q, k, v, bias), rtol=1e-12)
-    both = F.scaled_dot_product_attention(*map(tt.tensor, qkv), attn_mask=tt.tensor(mask), is_causal=True)
-    np.testing.assert_allclose(both.numpy(), np_attention(q, k, v, mask & np.tril(np.ones((5, 6), bool))),
-                               rtol=1e-12)
+    with pytest.raises(RuntimeError, match="Explicit attn_mask should not be set when is_causal=True"):
+        F.scaled_dot_product_attention(*map(tt.tensor, qkv), attn_mask=tt.tensor(mask), is_causal=True)
+
+
+@pytest.mark.parametrize("float_mask", [False, True])
+def test_attention_a_query_with_every_key_masked_gives_zeros(qkv, float_mask):
+    """PyTorch's safe softmax: a fully masked row's output and gradients are 0 (not NaN), eagerly and
+    compiled; the other rows are plain attention."""
+    q, k, v = qkv
+    mask = np.ones((5, 6), bool)
+    mask[1] = False
+    mask[3, 2:] = False
+    attn_mask = tt.tensor(np.where(mask, 0.0, -np.inf) if float_mask else mask)
+
+    def attend(q, k, v):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        (out * out).sum().backward()
+        return out
+
+    with np.errstate(invalid="ignore"):         # the reference's masked row is NaN
+        expected = np_attention(q, k, v, mask)
+    expected[:, :, 1] = 0.0
+    for fn in (attend, tt.compile(attend, backend="llvm"), tt.compile(attend, backend="interp")):
+        for _ in range(3):
+            ts = [tt.tensor(a, requires_grad=True) for a in qkv]
+            out = fn(*ts)
+            np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+            assert all(np.isfinite(t.grad.numpy()).all() for t in ts)
+            np.testing.assert_array_equal(ts[0].grad.numpy()[:, :, 1], 0.0)
 
 
 def test_attention_float32_and_gradients():

@@ -65,6 +65,11 @@ def test_cross_entropy_probability_targets():
         got = F.cross_entropy(tt.tensor(LOGITS), tt.tensor(probs), tt.tensor(WEIGHT), reduction=reduction,
                               label_smoothing=0.2)
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    # PyTorch rejects a class to ignore with probability targets (a negative one matches none: allowed)
+    with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point target"):
+        F.cross_entropy(tt.tensor(LOGITS), tt.tensor(probs), ignore_index=0)
+    np.testing.assert_allclose(F.cross_entropy(tt.tensor(LOGITS), tt.tensor(probs), ignore_index=-5).numpy(),
+                               -(logp * probs).sum(1).mean(), rtol=1e-12)
 
 
 def test_cross_entropy_spatial_and_unbatched():

@@ -78,7 +78,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     grads = _make_grads(outputs, grad_outputs)
     if retain_graph is None:
         retain_graph = create_graph
-    got = run_backward(outputs, grads, retain_graph, create_graph, inputs=inputs)
+    got = run_backward(outputs, grads, retain_graph, create_graph, inputs=inputs, accumulate=False)
     result = []
     for t, g in zip(inputs, got):
         if g is None:

@@ -2,6 +2,10 @@
 interface) that composes with the rest of autograd and with tt.compile."""
 from __future__ import annotations
 
+import inspect
+
+import numpy as np
+
 from ..ops.dispatch import STATE
 from .graph import CustomNode, Node
 
@@ -17,7 +21,7 @@ class FunctionCtx:
         self._non_differentiable = set()
         self.materialize_grads = True
         self._fn_cls = None
-        self._n_inputs = 0
+        self._input_shapes = ()     # per forward input: its shape, or None for a non-tensor
         self._outputs_meta = ()
 
     def save_for_backward(self, *tensors):
@@ -56,13 +60,37 @@ class FunctionCtx:
         if self.materialize_grads:
             grads = tuple(g if g is not None else zeros(shape, dtype=dt)
                           for g, (shape, dt) in zip(grads, self._outputs_meta))
-        result = self._fn_cls.backward(self, *grads)
-        if not isinstance(result, tuple):
-            result = (result,)
-        if len(result) < self._n_inputs:
-            raise RuntimeError(f"function {self._fn_cls.__name__}Backward returned an incorrect number of gradients "
-                               f"(expected {self._n_inputs}, got {len(result)})")
-        return result[:self._n_inputs]
+        return self._input_grads(self._fn_cls.backward(self, *grads))
+
+    def _input_grads(self, result):
+        """The user's backward's return as one gradient per forward input, checked as PyTorch checks
+        it: extra trailing Nones are dropped, a non-tensor input takes none, and a gradient of a shape
+        its input broadcasts to is summed down to the input's shape."""
+        from ..math import sum_to_shape
+        name = self._fn_cls.__name__ + "Backward"
+        result = result if isinstance(result, tuple) else (result,)
+        n = len(self._input_shapes)
+        if len(result) > n and all(g is None for g in result[n:]):
+            result = result[:n]
+        if len(result) != n:
+            raise RuntimeError(f"function {name} returned an incorrect number of gradients (expected {n}, "
+                               f"got {len(result)})")
+        grads = []
+        for i, (g, shape) in enumerate(zip(result, self._input_shapes)):
+            if g is not None and shape is None:
+                raise RuntimeError(f"function {name} returned a gradient different than None at position {i + 1}, "
+                                   "but the corresponding forward input was not a Variable")
+            if g is not None and self.needs_input_grad[i] and tuple(g.shape) != tuple(shape):
+                try:
+                    expandable = np.broadcast_shapes(tuple(shape), tuple(g.shape)) == tuple(g.shape)
+                except ValueError:
+                    expandable = False
+                if not expandable:
+                    raise RuntimeError(f"Function {name} returned an invalid gradient at index {i} - got "
+                                       f"{list(g.shape)} but expected shape compatible with {list(shape)}")
+                g = sum_to_shape(g, shape)
+            grads.append(g)
+        return tuple(grads)
 
 
 class GradSlots:
@@ -111,9 +139,11 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         from ..tensor import Tensor
+        if kwargs:
+            args, kwargs = _bind_positional(cls.forward, args, kwargs)
         ctx = FunctionCtx()
         ctx._fn_cls = cls
-        ctx._n_inputs = len(args)
+        ctx._input_shapes = tuple(tuple(a.shape) if isinstance(a, Tensor) else None for a in args)
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         tracer = STATE.tracer
         if tracer is not None:
@@ -125,6 +155,14 @@ class Function:
         finally:
             STATE.grad_enabled = prev
         return connect(cls, ctx, args, out)
+
+
+def _bind_positional(forward, args, kwargs):
+    """Keyword arguments of `apply` bound to forward's positional parameters, as PyTorch binds them: a
+    tensor passed by keyword is an input like any other, whose gradient is backward's result in its
+    position (it got none). Defaults are not filled in."""
+    bound = inspect.signature(forward).bind(None, *args, **kwargs)      # None stands for ctx
+    return bound.args[1:], bound.kwargs
 
 
 def connect(cls, ctx, args, out):

@@ -2,12 +2,46 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 from ..ops.dispatch import STATE
 
 
 def is_grad_enabled() -> bool:
     return STATE.grad_enabled
+
+
+def _decorate(fn, mode):
+    """fn run under a fresh `mode()` context. A generator function's body runs under one at each
+    resumption, as PyTorch's decorators do (a plain wrapper's mode ends before the first `next`)."""
+    if not inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with mode():
+                return fn(*args, **kwargs)
+        return wrapper
+
+    @functools.wraps(fn)
+    def generator(*args, **kwargs):
+        gen = fn(*args, **kwargs)
+        resume = functools.partial(gen.send, None)
+        while True:
+            try:
+                with mode():
+                    item = resume()
+            except StopIteration as stop:
+                return stop.value
+            try:
+                sent = yield item
+            except GeneratorExit:
+                with mode():
+                    gen.close()
+                raise
+            except BaseException as exc:
+                resume = functools.partial(gen.throw, exc)
+            else:
+                resume = functools.partial(gen.send, sent)
+    return generator
 
 
 class _GradMode:
@@ -28,11 +62,7 @@ class _GradMode:
         return False
 
     def __call__(self, fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with self.__class__():
-                return fn(*args, **kwargs)
-        return wrapper
+        return _decorate(fn, self.__class__)
 
 
 class no_grad(_GradMode):
@@ -58,12 +88,7 @@ class set_grad_enabled(_GradMode):
 
     def __call__(self, fn):
         STATE.grad_enabled = self.prev
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with set_grad_enabled(self.mode):
-                return fn(*args, **kwargs)
-        return wrapper
+        return _decorate(fn, lambda: set_grad_enabled(self.mode))
 
 
 class inference_mode(no_grad):

@@ -178,13 +178,25 @@ def _topo_order(roots):
     return order
 
 
+def _leading_to(order, wanted: dict) -> set:
+    """ids of the nodes of `order` through which a gradient reaches one of `wanted`: the only ones
+    PyTorch's engine runs for autograd.grad (a node past the inputs may be freed, or be a user's backward)."""
+    needed = set()
+    for node in reversed(order):        # each node after the nodes it feeds
+        if any(e is not None and (id(e) in wanted or id(e) in needed) for e in node.edges):
+            needed.add(id(node))
+    return needed
+
+
 def run_backward(tensors, grads, retain_graph: bool, create_graph: bool, inputs=None, accumulate=True):
     """Propagate `grads` from `tensors` back through the graph.
 
     With `inputs`, returns their gradients (autograd.grad) instead of writing
     `.grad` on leaves.
     """
-    if STATE.tracer is not None:        # inside tt.compile: one `backward` node (the tracer runs this eagerly)
+    if STATE.tracer is not None and not (create_graph and not accumulate):
+        # inside tt.compile: one `backward` node (the tracer runs this eagerly); but the walk of an
+        # autograd.grad(create_graph=True) is recorded op by op, so its gradients stay differentiable
         return STATE.tracer.run_backward(tensors, grads, retain_graph, create_graph, inputs, accumulate)
     Tensor = _BOUND.Tensor
     pending: dict[int, object] = {}     # id(node) -> accumulated grad
@@ -215,15 +227,19 @@ def run_backward(tensors, grads, retain_graph: bool, create_graph: bool, inputs=
             key = t._grad_fn if t._grad_fn is not None else t
             wanted[id(key)] = key
 
+    order = _topo_order(roots)
+    needed = None if wanted is None else _leading_to(order, wanted)
     prev_mode = STATE.grad_enabled
     STATE.grad_enabled = create_graph
     try:
-        for node in _topo_order(roots):
+        for node in order:
             g = pending.pop(id(node), None)
             if g is None:
                 continue
             if wanted is not None and id(node) in wanted:
                 captured[id(node)] = g
+            if needed is not None and id(node) not in needed:
+                continue
             if node.hooks:
                 for h in node.hooks:
                     r = h(g)

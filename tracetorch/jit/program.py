@@ -248,7 +248,7 @@ class Program:
         outs = tuple(made[i] for i in plan.diff_outputs)
         ctx = FunctionCtx()
         ctx._fn_cls = CompiledBackward
-        ctx._n_inputs = len(wrt)
+        ctx._input_shapes = tuple(tuple(t.shape) for t in wrt)
         ctx.needs_input_grad = tuple(t.requires_grad for t in wrt)
         ctx.plan = plan
         ctx.program_name = self.name

@@ -196,6 +196,9 @@ class Tracer:
         attrs = self._plain_attrs(attrs)
         v = self._created(out, where)
         g = out._grad_fn
+        if g is not None and g.out_saved is not None:     # the output as its VJP reads it (create_graph)
+            alias = g.out_saved[0]
+            self.values[id(alias)] = (v, weakref.ref(alias))
         diff = None if g is None else tuple(e is not None for e in g.edges)
         aliases = bool(op.view and inputs and isinstance(inputs[0], Tensor) and out._version is inputs[0]._version)
         self.nodes.append(Node(op, ins, (v,), attrs, where, diff, aliases))
@@ -340,8 +343,8 @@ class Tracer:
         produce values; the trace gets one `backward` node whose outputs are the gradients."""
         from ..autograd import graph as G
         if create_graph:
-            raise GraphBreak("create_graph=True (higher-order gradients) inside tt.compile is not supported; "
-                             "compute them eagerly (mode='eager')")
+            raise GraphBreak("backward(create_graph=True) inside tt.compile is not supported (a `.grad` that "
+                             "requires grad); use tt.autograd.grad(..., create_graph=True), or mode='eager'")
         where = self.where()
         wrt = list(inputs) if inputs is not None else _reachable_leaves(tensors)
         roots = [self.value_of(t) for t in tensors]

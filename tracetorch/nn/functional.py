@@ -586,7 +586,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                                  dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
                                  enable_gqa: bool = False) -> Tensor:
     """softmax(q k^T * scale + mask) v. A boolean mask marks the positions that take part;
-    a float mask is added to the scores; is_causal keeps key j <= query i."""
+    a float mask is added to the scores; is_causal keeps key j <= query i. A query the mask
+    leaves no key (a row of -inf scores) attends to nothing: its output and gradients are 0, as
+    PyTorch's safe softmax makes them (a plain softmax's 0/0 is NaN, and NaN gradients everywhere)."""
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
     length, source = query.shape[-2], key.shape[-2]
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
@@ -602,7 +606,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
             scores = where(attn_mask, scores, float("-inf"))
         else:
             scores = scores + attn_mask
-    weights = _softmax(scores, -1)
+    if attn_mask is None:
+        weights = _softmax(scores, -1)
+    else:
+        empty = (scores == float("-inf")).all(-1, keepdim=True)
+        weights = where(empty, 0.0, _softmax(where(empty, 0.0, scores), -1))
     if dropout_p > 0.0:
         weights = dropout(weights, dropout_p, training=True)
     return matmul(weights, value)
@@ -722,6 +730,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     classes = input.shape[class_dim]
     logp = _log_softmax(input, class_dim)
     if target.is_floating_point():
+        if ignore_index >= 0:           # PyTorch's check (a negative index matches no class: it is allowed)
+            raise RuntimeError("ignore_index is not supported for floating point target")
         return _cross_entropy_probs(logp, target, weight, reduction, label_smoothing, class_dim)
     loss, sample_weight = _pick_targets(logp, target, weight, ignore_index, "cross_entropy")
     if reduction == "mean":

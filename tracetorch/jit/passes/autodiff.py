@@ -167,7 +167,10 @@ def _custom_vjp(n: Node, out_grads, builder) -> tuple:
     a = n.attrs
     ctx = FunctionCtx()
     ctx._fn_cls = a["fn"]
-    ctx._n_inputs = a["n_args"]
+    shapes = [None] * a["n_args"]
+    for pos, v in zip(a["arg_positions"], n.inputs):
+        shapes[pos] = v.shape
+    ctx._input_shapes = tuple(shapes)
     ctx.needs_input_grad = a["needs_input_grad"]
     ctx.materialize_grads = a["materialize_grads"]
     saved = tuple(_proxy(builder, v) if v is not None else None for v in a["saved"])
@@ -180,11 +183,8 @@ def _custom_vjp(n: Node, out_grads, builder) -> tuple:
     grads = [None] * a["n_outputs"]
     for pos, g, v in zip(a["out_positions"], out_grads, n.outputs):
         grads[pos] = g if g is not None or not ctx.materialize_grads else zeros(v.shape, dtype=v.dtype)
-    result = a["fn"].backward(ctx, *grads)
-    if not isinstance(result, tuple):
-        result = (result,)
-    n_fwd = len(n.outputs)
-    return tuple(result[pos] if pos < len(result) else None for pos in a["arg_positions"]) + (None,) * n_fwd
+    result = ctx._input_grads(a["fn"].backward(ctx, *grads))
+    return tuple(result[pos] for pos in a["arg_positions"]) + (None,) * len(n.outputs)
 
 
 def _zeros(builder, w: Value) -> Value:
