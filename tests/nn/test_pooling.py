@@ -83,6 +83,19 @@ def test_max_pool2d_gradient_goes_to_the_first_maximum():
     gradcheck(lambda a: F.max_pool2d(a, 3, 2, 1), [rng.permutation(50).reshape(1, 2, 5, 5) * 0.1])
 
 
+def test_max_pool2d_padding_never_takes_the_maximum():
+    """A padded window whose input elements are all -inf still picks its first input element (its
+    index and its gradient), as PyTorch does; the padding is not an element of the window."""
+    x = tt.tensor([[[[-np.inf, -np.inf, 1.0], [-np.inf, -np.inf, 2.0]]]], requires_grad=True)
+    out, idx = F.max_pool2d(x, 2, 2, 1, return_indices=True)
+    out.sum().backward()
+    np.testing.assert_array_equal(out.detach().numpy(), [[[[-np.inf, 1.0], [-np.inf, 2.0]]]])
+    np.testing.assert_array_equal(idx.numpy(), [[[[0, 2], [3, 5]]]])
+    np.testing.assert_array_equal(x.grad.numpy(), [[[[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]]])
+    with pytest.raises(NotImplementedError, match="Bool"):
+        F.max_pool2d(tt.ones(1, 2, 2, dtype=tt.bool), 2)
+
+
 def test_max_pool2d_propagates_nan():
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 0] = np.nan

@@ -493,22 +493,29 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
                return_indices: bool = False):
     """Max over each window, as a running maximum over the window's strided views. A later element
     replaces the maximum only when strictly greater (or NaN), so the gradient goes to the first
-    maximum of a window, as in PyTorch."""
+    maximum of a window, as in PyTorch. Padding never counts: a window's first element inside the
+    input replaces the padding it started from, even when it is -inf."""
     x, unbatched = _batched(input, "max_pool2d")
+    if x.dtype is D.bool_:
+        raise NotImplementedError("\"max_pool2d\" not implemented for 'Bool'")
     kernel, stride, pad_hw, dilation, (oh, ow), pads = _pool_geometry(x, kernel_size, stride, padding, dilation,
                                                                        ceil_mode, "max_pool2d")
     floating = x.is_floating_point()
     lowest = float("-inf") if floating else int(np.iinfo(x.dtype.np).min)
     padded = _pad_constant(x, pads, lowest) if any(a or b for a, b in pads.values()) else x
-    positions = _window_positions(x.shape[2:], kernel, stride, pad_hw, dilation, (oh, ow)) if return_indices \
-        else None
+    positions, inside = _window_positions(x.shape[2:], kernel, stride, pad_hw, dilation, (oh, ow))
     windows = _window_slices(padded, kernel, stride, dilation, (oh, ow))
     out = windows[0] if len(windows) > 1 else windows[0].clone()      # never a view of the input
     indices = _constant(positions[0]) if return_indices else None
+    seen = inside[0]
     for k in range(1, len(windows)):
         take = windows[k] > out
         if floating:
             take = take | windows[k].isnan()
+        first = inside[k] & ~seen
+        if first.any():
+            take = take | _constant(first)
+        seen = seen | inside[k]
         out = where(take, windows[k], out)
         if return_indices:
             indices = where(take, _constant(positions[k]), indices)
@@ -520,13 +527,16 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     return (out, indices) if return_indices else out
 
 
-def _window_positions(size_hw, kernel, stride, pad_hw, dilation, out_hw) -> np.ndarray:
-    """(K, OH, OW) flat index h*W + w, in the unpadded input, of every window element."""
+def _window_positions(size_hw, kernel, stride, pad_hw, dilation, out_hw) -> tuple[np.ndarray, np.ndarray]:
+    """(K, OH, OW) flat index h*W + w, in the unpadded input, of every window element, and whether
+    that element lies inside the input (not in the padding)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, pad_hw, dilation, out_hw
     rows = (np.arange(oh) * sh - ph)[None, :] + (np.arange(kh) * dh)[:, None]       # (kh, oh)
     cols = (np.arange(ow) * sw - pw)[None, :] + (np.arange(kw) * dw)[:, None]       # (kw, ow)
     flat = rows[:, None, :, None] * size_hw[1] + cols[None, :, None, :]              # (kh, kw, oh, ow)
-    return flat.reshape(kh * kw, oh, ow).astype(np.int64)
+    inside = (((rows >= 0) & (rows < size_hw[0]))[:, None, :, None]
+              & ((cols >= 0) & (cols < size_hw[1]))[None, :, None, :])
+    return flat.reshape(kh * kw, oh, ow).astype(np.int64), inside.reshape(kh * kw, oh, ow)
 
 
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
