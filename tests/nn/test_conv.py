@@ -83,12 +83,40 @@ def test_conv2d_errors():
         F.conv2d(tt.zeros(1, 3, 5, 5), tt.zeros(2, 4, 3, 3))
     with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
         F.conv2d(tt.zeros(1, 1, 2, 2), tt.zeros(1, 1, 3, 3))
-    with pytest.raises(ValueError, match="strided"):
+    with pytest.raises(RuntimeError, match="strided"):        # functional: RuntimeError; the module: ValueError
         F.conv2d(tt.zeros(1, 1, 5, 5), tt.zeros(1, 1, 3, 3), stride=2, padding="same")
+    with pytest.raises(ValueError, match="strided"):
+        nn.Conv2d(1, 1, 3, stride=2, padding="same")
     with pytest.raises(RuntimeError, match="4D"):
         F.conv2d(tt.zeros(5, 5), tt.zeros(1, 1, 3, 3))
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(stride=0), "non-positive stride"),
+                                          (dict(padding=-1), "negative padding"),
+                                          (dict(padding=(1, -1)), "negative padding"),
+                                          (dict(dilation=0), "dilation should be greater than zero"),
+                                          (dict(groups=0), "non-positive groups"),
+                                          (dict(stride=(1, 2, 3)), "pair of ints"),
+                                          (dict(padding="full"), "Invalid padding string")])
+def test_conv2d_rejects_bad_arguments(kwargs, match):
+    """PyTorch raises RuntimeError for these; negative padding and zero dilation used to compute a
+    silently wrong convolution, stride 0 a ZeroDivisionError."""
+    with pytest.raises(RuntimeError, match=match):
+        F.conv2d(tt.zeros(1, 1, 5, 5), tt.zeros(1, 1, 3, 3), **kwargs)
+
+
+def test_conv2d_checks_weight_and_bias():
+    x, w = tt.zeros(1, 2, 5, 5), tt.zeros(3, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="4-dimensional weight"):
+        F.conv2d(x, tt.zeros(3, 2, 3))
+    with pytest.raises(RuntimeError, match="expected bias to be 1-dimensional with 3 elements"):
+        F.conv2d(x, w, tt.zeros(1, 3))
+    with pytest.raises(RuntimeError, match="expected bias to be 1-dimensional with 3 elements"):
+        F.conv2d(x, w, tt.zeros(2))
+    with pytest.raises(RuntimeError, match="bias type"):       # no silent promotion to float64
+        F.conv2d(x, w, tt.zeros(3, dtype=tt.float64))
 
 
 def test_conv2d_module_forward_and_repr():

@@ -150,3 +150,21 @@ def test_pool_modules_unbatched_input_and_reprs():
     assert repr(nn.AdaptiveAvgPool2d((1, None))) == "AdaptiveAvgPool2d(output_size=(1, None))"
     with pytest.raises(RuntimeError, match="pad should be at most half"):
         F.max_pool2d(x, 2, padding=2)
+
+
+@pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
+@pytest.mark.parametrize("kwargs,match", [(dict(kernel_size=0), "greater than zero"),
+                                          (dict(kernel_size=2, stride=0), "greater than zero"),
+                                          (dict(kernel_size=2, padding=-1), "pad must be non-negative"),
+                                          (dict(kernel_size=(2, 2, 2)), "pair of ints")])
+def test_pools_reject_bad_arguments(pool, kwargs, match):
+    """PyTorch raises RuntimeError; these used to give a ZeroDivisionError or a silently wrong pool."""
+    with pytest.raises(RuntimeError, match=match):
+        pool(tt.zeros(1, 1, 5, 5), **kwargs)
+
+
+def test_max_pool2d_rejects_zero_dilation_and_avg_pool2d_zero_divisor():
+    with pytest.raises(RuntimeError, match="dilation should be greater than zero"):
+        F.max_pool2d(tt.zeros(1, 1, 5, 5), 2, dilation=0)
+    with pytest.raises(RuntimeError, match="divisor must be not zero"):     # 0 used to mean "no override"
+        F.avg_pool2d(tt.zeros(1, 1, 4, 4), 2, divisor_override=0)

@@ -330,7 +330,7 @@ def _pair(value, name: str) -> tuple[int, int]:
     if len(value) == 1:
         return (int(value[0]), int(value[0]))
     if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+        raise RuntimeError(f"{name} must be an int or a pair of ints, got {value}")
     return (int(value[0]), int(value[1]))
 
 
@@ -426,12 +426,14 @@ def _conv_padding(padding, kernel, stride, dilation) -> tuple[int, int, int, int
         return (0, 0, 0, 0)
     if padding == "same":
         if stride != (1, 1):
-            raise ValueError("padding='same' is not supported for strided convolutions")
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
         total = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
     if isinstance(padding, str):
-        raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+        raise RuntimeError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
     ph, pw = _pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise RuntimeError(f"negative padding is not supported, got padding={padding}")
     return (ph, ph, pw, pw)
 
 
@@ -440,8 +442,22 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     """2-D cross-correlation as pad + strided windows (im2col) + one matmul per group."""
     x, unbatched = _batched(input, "conv2d")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(stride) <= 0:
+        raise RuntimeError(f"non-positive stride is not supported, got stride={list(stride)}")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"dilation should be greater than zero, but got {list(dilation)}")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if weight.dim() != 4:
+        raise RuntimeError(f"conv2d: expected a 4-dimensional weight (out_channels, in_channels/groups, kH, kW), "
+                           f"but got weight of size {list(weight.shape)}")
     n, c, h, w = x.shape
     out_c, c_per_group, kh, kw = weight.shape
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_c):
+        raise RuntimeError(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
+                           f"{out_c} elements, but got bias of size {list(bias.shape)} instead")
+    if bias is not None and bias.dtype is not x.dtype:
+        raise RuntimeError(f"Input type ({x.dtype}) and bias type ({bias.dtype}) should be the same")
     if c != c_per_group * groups:
         raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
                            f"{list(x.shape)} to have {c_per_group * groups} channels, but got {c} channels instead")
@@ -473,6 +489,11 @@ def _pool_geometry(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode,
     stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
         else _pair(stride, "stride")
     pad_hw, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+    if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0:
+        raise RuntimeError(f"{op}: kernel_size, stride and dilation should be greater than zero, but got "
+                           f"kernel_size={list(kernel)}, stride={list(stride)} and dilation={list(dilation)}")
+    if min(pad_hw) < 0:
+        raise RuntimeError(f"{op}: pad must be non-negative, but got pad: {list(pad_hw)}")
     for k, p, d in zip(kernel, pad_hw, dilation):
         if p * 2 > d * (k - 1) + 1:
             raise RuntimeError(f"{op}: pad should be at most half of effective kernel size, but got pad={p}, "
@@ -548,7 +569,9 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     total = None
     for window in _window_slices(padded, kernel, stride, (1, 1), (oh, ow)):
         total = window if total is None else total + window
-    if divisor_override:
+    if divisor_override is not None:
+        if divisor_override == 0:
+            raise RuntimeError("avg_pool2d: divisor must be not zero")
         out = total / divisor_override
     else:
         divisor = _avg_divisor(x.shape[2:], kernel, stride, pad_hw, (oh, ow), count_include_pad)
