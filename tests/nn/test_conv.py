@@ -156,7 +156,32 @@ def test_pad_constant_value_and_negative_crop():
     want = np.pad(x[:1, 1:], ((1, 0), (0, 2)), constant_values=7.0)
     np.testing.assert_array_equal(got, want)
     assert F.pad(tt.tensor(x, dtype=tt.int64), (1, 1)).dtype is tt.int64
-    with pytest.raises(ValueError, match="divisible by 2"):
+    with pytest.raises(RuntimeError, match="divisible by 2"):
         F.pad(tt.tensor(x), (1,))
     with pytest.raises(RuntimeError, match="Padding size should be less"):
         F.pad(tt.tensor(x), (4, 0), mode="reflect")
+    with pytest.raises(RuntimeError, match="negative size"):
+        F.pad(tt.tensor(x), (-3, -2))
+
+
+@pytest.mark.parametrize("mode,amounts,want", [
+    ("reflect", (-1, 3), [1, 2, 3, 2, 1, 0]), ("reflect", (3, -1), [3, 2, 1, 0, 1, 2]),
+    ("replicate", (-1, 2), [1, 2, 3, 3, 3]), ("replicate", (2, -3), [0, 0, 0]),
+    ("circular", (-1, 1), [1, 2, 3, 1]), ("circular", (2, -1), [1, 2, 0, 1, 2]),   # wraps the cropped input
+    ("circular", (-2, 3), [2, 3, 2, 3, 2]), ("circular", (-2, -2), [])])
+def test_pad_negative_amounts_crop_in_every_mode(mode, amounts, want):
+    """PyTorch crops with negative amounts in the reflect/replicate/circular modes too (values from PyTorch)."""
+    x = np.arange(8.0).reshape(2, 4)
+    got = F.pad(tt.tensor(x), amounts, mode=mode).numpy()
+    np.testing.assert_array_equal(got, np.array([want, np.array(want) + 4]).reshape(2, -1))
+    if want:
+        gradcheck(lambda t: F.pad(t, amounts, mode=mode), [x + 0.5])
+
+
+@pytest.mark.parametrize("mode,amounts", [("reflect", (-2, -2)), ("replicate", (-3, -3)), ("circular", (-3, -2)),
+                                          ("circular", (-4, 2))])
+def test_pad_rejects_amounts_that_leave_nothing(mode, amounts):
+    with pytest.raises(RuntimeError):
+        F.pad(tt.zeros(2, 4), amounts, mode=mode)
+    with pytest.raises(RuntimeError, match="value argument"):
+        F.pad(tt.zeros(2, 4), (1, 1), mode=mode, value=1.0)

@@ -339,17 +339,21 @@ def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) 
     pairs starting from the last dim. Modes: constant, reflect, replicate, circular."""
     pad = tuple(int(p) for p in pad)
     if len(pad) % 2:
-        raise ValueError("Padding length must be divisible by 2")
+        raise RuntimeError("Padding length must be divisible by 2")
     if len(pad) // 2 > input.dim():
-        raise ValueError(f"Padding length should be less than or equal to two times the input dimension but got "
-                         f"padding length {len(pad)} and input of dimension {input.dim()}")
+        raise RuntimeError(f"Padding length should be less than or equal to two times the input dimension but got "
+                           f"padding length {len(pad)} and input of dimension {input.dim()}")
     amounts = {input.dim() - 1 - i: (pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)}
     if mode == "constant":
+        for dim, (left, right) in amounts.items():
+            if input.shape[dim] + left + right < 0:
+                raise RuntimeError(f"pad: padding ({left}, {right}) gives a negative size at dimension {dim} of "
+                                   f"input of size {list(input.shape)}")
         return _pad_constant(input, amounts, 0 if value is None else value)
     if mode not in ("reflect", "replicate", "circular"):
         raise NotImplementedError(f"pad: mode {mode!r} is not supported (constant, reflect, replicate, circular)")
     if value:
-        raise ValueError(f'Padding mode "{mode}" doesn\'t take in value argument')
+        raise RuntimeError(f'Padding mode "{mode}" doesn\'t take in value argument')
     out = input
     for dim, (left, right) in amounts.items():
         if left or right:
@@ -376,8 +380,11 @@ def _pad_constant(input: Tensor, amounts: dict, value) -> Tensor:
 
 
 def _pad_index(mode: str, size: int, left: int, right: int, dim: int) -> np.ndarray:
-    if left < 0 or right < 0:
-        raise ValueError(f"pad: negative padding is only supported in constant mode, got ({left}, {right})")
+    """Source position of every output element along dim; negative amounts crop, as in PyTorch."""
+    out = size + left + right
+    if out < (0 if mode == "circular" else 1):
+        raise RuntimeError(f"pad: input of size {size} at dimension {dim} is too small for padding ({left}, {right}): "
+                           f"calculated output size {out}")
     if mode == "reflect" and (left >= size or right >= size):
         raise RuntimeError(f"Argument #4: Padding size should be less than the corresponding input dimension, but "
                            f"got: padding ({left}, {right}) at dimension {dim} of input of size {size}")
@@ -389,8 +396,11 @@ def _pad_index(mode: str, size: int, left: int, right: int, dim: int) -> np.ndar
         pos = np.where(pos >= size, 2 * (size - 1) - pos, pos)
     elif mode == "replicate":
         pos = np.clip(pos, 0, size - 1)
-    else:
-        pos = pos % size
+    else:                               # circular wraps around what the negative amounts left of the input
+        start, kept = max(-left, 0), size + min(left, 0) + min(right, 0)
+        if kept <= 0 < out:
+            raise RuntimeError(f"pad: padding ({left}, {right}) crops all of dimension {dim} but pads it again")
+        pos = start + (pos - start) % max(kept, 1)
     return pos.astype(np.int64)
 
 
