@@ -140,6 +140,19 @@ def test_adaptive_avg_pool2d_matches_loop(size):
     gradcheck(lambda a: F.adaptive_avg_pool2d(a, size), [x[:1, :1]])
 
 
+def test_adaptive_avg_pool2d_checks_its_input_and_output_size():
+    """An integer input used to average to zeros (an int64 averaging matrix); PyTorch refuses it."""
+    with pytest.raises(NotImplementedError, match="int64"):
+        F.adaptive_avg_pool2d(tt.arange(24).reshape(1, 2, 3, 4), 2)
+    with pytest.raises(RuntimeError, match="output_size must be 2"):
+        F.adaptive_avg_pool2d(tt.ones(1, 2, 4, 4), (2, 3, 4))
+    with pytest.raises(RuntimeError, match="greater than or equal to 0"):
+        F.adaptive_avg_pool2d(tt.ones(1, 2, 4, 4), (-1, 2))
+    with pytest.raises(RuntimeError, match="non-zero size"):
+        F.adaptive_avg_pool2d(tt.ones(1, 2, 0, 4), 2)
+    assert F.adaptive_avg_pool2d(tt.ones(2, 6, 4), (0, 1)).shape == (2, 0, 1)
+
+
 def test_pool_modules_unbatched_input_and_reprs():
     x = tt.randn(3, 6, 6)
     assert nn.MaxPool2d(2)(x).shape == (3, 3, 3)

@@ -603,10 +603,20 @@ def _avg_divisor(size_hw, kernel, stride, pad_hw, out_hw, count_include_pad) -> 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     """Average over PyTorch's adaptive windows [floor(i*H/OH), ceil((i+1)*H/OH))."""
     x, unbatched = _batched(input, "adaptive_avg_pool2d")
+    if not x.is_floating_point():
+        raise NotImplementedError(f"\"adaptive_avg_pool2d\" not implemented for '{x.dtype.name}'")
     h, w = x.shape[2:]
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if len(size) != 2:
+        raise RuntimeError(f"adaptive_avg_pool2d: output_size must be 2, got {output_size}")
     oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
-    if h % oh == 0 and w % ow == 0:
+    if oh < 0 or ow < 0:
+        raise RuntimeError(f"adaptive_avg_pool2d: elements of output_size must be greater than or equal to 0 "
+                           f"but received {{{oh}, {ow}}}")
+    if h == 0 or w == 0:
+        raise RuntimeError(f"adaptive_avg_pool2d(): Expected input to have non-zero size for non-batch dimensions, "
+                           f"but input has sizes {list(input.shape)}")
+    if oh and ow and h % oh == 0 and w % ow == 0:
         out = x.reshape(x.shape[0], x.shape[1], oh, h // oh, ow, w // ow).mean((3, 5))
     else:
         rows = _constant(_adaptive_matrix(h, oh), dtype=x.dtype)
