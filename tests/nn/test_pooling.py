@@ -140,6 +140,19 @@ def test_adaptive_avg_pool2d_matches_loop(size):
     gradcheck(lambda a: F.adaptive_avg_pool2d(a, size), [x[:1, :1]])
 
 
+def test_avg_pool2d_of_integers_truncates_like_pytorch():
+    """PyTorch keeps an int64 input's dtype and divides its window sums in integer arithmetic
+    (toward zero); this used to return float32 means. Values from PyTorch."""
+    x = tt.tensor([[[[-3, -2], [0, 0]], [[5, 2], [0, 0]]]])
+    out = F.avg_pool2d(x, 2)
+    assert out.dtype is tt.int64
+    np.testing.assert_array_equal(out.numpy().ravel(), [-1, 1])
+    np.testing.assert_array_equal(F.avg_pool2d(x, 2, divisor_override=3).numpy().ravel(), [-1, 2])
+    np.testing.assert_array_equal(F.avg_pool2d(tt.tensor([[[[-7]]]]), 2, padding=1).numpy().ravel(), [-1])
+    with pytest.raises(NotImplementedError, match="Bool"):
+        F.avg_pool2d(tt.ones(1, 2, 2, dtype=tt.bool), 2)
+
+
 def test_adaptive_avg_pool2d_checks_its_input_and_output_size():
     """An integer input used to average to zeros (an int64 averaging matrix); PyTorch refuses it."""
     with pytest.raises(NotImplementedError, match="int64"):

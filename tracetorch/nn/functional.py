@@ -22,8 +22,9 @@ from .. import dtypes as D
 from ..autograd.function import Function
 from ..autograd.grad_mode import no_grad
 from ..creation import arange, full, tensor as _constant
-from ..math import (abs as _abs, exp, isnan, log, log1p, log_softmax as _log_softmax, matmul, maximum,
-                    minimum, relu as _relu, rsqrt, sigmoid as _sigmoid, softmax as _softmax, tanh as _tanh, where)
+from ..math import (abs as _abs, div as _div, exp, isnan, log, log1p, log_softmax as _log_softmax, matmul,
+                    maximum, minimum, relu as _relu, rsqrt, sigmoid as _sigmoid, softmax as _softmax,
+                    tanh as _tanh, where)
 from ..ops import REGISTRY
 from ..ops.dispatch import STATE, apply
 from ..ops.elementwise import _where_eager
@@ -572,7 +573,11 @@ def _window_positions(size_hw, kernel, stride, pad_hw, dilation, out_hw) -> tupl
 
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """Window sums over the strided views, divided by PyTorch's divisor; an integer input keeps its
+    dtype, its sums divided with truncation as PyTorch does."""
     x, unbatched = _batched(input, "avg_pool2d")
+    if x.dtype is D.bool_:
+        raise NotImplementedError("\"avg_pool2d\" not implemented for 'Bool'")
     kernel, stride, pad_hw, _, (oh, ow), pads = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode,
                                                                 "avg_pool2d")
     padded = _pad_constant(x, pads, 0) if any(a or b for a, b in pads.values()) else x
@@ -582,11 +587,12 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     if divisor_override is not None:
         if divisor_override == 0:
             raise RuntimeError("avg_pool2d: divisor must be not zero")
-        out = total / divisor_override
+        divisor = divisor_override
     else:
-        divisor = _avg_divisor(x.shape[2:], kernel, stride, pad_hw, (oh, ow), count_include_pad)
-        out = total / (float(divisor.flat[0]) if (divisor == divisor.flat[0]).all()
-                       else _constant(divisor, dtype=x.dtype))
+        counts = _avg_divisor(x.shape[2:], kernel, stride, pad_hw, (oh, ow), count_include_pad)
+        counts = counts if x.is_floating_point() else counts.astype(np.int64)
+        divisor = counts.flat[0].item() if (counts == counts.flat[0]).all() else _constant(counts, dtype=x.dtype)
+    out = total / divisor if x.is_floating_point() else _div(total, divisor, rounding_mode="trunc")
     return out.squeeze(0) if unbatched else out
 
 
