@@ -185,3 +185,5 @@ def test_pad_rejects_amounts_that_leave_nothing(mode, amounts):
         F.pad(tt.zeros(2, 4), amounts, mode=mode)
     with pytest.raises(RuntimeError, match="value argument"):
         F.pad(tt.zeros(2, 4), (1, 1), mode=mode, value=1.0)
+    with pytest.raises(RuntimeError, match="non-empty"):          # replicate used to index -1: an IndexError
+        F.pad(tt.zeros(2, 0), (1, 1), mode=mode)

@@ -383,6 +383,8 @@ def _pad_constant(input: Tensor, amounts: dict, value) -> Tensor:
 def _pad_index(mode: str, size: int, left: int, right: int, dim: int) -> np.ndarray:
     """Source position of every output element along dim; negative amounts crop, as in PyTorch."""
     out = size + left + right
+    if size == 0:
+        raise RuntimeError(f"pad: {mode} padding needs a non-empty dimension {dim} to copy from")
     if out < (0 if mode == "circular" else 1):
         raise RuntimeError(f"pad: input of size {size} at dimension {dim} is too small for padding ({left}, {right}): "
                            f"calculated output size {out}")
