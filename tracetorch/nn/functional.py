@@ -243,6 +243,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if input.dim() < 2:
         raise ValueError(f"batch_norm: expected an input with at least 2 dims (N, C, ...), got {list(input.shape)}")
     channels = input.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
     dims = (0,) + tuple(range(2, input.dim()))
     channel_shape = (1, channels) + (1,) * (input.dim() - 2)
     if training:
@@ -261,7 +264,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         out = centered * rsqrt(var + eps)
     else:
         if running_mean is None or running_var is None:
-            raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+            raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode")
         out = (input - running_mean.reshape(channel_shape)) * rsqrt(running_var.reshape(channel_shape) + eps)
     if weight is not None:
         out = out * weight.reshape(channel_shape)
