@@ -178,6 +178,15 @@ def test_pad_negative_amounts_crop_in_every_mode(mode, amounts, want):
         gradcheck(lambda t: F.pad(t, amounts, mode=mode), [x + 0.5])
 
 
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+def test_pad_by_zero_returns_a_new_tensor(mode):
+    """Like PyTorch, never the input itself: writing the result in place must leave the input alone."""
+    x = tt.ones(2, 3)
+    y = F.pad(x, (0, 0, 0, 0), mode=mode)
+    y.add_(1.0)
+    np.testing.assert_array_equal(x.numpy(), np.ones((2, 3)))
+
+
 @pytest.mark.parametrize("mode,amounts", [("reflect", (-2, -2)), ("replicate", (-3, -3)), ("circular", (-3, -2)),
                                           ("circular", (-4, 2))])
 def test_pad_rejects_amounts_that_leave_nothing(mode, amounts):

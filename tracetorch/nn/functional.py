@@ -363,7 +363,7 @@ def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) 
         if left or right:
             index = _pad_index(mode, input.shape[dim], left, right, dim)
             out = out.index_select(dim, _constant(index))
-    return out
+    return input.clone() if out is input else out           # all-zero amounts: still a new tensor
 
 
 def _pad_constant(input: Tensor, amounts: dict, value) -> Tensor:
