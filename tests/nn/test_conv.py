@@ -179,10 +179,12 @@ def test_pad_negative_amounts_crop_in_every_mode(mode, amounts, want):
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
-def test_pad_by_zero_returns_a_new_tensor(mode):
-    """Like PyTorch, never the input itself: writing the result in place must leave the input alone."""
+@pytest.mark.parametrize("amounts", [(0, 0, 0, 0), (-1, -1), (0, -1, -1, 0)])
+def test_pad_by_zero_or_a_crop_returns_a_new_tensor(mode, amounts):
+    """Like PyTorch, never the input itself nor a view of it: writing the result in place must leave
+    the input alone."""
     x = tt.ones(2, 3)
-    y = F.pad(x, (0, 0, 0, 0), mode=mode)
+    y = F.pad(x, amounts, mode=mode)
     y.add_(1.0)
     np.testing.assert_array_equal(x.numpy(), np.ones((2, 3)))
 

@@ -378,7 +378,7 @@ def _pad_constant(input: Tensor, amounts: dict, value) -> Tensor:
         starts[dim] = max(left, 0)
         stops[dim] = starts[dim] + x.shape[dim]
     if tuple(shape) == tuple(x.shape):
-        return x.clone() if x is input else x
+        return x.clone()             # a crop is a copy too, as in PyTorch: never a view of the input
     base = full(tuple(shape), value, dtype=input.dtype, device=input.device)
     return apply(_SLICE_SCATTER, base, x, starts=tuple(starts), stops=tuple(stops), steps=(1,) * x.dim())
 
