@@ -243,7 +243,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if input.dim() < 2:
         raise ValueError(f"batch_norm: expected an input with at least 2 dims (N, C, ...), got {list(input.shape)}")
     channels = input.shape[1]
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+    per_channel = (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var))
+    for name, t in per_channel:
         if t is not None and t.numel() != channels:
             raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
     dims = (0,) + tuple(range(2, input.dim()))
@@ -389,8 +390,8 @@ def _pad_index(mode: str, size: int, left: int, right: int, dim: int) -> np.ndar
     if size == 0:
         raise RuntimeError(f"pad: {mode} padding needs a non-empty dimension {dim} to copy from")
     if out < (0 if mode == "circular" else 1):
-        raise RuntimeError(f"pad: input of size {size} at dimension {dim} is too small for padding ({left}, {right}): "
-                           f"calculated output size {out}")
+        raise RuntimeError(f"pad: input of size {size} at dimension {dim} is too small for padding "
+                           f"({left}, {right}): calculated output size {out}")
     if mode == "reflect" and (left >= size or right >= size):
         raise RuntimeError(f"Argument #4: Padding size should be less than the corresponding input dimension, but "
                            f"got: padding ({left}, {right}) at dimension {dim} of input of size {size}")
