@@ -109,6 +109,12 @@ class TestShapes:
         with raises(IndexError, name, "Dimension out of range (expected to be in range of [-"):
             call(tt.ones(2, 3))
 
+    def test_flatten_checks_the_dims_of_a_0d_tensor(self):
+        """A 0-d tensor has dims -1 and 0, as in PyTorch (flatten(1) used to return a 1-d tensor)."""
+        assert tt.tensor(3.0).flatten(0, -1).shape == (1,)
+        with raises(IndexError, "flatten", "Dimension out of range (expected to be in range of [-1, 0], but got 1)"):
+            tt.tensor(3.0).flatten(1)
+
     def test_creation_shapes(self):
         with raises(RuntimeError, "Trying to create tensor with negative dimension -1"):
             tt.zeros(-1)

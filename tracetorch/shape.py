@@ -63,9 +63,9 @@ def reshape_as(x, other):
 
 def flatten(x, start_dim=0, end_dim=-1):
     n = x._data.ndim
+    s, e = _wrap_dim(start_dim, n, "flatten"), _wrap_dim(end_dim, n, "flatten")    # a 0-d x takes dims -1 and 0
     if n == 0:
         return reshape(x, 1)
-    s, e = _wrap_dim(start_dim, n, "flatten"), _wrap_dim(end_dim, n, "flatten")
     if s > e:
         raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
     shp = x._data.shape

@@ -83,12 +83,40 @@ def test_conv2d_errors():
         F.conv2d(tt.zeros(1, 3, 5, 5), tt.zeros(2, 4, 3, 3))
     with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
         F.conv2d(tt.zeros(1, 1, 2, 2), tt.zeros(1, 1, 3, 3))
-    with pytest.raises(ValueError, match="strided"):
+    with pytest.raises(RuntimeError, match="strided"):        # functional: RuntimeError; the module: ValueError
         F.conv2d(tt.zeros(1, 1, 5, 5), tt.zeros(1, 1, 3, 3), stride=2, padding="same")
+    with pytest.raises(ValueError, match="strided"):
+        nn.Conv2d(1, 1, 3, stride=2, padding="same")
     with pytest.raises(RuntimeError, match="4D"):
         F.conv2d(tt.zeros(5, 5), tt.zeros(1, 1, 3, 3))
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(stride=0), "non-positive stride"),
+                                          (dict(padding=-1), "negative padding"),
+                                          (dict(padding=(1, -1)), "negative padding"),
+                                          (dict(dilation=0), "dilation should be greater than zero"),
+                                          (dict(groups=0), "non-positive groups"),
+                                          (dict(stride=(1, 2, 3)), "pair of ints"),
+                                          (dict(padding="full"), "Invalid padding string")])
+def test_conv2d_rejects_bad_arguments(kwargs, match):
+    """PyTorch raises RuntimeError for these; negative padding and zero dilation used to compute a
+    silently wrong convolution, stride 0 a ZeroDivisionError."""
+    with pytest.raises(RuntimeError, match=match):
+        F.conv2d(tt.zeros(1, 1, 5, 5), tt.zeros(1, 1, 3, 3), **kwargs)
+
+
+def test_conv2d_checks_weight_and_bias():
+    x, w = tt.zeros(1, 2, 5, 5), tt.zeros(3, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="4-dimensional weight"):
+        F.conv2d(x, tt.zeros(3, 2, 3))
+    with pytest.raises(RuntimeError, match="expected bias to be 1-dimensional with 3 elements"):
+        F.conv2d(x, w, tt.zeros(1, 3))
+    with pytest.raises(RuntimeError, match="expected bias to be 1-dimensional with 3 elements"):
+        F.conv2d(x, w, tt.zeros(2))
+    with pytest.raises(RuntimeError, match="bias type"):       # no silent promotion to float64
+        F.conv2d(x, w, tt.zeros(3, dtype=tt.float64))
 
 
 def test_conv2d_module_forward_and_repr():
@@ -128,7 +156,45 @@ def test_pad_constant_value_and_negative_crop():
     want = np.pad(x[:1, 1:], ((1, 0), (0, 2)), constant_values=7.0)
     np.testing.assert_array_equal(got, want)
     assert F.pad(tt.tensor(x, dtype=tt.int64), (1, 1)).dtype is tt.int64
-    with pytest.raises(ValueError, match="divisible by 2"):
+    with pytest.raises(RuntimeError, match="divisible by 2"):
         F.pad(tt.tensor(x), (1,))
     with pytest.raises(RuntimeError, match="Padding size should be less"):
         F.pad(tt.tensor(x), (4, 0), mode="reflect")
+    with pytest.raises(RuntimeError, match="negative size"):
+        F.pad(tt.tensor(x), (-3, -2))
+
+
+@pytest.mark.parametrize("mode,amounts,want", [
+    ("reflect", (-1, 3), [1, 2, 3, 2, 1, 0]), ("reflect", (3, -1), [3, 2, 1, 0, 1, 2]),
+    ("replicate", (-1, 2), [1, 2, 3, 3, 3]), ("replicate", (2, -3), [0, 0, 0]),
+    ("circular", (-1, 1), [1, 2, 3, 1]), ("circular", (2, -1), [1, 2, 0, 1, 2]),   # wraps the cropped input
+    ("circular", (-2, 3), [2, 3, 2, 3, 2]), ("circular", (-2, -2), [])])
+def test_pad_negative_amounts_crop_in_every_mode(mode, amounts, want):
+    """PyTorch crops with negative amounts in the reflect/replicate/circular modes too (values from PyTorch)."""
+    x = np.arange(8.0).reshape(2, 4)
+    got = F.pad(tt.tensor(x), amounts, mode=mode).numpy()
+    np.testing.assert_array_equal(got, np.array([want, np.array(want) + 4]).reshape(2, -1))
+    if want:
+        gradcheck(lambda t: F.pad(t, amounts, mode=mode), [x + 0.5])
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("amounts", [(0, 0, 0, 0), (-1, -1), (0, -1, -1, 0)])
+def test_pad_by_zero_or_a_crop_returns_a_new_tensor(mode, amounts):
+    """Like PyTorch, never the input itself nor a view of it: writing the result in place must leave
+    the input alone."""
+    x = tt.ones(2, 3)
+    y = F.pad(x, amounts, mode=mode)
+    y.add_(1.0)
+    np.testing.assert_array_equal(x.numpy(), np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("mode,amounts", [("reflect", (-2, -2)), ("replicate", (-3, -3)), ("circular", (-3, -2)),
+                                          ("circular", (-4, 2))])
+def test_pad_rejects_amounts_that_leave_nothing(mode, amounts):
+    with pytest.raises(RuntimeError):
+        F.pad(tt.zeros(2, 4), amounts, mode=mode)
+    with pytest.raises(RuntimeError, match="value argument"):
+        F.pad(tt.zeros(2, 4), (1, 1), mode=mode, value=1.0)
+    with pytest.raises(RuntimeError, match="non-empty"):          # replicate used to index -1: an IndexError
+        F.pad(tt.zeros(2, 0), (1, 1), mode=mode)

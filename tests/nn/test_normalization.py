@@ -131,6 +131,21 @@ def test_batch_norm_errors_and_repr():
         nn.BatchNorm1d(3)(tt.zeros(2, 3, 1, 1))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         nn.BatchNorm1d(3)(tt.zeros(1, 3))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+def test_batch_norm_checks_its_per_channel_tensors(name, training):
+    """PyTorch's RuntimeError; a wrong-sized tensor used to fail in a reshape or an add ("shape ... is invalid")."""
+    args = dict(running_mean=tt.zeros(3), running_var=tt.ones(3), weight=tt.ones(3), bias=tt.zeros(3))
+    args[name] = tt.ones(4)
+    with pytest.raises(RuntimeError, match=f"{name} should contain 3 elements not 4"):
+        F.batch_norm(tt.ones(2, 3, 2, 2), training=training, **args)
+
+
+def test_batch_norm_eval_needs_running_stats():
+    with pytest.raises(RuntimeError, match="must be defined in evaluation mode"):
+        F.batch_norm(tt.ones(2, 3, 2, 2), None, None, training=False)
     assert repr(nn.BatchNorm2d(3)) == ("BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, "
                                        "track_running_stats=True)")
 

@@ -83,6 +83,19 @@ def test_max_pool2d_gradient_goes_to_the_first_maximum():
     gradcheck(lambda a: F.max_pool2d(a, 3, 2, 1), [rng.permutation(50).reshape(1, 2, 5, 5) * 0.1])
 
 
+def test_max_pool2d_padding_never_takes_the_maximum():
+    """A padded window whose input elements are all -inf still picks its first input element (its
+    index and its gradient), as PyTorch does; the padding is not an element of the window."""
+    x = tt.tensor([[[[-np.inf, -np.inf, 1.0], [-np.inf, -np.inf, 2.0]]]], requires_grad=True)
+    out, idx = F.max_pool2d(x, 2, 2, 1, return_indices=True)
+    out.sum().backward()
+    np.testing.assert_array_equal(out.detach().numpy(), [[[[-np.inf, 1.0], [-np.inf, 2.0]]]])
+    np.testing.assert_array_equal(idx.numpy(), [[[[0, 2], [3, 5]]]])
+    np.testing.assert_array_equal(x.grad.numpy(), [[[[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]]])
+    with pytest.raises(NotImplementedError, match="Bool"):
+        F.max_pool2d(tt.ones(1, 2, 2, dtype=tt.bool), 2)
+
+
 def test_max_pool2d_propagates_nan():
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 0] = np.nan
@@ -127,6 +140,32 @@ def test_adaptive_avg_pool2d_matches_loop(size):
     gradcheck(lambda a: F.adaptive_avg_pool2d(a, size), [x[:1, :1]])
 
 
+def test_avg_pool2d_of_integers_truncates_like_pytorch():
+    """PyTorch keeps an int64 input's dtype and divides its window sums in integer arithmetic
+    (toward zero); this used to return float32 means. Values from PyTorch."""
+    x = tt.tensor([[[[-3, -2], [0, 0]], [[5, 2], [0, 0]]]])
+    out = F.avg_pool2d(x, 2)
+    assert out.dtype is tt.int64
+    np.testing.assert_array_equal(out.numpy().ravel(), [-1, 1])
+    np.testing.assert_array_equal(F.avg_pool2d(x, 2, divisor_override=3).numpy().ravel(), [-1, 2])
+    np.testing.assert_array_equal(F.avg_pool2d(tt.tensor([[[[-7]]]]), 2, padding=1).numpy().ravel(), [-1])
+    with pytest.raises(NotImplementedError, match="Bool"):
+        F.avg_pool2d(tt.ones(1, 2, 2, dtype=tt.bool), 2)
+
+
+def test_adaptive_avg_pool2d_checks_its_input_and_output_size():
+    """An integer input used to average to zeros (an int64 averaging matrix); PyTorch refuses it."""
+    with pytest.raises(NotImplementedError, match="int64"):
+        F.adaptive_avg_pool2d(tt.arange(24).reshape(1, 2, 3, 4), 2)
+    with pytest.raises(RuntimeError, match="output_size must be 2"):
+        F.adaptive_avg_pool2d(tt.ones(1, 2, 4, 4), (2, 3, 4))
+    with pytest.raises(RuntimeError, match="greater than or equal to 0"):
+        F.adaptive_avg_pool2d(tt.ones(1, 2, 4, 4), (-1, 2))
+    with pytest.raises(RuntimeError, match="non-zero size"):
+        F.adaptive_avg_pool2d(tt.ones(1, 2, 0, 4), 2)
+    assert F.adaptive_avg_pool2d(tt.ones(2, 6, 4), (0, 1)).shape == (2, 0, 1)
+
+
 def test_pool_modules_unbatched_input_and_reprs():
     x = tt.randn(3, 6, 6)
     assert nn.MaxPool2d(2)(x).shape == (3, 3, 3)
@@ -137,3 +176,21 @@ def test_pool_modules_unbatched_input_and_reprs():
     assert repr(nn.AdaptiveAvgPool2d((1, None))) == "AdaptiveAvgPool2d(output_size=(1, None))"
     with pytest.raises(RuntimeError, match="pad should be at most half"):
         F.max_pool2d(x, 2, padding=2)
+
+
+@pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
+@pytest.mark.parametrize("kwargs,match", [(dict(kernel_size=0), "greater than zero"),
+                                          (dict(kernel_size=2, stride=0), "greater than zero"),
+                                          (dict(kernel_size=2, padding=-1), "pad must be non-negative"),
+                                          (dict(kernel_size=(2, 2, 2)), "pair of ints")])
+def test_pools_reject_bad_arguments(pool, kwargs, match):
+    """PyTorch raises RuntimeError; these used to give a ZeroDivisionError or a silently wrong pool."""
+    with pytest.raises(RuntimeError, match=match):
+        pool(tt.zeros(1, 1, 5, 5), **kwargs)
+
+
+def test_max_pool2d_rejects_zero_dilation_and_avg_pool2d_zero_divisor():
+    with pytest.raises(RuntimeError, match="dilation should be greater than zero"):
+        F.max_pool2d(tt.zeros(1, 1, 5, 5), 2, dilation=0)
+    with pytest.raises(RuntimeError, match="divisor must be not zero"):     # 0 used to mean "no override"
+        F.avg_pool2d(tt.zeros(1, 1, 4, 4), 2, divisor_override=0)

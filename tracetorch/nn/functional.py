@@ -22,8 +22,9 @@ from .. import dtypes as D
 from ..autograd.function import Function
 from ..autograd.grad_mode import no_grad
 from ..creation import arange, full, tensor as _constant
-from ..math import (abs as _abs, exp, isnan, log, log1p, log_softmax as _log_softmax, matmul, maximum,
-                    minimum, relu as _relu, rsqrt, sigmoid as _sigmoid, softmax as _softmax, tanh as _tanh, where)
+from ..math import (abs as _abs, div as _div, exp, isnan, log, log1p, log_softmax as _log_softmax, matmul,
+                    maximum, minimum, relu as _relu, rsqrt, sigmoid as _sigmoid, softmax as _softmax,
+                    tanh as _tanh, where)
 from ..ops import REGISTRY
 from ..ops.dispatch import STATE, apply
 from ..ops.elementwise import _where_eager
@@ -242,6 +243,10 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if input.dim() < 2:
         raise ValueError(f"batch_norm: expected an input with at least 2 dims (N, C, ...), got {list(input.shape)}")
     channels = input.shape[1]
+    per_channel = (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var))
+    for name, t in per_channel:
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
     dims = (0,) + tuple(range(2, input.dim()))
     channel_shape = (1, channels) + (1,) * (input.dim() - 2)
     if training:
@@ -260,7 +265,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         out = centered * rsqrt(var + eps)
     else:
         if running_mean is None or running_var is None:
-            raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+            raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode")
         out = (input - running_mean.reshape(channel_shape)) * rsqrt(running_var.reshape(channel_shape) + eps)
     if weight is not None:
         out = out * weight.reshape(channel_shape)
@@ -330,7 +335,7 @@ def _pair(value, name: str) -> tuple[int, int]:
     if len(value) == 1:
         return (int(value[0]), int(value[0]))
     if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+        raise RuntimeError(f"{name} must be an int or a pair of ints, got {value}")
     return (int(value[0]), int(value[1]))
 
 
@@ -339,23 +344,27 @@ def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) 
     pairs starting from the last dim. Modes: constant, reflect, replicate, circular."""
     pad = tuple(int(p) for p in pad)
     if len(pad) % 2:
-        raise ValueError("Padding length must be divisible by 2")
+        raise RuntimeError("Padding length must be divisible by 2")
     if len(pad) // 2 > input.dim():
-        raise ValueError(f"Padding length should be less than or equal to two times the input dimension but got "
-                         f"padding length {len(pad)} and input of dimension {input.dim()}")
+        raise RuntimeError(f"Padding length should be less than or equal to two times the input dimension but got "
+                           f"padding length {len(pad)} and input of dimension {input.dim()}")
     amounts = {input.dim() - 1 - i: (pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)}
     if mode == "constant":
+        for dim, (left, right) in amounts.items():
+            if input.shape[dim] + left + right < 0:
+                raise RuntimeError(f"pad: padding ({left}, {right}) gives a negative size at dimension {dim} of "
+                                   f"input of size {list(input.shape)}")
         return _pad_constant(input, amounts, 0 if value is None else value)
     if mode not in ("reflect", "replicate", "circular"):
         raise NotImplementedError(f"pad: mode {mode!r} is not supported (constant, reflect, replicate, circular)")
     if value:
-        raise ValueError(f'Padding mode "{mode}" doesn\'t take in value argument')
+        raise RuntimeError(f'Padding mode "{mode}" doesn\'t take in value argument')
     out = input
     for dim, (left, right) in amounts.items():
         if left or right:
             index = _pad_index(mode, input.shape[dim], left, right, dim)
             out = out.index_select(dim, _constant(index))
-    return out
+    return input.clone() if out is input else out           # all-zero amounts: still a new tensor
 
 
 def _pad_constant(input: Tensor, amounts: dict, value) -> Tensor:
@@ -370,14 +379,19 @@ def _pad_constant(input: Tensor, amounts: dict, value) -> Tensor:
         starts[dim] = max(left, 0)
         stops[dim] = starts[dim] + x.shape[dim]
     if tuple(shape) == tuple(x.shape):
-        return x.clone() if x is input else x
+        return x.clone()             # a crop is a copy too, as in PyTorch: never a view of the input
     base = full(tuple(shape), value, dtype=input.dtype, device=input.device)
     return apply(_SLICE_SCATTER, base, x, starts=tuple(starts), stops=tuple(stops), steps=(1,) * x.dim())
 
 
 def _pad_index(mode: str, size: int, left: int, right: int, dim: int) -> np.ndarray:
-    if left < 0 or right < 0:
-        raise ValueError(f"pad: negative padding is only supported in constant mode, got ({left}, {right})")
+    """Source position of every output element along dim; negative amounts crop, as in PyTorch."""
+    out = size + left + right
+    if size == 0:
+        raise RuntimeError(f"pad: {mode} padding needs a non-empty dimension {dim} to copy from")
+    if out < (0 if mode == "circular" else 1):
+        raise RuntimeError(f"pad: input of size {size} at dimension {dim} is too small for padding "
+                           f"({left}, {right}): calculated output size {out}")
     if mode == "reflect" and (left >= size or right >= size):
         raise RuntimeError(f"Argument #4: Padding size should be less than the corresponding input dimension, but "
                            f"got: padding ({left}, {right}) at dimension {dim} of input of size {size}")
@@ -389,8 +403,11 @@ def _pad_index(mode: str, size: int, left: int, right: int, dim: int) -> np.ndar
         pos = np.where(pos >= size, 2 * (size - 1) - pos, pos)
     elif mode == "replicate":
         pos = np.clip(pos, 0, size - 1)
-    else:
-        pos = pos % size
+    else:                               # circular wraps around what the negative amounts left of the input
+        start, kept = max(-left, 0), size + min(left, 0) + min(right, 0)
+        if kept <= 0 < out:
+            raise RuntimeError(f"pad: padding ({left}, {right}) crops all of dimension {dim} but pads it again")
+        pos = start + (pos - start) % max(kept, 1)
     return pos.astype(np.int64)
 
 
@@ -426,12 +443,14 @@ def _conv_padding(padding, kernel, stride, dilation) -> tuple[int, int, int, int
         return (0, 0, 0, 0)
     if padding == "same":
         if stride != (1, 1):
-            raise ValueError("padding='same' is not supported for strided convolutions")
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
         total = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
     if isinstance(padding, str):
-        raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+        raise RuntimeError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
     ph, pw = _pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise RuntimeError(f"negative padding is not supported, got padding={padding}")
     return (ph, ph, pw, pw)
 
 
@@ -440,8 +459,22 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     """2-D cross-correlation as pad + strided windows (im2col) + one matmul per group."""
     x, unbatched = _batched(input, "conv2d")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(stride) <= 0:
+        raise RuntimeError(f"non-positive stride is not supported, got stride={list(stride)}")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"dilation should be greater than zero, but got {list(dilation)}")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if weight.dim() != 4:
+        raise RuntimeError(f"conv2d: expected a 4-dimensional weight (out_channels, in_channels/groups, kH, kW), "
+                           f"but got weight of size {list(weight.shape)}")
     n, c, h, w = x.shape
     out_c, c_per_group, kh, kw = weight.shape
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_c):
+        raise RuntimeError(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
+                           f"{out_c} elements, but got bias of size {list(bias.shape)} instead")
+    if bias is not None and bias.dtype is not x.dtype:
+        raise RuntimeError(f"Input type ({x.dtype}) and bias type ({bias.dtype}) should be the same")
     if c != c_per_group * groups:
         raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
                            f"{list(x.shape)} to have {c_per_group * groups} channels, but got {c} channels instead")
@@ -473,6 +506,11 @@ def _pool_geometry(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode,
     stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
         else _pair(stride, "stride")
     pad_hw, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+    if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0:
+        raise RuntimeError(f"{op}: kernel_size, stride and dilation should be greater than zero, but got "
+                           f"kernel_size={list(kernel)}, stride={list(stride)} and dilation={list(dilation)}")
+    if min(pad_hw) < 0:
+        raise RuntimeError(f"{op}: pad must be non-negative, but got pad: {list(pad_hw)}")
     for k, p, d in zip(kernel, pad_hw, dilation):
         if p * 2 > d * (k - 1) + 1:
             raise RuntimeError(f"{op}: pad should be at most half of effective kernel size, but got pad={p}, "
@@ -493,22 +531,29 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
                return_indices: bool = False):
     """Max over each window, as a running maximum over the window's strided views. A later element
     replaces the maximum only when strictly greater (or NaN), so the gradient goes to the first
-    maximum of a window, as in PyTorch."""
+    maximum of a window, as in PyTorch. Padding never counts: a window's first element inside the
+    input replaces the padding it started from, even when it is -inf."""
     x, unbatched = _batched(input, "max_pool2d")
+    if x.dtype is D.bool_:
+        raise NotImplementedError("\"max_pool2d\" not implemented for 'Bool'")
     kernel, stride, pad_hw, dilation, (oh, ow), pads = _pool_geometry(x, kernel_size, stride, padding, dilation,
                                                                        ceil_mode, "max_pool2d")
     floating = x.is_floating_point()
     lowest = float("-inf") if floating else int(np.iinfo(x.dtype.np).min)
     padded = _pad_constant(x, pads, lowest) if any(a or b for a, b in pads.values()) else x
-    positions = _window_positions(x.shape[2:], kernel, stride, pad_hw, dilation, (oh, ow)) if return_indices \
-        else None
+    positions, inside = _window_positions(x.shape[2:], kernel, stride, pad_hw, dilation, (oh, ow))
     windows = _window_slices(padded, kernel, stride, dilation, (oh, ow))
     out = windows[0] if len(windows) > 1 else windows[0].clone()      # never a view of the input
     indices = _constant(positions[0]) if return_indices else None
+    seen = inside[0]
     for k in range(1, len(windows)):
         take = windows[k] > out
         if floating:
             take = take | windows[k].isnan()
+        first = inside[k] & ~seen
+        if first.any():
+            take = take | _constant(first)
+        seen = seen | inside[k]
         out = where(take, windows[k], out)
         if return_indices:
             indices = where(take, _constant(positions[k]), indices)
@@ -520,30 +565,40 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     return (out, indices) if return_indices else out
 
 
-def _window_positions(size_hw, kernel, stride, pad_hw, dilation, out_hw) -> np.ndarray:
-    """(K, OH, OW) flat index h*W + w, in the unpadded input, of every window element."""
+def _window_positions(size_hw, kernel, stride, pad_hw, dilation, out_hw) -> tuple[np.ndarray, np.ndarray]:
+    """(K, OH, OW) flat index h*W + w, in the unpadded input, of every window element, and whether
+    that element lies inside the input (not in the padding)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, pad_hw, dilation, out_hw
     rows = (np.arange(oh) * sh - ph)[None, :] + (np.arange(kh) * dh)[:, None]       # (kh, oh)
     cols = (np.arange(ow) * sw - pw)[None, :] + (np.arange(kw) * dw)[:, None]       # (kw, ow)
     flat = rows[:, None, :, None] * size_hw[1] + cols[None, :, None, :]              # (kh, kw, oh, ow)
-    return flat.reshape(kh * kw, oh, ow).astype(np.int64)
+    inside = (((rows >= 0) & (rows < size_hw[0]))[:, None, :, None]
+              & ((cols >= 0) & (cols < size_hw[1]))[None, :, None, :])
+    return flat.reshape(kh * kw, oh, ow).astype(np.int64), inside.reshape(kh * kw, oh, ow)
 
 
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """Window sums over the strided views, divided by PyTorch's divisor; an integer input keeps its
+    dtype, its sums divided with truncation as PyTorch does."""
     x, unbatched = _batched(input, "avg_pool2d")
+    if x.dtype is D.bool_:
+        raise NotImplementedError("\"avg_pool2d\" not implemented for 'Bool'")
     kernel, stride, pad_hw, _, (oh, ow), pads = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode,
                                                                 "avg_pool2d")
     padded = _pad_constant(x, pads, 0) if any(a or b for a, b in pads.values()) else x
     total = None
     for window in _window_slices(padded, kernel, stride, (1, 1), (oh, ow)):
         total = window if total is None else total + window
-    if divisor_override:
-        out = total / divisor_override
+    if divisor_override is not None:
+        if divisor_override == 0:
+            raise RuntimeError("avg_pool2d: divisor must be not zero")
+        divisor = divisor_override
     else:
-        divisor = _avg_divisor(x.shape[2:], kernel, stride, pad_hw, (oh, ow), count_include_pad)
-        out = total / (float(divisor.flat[0]) if (divisor == divisor.flat[0]).all()
-                       else _constant(divisor, dtype=x.dtype))
+        counts = _avg_divisor(x.shape[2:], kernel, stride, pad_hw, (oh, ow), count_include_pad)
+        counts = counts if x.is_floating_point() else counts.astype(np.int64)
+        divisor = counts.flat[0].item() if (counts == counts.flat[0]).all() else _constant(counts, dtype=x.dtype)
+    out = total / divisor if x.is_floating_point() else _div(total, divisor, rounding_mode="trunc")
     return out.squeeze(0) if unbatched else out
 
 
@@ -560,10 +615,20 @@ def _avg_divisor(size_hw, kernel, stride, pad_hw, out_hw, count_include_pad) -> 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     """Average over PyTorch's adaptive windows [floor(i*H/OH), ceil((i+1)*H/OH))."""
     x, unbatched = _batched(input, "adaptive_avg_pool2d")
+    if not x.is_floating_point():
+        raise NotImplementedError(f"\"adaptive_avg_pool2d\" not implemented for '{x.dtype.name}'")
     h, w = x.shape[2:]
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if len(size) != 2:
+        raise RuntimeError(f"adaptive_avg_pool2d: output_size must be 2, got {output_size}")
     oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
-    if h % oh == 0 and w % ow == 0:
+    if oh < 0 or ow < 0:
+        raise RuntimeError(f"adaptive_avg_pool2d: elements of output_size must be greater than or equal to 0 "
+                           f"but received {{{oh}, {ow}}}")
+    if h == 0 or w == 0:
+        raise RuntimeError(f"adaptive_avg_pool2d(): Expected input to have non-zero size for non-batch dimensions, "
+                           f"but input has sizes {list(input.shape)}")
+    if oh and ow and h % oh == 0 and w % ow == 0:
         out = x.reshape(x.shape[0], x.shape[1], oh, h // oh, ow, w // ow).mean((3, 5))
     else:
         rows = _constant(_adaptive_matrix(h, oh), dtype=x.dtype)
