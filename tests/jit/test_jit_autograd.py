@@ -263,3 +263,32 @@ def test_grad_of_an_argument_the_value_does_not_depend_on_is_zero(compiled_mode)
         assert gx.tolist() == [2.0, 2.0] and gw.tolist() == [0.0, 0.0, 0.0]
     value, gw = tt.value_and_grad(lambda x, w: x.sum(), argnums=1, mode=compiled_mode)(tt.ones(2), tt.ones(2))
     assert value.item() == 2.0 and gw.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("compiled_mode", ["default", "eager"])
+def test_grad_composes_into_higher_derivatives(compiled_mode):
+    """tt.grad(tt.grad(f)) is the second derivative (it was silently zero: the inner gradient was
+    detached), with only fn's own uses of an argument counted, and an argument that autograd tracks
+    keeps its gradient path through tt.grad."""
+    def grad(fn):
+        return tt.grad(fn, mode=compiled_mode)
+    cube = lambda x: (x ** 3).sum()
+    first = grad(cube)
+    second = grad(lambda x: first(x).sum())
+    third = grad(lambda x: second(x).sum())
+    for scale in (1.0, 2.0, -0.5):         # first calls trace, later ones replay
+        x = tt.tensor([1.0, 2.0, -3.0], dtype=tt.float64) * scale
+        xs = x.numpy()
+        np.testing.assert_allclose(first(x).numpy(), 3 * xs ** 2, rtol=1e-12)
+        np.testing.assert_allclose(second(x).numpy(), 6 * xs, rtol=1e-12)
+        np.testing.assert_allclose(third(x).numpy(), np.full(3, 6.0), rtol=1e-12)
+        # d/dx [x * (d/dy x.y at y = x)] = d/dx x.x = 2x: the inner gradient is w.r.t. y alone
+        mixed = grad(lambda x: (x * grad(lambda y: (x * y).sum())(x)).sum())
+        np.testing.assert_allclose(mixed(x).numpy(), 2 * xs, rtol=1e-12)
+    w = tt.tensor([1.0, 2.0], dtype=tt.float64, requires_grad=True)
+    gw = first(w)
+    assert gw.requires_grad
+    gw.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), [6.0, 12.0], rtol=1e-12)
+    if compiled_mode == "default":
+        assert second.stats()["compiles"] >= 1 and second.stats()["cache_hits"] >= 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 
 from ..autograd import grad as autograd_grad
-from ..autograd.grad_mode import enable_grad
+from ..autograd.grad_mode import enable_grad, is_grad_enabled
 from ..creation import zeros_like
 from ..tensor import Tensor
 from .compile import compile
@@ -25,11 +25,15 @@ def value_and_grad(fn, argnums=0, has_aux: bool = False, **compile_options):
 
     def value_and_grad_fn(*args, **kwargs):
         args = list(args)
+        # an argument that is itself differentiated (by an outer tt.grad, or autograd) stays connected:
+        # the gradients are computed with a graph, so tt.grad(tt.grad(f)) is the second derivative
+        nested = is_grad_enabled() and any(isinstance(args[i], Tensor) and args[i].requires_grad for i in nums)
         for i in nums:
             if not isinstance(args[i], Tensor) or not args[i].is_floating_point():
                 raise TypeError(f"tt.grad: argument {i} must be a floating-point tensor, got "
                                 f"{type(args[i]).__name__}")
-            args[i] = args[i].detach().requires_grad_(True)
+            # a fresh value (a clone when nested): the gradient counts only fn's uses of the argument
+            args[i] = args[i].clone() if nested and args[i].requires_grad else args[i].detach().requires_grad_(True)
         with enable_grad():
             out = fn(*args, **kwargs)
         value, aux = out if has_aux else (out, None)
@@ -38,11 +42,12 @@ def value_and_grad(fn, argnums=0, has_aux: bool = False, **compile_options):
                             + (" (as the first of (value, aux))" if has_aux else ""))
         wrt = [args[i] for i in nums]
         if value.requires_grad:
-            grads = autograd_grad(value, wrt, allow_unused=True, materialize_grads=True)
+            grads = autograd_grad(value, wrt, allow_unused=True, materialize_grads=True, create_graph=nested)
         else:                   # the value does not depend on them: zero gradients, as torch.func.grad
             grads = [zeros_like(a) for a in wrt]
         g = grads[0] if isinstance(argnums, int) else tuple(grads)
-        value = value.detach()
+        if not nested:
+            value = value.detach()
         return ((value, aux) if has_aux else value), g
 
     functools.update_wrapper(value_and_grad_fn, fn, assigned=("__module__", "__name__", "__doc__"))
