@@ -433,7 +433,7 @@ class LLVMEngine:
             return None
         t0 = time.perf_counter()
         try:
-            data = link_shared(objs, linker)
+            data = link_shared(objs, linker, background=not keep)
         except LinkError as e:
             self.link_error = str(e)
             self.linker = None

@@ -129,3 +129,21 @@ def test_a_process_that_exits_right_after_compiling_leaves_its_shared_object(tmp
     warm = LLVMEngine(cache=DiskCache(tmp_path), linker=None)
     _check(warm.compile(two_stage_program(77, name="short_run")), 77)
     assert (warm.stats.compiles, warm.stats.shared_loads, warm.stats.orc_links) == (0, 1, 0)
+
+
+@needs_linker
+@pytest.mark.skipif(not __import__("shutil").which("nice"), reason="needs the nice command")
+def test_a_background_link_runs_at_the_lowest_priority_and_a_waited_for_one_does_not(tmp_path):
+    """The cold compile's links only serve later processes: they must not slow the program's first runs."""
+    niceness = tmp_path / "niceness"
+    recording = ("sh", "-c", f'nice >> {shlex.quote(str(niceness))}; exec {shlex.join(find_linker())} "$@"', "sh")
+    cold = LLVMEngine(cache=DiskCache(tmp_path / "cache"), linker=recording)
+    _check(cold.compile(two_stage_program(300, name="niced")), 300)
+    cold.wait_for_links()
+    assert niceness.read_text().split() == ["19"]
+    for entry in (tmp_path / "cache").rglob("*.so"):
+        entry.unlink()                             # objects cached, no shared object: linked while one waits
+    warm = LLVMEngine(cache=DiskCache(tmp_path / "cache"), linker=recording)
+    _check(warm.compile(two_stage_program(300, name="niced")), 300)
+    assert warm.stats.shared_loads == 1
+    assert niceness.read_text().split() == ["19", str(os.nice(0))]
