@@ -181,6 +181,29 @@ def test_norm_gradient_at_a_zero_vector_is_zero_eager_and_compiled(p):
         np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-14)
 
 
+@pytest.mark.parametrize("p", [-1.0, -2.5])
+def test_negative_norm_is_zero_with_zero_gradient_at_a_zero_element(p):
+    """p < 0: a zero element makes the norm 0 (|0| ** p is inf) and PyTorch's gradient is 0 there for every
+    element of that norm; other rows keep (|x| / norm) ** (p - 1) * sign(x)."""
+    rows = [[0.0, 2.0, -3.0], [1.0, -2.0, 4.0]]
+    n = sum(abs(v) ** p for v in rows[1]) ** (1 / p)
+    want_norm = [0.0, n]
+    want_grad = [[0.0, 0.0, 0.0], [(abs(v) / n) ** (p - 1) * np.sign(v) for v in rows[1]]]
+    x = tt.tensor(rows, dtype=tt.float64, requires_grad=True)
+    out = x.norm(p, dim=1)
+    out.sum().backward()
+    np.testing.assert_allclose(out.detach().numpy(), want_norm, rtol=1e-14)
+    np.testing.assert_allclose(x.grad.numpy(), want_grad, rtol=1e-13)
+
+    def step(x):
+        x.norm(p, dim=1).sum().backward()
+        return x.grad
+    f = tt.compile(step, backend="llvm")
+    for _ in range(2):                                                  # traced, then a cache hit
+        x = tt.tensor(rows, dtype=tt.float64, requires_grad=True)
+        np.testing.assert_allclose(f(x).numpy(), want_grad, rtol=1e-13)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered in multiply")   # 0 * inf, masked by where
 def test_pow_gradient_at_zero_base():
     ga, gb = _grad(lambda a, b: a ** b, [0.0, 0.0, 2.0], [0.0, 2.0, 0.5])

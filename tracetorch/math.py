@@ -585,7 +585,10 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     if p > 0:                       # 0 ** p is 0, and its gradient too (not 0 * inf for p < 1)
         zero = x == 0
         return _root(sum(where(zero, 0, where(zero, 1, abs(x)) ** p), dim, keepdim), p)
-    return sum(abs(x) ** p, dim, keepdim) ** (1.0 / p)
+    # p < 0: a zero element makes the norm 0 (|0| ** p is inf), with gradient 0 as PyTorch's (not inf * 0)
+    zero = x == 0
+    norm = sum(where(zero, 1, abs(x)) ** p, dim, keepdim) ** (1.0 / p)
+    return where(sum(zero.to(x._dtype), dim, keepdim) > 0, 0, norm)
 
 
 def _root(s, p):
