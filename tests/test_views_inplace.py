@@ -6,8 +6,8 @@ import pytest
 import tracetorch as tt
 
 
-def grid(*shape):
-    return tt.arange(float(np.prod(shape))).reshape(*shape)
+def grid(*shape, dtype=None):
+    return tt.arange(float(np.prod(shape)), dtype=dtype).reshape(*shape)
 
 
 def shares(a, b) -> bool:
@@ -42,9 +42,11 @@ VIEWS = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [tt.float32, tt.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("name,make,ref", VIEWS, ids=[v[0] for v in VIEWS])
-def test_view_shares_storage_both_ways(name, make, ref):
-    x = grid(3, 4)
+def test_view_shares_storage_both_ways(name, make, ref, dtype):
+    """bfloat16 too: its views were rounded copies, so writes through them (t[0] = v) were lost."""
+    x = grid(3, 4, dtype=dtype)
     base = x.numpy().copy()
     v = make(x)
     assert shares(x, v)
@@ -126,6 +128,14 @@ def test_setitem_through_strided_views():
     y.permute(2, 0, 1)[::2, :, 1:].zero_()
     ref.transpose(2, 0, 1)[::2, :, 1:] = 0
     np.testing.assert_array_equal(y.numpy(), ref)
+
+
+def test_setitem_bfloat16_writes_rounded_values():
+    x = tt.zeros(2, 3, dtype=tt.bfloat16)
+    x[0] = 1.01                                   # bfloat16(1.01) = 1.0078125
+    x[1, 1:] = tt.tensor([2.5, -3.0])
+    x[:, 0].fill_(7.0)
+    assert x.tolist() == [[7.0, 1.0078125, 1.0078125], [7.0, 2.5, -3.0]]
 
 
 def test_version_counter_is_shared_by_views():
