@@ -27,7 +27,7 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
-from tracetorch.dtypes import DType, bool_, float64, int64
+from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64, int64
 
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, IndexMap, Kernel, Let, Load, Loop,
                      Op, Reduce, Stmt, Store, Var, substitute, walk_exprs)
@@ -400,6 +400,11 @@ def _stage(stage: Stage, rgroups, rloops, rvars, shape, values, sum_block: int =
         if sum_block and stage.combine == "add" and dt.is_floating_point and len(rgroups) == 1 \
                 and extent > sum_block:
             return _blocked_sum(stage, extent, sum_block, values)
+        if dt in (float16, bfloat16):     # summed in float32 and rounded once, as eager: ops reading the
+            wide = "wide_" + stage.name     # accumulator itself would see it unrounded
+            return [Accumulator(wide, identity(stage.combine, float32)),
+                    _nest(rloops, [Reduce(wide, stage.combine, op("cast", values(stage.value, rvars), dtype=float32))]),
+                    Let(stage.name, op("cast", Var(wide, float32), dtype=dt))]
         return [Accumulator(stage.name, identity(stage.combine, dt)),
                 _nest(rloops, [Reduce(stage.name, stage.combine, values(stage.value, rvars))])]
     if len(rgroups) != 1:
