@@ -195,6 +195,21 @@ def test_comparisons_across_dtypes():
         np.testing.assert_array_equal(got.numpy(), getattr(x, op)(y))
 
 
+@pytest.mark.parametrize("backend", [None, "llvm", "interp"])
+def test_half_tensor_compared_with_a_python_float_sees_it_in_its_dtype(backend):
+    """PyTorch casts the float to the tensor's dtype: bfloat16(1.01) == 1.01 is True, and
+    float16(1/3) > 1/3 is False (eager bfloat16 and compiled float16 compared the unrounded float)."""
+    def f(x):
+        return x == 1.01, x > 1 / 3, 1.01 <= x
+    g = f if backend is None else tt.compile(f, backend=backend)
+    for dt in (tt.float16, tt.bfloat16):
+        for _ in range(3):
+            eq, gt, le = g(tt.tensor([1.01, 1 / 3, 0.5], dtype=dt))
+            assert eq.tolist() == [True, False, False]
+            assert gt.tolist() == [True, False, True]
+            assert le.tolist() == [True, False, False]
+
+
 def test_bitwise_promotion():
     r = tt.tensor([True]) & tt.tensor([3])
     assert r.dtype is tt.int64 and r.tolist() == [1]

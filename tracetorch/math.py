@@ -79,7 +79,23 @@ def _wrap_int(s, dt):
 
 
 def compare(op, a, b):
+    """A Python float is compared in the promoted dtype, as PyTorch casts it: bfloat16 tensor(1.01) == 1.01
+    (numpy keeps bfloat16 in float32, and the compiled kernels compute float16 in float32)."""
+    if type(b) is float and isinstance(a, Tensor):
+        b = _as_half(b, _with_scalar(a._dtype, b))
+    elif type(a) is float and isinstance(b, Tensor):
+        a = _as_half(a, _with_scalar(b._dtype, a))
     return binary(op, a, b)
+
+
+def _as_half(s: float, dt) -> float:
+    """s rounded to float16/bfloat16 if `dt` is one."""
+    with np.errstate(over="ignore"):
+        if dt is D.float16:
+            return float(np.float16(s))
+        if dt is D.bfloat16:
+            return float(D.round_bfloat16(np.float32(s)))
+    return s
 
 
 def _float_of(x):
