@@ -244,6 +244,22 @@ def test_float16_ops_compute_in_float32_and_round_once():
     np.testing.assert_allclose((t[:3] / 1e5).numpy(), (x[:3] / np.float32(1e5)).astype(np.float16))
 
 
+def test_half_mean_var_norm_softmax_compute_in_float32_and_round_once():
+    """As PyTorch's kernels: a float16 sum of 1000 x 100.0 overflows, its mean must not; var, std, norm and
+    softmax round once, not after each op of their composite (bfloat16 var was 2 ulps off)."""
+    assert tt.full((1000,), 100.0, dtype=tt.float16).mean().item() == 100.0
+    x = np.array([[1.5, -1.0, 1.5], [2.0, 0.25, 2.0]], np.float32)
+    w = x.astype(np.float64)
+    for dt, rnd in ((tt.float16, lambda a: np.float16(a)), (tt.bfloat16, lambda a: round_bfloat16(np.float32(a)))):
+        t = tt.tensor(x, dtype=dt)
+        e = np.exp(w - w.max(1, keepdims=True))
+        for got, want in ((t.var(), w.var(ddof=1)), (t.var(1), w.var(1, ddof=1)), (t.std(), w.std(ddof=1)),
+                          (t.mean(0), w.mean(0)), (t.norm(), np.sqrt((w * w).sum())),
+                          (t.softmax(1), e / e.sum(1, keepdims=True))):
+            assert got.dtype is dt
+            np.testing.assert_array_equal(got.numpy().astype(np.float32), np.float32(rnd(want)))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64, np.int32, np.uint8, np.bool_])
 def test_where_on_large_tensors_selects_exactly_what_np_where_does(dtype):
     # from WHERE_SELECT_MIN elements `where` selects bits (np.where mispredicts a random mask): the

@@ -454,18 +454,25 @@ def sum_to_shape(g, shape):
     return out.reshape(shape) if out._data.shape != shape else out
 
 
+def _wide(x):
+    """A float16/bfloat16 tensor as float32: PyTorch computes mean, var, norm and softmax of halves in float and
+    rounds once (a float16 mean of 1000 x 100.0 was inf: its sum overflowed before the division)."""
+    return apply(CAST, x, dtype=D.float32) if x._dtype in (D.float16, D.bfloat16) else x
+
+
 def mean(x, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     if not x._dtype.is_floating_point:
         raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be either a floating point "
                            f"or complex dtype. Got: {x._dtype.name}")
+    dt, x = x._dtype, _wide(x)
     dims = _dims(x, dim, "mean")
     n = 1
     for d in dims:
         n *= x._data.shape[d]
     s = apply(SUM, x, dims=dims, keepdim=keepdim)
-    return s / n if n else s * float("nan")
+    return _cast(s / n if n else s * float("nan"), dt)
 
 
 def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
@@ -477,14 +484,15 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     n = 1
     for d in dims:
         n *= x._data.shape[d]
+    dt, x = x._dtype, _wide(x)
     m = mean(x, dims, keepdim=True)
     dev = x - m
     ss = apply(SUM, dev * dev, dims=dims, keepdim=keepdim)
-    return ss / _py_max(n - correction, 0)      # no degrees of freedom left: inf, or nan for 0/0, as PyTorch
+    return _cast(ss / _py_max(n - correction, 0), dt)   # no degrees of freedom left: inf, or nan for 0/0, as PyTorch
 
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
-    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+    return _cast(sqrt(var(_wide(x), dim, unbiased, keepdim, correction=correction)), x._dtype)
 
 
 def var_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
@@ -588,6 +596,8 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
+    if x._dtype in (D.float16, D.bfloat16):
+        return _cast(norm(_wide(x), p, dim, keepdim), x._dtype)
     if p in ("fro", 2, 2.0):
         return _root(sum(x * x, dim, keepdim), 2)
     if p in (float("inf"), "inf"):
@@ -616,6 +626,8 @@ def softmax(x, dim, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
+    if x._dtype in (D.float16, D.bfloat16):
+        return _cast(softmax(_wide(x), dim), x._dtype)
     e = exp(x - amax(x, dim, keepdim=True).detach())
     return e / sum(e, dim, keepdim=True)
 
@@ -624,6 +636,8 @@ def log_softmax(x, dim, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
+    if x._dtype in (D.float16, D.bfloat16):
+        return _cast(log_softmax(_wide(x), dim), x._dtype)
     shifted = x - amax(x, dim, keepdim=True).detach()
     return shifted - log(sum(exp(shifted), dim, keepdim=True))
 
