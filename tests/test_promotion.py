@@ -210,6 +210,26 @@ def test_half_tensor_compared_with_a_python_float_sees_it_in_its_dtype(backend):
             assert le.tolist() == [True, False, False]
 
 
+def wrap32(v):
+    return (v + 2 ** 31) % 2 ** 32 - 2 ** 31
+
+
+@pytest.mark.parametrize("backend", [None, "llvm", "interp"])
+def test_reductions_return_the_dtype_asked_for(backend):
+    """x.sum(dtype=int32) is int32 as in PyTorch (integer sums were int64 whatever dtype= said), wrapping
+    like an int32 accumulator; without dtype=, integer and bool sums are int64."""
+    def f(x, b):
+        return (x.sum(dtype=tt.int32), x.prod(dtype=tt.int32), x.cumsum(0, dtype=tt.int32), b.sum(dtype=tt.int32),
+                x.sum(), b.cumsum(0), b.sum(dtype=tt.float16))
+    g = f if backend is None else tt.compile(f, backend=backend)
+    for k in range(3):
+        out = g(tt.tensor([2 ** 31 - 1, 2, k], dtype=tt.int32), tt.tensor([True, False, True]))
+        assert [o.dtype for o in out] == [tt.int32] * 4 + [tt.int64, tt.int64, tt.float16]
+        assert out[0].item() == wrap32(2 ** 31 + 1 + k) and out[1].item() == wrap32((2 ** 31 - 1) * 2 * k)
+        assert out[2].tolist() == [2 ** 31 - 1, wrap32(2 ** 31 + 1), wrap32(2 ** 31 + 1 + k)] and out[3].item() == 2
+        assert out[4].item() == 2 ** 31 + 1 + k and out[5].tolist() == [1, 1, 2] and out[6].item() == 2.0
+
+
 def test_bitwise_promotion():
     r = tt.tensor([True]) & tt.tensor([3])
     assert r.dtype is tt.int64 and r.tolist() == [1]

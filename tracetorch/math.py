@@ -436,10 +436,15 @@ def _dims(x, dim, what="reduce"):
     return (d,) if n else ()
 
 
+def _of_dtype(out, dtype):
+    """A sum's result in the dtype= it was asked for: integer sums are int64 otherwise (x.sum(dtype=int32))."""
+    return out if dtype is None else _cast(out, D.as_dtype(dtype))
+
+
 def sum(x, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
-    return apply(SUM, x, dims=_dims(x, dim, "sum"), keepdim=keepdim)
+    return _of_dtype(apply(SUM, x, dims=_dims(x, dim, "sum"), keepdim=keepdim), dtype)
 
 
 def sum_to_shape(g, shape):
@@ -506,7 +511,7 @@ def std_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 def prod(x, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
-    return apply(R["prod"], x, dims=_dims(x, dim, "prod"), keepdim=keepdim)
+    return _of_dtype(apply(R["prod"], x, dims=_dims(x, dim, "prod"), keepdim=keepdim), dtype)
 
 
 def amax(x, dim=None, keepdim=False):
@@ -589,7 +594,7 @@ def any(x, dim=None, keepdim=False):
 def cumsum(x, dim, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
-    return apply(R["cumsum"], x, dim=_wrap_dim(dim, x._data.ndim, "cumsum"))
+    return _of_dtype(apply(R["cumsum"], x, dim=_wrap_dim(dim, x._data.ndim, "cumsum")), dtype)
 
 
 def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
