@@ -468,7 +468,7 @@ class Tensor:
 
     def clamp_(self, min=None, max=None):
         from . import math as M
-        return self._assign(M.clamp(self, min, max))
+        return self._assign_result(M.clamp(self, min, max))
 
     clip_ = clamp_
 
