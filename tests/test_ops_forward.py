@@ -295,3 +295,21 @@ def test_sigmoid_keeps_its_relative_accuracy_for_large_negative_inputs(dtype):
     f = tt.compile(lambda t: t.sigmoid(), backend="llvm")
     f(x)
     np.testing.assert_allclose(f(x).numpy(), x.sigmoid().numpy(), rtol=4 * rtol, atol=1e-38)
+
+
+@pytest.mark.parametrize("backend", [None, "llvm", "interp"])
+def test_float_trunc_division_is_trunc_of_the_quotient(backend):
+    """PyTorch's rounding_mode="trunc" on floats is trunc(a / b): inf / 2 is inf (it was nan, from floor
+    division), and a tiny negative quotient is -0.0."""
+    a = np.array([5.5, -5.5, np.inf, -np.inf, 1e-30, np.nan, 7.0], np.float32)
+    b = np.array([2.0, 2.0, 2.0, 3.0, -1.0, 1.0, 0.0], np.float32)
+
+    def f(x, y):
+        return tt.div(x, y, rounding_mode="trunc"), tt.div(x, -2.5, rounding_mode="trunc")
+    g = f if backend is None else tt.compile(f, backend=backend)
+    for _ in range(3):
+        q, qs = g(tt.tensor(a), tt.tensor(b))
+        with np.errstate(all="ignore"):
+            np.testing.assert_array_equal(q.numpy(), np.trunc(a / b))
+            np.testing.assert_array_equal(qs.numpy(), np.trunc(a / np.float32(-2.5)))
+        assert np.signbit(q.numpy()[4])

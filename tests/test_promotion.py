@@ -199,6 +199,7 @@ def test_comparisons_across_dtypes():
 def test_half_tensor_compared_with_a_python_float_sees_it_in_its_dtype(backend):
     """PyTorch casts the float to the tensor's dtype: bfloat16(1.01) == 1.01 is True, and
     float16(1/3) > 1/3 is False (eager bfloat16 and compiled float16 compared the unrounded float)."""
+
     def f(x):
         return x == 1.01, x > 1 / 3, 1.01 <= x
     g = f if backend is None else tt.compile(f, backend=backend)
@@ -218,6 +219,7 @@ def wrap32(v):
 def test_reductions_return_the_dtype_asked_for(backend):
     """x.sum(dtype=int32) is int32 as in PyTorch (integer sums were int64 whatever dtype= said), wrapping
     like an int32 accumulator; without dtype=, integer and bool sums are int64."""
+
     def f(x, b):
         return (x.sum(dtype=tt.int32), x.prod(dtype=tt.int32), x.cumsum(0, dtype=tt.int32), b.sum(dtype=tt.int32),
                 x.sum(), b.cumsum(0), b.sum(dtype=tt.float16))

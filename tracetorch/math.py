@@ -167,6 +167,8 @@ def div(a, b, *, rounding_mode=None):
     if rounding_mode == "floor":
         return floor_divide(a, b)
     if rounding_mode == "trunc":
+        if D.result_type(a, b).is_floating_point:    # as PyTorch; from floor division, inf / 2 was nan
+            return trunc(div(a, b))
         q = binary(R["floor_divide"], a, b)
         r = binary(R["remainder"], a, b)
         bb = b
