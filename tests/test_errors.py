@@ -143,6 +143,15 @@ class TestDtypes:
         with raises(RuntimeError, "floor_divide", "division by zero"):
             tt.tensor([1]) // 0
 
+    def test_integer_to_a_negative_scalar_power(self):
+        """PyTorch's RuntimeError (numpy's is a ValueError); a float exponent promotes instead."""
+        for f in (lambda: tt.tensor([1, 2]) ** -3, lambda: tt.tensor([1, 2], dtype=tt.int32).pow_(-1),
+                  lambda: tt.tensor([True]) ** -2):
+            with raises(RuntimeError, "Integers to negative integer powers are not allowed."):
+                f()
+        assert (tt.tensor([2]) ** -1.0).tolist() == [0.5]
+        assert (tt.tensor([2, 1, -1]) ** tt.tensor([-1, -2, -3])).tolist() == [0, 1, -1]
+
     def test_random_needs_float_dtype(self):
         with raises(RuntimeError, "rand", "int64"):
             tt.rand(2, dtype=tt.int64)

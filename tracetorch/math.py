@@ -203,6 +203,8 @@ def pow(a, b):
             return apply(MUL, a, a)
         if b == 1:
             return apply(MUL, a, 1)
+        if isinstance(b, int) and b < 0 and a._dtype.category < 2:      # PyTorch's error and type (numpy's is a
+            raise RuntimeError("Integers to negative integer powers are not allowed.")     # ValueError)
     if isinstance(b, Tensor) and b._dtype.category == 1:
         dt = D.result_type(a, b) if isinstance(a, Tensor) else _with_scalar(b._dtype, _pyscalar(a))
         if dt.category == 1 and dt is not D.uint8:
