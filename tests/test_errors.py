@@ -152,6 +152,14 @@ class TestDtypes:
         assert (tt.tensor([2]) ** -1.0).tolist() == [0.5]
         assert (tt.tensor([2, 1, -1]) ** tt.tensor([-1, -2, -3])).tolist() == [0, 1, -1]
 
+    def test_floor_division_remainder_and_power_of_bools(self):
+        """Not defined on bools (PyTorch raises); numpy's int8 result leaked out, and compiled they failed to lower."""
+        b = tt.tensor([True, False])
+        for f in (lambda: b // b, lambda: b % True, lambda: True // b, lambda: b ** b, lambda: tt.remainder(b, b)):
+            with raises(TypeError, "expected numeric tensors, got bool"):
+                f()
+        assert (b // 2).dtype is tt.int64 and (b ** 2).tolist() == [1, 0] and (2 ** b).tolist() == [2, 1]
+
     def test_random_needs_float_dtype(self):
         with raises(RuntimeError, "rand", "int64"):
             tt.rand(2, dtype=tt.int64)
