@@ -67,6 +67,19 @@ class TestShapes:
             with raises(RuntimeError, "Subtraction, the `-` operator, with two bool tensors is not supported"):
                 f()
 
+    def test_subtracting_a_bool_from_a_number_raises_too(self):
+        """PyTorch refuses one bool operand as well; promotion made float_t - True and int_t - mask numbers."""
+        x, m = tt.tensor([1.5, 2.0]), tt.tensor([True, False])
+
+        def isub():
+            y = x.clone()
+            y -= m
+        for f in (lambda: x - True, lambda: 2.5 - m, lambda: m - 1, lambda: tt.tensor([3, 4]) - m,
+                  lambda: tt.sub(x, m), lambda: x.clone().sub_(True), isub):
+            with raises(RuntimeError, "Subtraction, the `-` operator, with a bool tensor is not supported"):
+                f()
+        assert (x - 1).tolist() == [0.5, 1.0] and (x - m.float()).tolist() == [0.5, 2.0]
+
     def test_cat_and_stack(self):
         with raises(RuntimeError, "cat", "Sizes of tensors must match except in dimension 0", "[2, 3]", "[2, 4]"):
             tt.cat([tt.ones(2, 3), tt.ones(2, 4)])

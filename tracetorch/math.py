@@ -128,10 +128,15 @@ def _is_bool(x) -> bool:
 
 
 def check_bool_sub(a, b) -> None:
-    """PyTorch's error, and its type (the registry's own is a TypeError: sub does not define bool)."""
-    if _is_bool(a) and _is_bool(b):
+    """PyTorch's errors, and their type (the registry's own is a TypeError: sub does not define bool): with one
+    bool operand too (float_t - True, int_t - mask), which promotion would otherwise let through."""
+    ab, bb = _is_bool(a), _is_bool(b)
+    if ab and bb:
         raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
                            "Use the `^` or `logical_xor()` operator instead.")
+    if ab or bb:
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. "
+                           "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead.")
 
 
 subtract = sub

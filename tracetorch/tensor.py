@@ -411,6 +411,8 @@ class Tensor:
     def _inplace(self, op, other) -> "Tensor":
         """self <op>= other, promoting like PyTorch and refusing a lossy cast of the result."""
         from . import math as M
+        if op is _SUB:
+            M.check_bool_sub(self, other)
         if (type(other) is Tensor and other._dtype is self._dtype and not STATE.grad_enabled
                 and type(self._data) is np.ndarray and type(other._data) is np.ndarray
                 and STATE.tracer is None and isinstance(op.eager, np.ufunc) and self._data.flags.writeable
@@ -523,13 +525,11 @@ class Tensor:
         return _M.binary(_ADD, other, self)
 
     def __sub__(self, other):
-        if self._dtype is D.bool_:
-            _M.check_bool_sub(self, other)
+        _M.check_bool_sub(self, other)
         return _M.binary(_SUB, self, other)
 
     def __rsub__(self, other):
-        if self._dtype is D.bool_:
-            _M.check_bool_sub(other, self)
+        _M.check_bool_sub(other, self)
         return _M.binary(_SUB, other, self)
 
     def __mul__(self, other):
