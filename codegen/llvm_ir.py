@@ -770,10 +770,14 @@ class _KernelRenderer:
             return self.round_half(out, dst)
         # integer destination
         if src.is_floating_point:
+            # NaN and values out of range give the "integer indefinite" INT_MIN, as eager (numpy) and PyTorch do
+            # on x86 (cvttss2si); the saturating intrinsic made inf INT_MAX and NaN 0. Below the range it
+            # saturates to INT_MIN already; narrower integers truncate the int32 result, as numpy does
             wide = I64 if dst.itemsize == 8 else I32
             fn = llvm_math.intrinsic(b.module, f"llvm.fptosi.sat.{llvm_math.type_suffix(wide)}."
                                                f"{llvm_math.type_suffix(st)}", wide, [st])
-            out = b.call(fn, [v])
+            beyond = b.fcmp_unordered(">=", v, ir.Constant(st, 2.0 ** (wide.width - 1)))
+            out = b.select(beyond, ir.Constant(wide, 1 << (wide.width - 1)), b.call(fn, [v]))
             return out if wide == dt_ else b.trunc(out, dt_)
         if st.width == dt_.width:
             return v
