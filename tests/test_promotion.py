@@ -196,19 +196,28 @@ def test_comparisons_across_dtypes():
 
 
 @pytest.mark.parametrize("backend", [None, "llvm", "interp"])
-def test_half_tensor_compared_with_a_python_float_sees_it_in_its_dtype(backend):
-    """PyTorch casts the float to the tensor's dtype: bfloat16(1.01) == 1.01 is True, and
-    float16(1/3) > 1/3 is False (eager bfloat16 and compiled float16 compared the unrounded float)."""
+def test_python_scalars_beside_a_half_tensor_are_rounded_to_its_dtype(backend):
+    """PyTorch casts the scalar to the tensor's dtype: bfloat16(1.01) == 1.01 is True, and x % 0.3 divides by
+    bfloat16(0.3) (eager bfloat16 and compiled float16 used the unrounded float); mul and div by a scalar
+    keep it in float, as PyTorch's kernels do."""
 
     def f(x):
-        return x == 1.01, x > 1 / 3, 1.01 <= x
+        return x == 1.01, x > 1 / 3, 1.01 <= x, x % 0.3, x + 0.3, 0.3 - x, x * 0.3, x / 0.3
+
     g = f if backend is None else tt.compile(f, backend=backend)
-    for dt in (tt.float16, tt.bfloat16):
+    xs = np.array([1.01, 1 / 3, 0.5, -2.7, 7.1], np.float32)
+    for dt, rnd in ((tt.float16, lambda a: np.float32(np.float16(a))), (tt.bfloat16, tt.dtypes.round_bfloat16)):
+        x = rnd(xs)
         for _ in range(3):
-            eq, gt, le = g(tt.tensor([1.01, 1 / 3, 0.5], dtype=dt))
-            assert eq.tolist() == [True, False, False]
-            assert gt.tolist() == [True, False, True]
-            assert le.tolist() == [True, False, False]
+            eq, gt, le, mod, add, rsub, mul, div = (r.float().numpy() for r in g(tt.tensor(xs, dtype=dt)))
+            assert eq.tolist() == [True, False, False, False, False]
+            assert gt.tolist() == [True, False, True, False, True]
+            assert le.tolist() == [True, False, False, False, True]
+            np.testing.assert_array_equal(mod, rnd(np.mod(x, rnd(np.float32(0.3)))))
+            np.testing.assert_array_equal(add, rnd(x + rnd(np.float32(0.3))))
+            np.testing.assert_array_equal(rsub, rnd(rnd(np.float32(0.3)) - x))
+            np.testing.assert_array_equal(mul, rnd(x * np.float32(0.3)))
+            np.testing.assert_array_equal(div, rnd(x / np.float32(0.3)))
 
 
 def wrap32(v):

@@ -44,10 +44,14 @@ def binary(op, a, b):
     if ta:
         b = _pyscalar(b)
         dt = _with_scalar(a._dtype, b)
+        if dt in _HALF and op not in _FULL_SCALAR_RIGHT:
+            b = _as_half(b, dt)
         return apply(op, a if dt is a._dtype else apply(CAST, a, dtype=dt), _wrap_int(b, dt))
     if tb:
         a = _pyscalar(a)
         dt = _with_scalar(b._dtype, a)
+        if dt in _HALF and op is not MUL:
+            a = _as_half(a, dt)
         return apply(op, _wrap_int(a, dt), b if dt is b._dtype else apply(CAST, b, dtype=dt))
     raise TypeError(f"{op.name}: expected at least one tensor operand, got {type(a).__name__} and "
                     f"{type(b).__name__}")
@@ -79,23 +83,24 @@ def _wrap_int(s, dt):
 
 
 def compare(op, a, b):
-    """A Python float is compared in the promoted dtype, as PyTorch casts it: bfloat16 tensor(1.01) == 1.01
-    (numpy keeps bfloat16 in float32, and the compiled kernels compute float16 in float32)."""
-    if type(b) is float and isinstance(a, Tensor):
-        b = _as_half(b, _with_scalar(a._dtype, b))
-    elif type(a) is float and isinstance(b, Tensor):
-        a = _as_half(a, _with_scalar(b._dtype, a))
     return binary(op, a, b)
 
 
-def _as_half(s: float, dt) -> float:
-    """s rounded to float16/bfloat16 if `dt` is one."""
+_HALF = (D.float16, D.bfloat16)
+_FULL_SCALAR_RIGHT = (MUL, DIV, R["floor_divide"])
+
+
+def _as_half(s, dt):
+    """A Python number beside a float16/bfloat16 tensor, rounded to that dtype first as PyTorch's kernels cast
+    it (bfloat16 tensor(1.01) == 1.01, x % 0.3 divides by bfloat16(0.3)); numpy keeps bfloat16 in float32 and
+    float16 ops are computed in float32, which used the float unrounded. PyTorch's mul, and div and floor_divide
+    by a scalar, keep it in float instead (_FULL_SCALAR_RIGHT)."""
+    if type(s) is not float and type(s) is not int:
+        return s
     with np.errstate(over="ignore"):
         if dt is D.float16:
             return float(np.float16(s))
-        if dt is D.bfloat16:
-            return float(D.round_bfloat16(np.float32(s)))
-    return s
+        return float(D.round_bfloat16(np.float32(s)))
 
 
 def _float_of(x):
