@@ -673,9 +673,8 @@ class _Emitter:
         if dst is bool_:
             return f"({v} != {literal(0, src)})"
         if dst.is_floating_point:
-            if dst is float16:
-                return f"__half2float({'__double2half' if src is float64 else '__float2half_rn'}" \
-                       f"({self._to_float(v, src, float32 if src is not float64 else float64)}))"
+            if dst is float16:                      # through float32, as eager and PyTorch (c10::Half(float))
+                return f"__half2float(__float2half_rn({self._to_float(v, src, float32)}))"
             if dst is bfloat16:                     # through float32, as eager does (round_bfloat16)
                 return f"__bfloat162float(__float2bfloat16_rn({self._to_float(v, src, float32)}))"
             return self._to_float(v, src, dst)

@@ -313,3 +313,13 @@ def test_float_trunc_division_is_trunc_of_the_quotient(backend):
             np.testing.assert_array_equal(q.numpy(), np.trunc(a / b))
             np.testing.assert_array_equal(qs.numpy(), np.trunc(a / np.float32(-2.5)))
         assert np.signbit(q.numpy()[4])
+
+
+@pytest.mark.parametrize("backend", [None, "llvm", "interp"])
+def test_float64_to_float16_rounds_through_float32(backend):
+    """As PyTorch (c10::Half from float) and the LLVM kernels: numpy's direct rounding differed at ties
+    that the float32 rounding creates (1 + 2^-11 + 2^-30 is 1.0, not 1 + 2^-10)."""
+    v = np.array([1 + 2 ** -11 + 2 ** -30, 1 + 3 * 2 ** -11 + 2 ** -30, 1e300, 1 + 2 ** -11 - 2 ** -30])
+    f = (lambda t: t.half()) if backend is None else tt.compile(lambda t: t.half(), backend=backend)
+    for _ in range(3):
+        assert f(tt.tensor(v, dtype=tt.float64)).tolist() == [1.0, 1.001953125, float("inf"), 1.0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import as_dtype, bfloat16, bool_, round_bfloat16
+from ..dtypes import as_dtype, bfloat16, bool_, float16, round_bfloat16
 from .registry import ELEMENTWISE, Aval, register
 
 import tracetorch as tt
@@ -335,6 +335,9 @@ def _cast_vjp(n, g):
 def _cast_eager(x, dtype):
     if dtype is bfloat16:
         return round_bfloat16(x.astype(np.float32))
+    if dtype is float16 and x.dtype == np.float64:     # through float32, as PyTorch (c10::Half(float)) and the
+        with np.errstate(over="ignore"):                 # LLVM kernels convert; numpy rounds once
+            return x.astype(np.float32).astype(np.float16)
     if x.dtype.kind == "f" and dtype.np.kind in "iu":
         with np.errstate(all="ignore"):
             return x.astype(dtype.np)
