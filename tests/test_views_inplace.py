@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import tracetorch as tt
+from tracetorch.dtypes import round_bfloat16
 
 
 def grid(*shape, dtype=None):
@@ -348,3 +349,15 @@ class TestInPlaceAutograd:
         assert y.requires_grad and not y.is_leaf
         (y * y).sum().backward()
         assert x.grad.tolist() == [2.0, 4.0]
+
+
+def test_inplace_bfloat16_without_grad_rounds_its_result():
+    """Under no_grad the same-dtype in-place ops take a ufunc fast path; bfloat16 (stored as float32) kept the
+    unrounded float32 result there, a value no bfloat16 holds (an optimizer's update of bfloat16 weights)."""
+    x, y = tt.tensor([1.0, 3.0], dtype=tt.bfloat16), tt.tensor([0.01, 0.02], dtype=tt.bfloat16)
+    with tt.no_grad():
+        x += y
+        x.mul_(y)
+        x.add_(y)
+    assert x.tolist() == [0.02001953125, 0.080078125]
+    np.testing.assert_array_equal(x.numpy(), round_bfloat16(x.numpy()))

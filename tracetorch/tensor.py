@@ -414,6 +414,7 @@ class Tensor:
         if op is _SUB:
             M.check_bool_sub(self, other)
         if (type(other) is Tensor and other._dtype is self._dtype and not STATE.grad_enabled
+                and self._dtype is not D.bfloat16       # stored as float32: the ufunc alone would not round
                 and type(self._data) is np.ndarray and type(other._data) is np.ndarray
                 and STATE.tracer is None and isinstance(op.eager, np.ufunc) and self._data.flags.writeable
                 and np.broadcast_shapes(other._data.shape, self._data.shape) == self._data.shape):
