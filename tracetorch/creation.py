@@ -51,7 +51,8 @@ def _to_array(data, floating: bool = False):
     """`data` as an array and its inferred dtype; `floating`: a floating-point dtype was asked for."""
     if isinstance(data, Tensor):
         return data._data, data._dtype
-    if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
+    typed = _elements_dtype(data) if isinstance(data, (list, tuple)) else None
+    if typed is not None and any(isinstance(d, Tensor) for d in _flat(data)):
         data = _lists_of_tensors(data)
     try:
         arr = np.asarray(data)
@@ -63,7 +64,24 @@ def _to_array(data, floating: bool = False):
         raise ValueError("Overflow when unpacking long long")     # PyTorch's words; numpy would wrap or widen
     if arr.dtype == object:
         raise TypeError(f"tensor(): could not infer dtype of {type(data).__name__} elements")
-    return arr, _infer_dtype(arr, data)
+    return arr, typed or _infer_dtype(arr, data)
+
+
+def _elements_dtype(seq):
+    """PyTorch's dtype for a sequence holding numpy scalars, arrays or tensors: the promotion of every
+    element's dtype, Python numbers counting as theirs (tensor([np.float64(1.5), 2]) is float64,
+    [np.int32(1)] int32, a list of 0-d float64 tensors float64); None for plain Python numbers."""
+    if not any(isinstance(d, _TYPED) for d in _flat(seq)):
+        return None
+    dts = {d._dtype if isinstance(d, Tensor) else D.from_numpy_dtype(d.dtype) if isinstance(d, _TYPED)
+           else D.scalar_dtype(d) for d in _flat(seq)}
+    out = dts.pop()
+    for dt in dts:
+        out = D.promote_types(out, dt)
+    return out
+
+
+_TYPED = (Tensor, np.generic, np.ndarray)
 
 
 def _beyond_int64(arr: np.ndarray, data) -> bool:
