@@ -216,6 +216,12 @@ class TestOperators:
         assert y.dtype is tt.float64
         assert abs(y.mean().item() - 5.0) < 0.06 and abs(y.std().item() - 2.0) < 0.05
 
+    def test_sign_of_bool_is_bool(self):
+        """As PyTorch: a bool tensor is its own sign (it raised the primitive's TypeError)."""
+        s = tt.tensor([True, False]).sign()
+        assert s.dtype is tt.bool and s.tolist() == [True, False]
+        assert tt.tensor([-3, 0, 2]).sign().tolist() == [-1, 0, 1]
+
     def test_unary_comparison_logical(self):
         a = np.array([1.5, -2.0, 3.0])
         x = tt.tensor(a)

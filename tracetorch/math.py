@@ -249,7 +249,8 @@ absolute = abs
 
 
 def sign(x):
-    return apply(R["sign"], x)
+    """A bool tensor is its own sign, as in PyTorch (the primitive defines numbers only)."""
+    return x.clone() if x._dtype is D.bool_ else apply(R["sign"], x)
 
 
 def bitwise_not(x):
