@@ -173,6 +173,18 @@ class TestDtypes:
                 f()
         assert (b // 2).dtype is tt.int64 and (b ** 2).tolist() == [1, 0] and (2 ** b).tolist() == [2, 1]
 
+    def test_a_scalar_written_into_a_dtype_that_cannot_hold_it(self):
+        """where, clamp and masked_fill refuse it as PyTorch does (they wrapped: int32 clamp(max=2**40) was 0);
+        binary arithmetic and comparisons wrap, as in PyTorch."""
+        i, m = tt.tensor([1, 2], dtype=tt.int32), tt.tensor([True, False])
+        for f in (lambda: i.clamp(max=2 ** 40), lambda: tt.where(m, i, 2 ** 40), lambda: i.masked_fill(m, -2 ** 40),
+                  lambda: tt.tensor([1.0], dtype=tt.float16).masked_fill(tt.tensor([True]), 1e6)):
+            with raises(RuntimeError, "without overflow"):
+                f()
+        assert i.clamp(max=2 ** 31 - 1).tolist() == [1, 2] and (i < 2 ** 40).tolist() == [False, False]
+        h = tt.tensor([1.0, 2.0], dtype=tt.float16)
+        assert h.masked_fill(m, float("-inf")).tolist() == [float("-inf"), 2.0] and h.clamp(max=6e4).tolist() == [1, 2]
+
     def test_random_needs_float_dtype(self):
         with raises(RuntimeError, "rand", "int64"):
             tt.rand(2, dtype=tt.int64)

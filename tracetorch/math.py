@@ -391,16 +391,34 @@ def where(condition, input=None, other=None):
     elif ti:
         other = _pyscalar(other)
         dt = _with_scalar(input._dtype, other)
-        input = _cast(input, dt)
+        input, other = _cast(input, dt), _fits(other, dt)
     elif to:
         input = _pyscalar(input)
         dt = _with_scalar(other._dtype, input)
-        other = _cast(other, dt)
+        input, other = _fits(input, dt), _cast(other, dt)
     else:
         dt = D.result_type(_pyscalar(input), _pyscalar(other))
         from .creation import full
         input = full((), input, dtype=dt)
     return apply(WHERE, condition, input, other)
+
+
+_FLOAT_MAX = {D.float16: 65504.0, D.bfloat16: 3.3895313892515355e38, D.float32: 3.4028234663852886e38}
+
+
+def _fits(s, dt):
+    """A Python number `where`, `clamp` or `masked_fill` writes into a `dt` result, refused as PyTorch refuses
+    one `dt` can't hold (binary arithmetic wraps instead): int32 clamp(max=2**40) was 0 everywhere."""
+    if type(s) is int and dt.category == 1:
+        info = np.iinfo(dt.np)
+        bad = not info.min <= s <= info.max
+    elif (type(s) is int or type(s) is float) and dt in _FLOAT_MAX:
+        bad = _FLOAT_MAX[dt] < _py_abs(s) < float("inf")
+    else:
+        return s
+    if bad:
+        raise RuntimeError(f"value cannot be converted to type {dt.name} without overflow")
+    return s
 
 
 def masked_fill(x, mask, value):
@@ -411,6 +429,7 @@ def masked_fill(x, mask, value):
         value = _cast(value, x._dtype)
     elif x._dtype.category < 2 and isinstance(value, float):
         value = int(value) if x._dtype is not D.bool_ else bool(value)
+    value = _fits(value, x._dtype)
     if mask._dtype is not D.bool_:
         raise RuntimeError(f"masked_fill_ only supports boolean masks, but got mask with dtype {mask._dtype.name}")
     return apply(WHERE, mask, value, x)
