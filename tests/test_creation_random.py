@@ -33,6 +33,15 @@ class TestTensor:
         assert tt.tensor([tt.tensor(1.01, dtype=tt.bfloat16)]).tolist() == [1.0078125]
         assert tt.tensor([np.float64(0.1)]).item() == 0.1
 
+    def test_python_numbers_an_integer_dtype_cannot_hold_raise(self):
+        """As PyTorch (numpy's cast wrapped them: tensor([2**40], dtype=int32) was 0, NaN became INT_MIN)."""
+        for data, dtype in [([2 ** 40], tt.int32), ([1, -2 ** 40], tt.int32), (2 ** 40, tt.int32), ([1e10], tt.int32),
+                            ([float("nan")], tt.int64), ([1e19], tt.int64)]:
+            with pytest.raises(RuntimeError, match="without overflow"):
+                tt.tensor(data, dtype=dtype)
+        assert tt.tensor([2 ** 31 - 1, -2 ** 31], dtype=tt.int32).tolist() == [2 ** 31 - 1, -2 ** 31]
+        assert tt.tensor([1, 2.7, -2.7], dtype=tt.int32).tolist() == [1, 2, -2]
+
     def test_explicit_dtype_and_requires_grad(self):
         t = tt.tensor([1, 2], dtype=tt.float64, requires_grad=True)
         assert t.dtype is tt.float64 and t.requires_grad and t.is_leaf

@@ -116,8 +116,20 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
         arr = arr.get()
     if dtype is not None:
         dt = D.as_dtype(dtype)
+        if dt.category == 1 and dt is not D.uint8 and not isinstance(data, (np.ndarray, np.generic, Tensor)):
+            _check_fits(arr, dt)
     t = apply(CONSTANT, value=arr, dtype=dt)
     return _finish(t, requires_grad, device)
+
+
+def _check_fits(arr: np.ndarray, dt) -> None:
+    """Python numbers an integer dtype can't hold (or NaN) raise, as in PyTorch; numpy's cast wraps them
+    (tensor([2**40], dtype=int32) was 0). PyTorch wraps uint8 (tensor([-1], dtype=uint8) is 255)."""
+    if arr.size and arr.dtype.kind in "iuf":
+        info, cast = np.iinfo(dt.np), float if arr.dtype.kind == "f" else int    # floats compared as PyTorch does
+        lo, hi = arr.min().item(), arr.max().item()
+        if not (cast(info.min) <= lo and hi <= cast(info.max)):
+            raise RuntimeError(f"value cannot be converted to type {dt.name} without overflow")
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
