@@ -241,6 +241,16 @@ def test_reductions_return_the_dtype_asked_for(backend):
         assert out[4].item() == 2 ** 31 + 1 + k and out[5].tolist() == [1, 1, 2] and out[6].item() == 2.0
 
 
+def test_python_ints_beyond_64_bits_raise_as_in_pytorch():
+    """PyTorch's Scalar holds int64 or uint64: t * 2**64 raises OverflowError (it wrapped to 0, and float
+    tensors took any int); up to 2**64 - 1 it wraps as PyTorch's cast does."""
+    for f in (lambda: tt.tensor([1]) * 2 ** 64, lambda: tt.tensor([1.0]) + 2 ** 70, lambda: tt.tensor([1]) < 2 ** 70,
+              lambda: tt.tensor([1]) - (-2 ** 63 - 1), lambda: 2 ** 64 * tt.tensor([1.0])):
+        with pytest.raises(OverflowError):
+            f()
+    assert (tt.tensor([1]) + 2 ** 63).item() == -2 ** 63 + 1 and (tt.tensor([1.0]) + 2 ** 63).item() == 2.0 ** 63
+
+
 def test_bitwise_promotion():
     r = tt.tensor([True]) & tt.tensor([3])
     assert r.dtype is tt.int64 and r.tolist() == [1]

@@ -63,6 +63,8 @@ def _with_scalar(dt, s):
     if cls is float:
         return dt if dt.category == 2 else D.get_default_dtype()
     if cls is int:
+        if not -2 ** 63 <= s < 2 ** 64:       # what PyTorch's Scalar holds (int64 or uint64); _wrap_int wraps it
+            raise OverflowError("int too big to convert")
         return dt if dt.category >= 1 else D.int64
     if cls is bool:
         return dt
