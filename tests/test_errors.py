@@ -172,6 +172,8 @@ class TestDtypes:
             with raises(TypeError, "expected numeric tensors, got bool"):
                 f()
         assert (b // 2).dtype is tt.int64 and (b ** 2).tolist() == [1, 0] and (2 ** b).tolist() == [2, 1]
+        assert (b ** True).tolist() == [True, False] and (b ** False).tolist() == [True, True]   # PyTorch's, bool
+        assert (b ** True).dtype is tt.bool and b.clone().pow_(False).dtype is tt.bool
 
     def test_a_scalar_written_into_a_dtype_that_cannot_hold_it(self):
         """where, clamp and masked_fill refuse it as PyTorch does (they wrapped: int32 clamp(max=2**40) was 0);

@@ -210,6 +210,8 @@ def fmod(a, b):
 
 
 def pow(a, b):
+    if isinstance(a, Tensor) and type(b) is bool and a._dtype is D.bool_:    # PyTorch's x ** 1 and x ** 0, in bool
+        return a.clone() if b else _full_bool(a, True)
     if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
         if b == 2 and a._dtype.is_floating_point:
             return apply(MUL, a, a)
