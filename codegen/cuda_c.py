@@ -2,7 +2,7 @@
 
 One lowering, two renderers: this file reads the same `codegen.kernel` IR as `codegen.llvm_ir` and
 keeps its numerics (numpy semantics for integer wrapping, floor division, remainder, casts and NaN-
-propagating max/min; float16/bfloat16 computed in float and rounded on store and cast; no fused
+propagating max/min; float16/bfloat16 computed in float and rounded after every op (as eager); no fused
 multiply-adds in elementwise arithmetic). Each `Kernel` becomes an `extern "C" __global__` function
 `void k(T0* buf0, ..., int* err)` over its buffers (`Kernel.buffers` order) and the error flag.
 
@@ -567,8 +567,16 @@ class _Emitter:
                 return f"tt_random_double({args[0]}, {args[1]})"
             return f"tt_random_float<{RANDOM_BITS[dt]}>({args[0]}, {args[1]})"
         if len(args) == 2:
-            return self.binary(name, e.args, args, in_dt, index)
-        return self.unary(name, args[0], in_dt)
+            return self.round_half(self.binary(name, e.args, args, in_dt, index), dt)
+        return self.round_half(self.unary(name, args[0], in_dt), dt)
+
+    def round_half(self, v: str, dt: DType) -> str:
+        """A float16/bfloat16 op's value, computed in float, rounded to its dtype as eager rounds every op."""
+        if dt is float16:
+            return f"__half2float(__float2half_rn({v}))"
+        if dt is bfloat16:
+            return f"__bfloat162float(__float2bfloat16_rn({v}))"
+        return v
 
     def binary(self, name: str, exprs, args: list[str], dt: DType, index: bool) -> str:
         x, y = args
@@ -667,9 +675,8 @@ class _Emitter:
         if dst is bool_:
             return f"({v} != {literal(0, src)})"
         if dst.is_floating_point:
-            if dst is float16:
-                return f"__half2float({'__double2half' if src is float64 else '__float2half_rn'}" \
-                       f"({self._to_float(v, src, float32 if src is not float64 else float64)}))"
+            if dst is float16:                      # through float32, as eager and PyTorch (c10::Half(float))
+                return f"__half2float(__float2half_rn({self._to_float(v, src, float32)}))"
             if dst is bfloat16:                     # through float32, as eager does (round_bfloat16)
                 return f"__bfloat162float(__float2bfloat16_rn({self._to_float(v, src, float32)}))"
             return self._to_float(v, src, dst)

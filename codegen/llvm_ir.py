@@ -15,8 +15,8 @@ Numerics: no fast-math on elementwise arithmetic (results match numpy up to the
 rounding of the transcendental approximations in `llvm_math`). Float add/mul
 *reductions* carry `reassoc`: the vectorizer then keeps several partial sums,
 which changes the summation order (like numpy's pairwise sums, unlike a
-sequential loop). float16/bfloat16 are computed in float32 and rounded on
-store and cast.
+sequential loop). float16/bfloat16 are computed in float32 and rounded after
+every op, as eager rounds each op's result.
 
 Bounds: every kernel passes `codegen.verify.verify_bounds` first (static
 indices provably inside their buffers), and range entries clamp [start, stop)
@@ -555,8 +555,17 @@ class _KernelRenderer:
         if name == "random":
             return self.random(args[0], args[1], dt)
         if len(args) == 2:
-            return self.binary(name, args[0], args[1], in_dt, index)
-        return self.unary(name, args[0], in_dt)
+            return self.round_half(self.binary(name, args[0], args[1], in_dt, index), dt)
+        return self.round_half(self.unary(name, args[0], in_dt), dt)
+
+    def round_half(self, v, dt: DType):
+        """A float16/bfloat16 value computed in float, rounded to its dtype: every op's result is, as in
+        eager (and PyTorch), not only a fused chain's stored end (x * 1.1 + 0.3 differed in the last bit)."""
+        if dt is float16:
+            return self.b.fpext(self.b.fptrunc(v, F16), F32)
+        if dt is bfloat16:
+            return self.round_bfloat16(v)
+        return v
 
     def random(self, counter, seed, dt: DType):
         """codegen.scalar.random: 64-bit wrapping multiplies, xors and logical shifts (AVX-512 vectorizes
@@ -759,17 +768,17 @@ class _KernelRenderer:
                 out = b.uitofp(v, dt_)
             else:
                 out = b.sitofp(v, dt_)
-            if dst is float16:
-                out = b.fpext(b.fptrunc(out, F16), F32)
-            elif dst is bfloat16:
-                out = self.round_bfloat16(out)
-            return out
+            return self.round_half(out, dst)
         # integer destination
         if src.is_floating_point:
+            # NaN and values out of range give the "integer indefinite" INT_MIN, as eager (numpy) and PyTorch do
+            # on x86 (cvttss2si); the saturating intrinsic made inf INT_MAX and NaN 0. Below the range it
+            # saturates to INT_MIN already; narrower integers truncate the int32 result, as numpy does
             wide = I64 if dst.itemsize == 8 else I32
             fn = llvm_math.intrinsic(b.module, f"llvm.fptosi.sat.{llvm_math.type_suffix(wide)}."
                                                f"{llvm_math.type_suffix(st)}", wide, [st])
-            out = b.call(fn, [v])
+            beyond = b.fcmp_unordered(">=", v, ir.Constant(st, 2.0 ** (wide.width - 1)))
+            out = b.select(beyond, ir.Constant(wide, 1 << (wide.width - 1)), b.call(fn, [v]))
             return out if wide == dt_ else b.trunc(out, dt_)
         if st.width == dt_.width:
             return v

@@ -27,7 +27,7 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
-from tracetorch.dtypes import DType, bool_, float64, int64
+from tracetorch.dtypes import DType, bfloat16, bool_, float16, float32, float64, int64
 
 from .kernel import (Accumulator, Arg, Assign, Buffer, CheckedIndex, Const, Expr, IndexMap, Kernel, Let, Load, Loop,
                      Op, Reduce, Stmt, Store, Var, substitute, walk_exprs)
@@ -202,6 +202,8 @@ def _column_form(stages, elem_outputs, row_outputs, kgroups, rgroups, shape):
     """
     if len(stages) != 1 or not isinstance(stages[0], Reduction) or elem_outputs or not kgroups or not rgroups:
         return None
+    if stages[0].value.dtype in (float16, bfloat16):      # its output row would accumulate in the half dtype,
+        return None                                        # rounding at every row (eager sums in float32)
     if kgroups[-1][-1] < rgroups[-1][-1] or math.prod(shape[d] for d in kgroups[-1]) < COLUMN_MIN:
         return None
     for buf, _ in row_outputs:
@@ -301,14 +303,16 @@ def _columns_kernel(name, stages, row_outputs, elem_outputs, kloops, rloops, rva
     for stage in [sub for st in stages for sub in ([st] if isinstance(st, (Reduction, _Named)) else
                                                      _two_pass(st, rows))]:
         dt = stage.value.dtype
-        row = scratch((extent,), dt)
+        wide = float32 if dt in (float16, bfloat16) and not isinstance(stage, _Named) else dt   # half sums in float32,
+        row = scratch((extent,), wide)                                                          # rounded once, as eager
         value = substitute(stage.value, known)
         if isinstance(stage, _Named):
             body.append(per_column(Store(row, c, at_column(values(value, [zero] * len(rvars))))))
         else:
-            update = Store(row, c, op(stage.combine, Load(row, c), over_rows(stage.value)))
-            body += [per_column(Store(row, c, identity(stage.combine, dt))), _nest(rloops, [per_column(update)])]
-        known[stage.name] = Load(row, c)
+            v = over_rows(stage.value)
+            update = Store(row, c, op(stage.combine, Load(row, c), v if wide is dt else op("cast", v, dtype=wide)))
+            body += [per_column(Store(row, c, identity(stage.combine, wide))), _nest(rloops, [per_column(update)])]
+        known[stage.name] = Load(row, c) if wide is dt else op("cast", Load(row, c), dtype=dt)
     if row_outputs:
         body.append(per_column(*(Store(buf, slot, at_column(values(substitute(expr, known), [zero] * len(rvars))))
                                  for buf, expr in row_outputs)))
@@ -400,6 +404,11 @@ def _stage(stage: Stage, rgroups, rloops, rvars, shape, values, sum_block: int =
         if sum_block and stage.combine == "add" and dt.is_floating_point and len(rgroups) == 1 \
                 and extent > sum_block:
             return _blocked_sum(stage, extent, sum_block, values)
+        if dt in (float16, bfloat16):     # summed in float32 and rounded once, as eager: ops reading the
+            wide = "wide_" + stage.name     # accumulator itself would see it unrounded
+            return [Accumulator(wide, identity(stage.combine, float32)),
+                    _nest(rloops, [Reduce(wide, stage.combine, op("cast", values(stage.value, rvars), dtype=float32))]),
+                    Let(stage.name, op("cast", Var(wide, float32), dtype=dt))]
         return [Accumulator(stage.name, identity(stage.combine, dt)),
                 _nest(rloops, [Reduce(stage.name, stage.combine, values(stage.value, rvars))])]
     if len(rgroups) != 1:

@@ -19,6 +19,29 @@ class TestTensor:
         assert tt.tensor(np.float64(2.5)).dtype is tt.float64
         assert tt.tensor([tt.tensor(1.0), tt.tensor(2.0)]).tolist() == [1.0, 2.0]
 
+    def test_sequences_of_numpy_scalars_and_tensors_promote_their_dtypes(self):
+        """As PyTorch: the elements' own dtypes count (they were read as Python numbers: float32 or int64)."""
+        for data, dtype in [([np.float64(1.5), 2], tt.float64), ([np.float32(1.5), np.float64(2)], tt.float64),
+                            ([np.int32(1), np.int32(2)], tt.int32), ([np.int32(1), 2], tt.int64),
+                            ([np.float16(1.5), 2.5], tt.float32), ([np.int32(1), 2.5], tt.float32),
+                            ([tt.tensor(1.5, dtype=tt.float64)], tt.float64), ([tt.tensor(1, dtype=tt.int32), 2], tt.int64),
+                            ([tt.tensor(1.01, dtype=tt.bfloat16), tt.tensor(2.0, dtype=tt.bfloat16)], tt.bfloat16),
+                            ([np.array([1, 2], np.int32), np.array([3, 4], np.int32)], tt.int32),
+                            ([[1, 2], [3.5, 4]], tt.float32), ([True, 2], tt.int64)]:
+            t = tt.tensor(data)
+            assert t.dtype is dtype, data
+        assert tt.tensor([tt.tensor(1.01, dtype=tt.bfloat16)]).tolist() == [1.0078125]
+        assert tt.tensor([np.float64(0.1)]).item() == 0.1
+
+    def test_python_numbers_an_integer_dtype_cannot_hold_raise(self):
+        """As PyTorch (numpy's cast wrapped them: tensor([2**40], dtype=int32) was 0, NaN became INT_MIN)."""
+        for data, dtype in [([2 ** 40], tt.int32), ([1, -2 ** 40], tt.int32), (2 ** 40, tt.int32), ([1e10], tt.int32),
+                            ([float("nan")], tt.int64), ([1e19], tt.int64)]:
+            with pytest.raises(RuntimeError, match="without overflow"):
+                tt.tensor(data, dtype=dtype)
+        assert tt.tensor([2 ** 31 - 1, -2 ** 31], dtype=tt.int32).tolist() == [2 ** 31 - 1, -2 ** 31]
+        assert tt.tensor([1, 2.7, -2.7], dtype=tt.int32).tolist() == [1, 2, -2]
+
     def test_explicit_dtype_and_requires_grad(self):
         t = tt.tensor([1, 2], dtype=tt.float64, requires_grad=True)
         assert t.dtype is tt.float64 and t.requires_grad and t.is_leaf

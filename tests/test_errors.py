@@ -67,6 +67,19 @@ class TestShapes:
             with raises(RuntimeError, "Subtraction, the `-` operator, with two bool tensors is not supported"):
                 f()
 
+    def test_subtracting_a_bool_from_a_number_raises_too(self):
+        """PyTorch refuses one bool operand as well; promotion made float_t - True and int_t - mask numbers."""
+        x, m = tt.tensor([1.5, 2.0]), tt.tensor([True, False])
+
+        def isub():
+            y = x.clone()
+            y -= m
+        for f in (lambda: x - True, lambda: 2.5 - m, lambda: m - 1, lambda: tt.tensor([3, 4]) - m,
+                  lambda: tt.sub(x, m), lambda: x.clone().sub_(True), isub):
+            with raises(RuntimeError, "Subtraction, the `-` operator, with a bool tensor is not supported"):
+                f()
+        assert (x - 1).tolist() == [0.5, 1.0] and (x - m.float()).tolist() == [0.5, 2.0]
+
     def test_cat_and_stack(self):
         with raises(RuntimeError, "cat", "Sizes of tensors must match except in dimension 0", "[2, 3]", "[2, 4]"):
             tt.cat([tt.ones(2, 3), tt.ones(2, 4)])
@@ -148,6 +161,37 @@ class TestDtypes:
     def test_integer_division_by_zero(self):
         with raises(RuntimeError, "floor_divide", "division by zero"):
             tt.tensor([1]) // 0
+
+    def test_integer_to_a_negative_scalar_power(self):
+        """PyTorch's RuntimeError (numpy's is a ValueError); a float exponent promotes instead."""
+        for f in (lambda: tt.tensor([1, 2]) ** -3, lambda: tt.tensor([1, 2], dtype=tt.int32).pow_(-1),
+                  lambda: tt.tensor([True]) ** -2):
+            with raises(RuntimeError, "Integers to negative integer powers are not allowed."):
+                f()
+        assert (tt.tensor([2]) ** -1.0).tolist() == [0.5]
+        assert (tt.tensor([2, 1, -1]) ** tt.tensor([-1, -2, -3])).tolist() == [0, 1, -1]
+
+    def test_floor_division_remainder_and_power_of_bools(self):
+        """Not defined on bools (PyTorch raises); numpy's int8 result leaked out, and compiled they failed to lower."""
+        b = tt.tensor([True, False])
+        for f in (lambda: b // b, lambda: b % True, lambda: True // b, lambda: b ** b, lambda: tt.remainder(b, b)):
+            with raises(TypeError, "expected numeric tensors, got bool"):
+                f()
+        assert (b // 2).dtype is tt.int64 and (b ** 2).tolist() == [1, 0] and (2 ** b).tolist() == [2, 1]
+        assert (b ** True).tolist() == [True, False] and (b ** False).tolist() == [True, True]   # PyTorch's, bool
+        assert (b ** True).dtype is tt.bool and b.clone().pow_(False).dtype is tt.bool
+
+    def test_a_scalar_written_into_a_dtype_that_cannot_hold_it(self):
+        """where, clamp and masked_fill refuse it as PyTorch does (they wrapped: int32 clamp(max=2**40) was 0);
+        binary arithmetic and comparisons wrap, as in PyTorch."""
+        i, m = tt.tensor([1, 2], dtype=tt.int32), tt.tensor([True, False])
+        for f in (lambda: i.clamp(max=2 ** 40), lambda: tt.where(m, i, 2 ** 40), lambda: i.masked_fill(m, -2 ** 40),
+                  lambda: tt.tensor([1.0], dtype=tt.float16).masked_fill(tt.tensor([True]), 1e6)):
+            with raises(RuntimeError, "without overflow"):
+                f()
+        assert i.clamp(max=2 ** 31 - 1).tolist() == [1, 2] and (i < 2 ** 40).tolist() == [False, False]
+        h = tt.tensor([1.0, 2.0], dtype=tt.float16)
+        assert h.masked_fill(m, float("-inf")).tolist() == [float("-inf"), 2.0] and h.clamp(max=6e4).tolist() == [1, 2]
 
     def test_random_needs_float_dtype(self):
         with raises(RuntimeError, "rand", "int64"):

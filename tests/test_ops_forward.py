@@ -244,6 +244,22 @@ def test_float16_ops_compute_in_float32_and_round_once():
     np.testing.assert_allclose((t[:3] / 1e5).numpy(), (x[:3] / np.float32(1e5)).astype(np.float16))
 
 
+def test_half_mean_var_norm_softmax_compute_in_float32_and_round_once():
+    """As PyTorch's kernels: a float16 sum of 1000 x 100.0 overflows, its mean must not; var, std, norm and
+    softmax round once, not after each op of their composite (bfloat16 var was 2 ulps off)."""
+    assert tt.full((1000,), 100.0, dtype=tt.float16).mean().item() == 100.0
+    x = np.array([[1.5, -1.0, 1.5], [2.0, 0.25, 2.0]], np.float32)
+    w = x.astype(np.float64)
+    for dt, rnd in ((tt.float16, lambda a: np.float16(a)), (tt.bfloat16, lambda a: round_bfloat16(np.float32(a)))):
+        t = tt.tensor(x, dtype=dt)
+        e = np.exp(w - w.max(1, keepdims=True))
+        for got, want in ((t.var(), w.var(ddof=1)), (t.var(1), w.var(1, ddof=1)), (t.std(), w.std(ddof=1)),
+                          (t.mean(0), w.mean(0)), (t.norm(), np.sqrt((w * w).sum())),
+                          (t.softmax(1), e / e.sum(1, keepdims=True))):
+            assert got.dtype is dt
+            np.testing.assert_array_equal(got.numpy().astype(np.float32), np.float32(rnd(want)))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64, np.int32, np.uint8, np.bool_])
 def test_where_on_large_tensors_selects_exactly_what_np_where_does(dtype):
     # from WHERE_SELECT_MIN elements `where` selects bits (np.where mispredicts a random mask): the
@@ -279,3 +295,31 @@ def test_sigmoid_keeps_its_relative_accuracy_for_large_negative_inputs(dtype):
     f = tt.compile(lambda t: t.sigmoid(), backend="llvm")
     f(x)
     np.testing.assert_allclose(f(x).numpy(), x.sigmoid().numpy(), rtol=4 * rtol, atol=1e-38)
+
+
+@pytest.mark.parametrize("backend", [None, "llvm", "interp"])
+def test_float_trunc_division_is_trunc_of_the_quotient(backend):
+    """PyTorch's rounding_mode="trunc" on floats is trunc(a / b): inf / 2 is inf (it was nan, from floor
+    division), and a tiny negative quotient is -0.0."""
+    a = np.array([5.5, -5.5, np.inf, -np.inf, 1e-30, np.nan, 7.0], np.float32)
+    b = np.array([2.0, 2.0, 2.0, 3.0, -1.0, 1.0, 0.0], np.float32)
+
+    def f(x, y):
+        return tt.div(x, y, rounding_mode="trunc"), tt.div(x, -2.5, rounding_mode="trunc")
+    g = f if backend is None else tt.compile(f, backend=backend)
+    for _ in range(3):
+        q, qs = g(tt.tensor(a), tt.tensor(b))
+        with np.errstate(all="ignore"):
+            np.testing.assert_array_equal(q.numpy(), np.trunc(a / b))
+            np.testing.assert_array_equal(qs.numpy(), np.trunc(a / np.float32(-2.5)))
+        assert np.signbit(q.numpy()[4])
+
+
+@pytest.mark.parametrize("backend", [None, "llvm", "interp"])
+def test_float64_to_float16_rounds_through_float32(backend):
+    """As PyTorch (c10::Half from float) and the LLVM kernels: numpy's direct rounding differed at ties
+    that the float32 rounding creates (1 + 2^-11 + 2^-30 is 1.0, not 1 + 2^-10)."""
+    v = np.array([1 + 2 ** -11 + 2 ** -30, 1 + 3 * 2 ** -11 + 2 ** -30, 1e300, 1 + 2 ** -11 - 2 ** -30])
+    f = (lambda t: t.half()) if backend is None else tt.compile(lambda t: t.half(), backend=backend)
+    for _ in range(3):
+        assert f(tt.tensor(v, dtype=tt.float64)).tolist() == [1.0, 1.001953125, float("inf"), 1.0]

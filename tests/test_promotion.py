@@ -195,6 +195,62 @@ def test_comparisons_across_dtypes():
         np.testing.assert_array_equal(got.numpy(), getattr(x, op)(y))
 
 
+@pytest.mark.parametrize("backend", [None, "llvm", "interp"])
+def test_python_scalars_beside_a_half_tensor_are_rounded_to_its_dtype(backend):
+    """PyTorch casts the scalar to the tensor's dtype: bfloat16(1.01) == 1.01 is True, and x % 0.3 divides by
+    bfloat16(0.3) (eager bfloat16 and compiled float16 used the unrounded float); mul and div by a scalar
+    keep it in float, as PyTorch's kernels do."""
+
+    def f(x):
+        return x == 1.01, x > 1 / 3, 1.01 <= x, x % 0.3, x + 0.3, 0.3 - x, x * 0.3, x / 0.3
+
+    g = f if backend is None else tt.compile(f, backend=backend)
+    xs = np.array([1.01, 1 / 3, 0.5, -2.7, 7.1], np.float32)
+    for dt, rnd in ((tt.float16, lambda a: np.float32(np.float16(a))), (tt.bfloat16, tt.dtypes.round_bfloat16)):
+        x = rnd(xs)
+        for _ in range(3):
+            eq, gt, le, mod, add, rsub, mul, div = (r.float().numpy() for r in g(tt.tensor(xs, dtype=dt)))
+            assert eq.tolist() == [True, False, False, False, False]
+            assert gt.tolist() == [True, False, True, False, True]
+            assert le.tolist() == [True, False, False, False, True]
+            np.testing.assert_array_equal(mod, rnd(np.mod(x, rnd(np.float32(0.3)))))
+            np.testing.assert_array_equal(add, rnd(x + rnd(np.float32(0.3))))
+            np.testing.assert_array_equal(rsub, rnd(rnd(np.float32(0.3)) - x))
+            np.testing.assert_array_equal(mul, rnd(x * np.float32(0.3)))
+            np.testing.assert_array_equal(div, rnd(x / np.float32(0.3)))
+
+
+def wrap32(v):
+    return (v + 2 ** 31) % 2 ** 32 - 2 ** 31
+
+
+@pytest.mark.parametrize("backend", [None, "llvm", "interp"])
+def test_reductions_return_the_dtype_asked_for(backend):
+    """x.sum(dtype=int32) is int32 as in PyTorch (integer sums were int64 whatever dtype= said), wrapping
+    like an int32 accumulator; without dtype=, integer and bool sums are int64."""
+
+    def f(x, b):
+        return (x.sum(dtype=tt.int32), x.prod(dtype=tt.int32), x.cumsum(0, dtype=tt.int32), b.sum(dtype=tt.int32),
+                x.sum(), b.cumsum(0), b.sum(dtype=tt.float16))
+    g = f if backend is None else tt.compile(f, backend=backend)
+    for k in range(3):
+        out = g(tt.tensor([2 ** 31 - 1, 2, k], dtype=tt.int32), tt.tensor([True, False, True]))
+        assert [o.dtype for o in out] == [tt.int32] * 4 + [tt.int64, tt.int64, tt.float16]
+        assert out[0].item() == wrap32(2 ** 31 + 1 + k) and out[1].item() == wrap32((2 ** 31 - 1) * 2 * k)
+        assert out[2].tolist() == [2 ** 31 - 1, wrap32(2 ** 31 + 1), wrap32(2 ** 31 + 1 + k)] and out[3].item() == 2
+        assert out[4].item() == 2 ** 31 + 1 + k and out[5].tolist() == [1, 1, 2] and out[6].item() == 2.0
+
+
+def test_python_ints_beyond_64_bits_raise_as_in_pytorch():
+    """PyTorch's Scalar holds int64 or uint64: t * 2**64 raises OverflowError (it wrapped to 0, and float
+    tensors took any int); up to 2**64 - 1 it wraps as PyTorch's cast does."""
+    for f in (lambda: tt.tensor([1]) * 2 ** 64, lambda: tt.tensor([1.0]) + 2 ** 70, lambda: tt.tensor([1]) < 2 ** 70,
+              lambda: tt.tensor([1]) - (-2 ** 63 - 1), lambda: 2 ** 64 * tt.tensor([1.0])):
+        with pytest.raises(OverflowError):
+            f()
+    assert (tt.tensor([1]) + 2 ** 63).item() == -2 ** 63 + 1 and (tt.tensor([1.0]) + 2 ** 63).item() == 2.0 ** 63
+
+
 def test_bitwise_promotion():
     r = tt.tensor([True]) & tt.tensor([3])
     assert r.dtype is tt.int64 and r.tolist() == [1]

@@ -198,6 +198,16 @@ class TestOperators:
         x.copy_(tt.tensor(9.0))
         assert x.tolist() == [9.0] * 3
 
+    def test_clamp_of_an_int_tensor_with_float_bounds(self):
+        """Out of place the result is float; in place PyTorch refuses the lossy cast (it truncated silently)."""
+        i = tt.tensor([7, -7, 0])
+        r = i.clamp(0.5, 2.5)
+        assert r.dtype is tt.float32 and r.tolist() == [2.5, 0.5, 0.5]
+        with pytest.raises(RuntimeError, match="result type float32 can't be cast to the desired output type int64"):
+            i.clamp_(0.5, 2.5)
+        assert i.tolist() == [7, -7, 0]
+        assert i.clamp_(-1, 2).tolist() == [2, -1, 0]
+
     def test_uniform_normal_(self):
         tt.manual_seed(0)
         x = tt.empty(20000).uniform_(-2, 3)
@@ -205,6 +215,12 @@ class TestOperators:
         y = tt.empty(20000, dtype=tt.float64).normal_(5.0, 2.0)
         assert y.dtype is tt.float64
         assert abs(y.mean().item() - 5.0) < 0.06 and abs(y.std().item() - 2.0) < 0.05
+
+    def test_sign_of_bool_is_bool(self):
+        """As PyTorch: a bool tensor is its own sign (it raised the primitive's TypeError)."""
+        s = tt.tensor([True, False]).sign()
+        assert s.dtype is tt.bool and s.tolist() == [True, False]
+        assert tt.tensor([-3, 0, 2]).sign().tolist() == [-1, 0, 1]
 
     def test_unary_comparison_logical(self):
         a = np.array([1.5, -2.0, 3.0])

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 import tracetorch as tt
+from tracetorch.dtypes import round_bfloat16
 
 
-def grid(*shape):
-    return tt.arange(float(np.prod(shape))).reshape(*shape)
+def grid(*shape, dtype=None):
+    return tt.arange(float(np.prod(shape)), dtype=dtype).reshape(*shape)
 
 
 def shares(a, b) -> bool:
@@ -42,9 +43,11 @@ VIEWS = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [tt.float32, tt.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("name,make,ref", VIEWS, ids=[v[0] for v in VIEWS])
-def test_view_shares_storage_both_ways(name, make, ref):
-    x = grid(3, 4)
+def test_view_shares_storage_both_ways(name, make, ref, dtype):
+    """bfloat16 too: its views were rounded copies, so writes through them (t[0] = v) were lost."""
+    x = grid(3, 4, dtype=dtype)
     base = x.numpy().copy()
     v = make(x)
     assert shares(x, v)
@@ -126,6 +129,14 @@ def test_setitem_through_strided_views():
     y.permute(2, 0, 1)[::2, :, 1:].zero_()
     ref.transpose(2, 0, 1)[::2, :, 1:] = 0
     np.testing.assert_array_equal(y.numpy(), ref)
+
+
+def test_setitem_bfloat16_writes_rounded_values():
+    x = tt.zeros(2, 3, dtype=tt.bfloat16)
+    x[0] = 1.01                                   # bfloat16(1.01) = 1.0078125
+    x[1, 1:] = tt.tensor([2.5, -3.0])
+    x[:, 0].fill_(7.0)
+    assert x.tolist() == [[7.0, 1.0078125, 1.0078125], [7.0, 2.5, -3.0]]
 
 
 def test_version_counter_is_shared_by_views():
@@ -338,3 +349,15 @@ class TestInPlaceAutograd:
         assert y.requires_grad and not y.is_leaf
         (y * y).sum().backward()
         assert x.grad.tolist() == [2.0, 4.0]
+
+
+def test_inplace_bfloat16_without_grad_rounds_its_result():
+    """Under no_grad the same-dtype in-place ops take a ufunc fast path; bfloat16 (stored as float32) kept the
+    unrounded float32 result there, a value no bfloat16 holds (an optimizer's update of bfloat16 weights)."""
+    x, y = tt.tensor([1.0, 3.0], dtype=tt.bfloat16), tt.tensor([0.01, 0.02], dtype=tt.bfloat16)
+    with tt.no_grad():
+        x += y
+        x.mul_(y)
+        x.add_(y)
+    assert x.tolist() == [0.02001953125, 0.080078125]
+    np.testing.assert_array_equal(x.numpy(), round_bfloat16(x.numpy()))

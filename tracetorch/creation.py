@@ -51,7 +51,8 @@ def _to_array(data, floating: bool = False):
     """`data` as an array and its inferred dtype; `floating`: a floating-point dtype was asked for."""
     if isinstance(data, Tensor):
         return data._data, data._dtype
-    if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
+    typed = _elements_dtype(data) if isinstance(data, (list, tuple)) else None
+    if typed is not None and any(isinstance(d, Tensor) for d in _flat(data)):
         data = _lists_of_tensors(data)
     try:
         arr = np.asarray(data)
@@ -63,7 +64,24 @@ def _to_array(data, floating: bool = False):
         raise ValueError("Overflow when unpacking long long")     # PyTorch's words; numpy would wrap or widen
     if arr.dtype == object:
         raise TypeError(f"tensor(): could not infer dtype of {type(data).__name__} elements")
-    return arr, _infer_dtype(arr, data)
+    return arr, typed or _infer_dtype(arr, data)
+
+
+def _elements_dtype(seq):
+    """PyTorch's dtype for a sequence holding numpy scalars, arrays or tensors: the promotion of every
+    element's dtype, Python numbers counting as theirs (tensor([np.float64(1.5), 2]) is float64,
+    [np.int32(1)] int32, a list of 0-d float64 tensors float64); None for plain Python numbers."""
+    if not any(isinstance(d, _TYPED) for d in _flat(seq)):
+        return None
+    dts = {d._dtype if isinstance(d, Tensor) else D.from_numpy_dtype(d.dtype) if isinstance(d, _TYPED)
+           else D.scalar_dtype(d) for d in _flat(seq)}
+    out = dts.pop()
+    for dt in dts:
+        out = D.promote_types(out, dt)
+    return out
+
+
+_TYPED = (Tensor, np.generic, np.ndarray)
 
 
 def _beyond_int64(arr: np.ndarray, data) -> bool:
@@ -98,8 +116,20 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
         arr = arr.get()
     if dtype is not None:
         dt = D.as_dtype(dtype)
+        if dt.category == 1 and dt is not D.uint8 and not isinstance(data, (np.ndarray, np.generic, Tensor)):
+            _check_fits(arr, dt)
     t = apply(CONSTANT, value=arr, dtype=dt)
     return _finish(t, requires_grad, device)
+
+
+def _check_fits(arr: np.ndarray, dt) -> None:
+    """Python numbers an integer dtype can't hold (or NaN) raise, as in PyTorch; numpy's cast wraps them
+    (tensor([2**40], dtype=int32) was 0). PyTorch wraps uint8 (tensor([-1], dtype=uint8) is 255)."""
+    if arr.size and arr.dtype.kind in "iuf":
+        info, cast = np.iinfo(dt.np), float if arr.dtype.kind == "f" else int    # floats compared as PyTorch does
+        lo, hi = arr.min().item(), arr.max().item()
+        if not (cast(info.min) <= lo and hi <= cast(info.max)):
+            raise RuntimeError(f"value cannot be converted to type {dt.name} without overflow")
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:

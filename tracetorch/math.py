@@ -44,10 +44,14 @@ def binary(op, a, b):
     if ta:
         b = _pyscalar(b)
         dt = _with_scalar(a._dtype, b)
+        if dt in _HALF and op not in _FULL_SCALAR_RIGHT:
+            b = _as_half(b, dt)
         return apply(op, a if dt is a._dtype else apply(CAST, a, dtype=dt), _wrap_int(b, dt))
     if tb:
         a = _pyscalar(a)
         dt = _with_scalar(b._dtype, a)
+        if dt in _HALF and op is not MUL:
+            a = _as_half(a, dt)
         return apply(op, _wrap_int(a, dt), b if dt is b._dtype else apply(CAST, b, dtype=dt))
     raise TypeError(f"{op.name}: expected at least one tensor operand, got {type(a).__name__} and "
                     f"{type(b).__name__}")
@@ -59,6 +63,8 @@ def _with_scalar(dt, s):
     if cls is float:
         return dt if dt.category == 2 else D.get_default_dtype()
     if cls is int:
+        if not -2 ** 63 <= s < 2 ** 64:       # what PyTorch's Scalar holds (int64 or uint64); _wrap_int wraps it
+            raise OverflowError("int too big to convert")
         return dt if dt.category >= 1 else D.int64
     if cls is bool:
         return dt
@@ -80,6 +86,23 @@ def _wrap_int(s, dt):
 
 def compare(op, a, b):
     return binary(op, a, b)
+
+
+_HALF = (D.float16, D.bfloat16)
+_FULL_SCALAR_RIGHT = (MUL, DIV, R["floor_divide"])
+
+
+def _as_half(s, dt):
+    """A Python number beside a float16/bfloat16 tensor, rounded to that dtype first as PyTorch's kernels cast
+    it (bfloat16 tensor(1.01) == 1.01, x % 0.3 divides by bfloat16(0.3)); numpy keeps bfloat16 in float32 and
+    float16 ops are computed in float32, which used the float unrounded. PyTorch's mul, and div and floor_divide
+    by a scalar, keep it in float instead (_FULL_SCALAR_RIGHT)."""
+    if type(s) is not float and type(s) is not int:
+        return s
+    with np.errstate(over="ignore"):
+        if dt is D.float16:
+            return float(np.float16(s))
+        return float(D.round_bfloat16(np.float32(s)))
 
 
 def _float_of(x):
@@ -112,10 +135,15 @@ def _is_bool(x) -> bool:
 
 
 def check_bool_sub(a, b) -> None:
-    """PyTorch's error, and its type (the registry's own is a TypeError: sub does not define bool)."""
-    if _is_bool(a) and _is_bool(b):
+    """PyTorch's errors, and their type (the registry's own is a TypeError: sub does not define bool): with one
+    bool operand too (float_t - True, int_t - mask), which promotion would otherwise let through."""
+    ab, bb = _is_bool(a), _is_bool(b)
+    if ab and bb:
         raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
                            "Use the `^` or `logical_xor()` operator instead.")
+    if ab or bb:
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. "
+                           "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead.")
 
 
 subtract = sub
@@ -151,6 +179,8 @@ def div(a, b, *, rounding_mode=None):
     if rounding_mode == "floor":
         return floor_divide(a, b)
     if rounding_mode == "trunc":
+        if D.result_type(a, b).is_floating_point:    # as PyTorch; from floor division, inf / 2 was nan
+            return trunc(div(a, b))
         q = binary(R["floor_divide"], a, b)
         r = binary(R["remainder"], a, b)
         bb = b
@@ -180,11 +210,15 @@ def fmod(a, b):
 
 
 def pow(a, b):
+    if isinstance(a, Tensor) and type(b) is bool and a._dtype is D.bool_:    # PyTorch's x ** 1 and x ** 0, in bool
+        return a.clone() if b else _full_bool(a, True)
     if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
         if b == 2 and a._dtype.is_floating_point:
             return apply(MUL, a, a)
         if b == 1:
             return apply(MUL, a, 1)
+        if isinstance(b, int) and b < 0 and a._dtype.category < 2:      # PyTorch's error and type (numpy's is a
+            raise RuntimeError("Integers to negative integer powers are not allowed.")     # ValueError)
     if isinstance(b, Tensor) and b._dtype.category == 1:
         dt = D.result_type(a, b) if isinstance(a, Tensor) else _with_scalar(b._dtype, _pyscalar(a))
         if dt.category == 1 and dt is not D.uint8:
@@ -219,7 +253,8 @@ absolute = abs
 
 
 def sign(x):
-    return apply(R["sign"], x)
+    """A bool tensor is its own sign, as in PyTorch (the primitive defines numbers only)."""
+    return x.clone() if x._dtype is D.bool_ else apply(R["sign"], x)
 
 
 def bitwise_not(x):
@@ -360,16 +395,34 @@ def where(condition, input=None, other=None):
     elif ti:
         other = _pyscalar(other)
         dt = _with_scalar(input._dtype, other)
-        input = _cast(input, dt)
+        input, other = _cast(input, dt), _fits(other, dt)
     elif to:
         input = _pyscalar(input)
         dt = _with_scalar(other._dtype, input)
-        other = _cast(other, dt)
+        input, other = _fits(input, dt), _cast(other, dt)
     else:
         dt = D.result_type(_pyscalar(input), _pyscalar(other))
         from .creation import full
         input = full((), input, dtype=dt)
     return apply(WHERE, condition, input, other)
+
+
+_FLOAT_MAX = {D.float16: 65504.0, D.bfloat16: 3.3895313892515355e38, D.float32: 3.4028234663852886e38}
+
+
+def _fits(s, dt):
+    """A Python number `where`, `clamp` or `masked_fill` writes into a `dt` result, refused as PyTorch refuses
+    one `dt` can't hold (binary arithmetic wraps instead): int32 clamp(max=2**40) was 0 everywhere."""
+    if type(s) is int and dt.category == 1:
+        info = np.iinfo(dt.np)
+        bad = not info.min <= s <= info.max
+    elif (type(s) is int or type(s) is float) and dt in _FLOAT_MAX:
+        bad = _FLOAT_MAX[dt] < _py_abs(s) < float("inf")
+    else:
+        return s
+    if bad:
+        raise RuntimeError(f"value cannot be converted to type {dt.name} without overflow")
+    return s
 
 
 def masked_fill(x, mask, value):
@@ -380,6 +433,7 @@ def masked_fill(x, mask, value):
         value = _cast(value, x._dtype)
     elif x._dtype.category < 2 and isinstance(value, float):
         value = int(value) if x._dtype is not D.bool_ else bool(value)
+    value = _fits(value, x._dtype)
     if mask._dtype is not D.bool_:
         raise RuntimeError(f"masked_fill_ only supports boolean masks, but got mask with dtype {mask._dtype.name}")
     return apply(WHERE, mask, value, x)
@@ -420,10 +474,15 @@ def _dims(x, dim, what="reduce"):
     return (d,) if n else ()
 
 
+def _of_dtype(out, dtype):
+    """A sum's result in the dtype= it was asked for: integer sums are int64 otherwise (x.sum(dtype=int32))."""
+    return out if dtype is None else _cast(out, D.as_dtype(dtype))
+
+
 def sum(x, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
-    return apply(SUM, x, dims=_dims(x, dim, "sum"), keepdim=keepdim)
+    return _of_dtype(apply(SUM, x, dims=_dims(x, dim, "sum"), keepdim=keepdim), dtype)
 
 
 def sum_to_shape(g, shape):
@@ -438,18 +497,25 @@ def sum_to_shape(g, shape):
     return out.reshape(shape) if out._data.shape != shape else out
 
 
+def _wide(x):
+    """A float16/bfloat16 tensor as float32: PyTorch computes mean, var, norm and softmax of halves in float and
+    rounds once (a float16 mean of 1000 x 100.0 was inf: its sum overflowed before the division)."""
+    return apply(CAST, x, dtype=D.float32) if x._dtype in (D.float16, D.bfloat16) else x
+
+
 def mean(x, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     if not x._dtype.is_floating_point:
         raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be either a floating point "
                            f"or complex dtype. Got: {x._dtype.name}")
+    dt, x = x._dtype, _wide(x)
     dims = _dims(x, dim, "mean")
     n = 1
     for d in dims:
         n *= x._data.shape[d]
     s = apply(SUM, x, dims=dims, keepdim=keepdim)
-    return s / n if n else s * float("nan")
+    return _cast(s / n if n else s * float("nan"), dt)
 
 
 def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
@@ -461,14 +527,15 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     n = 1
     for d in dims:
         n *= x._data.shape[d]
+    dt, x = x._dtype, _wide(x)
     m = mean(x, dims, keepdim=True)
     dev = x - m
     ss = apply(SUM, dev * dev, dims=dims, keepdim=keepdim)
-    return ss / _py_max(n - correction, 0)      # no degrees of freedom left: inf, or nan for 0/0, as PyTorch
+    return _cast(ss / _py_max(n - correction, 0), dt)   # no degrees of freedom left: inf, or nan for 0/0, as PyTorch
 
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
-    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+    return _cast(sqrt(var(_wide(x), dim, unbiased, keepdim, correction=correction)), x._dtype)
 
 
 def var_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
@@ -482,7 +549,7 @@ def std_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 def prod(x, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
-    return apply(R["prod"], x, dims=_dims(x, dim, "prod"), keepdim=keepdim)
+    return _of_dtype(apply(R["prod"], x, dims=_dims(x, dim, "prod"), keepdim=keepdim), dtype)
 
 
 def amax(x, dim=None, keepdim=False):
@@ -565,13 +632,15 @@ def any(x, dim=None, keepdim=False):
 def cumsum(x, dim, *, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
-    return apply(R["cumsum"], x, dim=_wrap_dim(dim, x._data.ndim, "cumsum"))
+    return _of_dtype(apply(R["cumsum"], x, dim=_wrap_dim(dim, x._data.ndim, "cumsum")), dtype)
 
 
 def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
+    if x._dtype in (D.float16, D.bfloat16):
+        return _cast(norm(_wide(x), p, dim, keepdim), x._dtype)
     if p in ("fro", 2, 2.0):
         return _root(sum(x * x, dim, keepdim), 2)
     if p in (float("inf"), "inf"):
@@ -603,6 +672,8 @@ def softmax(x, dim, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
+    if x._dtype in (D.float16, D.bfloat16):
+        return _cast(softmax(_wide(x), dim), x._dtype)
     e = exp(x - amax(x, dim, keepdim=True).detach())
     return e / sum(e, dim, keepdim=True)
 
@@ -611,6 +682,8 @@ def log_softmax(x, dim, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
+    if x._dtype in (D.float16, D.bfloat16):
+        return _cast(log_softmax(_wide(x), dim), x._dtype)
     shifted = x - amax(x, dim, keepdim=True).detach()
     return shifted - log(sum(exp(shifted), dim, keepdim=True))
 

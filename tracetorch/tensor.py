@@ -411,7 +411,10 @@ class Tensor:
     def _inplace(self, op, other) -> "Tensor":
         """self <op>= other, promoting like PyTorch and refusing a lossy cast of the result."""
         from . import math as M
+        if op is _SUB:
+            M.check_bool_sub(self, other)
         if (type(other) is Tensor and other._dtype is self._dtype and not STATE.grad_enabled
+                and self._dtype is not D.bfloat16       # stored as float32: the ufunc alone would not round
                 and type(self._data) is np.ndarray and type(other._data) is np.ndarray
                 and STATE.tracer is None and isinstance(op.eager, np.ufunc) and self._data.flags.writeable
                 and np.broadcast_shapes(other._data.shape, self._data.shape) == self._data.shape):
@@ -468,7 +471,7 @@ class Tensor:
 
     def clamp_(self, min=None, max=None):
         from . import math as M
-        return self._assign(M.clamp(self, min, max))
+        return self._assign_result(M.clamp(self, min, max))
 
     clip_ = clamp_
 
@@ -523,13 +526,11 @@ class Tensor:
         return _M.binary(_ADD, other, self)
 
     def __sub__(self, other):
-        if self._dtype is D.bool_:
-            _M.check_bool_sub(self, other)
+        _M.check_bool_sub(self, other)
         return _M.binary(_SUB, self, other)
 
     def __rsub__(self, other):
-        if self._dtype is D.bool_:
-            _M.check_bool_sub(other, self)
+        _M.check_bool_sub(other, self)
         return _M.binary(_SUB, other, self)
 
     def __mul__(self, other):

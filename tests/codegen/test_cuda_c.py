@@ -126,6 +126,20 @@ def template_batch() -> Batch:
     b.expect(case, bf, round_bfloat16(xs), exact=True)
     b.expect(case, back, xs.astype(np.float16).astype(np.float32) * 2, rtol=1e-3)
 
+    # a float16/bfloat16 chain rounds every op's result, as eager (it rounded only at the store)
+    for dt in (float16, bfloat16):
+        case = f"half_chain_{dt.name}"
+        xs = (rng.standard_normal(257) * 3).astype(np.float32)
+        x, y = b.input(case, "x", float32, xs), b.buffer(case, "y", dt, (257,))
+        H = lower("cast(x0)", [Arg("x", float32)], dt)
+        b.add(elementwise_kernel(case, (257,), {"x": (x, IndexMap((1,)))},
+                                 [(y, op("add", op("mul", H, 1.1), 0.3))]))
+
+        def rnd(a, dt=dt):
+            return a.astype(np.float16).astype(np.float32) if dt is float16 else round_bfloat16(a)
+        want = rnd(rnd(rnd(xs) * np.float32(1.1)) + np.float32(0.3))
+        b.expect(case, y, want.astype(dt.np), exact=True)
+
     case = "sqrt_power"                # x ** 0.5 is sqrt (numpy, PyTorch): -inf ** 0.5 is NaN, not inf
     xs = np.array([-np.inf, -0.0, 0.0, 4.0, -1.0, 2.0, np.inf, np.nan], np.float32)
     x, y = b.input(case, "x", float32, xs), b.buffer(case, "y", float32, (8,))

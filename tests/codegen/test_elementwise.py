@@ -8,7 +8,7 @@ import pytest
 from codegen.kernel import Arg, Buffer, IndexMap, Loop
 from codegen.scalar import lower, op
 from codegen.templates import elementwise_kernel
-from tracetorch.dtypes import bfloat16, bool_, float16, float32, float64, int32, round_bfloat16
+from tracetorch.dtypes import bfloat16, bool_, float16, float32, float64, int8, int32, int64, round_bfloat16, uint8
 
 FLOATS = [float32, float64]
 
@@ -114,6 +114,22 @@ def test_narrow_float_storage_rounds_on_store(run):
     np.testing.assert_array_equal(got["h"], xs.astype(np.float16))
     np.testing.assert_array_equal(got["bf"], round_bfloat16(xs))
     np.testing.assert_allclose(got["back"], xs.astype(np.float16).astype(np.float32) * 2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("src", FLOATS, ids=lambda d: d.name)
+def test_float_to_int_out_of_range_and_nan_as_numpy(run, src):
+    """NaN, inf and values beyond the integer range convert to INT_MIN, as eager (numpy) and PyTorch on x86;
+    the saturating conversion gave INT_MAX for inf and 2.5e9 and 0 for NaN. int8/uint8 truncate int32's."""
+    xs = np.array([3e10, -3e10, np.inf, -np.inf, np.nan, 2.5e9, -2.5e9, 1e19, 2.0 ** 31, -2.0 ** 31, 300.0, -1.7],
+                  src.np)
+    x = Buffer("x", src, xs.shape)
+    outs = [Buffer(f"y_{d.name}", d, xs.shape) for d in (int32, int64, int8, uint8)]
+    k = elementwise_kernel("to_int", xs.shape, {"x": (x, IndexMap((1,)))},
+                           [(o, lower("cast(x0)", [Arg("x", src)], o.dtype)) for o in outs])
+    got = run([k], {x: xs}, outs)
+    with np.errstate(invalid="ignore"):
+        for o in outs:
+            np.testing.assert_array_equal(got[o.name], xs.astype(o.dtype.np), err_msg=o.name)
 
 
 def test_bool_and_int_kernels(run):

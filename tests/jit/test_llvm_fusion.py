@@ -211,3 +211,27 @@ def test_dump_writes_kernels_and_llvm_ir(tmp_path, rng):
     (kernels,) = tmp_path.glob("*.kernels.txt")
     assert "parallel for" in kernels.read_text()
     assert "fusion groups" in next(tmp_path.glob("*.fusion.txt")).read_text()
+
+
+def test_fused_half_chains_round_every_op_as_eager(rng):
+    """A fused float16/bfloat16 chain rounds each op's result to the dtype, as eager and PyTorch do; it
+    was computed in float32 and rounded only at the store (x * 1.1 + 0.3 differed in the last bit)."""
+    for dt in (tt.float16, tt.bfloat16):
+        f = tt.compile(lambda x, y: ((x * 1.1 + 0.3) * y).sum() + 3.0 / x, backend="llvm")
+        for _ in range(3):
+            x, y = (tt.tensor(rng.standard_normal(257).astype(np.float32) * 3, dtype=dt) for _ in range(2))
+            got, want = f(x, y), ((x * 1.1 + 0.3) * y).sum() + 3.0 / x
+            assert got.dtype is dt
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_half_column_reductions_accumulate_in_float32_as_eager(rng):
+    """A reduction over the rows of a float16/bfloat16 matrix, column-wise, summed in float32 and rounded
+    once as eager does: its rows of partial sums were kept in the half dtype, rounded at every row
+    (a bfloat16 x.sum(0) over 4096 rows was 66 ulps off)."""
+    for dt in (tt.float16, tt.bfloat16):
+        f = tt.compile(lambda x: (x.sum(0), x.sum(0) + x[0]), backend="llvm")
+        for _ in range(3):
+            x = tt.tensor(rng.standard_normal((4096, 64)).astype(np.float32) * 3 + 1, dtype=dt)
+            for got, want in zip(f(x), (x.sum(0), x.sum(0) + x[0])):
+                np.testing.assert_array_equal(got.numpy(), want.numpy())

@@ -73,7 +73,8 @@ def apply(op: OpDef, *inputs, **attrs):
         want = attrs.get("dtype")
         if want is bfloat16 or (want is None and _has_bf16(inputs)):
             dtype = bfloat16
-            data = round_bfloat16(data)
+            if not op.view:     # a view holds bfloat16 values already; rounding copies, cutting it off its base
+                data = round_bfloat16(data)
     elif computes_in_float32(op, attrs, dtype):
         data = in_float32(op, args, attrs)
     return finish(op, inputs, attrs, Tensor._make(data, dtype),

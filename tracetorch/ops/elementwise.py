@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import as_dtype, bfloat16, bool_, round_bfloat16
+from ..dtypes import as_dtype, bfloat16, bool_, float16, round_bfloat16
 from .registry import ELEMENTWISE, Aval, register
 
 import tracetorch as tt
@@ -226,25 +226,41 @@ def _remainder_vjp(n, g):
             _unb(-(g * tt.floor_divide(n.x(0), n.x(1))), n, 1) if _need(n, 1) else None)
 
 
+def _not_bool(dt):
+    """numpy computes bool // bool, bool % bool and bool ** bool in int8; PyTorch does not define them."""
+    if dt == np.bool_:
+        raise TypeError("expected numeric tensors, got bool")
+
+
 def _remainder(a, b):
-    if np.issubdtype(np.result_type(a, b), np.integer) and np.any(np.asarray(b) == 0):
+    dt = np.result_type(a, b)
+    _not_bool(dt)
+    if np.issubdtype(dt, np.integer) and np.any(np.asarray(b) == 0):
         raise ZeroDivisionError("integer division by zero")     # as PyTorch; numpy would return 0
     with np.errstate(all="ignore"):
         return np.remainder(a, b)
 
 
 def _floor_divide(a, b):
-    if np.issubdtype(np.result_type(a, b), np.integer) and np.any(np.asarray(b) == 0):
+    dt = np.result_type(a, b)
+    _not_bool(dt)
+    if np.issubdtype(dt, np.integer) and np.any(np.asarray(b) == 0):
         raise ZeroDivisionError("integer division by zero")
     with np.errstate(all="ignore"):
         return np.floor_divide(a, b)
+
+
+def _power(a, b):
+    _not_bool(np.result_type(a, b))
+    with np.errstate(all="ignore"):
+        return np.power(a, b)
 
 
 ADD = _binary("add", np.add, _add_vjp, (), "x0 + x1")
 SUB = _binary("sub", np.subtract, _sub_vjp, (), "x0 - x1", infer=_infer_binary_numeric)
 MUL = _binary("mul", np.multiply, _mul_vjp, (0, 1), "x0 * x1")
 DIV = _binary("div", _quiet(np.true_divide), _div_vjp, (0, 1), "x0 / x1", infer=_infer_binary_float)
-POW = _binary("pow", _quiet(np.power), _pow_vjp, (0, 1), "pow(x0, x1)", infer=_infer_binary_numeric)
+POW = _binary("pow", _power, _pow_vjp, (0, 1), "pow(x0, x1)", infer=_infer_binary_numeric)
 MAXIMUM = _binary("maximum", np.maximum, lambda n, g: _minmax_vjp(n, g, lambda a, b: a > b), (0, 1),
                   "max(x0, x1)", doc="NaN-propagating; ties split the gradient like PyTorch")
 MINIMUM = _binary("minimum", np.minimum, lambda n, g: _minmax_vjp(n, g, lambda a, b: a < b), (0, 1),
@@ -319,6 +335,9 @@ def _cast_vjp(n, g):
 def _cast_eager(x, dtype):
     if dtype is bfloat16:
         return round_bfloat16(x.astype(np.float32))
+    if dtype is float16 and x.dtype == np.float64:     # through float32, as PyTorch (c10::Half(float)) and the
+        with np.errstate(over="ignore"):                 # LLVM kernels convert; numpy rounds once
+            return x.astype(np.float32).astype(np.float16)
     if x.dtype.kind == "f" and dtype.np.kind in "iu":
         with np.errstate(all="ignore"):
             return x.astype(dtype.np)
