@@ -265,3 +265,14 @@ class TestRepr:
         r = repr(tt.tensor([1.5], requires_grad=True) * 2)
         assert r.startswith("tensor([3.], grad_fn=<MulBackward") and r.endswith(">)")
         assert "size=(0, 3)" in repr(tt.zeros(0, 3))
+
+
+def test_equality_with_a_non_number_is_false_as_in_pytorch():
+    """== / != with a string, None, a list or another object: Python's fallback (False / True), not a TypeError;
+    ordering comparisons still raise."""
+    t = tt.tensor([1, 2])
+    for other in ("a", None, object(), [1, 2], (1, 2)):
+        assert (t == other) is False and (t != other) is True
+    assert t in [t] and (t == np.int64(1)).tolist() == [True, False]
+    with pytest.raises(TypeError):
+        t < "a"

@@ -674,7 +674,7 @@ def softmax(x, dim, dtype=None):
     x = _float_of(x)
     if x._dtype in (D.float16, D.bfloat16):
         return _cast(softmax(_wide(x), dim), x._dtype)
-    e = exp(x - amax(x, dim, keepdim=True).detach())
+    e = exp(x - _softmax_shift(x, dim))
     return e / sum(e, dim, keepdim=True)
 
 
@@ -684,8 +684,14 @@ def log_softmax(x, dim, dtype=None):
     x = _float_of(x)
     if x._dtype in (D.float16, D.bfloat16):
         return _cast(log_softmax(_wide(x), dim), x._dtype)
-    shifted = x - amax(x, dim, keepdim=True).detach()
+    shifted = x - _softmax_shift(x, dim)
     return shifted - log(sum(exp(shifted), dim, keepdim=True))
+
+
+def _softmax_shift(x, dim):
+    """The max over `dim` (kept, no gradient) that softmax subtracts before exp; 0 for an empty tensor,
+    whose softmax is empty (PyTorch's), where amax over an empty dim has no value."""
+    return amax(x, dim, keepdim=True).detach() if x._data.size else 0
 
 
 # ---------------------------------------------------------------- linear algebra

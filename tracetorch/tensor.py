@@ -7,6 +7,8 @@ through in-place updates of views as in PyTorch.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import dtypes as D
@@ -597,9 +599,13 @@ class Tensor:
     __rxor__ = __xor__
 
     def __eq__(self, other):
+        if not isinstance(other, _COMPARABLE):      # a string, None, a list: not equal, as PyTorch (Python's
+            return NotImplemented                   # fallback to identity), not a TypeError
         return _M.compare(_op("eq"), self, other)
 
     def __ne__(self, other):
+        if not isinstance(other, _COMPARABLE):
+            return NotImplemented
         return _M.compare(_op("ne"), self, other)
 
     def __lt__(self, other):
@@ -741,5 +747,6 @@ def _float_mode(vals: np.ndarray) -> str:
 
 _BOUND.Tensor = Tensor
 _ADD, _SUB, _MUL = _op("add"), _op("sub"), _op("mul")
+_COMPARABLE = (Tensor, numbers.Number, np.generic, np.ndarray)     # what == and != compare elementwise
 _M = None   # tracetorch.math, bound by the package __init__ (it imports this module)
 __all__ = ["Tensor", "Size", "describe"]

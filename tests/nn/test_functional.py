@@ -98,3 +98,19 @@ def test_attention_dropout_uses_the_generator(qkv):
     b = F.scaled_dot_product_attention(*tensors, dropout_p=0.5)
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not np.allclose(a.numpy(), np_attention(*qkv))
+
+
+def test_softmax_of_an_empty_tensor_is_empty_eager_and_compiled():
+    """PyTorch: softmax / log_softmax over an empty dim give an empty result (amax has nothing to reduce),
+    and attention with no keys is zeros."""
+    x = tt.zeros(2, 0, requires_grad=True)
+    for fn in (F.softmax, F.log_softmax):
+        out = fn(x, -1)
+        assert out.shape == (2, 0)
+        out.sum().backward()
+        assert x.grad.shape == (2, 0)
+    att = F.scaled_dot_product_attention(tt.randn(1, 2, 4), tt.zeros(1, 0, 4), tt.zeros(1, 0, 4))
+    np.testing.assert_array_equal(att.numpy(), np.zeros((1, 2, 4), np.float32))
+    f = tt.compile(lambda x: F.log_softmax(x, -1) * 2, backend="llvm")
+    for _ in range(2):
+        assert f(tt.zeros(3, 0)).shape == (3, 0)
