@@ -110,10 +110,14 @@ def cumsum_kernel(name: str, out: Buffer, dim: int, x: Buffer, x_map: IndexMap) 
     value = Load(x, x_map.index(at))
     if x.dtype is not dt:
         value = Op("cast", (value,), dt)
-    total = Var("total", dt)
-    body = (Assign("total", Op("add", (total, value), dt)),
-            Store(out, IndexMap(strides, 0).index(at), total))
-    row = (Accumulator("total", Const(0, dt)), Loop(f"i{dim}", shape[dim], body))
+    acc = float32 if dt in (float16, bfloat16) else dt     # (the renderers round every half op's result)
+    if acc is not dt:
+        value = Op("cast", (value,), acc)
+    total = Var("total", acc)
+    stored = total if acc is dt else Op("cast", (total,), dt)
+    body = (Assign("total", Op("add", (total, value), acc)),
+            Store(out, IndexMap(strides, 0).index(at), stored))
+    row = (Accumulator("total", Const(0, acc)), Loop(f"i{dim}", shape[dim], body))
     return Kernel(name, _rows(shape, others, row))
 
 

@@ -656,8 +656,8 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
         return _root(sum(where(zero, 0, where(zero, 1, abs(x)) ** p), dim, keepdim), p)
     # p < 0: a zero element makes the norm 0 (|0| ** p is inf), with gradient 0 as PyTorch's (not inf * 0)
     zero = x == 0
-    norm = sum(where(zero, 1, abs(x)) ** p, dim, keepdim) ** (1.0 / p)
-    return where(sum(zero.to(x._dtype), dim, keepdim) > 0, 0, norm)
+    value = sum(where(zero, 1, abs(x)) ** p, dim, keepdim) ** (1.0 / p)
+    return where(sum(zero.to(x._dtype), dim, keepdim) > 0, 0, value)
 
 
 def _root(s, p):
