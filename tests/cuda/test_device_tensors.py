@@ -219,3 +219,19 @@ def test_save_and_load_of_cuda_tensors_follow_torch_load(fake_cuda):
     restored = nn.Linear(3, 2).cuda()
     restored.load_state_dict(out["model"])
     np.testing.assert_array_equal(restored.bias.detach().cpu().numpy(), model.bias.detach().cpu().numpy())
+
+
+def test_image_transforms_keep_a_cuda_tensor_on_its_device(fake_cuda):
+    """As torchvision's do: Normalize made its mean/std on the CPU (mixing devices raised) and the
+    numpy geometry (crop, pad, affine) raised on a cuda tensor's numpy()."""
+    T = tt.data.transforms
+    image = tt.rand(3, 5, 5, generator=tt.Generator().manual_seed(0))
+    for transform in (T.Normalize([0.5, 0.1, 0.2], [0.2, 0.3, 0.4]), T.RandomCrop(4, padding=2, padding_mode="reflect"),
+                      T.Compose([T.RandomCrop(3), T.Normalize([0.1] * 3, [2.0] * 3)]), T.RandomAffine(30, (0.1, 0.1)),
+                      T.CenterCrop(2), T.Pad(1)):
+        tt.manual_seed(1)
+        want = transform(image)
+        tt.manual_seed(1)
+        got = transform(image.cuda())
+        assert got.is_cuda and got.dtype is want.dtype, transform
+        np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
