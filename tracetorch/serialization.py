@@ -9,6 +9,7 @@ VALUE is JSON. null, true/false, numbers, strings and lists stand for
 themselves; every other value is a JSON object with one tag:
 
     {"tensor": N, "dtype": "bfloat16", "shape": [2, 3], "requires_grad": false, "parameter": false}
+                                                     (+ "device": "cuda:0" for a tensor saved off the CPU)
     {"ndarray": N}                                   a numpy array stored like a tensor
     {"tuple": [VALUE, ...]}
     {"dict": [[KEY, VALUE], ...], "ordered": false}  keys keep their type (int keys stay ints)
@@ -16,7 +17,9 @@ themselves; every other value is a JSON object with one tag:
     {"dtype": "float32"}   {"device": "cpu"}
 
 Tensors keep their tracetorch dtype name; bfloat16 data is stored as the uint16
-bit patterns. A tensor reached twice is stored once and loads as one object.
+bit patterns. A cuda tensor is stored from a host copy and, as with torch.load,
+loads back on its device unless `map_location` sends it elsewhere. A tensor
+reached twice is stored once and loads as one object.
 Loading parses JSON and reads arrays with `allow_pickle=False`, so a checkpoint
 cannot run code. `tt.load` also reads a plain `.npz` archive (from `np.savez`)
 as a dict of tensors.
@@ -101,11 +104,14 @@ class _Encoder:
                         "numbers, strings, None, and lists, tuples and dicts of them")
 
     def _tensor(self, t: Tensor) -> dict:
-        data = t._data
+        data = t._data if type(t._data) is np.ndarray else np.asarray(t._data)    # a device array's host copy
         if t._dtype is D.bfloat16:
             data = (D.round_bfloat16(data).view(np.uint32) >> 16).astype(np.uint16)
-        return {"tensor": self._add_array(t, data), "dtype": t._dtype.name, "shape": list(t._data.shape),
-                "requires_grad": bool(t.requires_grad), "parameter": bool(t._is_param)}
+        entry = {"tensor": self._add_array(t, data), "dtype": t._dtype.name, "shape": list(t._data.shape),
+                 "requires_grad": bool(t.requires_grad), "parameter": bool(t._is_param)}
+        if t.device.type != "cpu":
+            entry["device"] = str(t.device)
+        return entry
 
     def _add_array(self, owner, data: np.ndarray) -> int:
         key = id(owner)
@@ -122,10 +128,11 @@ def _array_name(i: int) -> str:
 
 # ---------------------------------------------------------------- load
 def load(f, map_location=None, pickle_module=None, *, weights_only=True, mmap=None, **kwargs) -> Any:
-    """Read what `save` wrote. Nothing is unpickled whatever `weights_only` says; tensors load on the CPU.
+    """Read what `save` wrote. Nothing is unpickled whatever `weights_only` says.
 
-    `map_location` may be None, "cpu", a device, a dict of location names, or a callable applied to
-    each loaded tensor as `fn(tensor, "cpu")`.
+    Tensors load on the device they were saved from; `map_location` may be None, a device ("cpu",
+    "cuda"), a dict of location names ({"cuda:0": "cpu"}), or a callable applied to each loaded CPU
+    tensor as `fn(tensor, saved_location)` (returning None keeps the saved location).
     """
     if isinstance(map_location, (str, Device)):
         as_device(map_location).check_available()
@@ -215,12 +222,11 @@ class _Decoder:
             raise ValueError(f"tensor {v['tensor']} is stored as {arr.dtype}, but data.json says {dtype.name}")
         if list(arr.shape) != list(v["shape"]):
             raise ValueError(f"tensor {v['tensor']} has shape {list(arr.shape)}, but data.json says {v['shape']}")
-        t = Tensor._make(arr, dtype)
+        t = _apply_map_location(Tensor._make(arr, dtype), self.map_location, v.get("device", "cpu"))
         if v.get("parameter"):
             t = _as_parameter(t, bool(v.get("requires_grad")))
         elif v.get("requires_grad"):
             t.requires_grad_(True)
-        t = _apply_map_location(t, self.map_location)
         self._loaded[key] = t
         return t
 
@@ -237,11 +243,24 @@ def _as_parameter(t: Tensor, requires_grad: bool) -> Tensor:
     return Parameter(t, requires_grad=requires_grad)
 
 
-def _apply_map_location(t: Tensor, map_location) -> Tensor:
+def _apply_map_location(t: Tensor, map_location, location: str = "cpu") -> Tensor:
+    """The CPU tensor `t`, saved from device `location`, where torch.load would put it: back on
+    `location`, or where `map_location` (a device, a {saved: target} dict, or fn(tensor, saved)
+    returning a tensor or None) sends it."""
     if callable(map_location) and not isinstance(map_location, (str, Device)):
-        out = map_location(t, "cpu")
-        return out if isinstance(out, Tensor) else t
-    return t
+        out = map_location(t, location)
+        if isinstance(out, Tensor):
+            return out
+        target = location
+    elif isinstance(map_location, dict):
+        target = map_location.get(location, location)
+    else:
+        target = location if map_location is None else map_location
+    target = as_device(target)
+    if target.type == "cpu":
+        return t
+    target.check_available()
+    return t.to(target)
 
 
 __all__ = ["save", "load"]

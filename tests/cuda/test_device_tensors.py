@@ -191,3 +191,47 @@ def test_module_to_cuda_and_back(fake_cuda):
     for k, v in m.state_dict().items():
         assert not v.is_cuda
         np.testing.assert_array_equal(v.numpy(), before[k])
+
+
+def test_save_and_load_of_cuda_tensors_follow_torch_load(fake_cuda):
+    """tt.save stores a cuda tensor from a host copy (it raised AttributeError on the device array);
+    tt.load puts it back on its device unless map_location sends it elsewhere, and map_location="cuda"
+    moves CPU-saved tensors to the device (they stayed on the CPU)."""
+    import io
+    model = nn.Linear(3, 2).cuda()
+    half = tt.tensor([[1.5, -2.0], [3.0, 0.25]], dtype=tt.bfloat16, device="cuda")
+    buf = io.BytesIO()
+    tt.save({"model": model.state_dict(), "half": half.t(), "host": tt.arange(3)}, buf)
+
+    def load(map_location):
+        buf.seek(0)
+        return tt.load(buf, map_location=map_location)
+
+    out = load(None)
+    assert out["model"]["weight"].is_cuda and out["half"].is_cuda and not out["host"].is_cuda
+    np.testing.assert_array_equal(out["model"]["weight"].cpu().numpy(), model.weight.detach().cpu().numpy())
+    assert out["half"].dtype is tt.bfloat16
+    np.testing.assert_array_equal(out["half"].cpu().float().numpy(), [[1.5, 3.0], [-2.0, 0.25]])
+    for cpu_map in ("cpu", {"cuda:0": "cpu"}, lambda t, location: t):
+        assert not load(cpu_map)["model"]["bias"].is_cuda
+    assert load(lambda t, location: None)["model"]["bias"].is_cuda        # None keeps the saved location
+    assert load("cuda")["host"].is_cuda and load("cuda")["host"].tolist() == [0, 1, 2]
+    restored = nn.Linear(3, 2).cuda()
+    restored.load_state_dict(out["model"])
+    np.testing.assert_array_equal(restored.bias.detach().cpu().numpy(), model.bias.detach().cpu().numpy())
+
+
+def test_image_transforms_keep_a_cuda_tensor_on_its_device(fake_cuda):
+    """As torchvision's do: Normalize made its mean/std on the CPU (mixing devices raised) and the
+    numpy geometry (crop, pad, affine) raised on a cuda tensor's numpy()."""
+    T = tt.data.transforms
+    image = tt.rand(3, 5, 5, generator=tt.Generator().manual_seed(0))
+    for transform in (T.Normalize([0.5, 0.1, 0.2], [0.2, 0.3, 0.4]), T.RandomCrop(4, padding=2, padding_mode="reflect"),
+                      T.Compose([T.RandomCrop(3), T.Normalize([0.1] * 3, [2.0] * 3)]), T.RandomAffine(30, (0.1, 0.1)),
+                      T.CenterCrop(2), T.Pad(1)):
+        tt.manual_seed(1)
+        want = transform(image)
+        tt.manual_seed(1)
+        got = transform(image.cuda())
+        assert got.is_cuda and got.dtype is want.dtype, transform
+        np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())

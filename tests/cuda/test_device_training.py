@@ -67,3 +67,28 @@ def test_compiled_function_makes_device_tensors_and_guards_the_device(fake_cuda)
     assert g.stats()["compiles"] == 2          # a CPU trace does not run cuda tensors (the guard says device)
     with pytest.raises(RuntimeError, match="cuda tensors; use backend='cuda'"):
         tt.compile(lambda x: x + 1, backend="llvm")(tt.ones(2, device="cuda"))
+
+
+@pytest.mark.parametrize("make_opt", [lambda ps: tt.optim.SGD(ps, lr=0.1, momentum=0.9),
+                                      lambda ps: tt.optim.Adam(ps, lr=0.01)], ids=["sgd", "adam"])
+def test_optimizer_state_from_a_cpu_checkpoint_moves_to_the_parameters_device(make_opt, fake_cuda):
+    """PyTorch's load_state_dict moves each state tensor to its parameter's device (the step count stays
+    on the CPU): a checkpoint mapped to the CPU resumes a cuda model as if never interrupted."""
+    _, (model, _, x, y) = _setups()
+    opt = make_opt(model.parameters())
+    _step(model, opt, x, y)
+    saved = opt.state_dict()
+    saved = {"state": {i: {k: v.cpu() for k, v in s.items()} for i, s in saved["state"].items()},
+             "param_groups": saved["param_groups"]}
+    resumed_model = copy.deepcopy(model)
+    resumed = make_opt(resumed_model.parameters())
+    resumed.load_state_dict(saved)
+    for p in resumed_model.parameters():
+        for name, value in resumed.state[p].items():
+            assert value.device == (tt.device("cpu") if name == "step" else p.device), name
+    for _ in range(2):
+        want = _step(model, opt, x, y)
+        got = _step(resumed_model, resumed, x, y)
+        np.testing.assert_allclose(got.item(), want.item(), rtol=1e-6)
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        np.testing.assert_allclose(q.detach().cpu().numpy(), p.detach().cpu().numpy(), rtol=1e-6, atol=1e-7)

@@ -78,7 +78,7 @@ def test_tensor_dataset_items_and_size_check():
     ds = tensor_dataset(4)
     x, y = ds[2]
     assert len(ds) == 4 and x.tolist() == [6.0, 7.0, 8.0] and y.item() == 2
-    with pytest.raises(ValueError, match="size mismatch"):
+    with pytest.raises(AssertionError, match="size mismatch"):     # PyTorch's error type
         TensorDataset(tt.zeros(3, 2), tt.zeros(4))
 
 
@@ -186,6 +186,18 @@ def test_default_collate_containers():
         default_collate([object(), object()])
     with pytest.raises(RuntimeError, match="equal size"):
         default_collate([tt.zeros(2), tt.zeros(3)])
+
+
+def test_default_collate_strings_as_pytorch():
+    """numpy strings (labels read from a numpy array) were refused as numpy scalars; a string column
+    of tuple samples is the tuple zip makes, as in PyTorch (a dict's field is a list)."""
+    labels = np.array(["cat", "dog"])
+    assert default_collate([labels[0], labels[1]]) == ["cat", "dog"]
+    batch = default_collate([(1, "a", {"s": "p"}), (2, "b", {"s": "q"})])
+    assert batch[1] == ("a", "b") and batch[2]["s"] == ["p", "q"]
+    P = namedtuple("P", "n s")
+    assert default_collate([P(1, "x"), P(2, "y")]).s == ("x", "y")
+    assert default_collate([(np.str_("u"), 1.5), (np.str_("v"), 2.5)])[0] == ("u", "v")
 
 
 # ------------------------------------------------------------------ DataLoader

@@ -37,13 +37,15 @@ def _planes(img):
     """The image as a numpy array (..., H, W) and a function turning a result back into img's kind.
 
     The rebuilt image is always a fresh array: a crop of the whole image must
-    not alias its input.
+    not alias its input. A cuda tensor is worked on as its host copy and
+    rebuilt on its device, as torchvision's transforms keep a tensor's device.
     """
     if isinstance(img, Tensor):
         if img.dim() < 2:
             raise ValueError(f"expected a tensor image (..., H, W), got shape {tuple(img.shape)}")
-        dtype = img.dtype
-        return img.detach().numpy(), lambda out: as_tensor(np.array(out, order="C"), dtype=dtype)
+        dtype, device = img.dtype, img.device
+        return img.detach().cpu().numpy(), \
+            lambda out: as_tensor(np.array(out, order="C"), dtype=dtype).to(device)
     if isinstance(img, np.ndarray):
         if img.ndim == 2:
             return img, lambda out: np.array(out, order="C")
@@ -253,12 +255,12 @@ class Normalize:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], inplace: bool = False):
         self.mean, self.std, self.inplace = mean, std, inplace
-        self._stats = {}  # cache of the mean/std tensors, keyed by dtype
+        self._stats = {}  # cache of the mean/std tensors, keyed by dtype and device
 
-    def _mean_std(self, dtype):
-        if dtype not in self._stats:
-            mean = as_tensor(np.asarray(self.mean, dtype=np.float64), dtype=dtype)
-            std = as_tensor(np.asarray(self.std, dtype=np.float64), dtype=dtype)
+    def _mean_std(self, dtype, device):
+        if (dtype, device) not in self._stats:
+            mean = as_tensor(np.asarray(self.mean, dtype=np.float64), dtype=dtype).to(device)
+            std = as_tensor(np.asarray(self.std, dtype=np.float64), dtype=dtype).to(device)
             if bool((std == 0).any()):
                 raise ValueError(f"std evaluated to zero after conversion to {dtype}, leading to division "
                                  f"by zero.")
@@ -266,8 +268,8 @@ class Normalize:
                 mean = mean.reshape(-1, 1, 1)
             if std.dim() == 1:
                 std = std.reshape(-1, 1, 1)
-            self._stats[dtype] = mean, std
-        return self._stats[dtype]
+            self._stats[dtype, device] = mean, std
+        return self._stats[dtype, device]
 
     def __call__(self, tensor: Tensor) -> Tensor:
         if not isinstance(tensor, Tensor):
@@ -277,7 +279,7 @@ class Normalize:
         if tensor.dim() < 3:
             raise ValueError(f"Expected tensor to be a tensor image of size (..., C, H, W). Got "
                              f"tensor.size() = {tuple(tensor.shape)}.")
-        mean, std = self._mean_std(tensor.dtype)
+        mean, std = self._mean_std(tensor.dtype, tensor.device)
         if self.inplace:
             return tensor.sub_(mean).div_(std)
         return (tensor - mean) / std

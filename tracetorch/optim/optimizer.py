@@ -320,16 +320,18 @@ class Optimizer:
 
 
 def _restore_state(param: Tensor, name: str, value, current):
-    """A loaded state entry as this optimizer's tensor: cast to the parameter's dtype
-    (except 'step'), written into `current` when it fits, else a fresh copy."""
+    """A loaded state entry as this optimizer's tensor: moved to the parameter's device and cast to
+    its dtype (except 'step', which stays a CPU counter, as in PyTorch), written into `current` when
+    it fits, else a fresh copy. (A checkpoint saved or loaded on the CPU thus resumes a cuda model.)"""
     if name == "step" and not isinstance(value, Tensor):
         value = _tensor(float(value), dtype=step_dtype())
     if not isinstance(value, Tensor):
         return value
-    if name != "step" and param.is_floating_point() and value.dtype is not param.dtype:
-        value = value.to(param.dtype)
+    if name != "step":
+        value = value.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
     with no_grad():
-        if isinstance(current, Tensor) and current.shape == value.shape and current.dtype is value.dtype:
+        if (isinstance(current, Tensor) and current.shape == value.shape and current.dtype is value.dtype
+                and current.device == value.device):
             return current.copy_(value)
         return value.detach().clone()
 

@@ -3,7 +3,8 @@
 Tensors are stacked along a new first dimension; numpy arrays and Python or
 numpy numbers become tensors (Python floats -> float64, ints -> int64, bools
 -> bool); strings stay as they are; tuples, lists, namedtuples and dicts are
-collated field by field (a tuple sample gives a list batch, like PyTorch).
+collated field by field (a tuple sample gives a list batch, like PyTorch; its
+string fields are tuples, the columns zip makes).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def default_collate(batch):
     elem = batch[0]
     if isinstance(elem, Tensor):
         return stack(batch, 0)
+    if isinstance(elem, (str, bytes)):  # before np.generic: np.str_ labels stay strings
+        return batch
     if isinstance(elem, np.ndarray):
         return _collate_arrays(batch)
     if isinstance(elem, np.generic):
@@ -50,18 +53,16 @@ def default_collate(batch):
         return tensor(batch, dtype=D.float64)
     if isinstance(elem, int):  # bool included: a list of bools becomes a bool tensor
         return tensor(batch)
-    if isinstance(elem, (str, bytes)):
-        return batch
     if isinstance(elem, collections.abc.Mapping):
         fields = {key: default_collate([d[key] for d in batch]) for key in elem}
         return _rebuild_mapping(elem, fields)
     if _is_namedtuple(elem):
-        return type(elem)(*(default_collate(list(s)) for s in zip(*batch)))
+        return type(elem)(*(default_collate(s) for s in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
         size = len(elem)
         if any(len(e) != size for e in batch):
             raise RuntimeError("each element in list of batch should be of equal size")
-        columns = [default_collate(list(s)) for s in zip(*batch)]
+        columns = [default_collate(s) for s in zip(*batch)]  # a string column stays a tuple, as in PyTorch
         if isinstance(elem, tuple):
             return columns
         return _rebuild_sequence(elem, columns)

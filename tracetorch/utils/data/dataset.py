@@ -51,9 +51,9 @@ class TensorDataset(Dataset):
         if not tensors:
             raise ValueError("TensorDataset needs at least one tensor")
         sizes = [t.shape[0] if t.dim() else None for t in tensors]
-        if None in sizes or len(set(sizes)) != 1:
-            raise ValueError(f"TensorDataset: size mismatch between tensors: first dimensions {sizes} "
-                             f"(shapes {[tuple(t.shape) for t in tensors]})")
+        if None in sizes or len(set(sizes)) != 1:  # PyTorch asserts this: code may catch AssertionError
+            raise AssertionError(f"TensorDataset: size mismatch between tensors: first dimensions {sizes} "
+                                 f"(shapes {[tuple(t.shape) for t in tensors]})")
         self.tensors = tensors
 
     def __getitem__(self, index):
