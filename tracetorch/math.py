@@ -468,7 +468,8 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
-    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+    """The root of var whose gradient is 0 where var == 0 (a constant slice), as PyTorch's, not 0 * inf."""
+    return _root(var(x, dim, unbiased, keepdim, correction=correction), 2)
 
 
 def var_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
