@@ -218,6 +218,18 @@ def test_sum_of_bool_and_int_accumulates_in_int64():
     assert tt.sum(big).item() == 2 ** 32
 
 
+def test_reductions_with_dtype_return_that_dtype_eager_and_compiled():
+    """sum/prod/cumsum(dtype=int32) stay int32 as in PyTorch; without dtype= integers widen to int64."""
+    def reduce(x):
+        return (x.sum(dtype=tt.int32), x.sum(1, dtype=tt.int32), x.prod(dtype=tt.int32),
+                x.cumsum(0, dtype=tt.int32), (x > 2).sum(dtype=tt.int32), x.float().sum(dtype=tt.float64))
+    want = ([10, [3, 7], 24, [[1, 2], [4, 6]], 2, 10.0], [tt.int32] * 5 + [tt.float64])
+    for fn in (reduce, tt.compile(reduce, backend="llvm"), tt.compile(reduce, backend="interp")):
+        for _ in range(2):
+            out = fn(tt.tensor([[1, 2], [3, 4]], dtype=tt.int32))
+            assert [o.tolist() for o in out] == want[0] and [o.dtype for o in out] == want[1]
+
+
 def test_cat_skips_legacy_empty_and_keeps_2d_empty_shape_checks():
     x = tt.ones(2, 3)
     assert tt.cat([tt.ones(0), x, tt.ones(0)]).shape == (2, 3)

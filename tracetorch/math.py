@@ -420,10 +420,17 @@ def _dims(x, dim, what="reduce"):
     return (d,) if n else ()
 
 
+def _with_dtype(reduce, x, dtype, **attrs):
+    """`reduce` computed in `dtype` when one is given, its result in that dtype too: an integer sum
+    widens to int64 only without one (x.sum(dtype=tt.int32) is int32, as in PyTorch)."""
+    if dtype is None:
+        return apply(reduce, x, **attrs)
+    dt = D.as_dtype(dtype)
+    return _cast(apply(reduce, _cast(x, dt), **attrs), dt)
+
+
 def sum(x, dim=None, keepdim=False, *, dtype=None):
-    if dtype is not None:
-        x = _cast(x, D.as_dtype(dtype))
-    return apply(SUM, x, dims=_dims(x, dim, "sum"), keepdim=keepdim)
+    return _with_dtype(SUM, x, dtype, dims=_dims(x, dim, "sum"), keepdim=keepdim)
 
 
 def sum_to_shape(g, shape):
@@ -481,9 +488,7 @@ def std_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 
 def prod(x, dim=None, keepdim=False, *, dtype=None):
-    if dtype is not None:
-        x = _cast(x, D.as_dtype(dtype))
-    return apply(R["prod"], x, dims=_dims(x, dim, "prod"), keepdim=keepdim)
+    return _with_dtype(R["prod"], x, dtype, dims=_dims(x, dim, "prod"), keepdim=keepdim)
 
 
 def amax(x, dim=None, keepdim=False):
@@ -564,9 +569,7 @@ def any(x, dim=None, keepdim=False):
 
 
 def cumsum(x, dim, *, dtype=None):
-    if dtype is not None:
-        x = _cast(x, D.as_dtype(dtype))
-    return apply(R["cumsum"], x, dim=_wrap_dim(dim, x._data.ndim, "cumsum"))
+    return _with_dtype(R["cumsum"], x, dtype, dim=_wrap_dim(dim, x._data.ndim, "cumsum"))
 
 
 def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
