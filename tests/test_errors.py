@@ -109,6 +109,14 @@ class TestShapes:
         with raises(IndexError, name, "Dimension out of range (expected to be in range of [-"):
             call(tt.ones(2, 3))
 
+    @pytest.mark.parametrize("call", [lambda x: x.argmax(1), lambda x: x.argmin(-2, keepdim=True),
+                                      lambda x: x.max(1), lambda x: x.min(dim=1)])
+    def test_arg_reductions_over_an_empty_dim_raise_index_error(self, call):
+        """PyTorch's IndexError (numpy's ValueError "attempt to get argmax of an empty sequence" leaked)."""
+        with raises(IndexError, "Expected reduction dim 1 to have non-zero size"):
+            call(tt.ones(2, 0, 3))
+        assert tt.ones(0, 3).argmax(1).shape == (0,)                  # only the reduced dim must be non-empty
+
     def test_flatten_checks_the_dims_of_a_0d_tensor(self):
         """A 0-d tensor has dims -1 and 0, as in PyTorch (flatten(1) used to return a 1-d tensor)."""
         assert tt.tensor(3.0).flatten(0, -1).shape == (1,)
