@@ -238,6 +238,12 @@ def test_cat_skips_legacy_empty_and_keeps_2d_empty_shape_checks():
         tt.cat([tt.ones(0, 2), x])
 
 
+def test_chunk_of_an_empty_dim_gives_chunks_empty_pieces():
+    assert [c.shape for c in tt.zeros(0, 2).chunk(3)] == [(0, 2)] * 3        # PyTorch's
+    assert [c.shape for c in tt.zeros(2, 0).chunk(2, dim=-1)] == [(2, 0)] * 2
+    assert [c.shape for c in tt.zeros(3, 0).chunk(2)] == [(2, 0), (1, 0)]
+
+
 def test_index_rejects_out_of_range_including_negative():
     x = tt.arange(5.0)
     assert x[tt.tensor([-5, -1])].tolist() == [0.0, 4.0]

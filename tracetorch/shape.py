@@ -261,8 +261,9 @@ def chunk(x, chunks, dim=0):
         raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
     d = _wrap_dim(dim, x._data.ndim, "chunk")
     size = x._data.shape[d]
-    step = -(-size // chunks) if size else 1
-    return split(x, step, d)
+    if not size:                    # PyTorch gives `chunks` empty pieces of an empty dim, not one
+        return split(x, [0] * chunks, d)
+    return split(x, -(-size // chunks), d)
 
 
 def unbind(x, dim=0):
