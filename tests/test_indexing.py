@@ -90,6 +90,16 @@ def test_basic_indexing_returns_views_and_advanced_copies():
     assert not np.shares_memory(c.numpy(), x.numpy())
 
 
+def test_ranges_index_like_lists():
+    """PyTorch takes a range as a sequence of integers (it was rejected as an unknown index type)."""
+    x = tt.tensor(A)
+    np.testing.assert_array_equal(x[range(1, 3)].numpy(), A[1:3])
+    np.testing.assert_array_equal(x[:, range(0, 5, 2), 1].numpy(), A[:, [0, 2, 4], 1])
+    assert x[range(0)].shape == (0, 5, 6)
+    x[range(2), 0, range(1, 3)] = -1.0
+    assert x[0, 0, 1].item() == -1.0 and x[1, 0, 2].item() == -1.0 and (x < 0).sum().item() == 2
+
+
 def test_index_tensor_dtypes():
     x = tt.arange(6.0)
     for dtype in (tt.int64, tt.int32, tt.uint8, tt.int16):

@@ -47,8 +47,8 @@ def _normalize(x, key):
     """Expand Ellipsis; return the entries and how many tensor dims they consume."""
     if not isinstance(key, tuple):
         key = (key,)
-    # lists and arrays become index tensors up front, so a list of bools is a mask as in PyTorch
-    key = tuple(_as_index_array(k) if isinstance(k, (list, np.ndarray)) else k for k in key)
+    # lists, ranges and arrays become index tensors up front, so a list of bools is a mask as in PyTorch
+    key = tuple(_as_index_array(k) if isinstance(k, (list, range, np.ndarray)) else k for k in key)
     consumed = 0
     for k in key:
         if k is None or k is Ellipsis:
