@@ -244,6 +244,17 @@ def test_chunk_of_an_empty_dim_gives_chunks_empty_pieces():
     assert [c.shape for c in tt.zeros(3, 0).chunk(2)] == [(2, 0), (1, 0)]
 
 
+def test_where_and_nonzero_of_a_0d_condition_count_it_as_1d():
+    """PyTorch's: tt.where(tensor(True)) is (tensor([0]),); numpy's nonzero refuses 0-d arrays."""
+    for v, n in ((True, 1), (False, 0)):
+        (i,) = tt.where(tt.tensor(v))
+        assert i.tolist() == [0] * n and i.dtype is tt.int64
+        assert tt.nonzero(tt.tensor(v)).shape == (n, 0)
+    f = tt.compile(lambda c: tt.where(c > 0)[0] + 1, backend="llvm")
+    for v in (1.0, 2.0, -1.0):
+        assert f(tt.tensor(v)).tolist() == ([1] if v > 0 else [])
+
+
 def test_index_rejects_out_of_range_including_negative():
     x = tt.arange(5.0)
     assert x[tt.tensor([-5, -1])].tolist() == [0.0, 4.0]

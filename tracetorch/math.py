@@ -392,11 +392,12 @@ def lerp(a, b, weight):
 def nonzero(x, *, as_tuple=False):
     if STATE_tracer():
         STATE_tracer().on_value(x, "nonzero", None)
-    idx = np.nonzero(np.asarray(x._data))
+    a = np.asarray(x._data)
+    idx = np.nonzero(np.atleast_1d(a))         # a 0-d tensor counts as 1-d, as in PyTorch (numpy refuses it)
     from .creation import from_numpy
     if as_tuple:
         return tuple(from_numpy(np.ascontiguousarray(i, dtype=np.int64)).to(x.device) for i in idx)
-    return from_numpy(np.stack(idx, axis=1).astype(np.int64).reshape(-1, x._data.ndim)).to(x.device)
+    return from_numpy(np.ascontiguousarray(np.stack(idx, axis=1)[:, :a.ndim], dtype=np.int64)).to(x.device)
 
 
 def STATE_tracer():
