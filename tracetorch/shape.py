@@ -61,6 +61,14 @@ def reshape_as(x, other):
     return reshape(x, other.shape)
 
 
+def _wrap_dim_1d(x, dim, what, error=RuntimeError):
+    """A dim of x for an op that cuts along it: PyTorch refuses a 0-d x (where reductions take its dims
+    -1 and 0), rather than indexing the empty shape."""
+    if x._data.ndim == 0:
+        raise error(f"{what} expects at least a 1-dimensional tensor")
+    return _wrap_dim(dim, x._data.ndim, what)
+
+
 def flatten(x, start_dim=0, end_dim=-1):
     n = x._data.ndim
     s, e = _wrap_dim(start_dim, n, "flatten"), _wrap_dim(end_dim, n, "flatten")    # a 0-d x takes dims -1 and 0
@@ -73,7 +81,7 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 
 def unflatten(x, dim, sizes):
-    d = _wrap_dim(dim, x._data.ndim, "unflatten")
+    d = _wrap_dim_1d(x, dim, "unflatten")
     shp = x._data.shape
     sizes = _infer_minus_one(tuple(sizes), shp[d])
     return reshape(x, shp[:d] + sizes + shp[d + 1:])
@@ -182,7 +190,7 @@ def repeat(x, *sizes):
 
 def narrow(x, dim, start, length):
     n = x._data.ndim
-    d = _wrap_dim(dim, n, "narrow")
+    d = _wrap_dim_1d(x, dim, "narrow")
     size = x._data.shape[d]
     if start < 0:
         start += size
@@ -195,7 +203,7 @@ def narrow(x, dim, start, length):
 
 
 def select(x, dim, index):
-    d = _wrap_dim(dim, x._data.ndim, "select")
+    d = _wrap_dim_1d(x, dim, "select", IndexError)
     size = x._data.shape[d]
     if not -size <= index < size:
         raise IndexError(f"select(): index {index} out of range for tensor of size {list(x._data.shape)} at "
@@ -207,9 +215,11 @@ def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
-    for t in tensors:
+    for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
             raise TypeError(f"cat(): expected a sequence of Tensors, got an element of type {type(t).__name__}")
+        if t._data.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be concatenated")
     # legacy: 1-D empty tensors are skipped
     kept = [t for t in tensors if not (t._data.ndim == 1 and t._data.shape[0] == 0)] or tensors[:1]
     dt = D.result_type(*kept) if len({t._dtype for t in kept}) > 1 else kept[0]._dtype
@@ -237,7 +247,7 @@ def stack(tensors, dim=0):
 
 
 def split(x, split_size_or_sections, dim=0):
-    d = _wrap_dim(dim, x._data.ndim, "split")
+    d = _wrap_dim_1d(x, dim, "split")
     size = x._data.shape[d]
     if isinstance(split_size_or_sections, int):
         step = split_size_or_sections
@@ -259,7 +269,7 @@ def split(x, split_size_or_sections, dim=0):
 def chunk(x, chunks, dim=0):
     if chunks <= 0:
         raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
-    d = _wrap_dim(dim, x._data.ndim, "chunk")
+    d = _wrap_dim_1d(x, dim, "chunk")
     size = x._data.shape[d]
     if not size:                    # PyTorch gives `chunks` empty pieces of an empty dim, not one
         return split(x, [0] * chunks, d)
@@ -267,7 +277,7 @@ def chunk(x, chunks, dim=0):
 
 
 def unbind(x, dim=0):
-    d = _wrap_dim(dim, x._data.ndim, "unbind")
+    d = _wrap_dim_1d(x, dim, "unbind", IndexError)
     return tuple(select(x, d, i) for i in range(x._data.shape[d]))
 
 
