@@ -127,6 +127,16 @@ class TestShapes:
         with raises(kind, name, "expects at least a 1-dimensional tensor"):
             call(tt.tensor(2.0))
 
+    @pytest.mark.parametrize("call", [lambda x: x.amax(), lambda x: x.amin(), lambda x: x.amax(dim=()),
+                                      lambda x: x.max(), lambda x: x.min()])
+    def test_max_min_over_all_of_an_empty_tensor_ask_for_a_dim(self, call):
+        """PyTorch's RuntimeError for amax/amin as for max/min (amax raised an IndexError)."""
+        with raises(RuntimeError, "Expected reduction dim to be specified for input.numel() == 0"):
+            call(tt.ones(2, 0))
+        with raises(IndexError, "empty dimension 1"):
+            tt.ones(2, 0).amax(1)                                       # over a named empty dim: IndexError
+        assert tt.ones(2, 0).amax(0).shape == (0,)
+
     def test_cat_refuses_0d_tensors(self):
         """Even one alone (it was returned as is; two gave "dim 0 out of range"), as PyTorch."""
         for ts, i in (([tt.tensor(2.0)], 0), ([tt.ones(2), tt.tensor(2.0)], 1)):

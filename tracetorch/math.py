@@ -492,12 +492,20 @@ def prod(x, dim=None, keepdim=False, *, dtype=None):
     return _with_dtype(R["prod"], x, dtype, dims=_dims(x, dim, "prod"), keepdim=keepdim)
 
 
+def _minmax_dims(x, dim, what):
+    """amax/amin's dims: over all of an empty tensor PyTorch asks for a dim (a RuntimeError), as max()."""
+    if (dim is None or isinstance(dim, (list, tuple)) and not dim) and x._data.size == 0:
+        raise RuntimeError(f"{what}(): Expected reduction dim to be specified for input.numel() == 0. Specify the "
+                           f"reduction dim with the 'dim' argument.")
+    return _dims(x, dim, what)
+
+
 def amax(x, dim=None, keepdim=False):
-    return apply(R["amax"], x, dims=_dims(x, dim, "amax"), keepdim=keepdim)
+    return apply(R["amax"], x, dims=_minmax_dims(x, dim, "amax"), keepdim=keepdim)
 
 
 def amin(x, dim=None, keepdim=False):
-    return apply(R["amin"], x, dims=_dims(x, dim, "amin"), keepdim=keepdim)
+    return apply(R["amin"], x, dims=_minmax_dims(x, dim, "amin"), keepdim=keepdim)
 
 
 MinMax = collections.namedtuple("MinMax", ["values", "indices"])
