@@ -238,6 +238,16 @@ def test_cat_skips_legacy_empty_and_keeps_2d_empty_shape_checks():
         tt.cat([tt.ones(0, 2), x])
 
 
+def test_var_and_std_take_a_positional_bool_as_unbiased():
+    """x.var(False) is PyTorch's var(unbiased=False) over all elements (it reduced dim 0 instead)."""
+    a = np.random.default_rng(0).normal(size=(3, 4))
+    x = tt.tensor(a)
+    np.testing.assert_allclose(x.var(False).numpy(), a.var(), rtol=1e-12)
+    np.testing.assert_allclose(tt.var(x, True).numpy(), a.var(ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(x.std(False).numpy(), a.std(), rtol=1e-12)
+    np.testing.assert_allclose(x.var(1, False).numpy(), a.var(1), rtol=1e-12)         # dim, unbiased
+
+
 def test_chunk_of_an_empty_dim_gives_chunks_empty_pieces():
     assert [c.shape for c in tt.zeros(0, 2).chunk(3)] == [(0, 2)] * 3        # PyTorch's
     assert [c.shape for c in tt.zeros(2, 0).chunk(2, dim=-1)] == [(2, 0)] * 2

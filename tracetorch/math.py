@@ -463,6 +463,8 @@ def mean(x, dim=None, keepdim=False, *, dtype=None):
 def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if isinstance(unbiased, (int, tuple, list)) and not isinstance(unbiased, bool) and dim is None:
         dim, unbiased = unbiased, None
+    if isinstance(dim, bool) and unbiased is None:      # x.var(False): PyTorch's var(unbiased) overload, not dim 0
+        dim, unbiased = None, dim
     if correction is None:
         correction = 0 if unbiased is False else 1
     dims = _dims(x, dim, "var")
