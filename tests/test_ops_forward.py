@@ -248,6 +248,17 @@ def test_var_and_std_take_a_positional_bool_as_unbiased():
     np.testing.assert_allclose(x.var(1, False).numpy(), a.var(1), rtol=1e-12)         # dim, unbiased
 
 
+def test_shape_ops_take_pytorchs_keyword_names():
+    x = tt.arange(24.0).reshape(2, 3, 4)
+    assert x.reshape(shape=(4, 6)).shape == (4, 6) and tt.reshape(x, shape=(6, 4)).shape == (6, 4)
+    assert x.view(size=(4, 6)).shape == (4, 6)
+    assert x.permute(dims=(2, 0, 1)).shape == (4, 2, 3) and tt.permute(x, dims=(1, 0, 2)).shape == (3, 2, 4)
+    assert x[:1].expand(size=(2, 3, 4)).shape == (2, 3, 4) and tt.broadcast_to(x[0], size=(2, 3, 4)).shape == (2, 3, 4)
+    assert x.repeat(repeats=(1, 2, 1)).shape == (2, 6, 4)
+    assert [p.shape for p in x.split(split_size=2, dim=1)] == [(2, 2, 4), (2, 1, 4)]
+    assert [p.shape for p in tt.split(x, split_size_or_sections=[1, 3], dim=2)] == [(2, 3, 1), (2, 3, 3)]
+
+
 def test_chunk_of_an_empty_dim_gives_chunks_empty_pieces():
     assert [c.shape for c in tt.zeros(0, 2).chunk(3)] == [(0, 2)] * 3        # PyTorch's
     assert [c.shape for c in tt.zeros(2, 0).chunk(2, dim=-1)] == [(2, 0)] * 2

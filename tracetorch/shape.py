@@ -14,7 +14,12 @@ from .tensor import Tensor, _wrap_dim
 RESHAPE, PERMUTE, EXPAND, SLICE = R["reshape"], R["permute"], R["expand"], R["slice"]
 
 
-def _sizes(args):
+def _sizes(args, named=None):
+    """Sizes given as varargs, one sequence, or PyTorch's keyword (x.reshape(shape=...), x.permute(dims=...))."""
+    if named is not None:
+        if args:
+            raise TypeError("sizes given both positionally and by keyword")
+        args = (named,)
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = args[0]
     return tuple(int(a) for a in args)
@@ -35,15 +40,15 @@ def _infer_minus_one(shape, numel, what="view"):
     return tuple(shape)
 
 
-def reshape(x, *shape):
-    shape = _infer_minus_one(_sizes(shape), x._data.size, "reshape")
+def reshape(x, *sizes, shape=None):
+    shape = _infer_minus_one(_sizes(sizes, shape), x._data.size, "reshape")
     return apply(RESHAPE, x, shape=shape)
 
 
-def view(x, *shape):
+def view(x, *shape, size=None):
     if len(shape) == 1 and isinstance(shape[0], D.DType):
         raise NotImplementedError("view(dtype) is not supported")
-    shape = _infer_minus_one(_sizes(shape), x._data.size)
+    shape = _infer_minus_one(_sizes(shape, size), x._data.size)
     probe = x._data.view()
     try:
         probe.shape = shape
@@ -104,8 +109,8 @@ def unsqueeze(x, dim):
     return apply(RESHAPE, x, shape=shp[:d] + (1,) + shp[d:])
 
 
-def permute(x, *dims):
-    dims = _sizes(dims)
+def permute(x, *order, dims=None):
+    dims = _sizes(order, dims)
     n = x._data.ndim
     if len(dims) != n:
         raise RuntimeError(f"permute(): number of dims don't match: the tensor has {n} dims, got {len(dims)}")
@@ -142,8 +147,8 @@ def movedim(x, source, destination):
     return apply(PERMUTE, x, dims=tuple(order))
 
 
-def expand(x, *sizes):
-    sizes = _sizes(sizes)
+def expand(x, *sizes, size=None):
+    sizes = _sizes(sizes, size)
     shp = x._data.shape
     lead = len(sizes) - len(shp)
     if lead < 0:
@@ -161,8 +166,8 @@ def expand_as(x, other):
     return expand(x, other.shape)
 
 
-def broadcast_to(x, shape):
-    return expand(x, tuple(shape))
+def broadcast_to(x, size):
+    return expand(x, tuple(size))
 
 
 def broadcast_tensors(*tensors):
@@ -175,8 +180,8 @@ def broadcast_shapes(*shapes):
     return Size(np.broadcast_shapes(*shapes))
 
 
-def repeat(x, *sizes):
-    sizes = _sizes(sizes)
+def repeat(x, *sizes, repeats=None):
+    sizes = _sizes(sizes, repeats)
     shp = x._data.shape
     if len(sizes) < len(shp):
         raise RuntimeError("Number of dimensions of repeat dims can not be smaller than number of dimensions of "
@@ -246,7 +251,10 @@ def stack(tensors, dim=0):
     return cat([unsqueeze(t, d) for t in tensors], d)
 
 
-def split(x, split_size_or_sections, dim=0):
+def split(x, split_size_or_sections=None, dim=0, *, split_size=None):
+    """tt.split(x, split_size_or_sections) and x.split(split_size): PyTorch's two keyword names."""
+    if split_size is not None:
+        split_size_or_sections = split_size
     d = _wrap_dim_1d(x, dim, "split")
     size = x._data.shape[d]
     if isinstance(split_size_or_sections, int):
