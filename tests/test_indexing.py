@@ -82,6 +82,26 @@ def test_int_before_advanced_placement():
     assert x[[[0], [1]], 1, [1, 2, 3]].shape == (2, 3)
 
 
+def test_0d_index_tensor_selects_like_an_int_before_advanced_indexing():
+    """PyTorch takes a 0-d integer tensor as an int, so it does not separate the other advanced indices:
+    x[tensor(0), :, [1, 2]] has shape (5, 2) like x[0, :, [1, 2]] (it gave the separated-indices (2, 5))."""
+    x = tt.tensor(A)
+    i0 = tt.tensor(0)
+    np.testing.assert_array_equal(x[i0, :, [1, 2]].numpy(), A[0][:, [1, 2]])
+    np.testing.assert_array_equal(x[None, i0, None, [[2], [3]]].numpy(), A[0][None, None, [[2], [3]]])
+    np.testing.assert_array_equal(x[[1, 2], tt.tensor(-1), :, None].numpy(), A[:, -1][[1, 2], :, None])
+
+    def write(x, v):
+        x[tt.tensor(1), :, [0, 2]] = v
+        return x
+    want = A.copy()
+    want[1][:, [0, 2]] = np.arange(10.0).reshape(5, 2)
+    for fn in (write, tt.compile(write, backend="llvm"), tt.compile(write, backend="interp")):
+        for _ in range(2):
+            got = fn(tt.tensor(A), tt.arange(10.0).reshape(5, 2))
+            np.testing.assert_array_equal(got.numpy(), want)
+
+
 def test_basic_indexing_returns_views_and_advanced_copies():
     x = tt.tensor(A)
     v = x[1, ::2]
