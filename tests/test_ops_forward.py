@@ -259,6 +259,15 @@ def test_shape_ops_take_pytorchs_keyword_names():
     assert [p.shape for p in tt.split(x, split_size_or_sections=[1, 3], dim=2)] == [(2, 3, 1), (2, 3, 3)]
 
 
+def test_all_and_any_over_an_empty_dim_list_reduce_nothing():
+    """PyTorch's x.all(dim=()) is x != 0 elementwise (it reduced every dim, as sum(dim=()) still does)."""
+    x = tt.tensor([[1.0, 0.0], [2.0, 3.0]])
+    assert x.all(dim=()).tolist() == [[True, False], [True, True]] == x.any(dim=[]).tolist()
+    assert (x > 1).all(dim=(), keepdim=True).tolist() == [[False, False], [True, True]]
+    assert tt.zeros(2, 0).any(dim=()).shape == (2, 0)
+    assert x.sum(dim=()).shape == () and not x.all().item() and x.any(dim=(0,)).tolist() == [True, True]
+
+
 def test_chunk_of_an_empty_dim_gives_chunks_empty_pieces():
     assert [c.shape for c in tt.zeros(0, 2).chunk(3)] == [(0, 2)] * 3        # PyTorch's
     assert [c.shape for c in tt.zeros(2, 0).chunk(2, dim=-1)] == [(2, 0)] * 2

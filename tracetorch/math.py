@@ -569,13 +569,24 @@ def logsumexp(x, dim=None, keepdim=False):
     return out if keepdim else out.reshape(tuple(s for i, s in enumerate(out._data.shape) if i not in dims))
 
 
-def all(x, dim=None, keepdim=False):
+def _truth(x, dim):
+    """x as bools for all/any, and whether dim is an empty list: PyTorch's all/any then reduce nothing
+    (x.all(dim=()) is x != 0 elementwise), where sum(dim=()) still reduces every dim."""
     b = x if x._dtype is D.bool_ else x != 0
+    return b, isinstance(dim, (list, tuple)) and not dim
+
+
+def all(x, dim=None, keepdim=False):
+    b, nothing = _truth(x, dim)
+    if nothing:
+        return b.clone() if b is x else b
     return apply(SUM, logical_not(b), dims=_dims(x, dim, "all"), keepdim=keepdim) == 0
 
 
 def any(x, dim=None, keepdim=False):
-    b = x if x._dtype is D.bool_ else x != 0
+    b, nothing = _truth(x, dim)
+    if nothing:
+        return b.clone() if b is x else b
     return apply(SUM, b, dims=_dims(x, dim, "any"), keepdim=keepdim) > 0
 
 
