@@ -122,6 +122,40 @@ class TestShapes:
         with raises(IndexError, name, "Dimension out of range (expected to be in range of [-"):
             call(tt.ones(2, 3))
 
+    @pytest.mark.parametrize("call", [lambda x: x.argmax(1), lambda x: x.argmin(-2, keepdim=True),
+                                      lambda x: x.max(1), lambda x: x.min(dim=1)])
+    def test_arg_reductions_over_an_empty_dim_raise_index_error(self, call):
+        """PyTorch's IndexError (numpy's ValueError "attempt to get argmax of an empty sequence" leaked)."""
+        with raises(IndexError, "Expected reduction dim 1 to have non-zero size"):
+            call(tt.ones(2, 0, 3))
+        assert tt.ones(0, 3).argmax(1).shape == (0,)                  # only the reduced dim must be non-empty
+
+    @pytest.mark.parametrize("call,kind,name", [
+        (lambda s: s.split(1), RuntimeError, "split"), (lambda s: s.chunk(1), RuntimeError, "chunk"),
+        (lambda s: s.unflatten(0, (1,)), RuntimeError, "unflatten"), (lambda s: s.narrow(0, 0, 1), RuntimeError, "narrow"),
+        (lambda s: s.select(0, 0), IndexError, "select"), (lambda s: s.unbind(0), IndexError, "unbind"),
+    ])
+    def test_ops_that_cut_along_a_dim_refuse_a_0d_tensor(self, call, kind, name):
+        """PyTorch's error (an IndexError "tuple index out of range" leaked from the empty shape)."""
+        with raises(kind, name, "expects at least a 1-dimensional tensor"):
+            call(tt.tensor(2.0))
+
+    @pytest.mark.parametrize("call", [lambda x: x.amax(), lambda x: x.amin(), lambda x: x.amax(dim=()),
+                                      lambda x: x.max(), lambda x: x.min()])
+    def test_max_min_over_all_of_an_empty_tensor_ask_for_a_dim(self, call):
+        """PyTorch's RuntimeError for amax/amin as for max/min (amax raised an IndexError)."""
+        with raises(RuntimeError, "Expected reduction dim to be specified for input.numel() == 0"):
+            call(tt.ones(2, 0))
+        with raises(IndexError, "empty dimension 1"):
+            tt.ones(2, 0).amax(1)                                       # over a named empty dim: IndexError
+        assert tt.ones(2, 0).amax(0).shape == (0,)
+
+    def test_cat_refuses_0d_tensors(self):
+        """Even one alone (it was returned as is; two gave "dim 0 out of range"), as PyTorch."""
+        for ts, i in (([tt.tensor(2.0)], 0), ([tt.ones(2), tt.tensor(2.0)], 1)):
+            with raises(RuntimeError, f"zero-dimensional tensor (at position {i}) cannot be concatenated"):
+                tt.cat(ts)
+
     def test_flatten_checks_the_dims_of_a_0d_tensor(self):
         """A 0-d tensor has dims -1 and 0, as in PyTorch (flatten(1) used to return a 1-d tensor)."""
         assert tt.tensor(3.0).flatten(0, -1).shape == (1,)

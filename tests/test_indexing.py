@@ -82,12 +82,42 @@ def test_int_before_advanced_placement():
     assert x[[[0], [1]], 1, [1, 2, 3]].shape == (2, 3)
 
 
+def test_0d_index_tensor_selects_like_an_int_before_advanced_indexing():
+    """PyTorch takes a 0-d integer tensor as an int, so it does not separate the other advanced indices:
+    x[tensor(0), :, [1, 2]] has shape (5, 2) like x[0, :, [1, 2]] (it gave the separated-indices (2, 5))."""
+    x = tt.tensor(A)
+    i0 = tt.tensor(0)
+    np.testing.assert_array_equal(x[i0, :, [1, 2]].numpy(), A[0][:, [1, 2]])
+    np.testing.assert_array_equal(x[None, i0, None, [[2], [3]]].numpy(), A[0][None, None, [[2], [3]]])
+    np.testing.assert_array_equal(x[[1, 2], tt.tensor(-1), :, None].numpy(), A[:, -1][[1, 2], :, None])
+
+    def write(x, v):
+        x[tt.tensor(1), :, [0, 2]] = v
+        return x
+    want = A.copy()
+    want[1][:, [0, 2]] = np.arange(10.0).reshape(5, 2)
+    for fn in (write, tt.compile(write, backend="llvm"), tt.compile(write, backend="interp")):
+        for _ in range(2):
+            got = fn(tt.tensor(A), tt.arange(10.0).reshape(5, 2))
+            np.testing.assert_array_equal(got.numpy(), want)
+
+
 def test_basic_indexing_returns_views_and_advanced_copies():
     x = tt.tensor(A)
     v = x[1, ::2]
     assert np.shares_memory(v.numpy(), x.numpy())
     c = x[[1, 2]]
     assert not np.shares_memory(c.numpy(), x.numpy())
+
+
+def test_ranges_index_like_lists():
+    """PyTorch takes a range as a sequence of integers (it was rejected as an unknown index type)."""
+    x = tt.tensor(A)
+    np.testing.assert_array_equal(x[range(1, 3)].numpy(), A[1:3])
+    np.testing.assert_array_equal(x[:, range(0, 5, 2), 1].numpy(), A[:, [0, 2, 4], 1])
+    assert x[range(0)].shape == (0, 5, 6)
+    x[range(2), 0, range(1, 3)] = -1.0
+    assert x[0, 0, 1].item() == -1.0 and x[1, 0, 2].item() == -1.0 and (x < 0).sum().item() == 2
 
 
 def test_index_tensor_dtypes():

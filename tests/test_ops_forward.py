@@ -218,12 +218,71 @@ def test_sum_of_bool_and_int_accumulates_in_int64():
     assert tt.sum(big).item() == 2 ** 32
 
 
+def test_reductions_with_dtype_return_that_dtype_eager_and_compiled():
+    """sum/prod/cumsum(dtype=int32) stay int32 as in PyTorch; without dtype= integers widen to int64."""
+    def reduce(x):
+        return (x.sum(dtype=tt.int32), x.sum(1, dtype=tt.int32), x.prod(dtype=tt.int32),
+                x.cumsum(0, dtype=tt.int32), (x > 2).sum(dtype=tt.int32), x.float().sum(dtype=tt.float64))
+    want = ([10, [3, 7], 24, [[1, 2], [4, 6]], 2, 10.0], [tt.int32] * 5 + [tt.float64])
+    for fn in (reduce, tt.compile(reduce, backend="llvm"), tt.compile(reduce, backend="interp")):
+        for _ in range(2):
+            out = fn(tt.tensor([[1, 2], [3, 4]], dtype=tt.int32))
+            assert [o.tolist() for o in out] == want[0] and [o.dtype for o in out] == want[1]
+
+
 def test_cat_skips_legacy_empty_and_keeps_2d_empty_shape_checks():
     x = tt.ones(2, 3)
     assert tt.cat([tt.ones(0), x, tt.ones(0)]).shape == (2, 3)
     assert tt.cat([tt.ones(0, 3), x]).shape == (2, 3)
     with pytest.raises(RuntimeError):
         tt.cat([tt.ones(0, 2), x])
+
+
+def test_var_and_std_take_a_positional_bool_as_unbiased():
+    """x.var(False) is PyTorch's var(unbiased=False) over all elements (it reduced dim 0 instead)."""
+    a = np.random.default_rng(0).normal(size=(3, 4))
+    x = tt.tensor(a)
+    np.testing.assert_allclose(x.var(False).numpy(), a.var(), rtol=1e-12)
+    np.testing.assert_allclose(tt.var(x, True).numpy(), a.var(ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(x.std(False).numpy(), a.std(), rtol=1e-12)
+    np.testing.assert_allclose(x.var(1, False).numpy(), a.var(1), rtol=1e-12)         # dim, unbiased
+
+
+def test_shape_ops_take_pytorchs_keyword_names():
+    x = tt.arange(24.0).reshape(2, 3, 4)
+    assert x.reshape(shape=(4, 6)).shape == (4, 6) and tt.reshape(x, shape=(6, 4)).shape == (6, 4)
+    assert x.view(size=(4, 6)).shape == (4, 6)
+    assert x.permute(dims=(2, 0, 1)).shape == (4, 2, 3) and tt.permute(x, dims=(1, 0, 2)).shape == (3, 2, 4)
+    assert x[:1].expand(size=(2, 3, 4)).shape == (2, 3, 4) and tt.broadcast_to(x[0], size=(2, 3, 4)).shape == (2, 3, 4)
+    assert x.repeat(repeats=(1, 2, 1)).shape == (2, 6, 4)
+    assert [p.shape for p in x.split(split_size=2, dim=1)] == [(2, 2, 4), (2, 1, 4)]
+    assert [p.shape for p in tt.split(x, split_size_or_sections=[1, 3], dim=2)] == [(2, 3, 1), (2, 3, 3)]
+
+
+def test_all_and_any_over_an_empty_dim_list_reduce_nothing():
+    """PyTorch's x.all(dim=()) is x != 0 elementwise (it reduced every dim, as sum(dim=()) still does)."""
+    x = tt.tensor([[1.0, 0.0], [2.0, 3.0]])
+    assert x.all(dim=()).tolist() == [[True, False], [True, True]] == x.any(dim=[]).tolist()
+    assert (x > 1).all(dim=(), keepdim=True).tolist() == [[False, False], [True, True]]
+    assert tt.zeros(2, 0).any(dim=()).shape == (2, 0)
+    assert x.sum(dim=()).shape == () and not x.all().item() and x.any(dim=(0,)).tolist() == [True, True]
+
+
+def test_chunk_of_an_empty_dim_gives_chunks_empty_pieces():
+    assert [c.shape for c in tt.zeros(0, 2).chunk(3)] == [(0, 2)] * 3        # PyTorch's
+    assert [c.shape for c in tt.zeros(2, 0).chunk(2, dim=-1)] == [(2, 0)] * 2
+    assert [c.shape for c in tt.zeros(3, 0).chunk(2)] == [(2, 0), (1, 0)]
+
+
+def test_where_and_nonzero_of_a_0d_condition_count_it_as_1d():
+    """PyTorch's: tt.where(tensor(True)) is (tensor([0]),); numpy's nonzero refuses 0-d arrays."""
+    for v, n in ((True, 1), (False, 0)):
+        (i,) = tt.where(tt.tensor(v))
+        assert i.tolist() == [0] * n and i.dtype is tt.int64
+        assert tt.nonzero(tt.tensor(v)).shape == (n, 0)
+    f = tt.compile(lambda c: tt.where(c > 0)[0] + 1, backend="llvm")
+    for v in (1.0, 2.0, -1.0):
+        assert f(tt.tensor(v)).tolist() == ([1] if v > 0 else [])
 
 
 def test_index_rejects_out_of_range_including_negative():

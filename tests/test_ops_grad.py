@@ -263,3 +263,21 @@ def test_broadcast_gradients_sum_back_to_input_shapes(shapes, name):
               "where": (np.where(cond, w, 0), np.where(cond, 0, w))}[name]
     np.testing.assert_allclose(gx.numpy(), _sum_to(np.broadcast_to(wa, w.shape), a.shape), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gy.numpy(), _sum_to(np.broadcast_to(wb, w.shape), b.shape), rtol=1e-12, atol=1e-12)
+
+
+def test_std_gradient_of_a_constant_slice_is_zero_eager_and_compiled():
+    """PyTorch masks std's gradient to 0 where std == 0 (it was 0 * inf = nan)."""
+    rows = [[2.0, 2.0, 2.0], [1.0, 2.0, 3.0]]
+    want = [[0.0, 0.0, 0.0], [-0.5, 0.0, 0.5]]                          # (x - mean) / (std * (n - 1))
+    (g,) = _grad(lambda x: x.std(dim=1), rows)
+    np.testing.assert_allclose(g, want, rtol=1e-14)
+    (g,) = _grad(lambda x: x.std(), [3.0, 3.0])
+    np.testing.assert_array_equal(g, [0.0, 0.0])
+
+    def step(x):
+        x.std(dim=1).sum().backward()
+        return x.grad
+    f = tt.compile(step, backend="llvm")
+    for _ in range(2):                                                  # traced, then a cache hit
+        x = tt.tensor(rows, dtype=tt.float64, requires_grad=True)
+        np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-14)

@@ -47,8 +47,8 @@ def _normalize(x, key):
     """Expand Ellipsis; return the entries and how many tensor dims they consume."""
     if not isinstance(key, tuple):
         key = (key,)
-    # lists and arrays become index tensors up front, so a list of bools is a mask as in PyTorch
-    key = tuple(_as_index_array(k) if isinstance(k, (list, np.ndarray)) else k for k in key)
+    # lists, ranges and arrays become index tensors up front, so a list of bools is a mask as in PyTorch
+    key = tuple(_as_index_array(k) if isinstance(k, (list, range, np.ndarray)) else k for k in key)
     consumed = 0
     for k in key:
         if k is None or k is Ellipsis:
@@ -143,11 +143,27 @@ def _basic(x, key):
     return y, advanced
 
 
+def _next_to_the_others(y, advanced):
+    """PyTorch selects with a 0-d integer tensor as with an int, before advanced indexing, so it does not
+    separate the other advanced indices: for x of shape (3, 4, 5), x[tensor(0), :, [1, 2]] has shape (4, 2),
+    not (2, 4). Move the dims such indices address next to the others' (a view) and gather them all at once."""
+    zero = [d for d, i in advanced if i._data.ndim == 0]
+    rest = [d for d, i in advanced if i._data.ndim]
+    if not zero or not rest:
+        return y, advanced
+    order = [d for d in range(y._data.ndim) if d not in zero]
+    at = order.index(rest[0])
+    order[at:at] = zero
+    where = {d: order.index(d) for d, _ in advanced}
+    return y.permute(order), sorted(((where[d], i) for d, i in advanced), key=lambda e: e[0])
+
+
 def getitem(x, key):
     key = _normalize(x, key)
     y, advanced = _basic(x, key)
     if not advanced:
         return y
+    y, advanced = _next_to_the_others(y, advanced)
     dims = tuple(d for d, _ in advanced)
     idx = [i if i._dtype is D.int64 else i.long() for _, i in advanced]
     return apply(R["index"], y, *idx, dims=dims)
@@ -169,6 +185,7 @@ def setitem(x, key, value):
         else:
             y.fill_(value)
         return
+    y, advanced = _next_to_the_others(y, advanced)
     dims = tuple(d for d, _ in advanced)
     idx = [i if i._dtype is D.int64 else i.long() for _, i in advanced]
     y._assign(apply(R["index_put"], y, value, *idx, dims=dims, accumulate=False))

@@ -446,11 +446,12 @@ def lerp(a, b, weight):
 def nonzero(x, *, as_tuple=False):
     if STATE_tracer():
         STATE_tracer().on_value(x, "nonzero", None)
-    idx = np.nonzero(np.asarray(x._data))
+    a = np.asarray(x._data)
+    idx = np.nonzero(np.atleast_1d(a))         # a 0-d tensor counts as 1-d, as in PyTorch (numpy refuses it)
     from .creation import from_numpy
     if as_tuple:
         return tuple(from_numpy(np.ascontiguousarray(i, dtype=np.int64)).to(x.device) for i in idx)
-    return from_numpy(np.stack(idx, axis=1).astype(np.int64).reshape(-1, x._data.ndim)).to(x.device)
+    return from_numpy(np.ascontiguousarray(np.stack(idx, axis=1)[:, :a.ndim], dtype=np.int64)).to(x.device)
 
 
 def STATE_tracer():
@@ -474,15 +475,17 @@ def _dims(x, dim, what="reduce"):
     return (d,) if n else ()
 
 
-def _of_dtype(out, dtype):
-    """A sum's result in the dtype= it was asked for: integer sums are int64 otherwise (x.sum(dtype=int32))."""
-    return out if dtype is None else _cast(out, D.as_dtype(dtype))
+def _with_dtype(reduce, x, dtype, **attrs):
+    """`reduce` computed in `dtype` when one is given, its result in that dtype too: an integer sum
+    widens to int64 only without one (x.sum(dtype=tt.int32) is int32, as in PyTorch)."""
+    if dtype is None:
+        return apply(reduce, x, **attrs)
+    dt = D.as_dtype(dtype)
+    return _cast(apply(reduce, _cast(x, dt), **attrs), dt)
 
 
 def sum(x, dim=None, keepdim=False, *, dtype=None):
-    if dtype is not None:
-        x = _cast(x, D.as_dtype(dtype))
-    return _of_dtype(apply(SUM, x, dims=_dims(x, dim, "sum"), keepdim=keepdim), dtype)
+    return _with_dtype(SUM, x, dtype, dims=_dims(x, dim, "sum"), keepdim=keepdim)
 
 
 def sum_to_shape(g, shape):
@@ -521,6 +524,8 @@ def mean(x, dim=None, keepdim=False, *, dtype=None):
 def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if isinstance(unbiased, (int, tuple, list)) and not isinstance(unbiased, bool) and dim is None:
         dim, unbiased = unbiased, None
+    if isinstance(dim, bool) and unbiased is None:      # x.var(False): PyTorch's var(unbiased) overload, not dim 0
+        dim, unbiased = None, dim
     if correction is None:
         correction = 0 if unbiased is False else 1
     dims = _dims(x, dim, "var")
@@ -535,7 +540,9 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
-    return _cast(sqrt(var(_wide(x), dim, unbiased, keepdim, correction=correction)), x._dtype)
+    """The root of var whose gradient is 0 where var == 0 (a constant slice), as PyTorch's, not 0 * inf;
+    a float16/bfloat16 one computed in float32 and rounded once."""
+    return _cast(_root(var(_wide(x), dim, unbiased, keepdim, correction=correction), 2), x._dtype)
 
 
 def var_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
@@ -547,17 +554,23 @@ def std_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 
 def prod(x, dim=None, keepdim=False, *, dtype=None):
-    if dtype is not None:
-        x = _cast(x, D.as_dtype(dtype))
-    return _of_dtype(apply(R["prod"], x, dims=_dims(x, dim, "prod"), keepdim=keepdim), dtype)
+    return _with_dtype(R["prod"], x, dtype, dims=_dims(x, dim, "prod"), keepdim=keepdim)
+
+
+def _minmax_dims(x, dim, what):
+    """amax/amin's dims: over all of an empty tensor PyTorch asks for a dim (a RuntimeError), as max()."""
+    if (dim is None or isinstance(dim, (list, tuple)) and not dim) and x._data.size == 0:
+        raise RuntimeError(f"{what}(): Expected reduction dim to be specified for input.numel() == 0. Specify the "
+                           f"reduction dim with the 'dim' argument.")
+    return _dims(x, dim, what)
 
 
 def amax(x, dim=None, keepdim=False):
-    return apply(R["amax"], x, dims=_dims(x, dim, "amax"), keepdim=keepdim)
+    return apply(R["amax"], x, dims=_minmax_dims(x, dim, "amax"), keepdim=keepdim)
 
 
 def amin(x, dim=None, keepdim=False):
-    return apply(R["amin"], x, dims=_dims(x, dim, "amin"), keepdim=keepdim)
+    return apply(R["amin"], x, dims=_minmax_dims(x, dim, "amin"), keepdim=keepdim)
 
 
 MinMax = collections.namedtuple("MinMax", ["values", "indices"])
@@ -619,20 +632,29 @@ def logsumexp(x, dim=None, keepdim=False):
     return out if keepdim else out.reshape(tuple(s for i, s in enumerate(out._data.shape) if i not in dims))
 
 
-def all(x, dim=None, keepdim=False):
+def _truth(x, dim):
+    """x as bools for all/any, and whether dim is an empty list: PyTorch's all/any then reduce nothing
+    (x.all(dim=()) is x != 0 elementwise), where sum(dim=()) still reduces every dim."""
     b = x if x._dtype is D.bool_ else x != 0
+    return b, isinstance(dim, (list, tuple)) and not dim
+
+
+def all(x, dim=None, keepdim=False):
+    b, nothing = _truth(x, dim)
+    if nothing:
+        return b.clone() if b is x else b
     return apply(SUM, logical_not(b), dims=_dims(x, dim, "all"), keepdim=keepdim) == 0
 
 
 def any(x, dim=None, keepdim=False):
-    b = x if x._dtype is D.bool_ else x != 0
+    b, nothing = _truth(x, dim)
+    if nothing:
+        return b.clone() if b is x else b
     return apply(SUM, b, dims=_dims(x, dim, "any"), keepdim=keepdim) > 0
 
 
 def cumsum(x, dim, *, dtype=None):
-    if dtype is not None:
-        x = _cast(x, D.as_dtype(dtype))
-    return _of_dtype(apply(R["cumsum"], x, dim=_wrap_dim(dim, x._data.ndim, "cumsum")), dtype)
+    return _with_dtype(R["cumsum"], x, dtype, dim=_wrap_dim(dim, x._data.ndim, "cumsum"))
 
 
 def norm(x, p="fro", dim=None, keepdim=False, dtype=None):

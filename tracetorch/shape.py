@@ -14,7 +14,12 @@ from .tensor import Tensor, _wrap_dim
 RESHAPE, PERMUTE, EXPAND, SLICE = R["reshape"], R["permute"], R["expand"], R["slice"]
 
 
-def _sizes(args):
+def _sizes(args, named=None):
+    """Sizes given as varargs, one sequence, or PyTorch's keyword (x.reshape(shape=...), x.permute(dims=...))."""
+    if named is not None:
+        if args:
+            raise TypeError("sizes given both positionally and by keyword")
+        args = (named,)
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = args[0]
     return tuple(int(a) for a in args)
@@ -35,15 +40,15 @@ def _infer_minus_one(shape, numel, what="view"):
     return tuple(shape)
 
 
-def reshape(x, *shape):
-    shape = _infer_minus_one(_sizes(shape), x._data.size, "reshape")
+def reshape(x, *sizes, shape=None):
+    shape = _infer_minus_one(_sizes(sizes, shape), x._data.size, "reshape")
     return apply(RESHAPE, x, shape=shape)
 
 
-def view(x, *shape):
+def view(x, *shape, size=None):
     if len(shape) == 1 and isinstance(shape[0], D.DType):
         raise NotImplementedError("view(dtype) is not supported")
-    shape = _infer_minus_one(_sizes(shape), x._data.size)
+    shape = _infer_minus_one(_sizes(shape, size), x._data.size)
     probe = x._data.view()
     try:
         probe.shape = shape
@@ -61,6 +66,14 @@ def reshape_as(x, other):
     return reshape(x, other.shape)
 
 
+def _wrap_dim_1d(x, dim, what, error=RuntimeError):
+    """A dim of x for an op that cuts along it: PyTorch refuses a 0-d x (where reductions take its dims
+    -1 and 0), rather than indexing the empty shape."""
+    if x._data.ndim == 0:
+        raise error(f"{what} expects at least a 1-dimensional tensor")
+    return _wrap_dim(dim, x._data.ndim, what)
+
+
 def flatten(x, start_dim=0, end_dim=-1):
     n = x._data.ndim
     s, e = _wrap_dim(start_dim, n, "flatten"), _wrap_dim(end_dim, n, "flatten")    # a 0-d x takes dims -1 and 0
@@ -73,7 +86,7 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 
 def unflatten(x, dim, sizes):
-    d = _wrap_dim(dim, x._data.ndim, "unflatten")
+    d = _wrap_dim_1d(x, dim, "unflatten")
     shp = x._data.shape
     sizes = _infer_minus_one(tuple(sizes), shp[d])
     return reshape(x, shp[:d] + sizes + shp[d + 1:])
@@ -96,8 +109,8 @@ def unsqueeze(x, dim):
     return apply(RESHAPE, x, shape=shp[:d] + (1,) + shp[d:])
 
 
-def permute(x, *dims):
-    dims = _sizes(dims)
+def permute(x, *order, dims=None):
+    dims = _sizes(order, dims)
     n = x._data.ndim
     if len(dims) != n:
         raise RuntimeError(f"permute(): number of dims don't match: the tensor has {n} dims, got {len(dims)}")
@@ -134,8 +147,8 @@ def movedim(x, source, destination):
     return apply(PERMUTE, x, dims=tuple(order))
 
 
-def expand(x, *sizes):
-    sizes = _sizes(sizes)
+def expand(x, *sizes, size=None):
+    sizes = _sizes(sizes, size)
     shp = x._data.shape
     lead = len(sizes) - len(shp)
     if lead < 0:
@@ -153,8 +166,8 @@ def expand_as(x, other):
     return expand(x, other.shape)
 
 
-def broadcast_to(x, shape):
-    return expand(x, tuple(shape))
+def broadcast_to(x, size):
+    return expand(x, tuple(size))
 
 
 def broadcast_tensors(*tensors):
@@ -167,8 +180,8 @@ def broadcast_shapes(*shapes):
     return Size(np.broadcast_shapes(*shapes))
 
 
-def repeat(x, *sizes):
-    sizes = _sizes(sizes)
+def repeat(x, *sizes, repeats=None):
+    sizes = _sizes(sizes, repeats)
     shp = x._data.shape
     if len(sizes) < len(shp):
         raise RuntimeError("Number of dimensions of repeat dims can not be smaller than number of dimensions of "
@@ -182,7 +195,7 @@ def repeat(x, *sizes):
 
 def narrow(x, dim, start, length):
     n = x._data.ndim
-    d = _wrap_dim(dim, n, "narrow")
+    d = _wrap_dim_1d(x, dim, "narrow")
     size = x._data.shape[d]
     if start < 0:
         start += size
@@ -195,7 +208,7 @@ def narrow(x, dim, start, length):
 
 
 def select(x, dim, index):
-    d = _wrap_dim(dim, x._data.ndim, "select")
+    d = _wrap_dim_1d(x, dim, "select", IndexError)
     size = x._data.shape[d]
     if not -size <= index < size:
         raise IndexError(f"select(): index {index} out of range for tensor of size {list(x._data.shape)} at "
@@ -207,9 +220,11 @@ def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
-    for t in tensors:
+    for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
             raise TypeError(f"cat(): expected a sequence of Tensors, got an element of type {type(t).__name__}")
+        if t._data.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be concatenated")
     # legacy: 1-D empty tensors are skipped
     kept = [t for t in tensors if not (t._data.ndim == 1 and t._data.shape[0] == 0)] or tensors[:1]
     dt = D.result_type(*kept) if len({t._dtype for t in kept}) > 1 else kept[0]._dtype
@@ -236,8 +251,11 @@ def stack(tensors, dim=0):
     return cat([unsqueeze(t, d) for t in tensors], d)
 
 
-def split(x, split_size_or_sections, dim=0):
-    d = _wrap_dim(dim, x._data.ndim, "split")
+def split(x, split_size_or_sections=None, dim=0, *, split_size=None):
+    """tt.split(x, split_size_or_sections) and x.split(split_size): PyTorch's two keyword names."""
+    if split_size is not None:
+        split_size_or_sections = split_size
+    d = _wrap_dim_1d(x, dim, "split")
     size = x._data.shape[d]
     if isinstance(split_size_or_sections, int):
         step = split_size_or_sections
@@ -259,14 +277,15 @@ def split(x, split_size_or_sections, dim=0):
 def chunk(x, chunks, dim=0):
     if chunks <= 0:
         raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
-    d = _wrap_dim(dim, x._data.ndim, "chunk")
+    d = _wrap_dim_1d(x, dim, "chunk")
     size = x._data.shape[d]
-    step = -(-size // chunks) if size else 1
-    return split(x, step, d)
+    if not size:                    # PyTorch gives `chunks` empty pieces of an empty dim, not one
+        return split(x, [0] * chunks, d)
+    return split(x, -(-size // chunks), d)
 
 
 def unbind(x, dim=0):
-    d = _wrap_dim(dim, x._data.ndim, "unbind")
+    d = _wrap_dim_1d(x, dim, "unbind", IndexError)
     return tuple(select(x, d, i) for i in range(x._data.shape[d]))
 
 

@@ -109,6 +109,8 @@ def _infer_arg(x, dim, keepdim):
             raise IndexError("argmax/argmin of an empty tensor")
         return Aval((1,) * len(x.shape) if keepdim else (), int64)
     _check_dims(x.shape, (dim,))
+    if x.shape and x.shape[dim] == 0:
+        raise IndexError(f"Expected reduction dim {dim} to have non-zero size")
     return Aval(_reduced_shape(x.shape, (dim,), keepdim), int64)
 
 
