@@ -324,3 +324,25 @@ def test_mask_setitem_gradient():
     y[y > 1.5] = 0
     y.sum().backward()
     assert x.grad.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_a_zero_dim_integer_tensor_index_selects_a_view_as_an_int():
+    """PyTorch: x[t] with a 0-d integer tensor t (and no other advanced index) is x[int(t)], a view, so
+    writes through it reach x; compiled, the index's value is guarded (one program per value)."""
+    x = tt.zeros(2, 3)
+    x[tt.tensor(1)][0] = 5.0
+    np.testing.assert_array_equal(x.numpy(), [[0, 0, 0], [5, 0, 0]])
+    x = tt.zeros(3, 2)
+    for i in tt.tensor([0, 2]):            # iterating a tensor yields 0-d tensors
+        x[i].fill_(1.0)
+    np.testing.assert_array_equal(x.numpy(), [[1, 1], [0, 0], [1, 1]])
+    w = tt.arange(6.0).reshape(2, 3).requires_grad_()
+    (w[tt.tensor(-1)] * tt.tensor([1.0, 2.0, 3.0])).sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), [[0, 0, 0], [1, 2, 3]])
+    with pytest.raises(IndexError, match="out of bounds"):
+        w[tt.tensor(2)]
+    f = tt.compile(lambda a, i: a[i] * 2, backend="llvm")
+    a = tt.arange(12.0).reshape(4, 3)
+    for k in (1, 1, 2, 1):
+        np.testing.assert_array_equal(f(a, tt.tensor(k)).numpy(), a.numpy()[k] * 2)
+    assert f.stats()["traces"] == 2

@@ -158,8 +158,20 @@ def _next_to_the_others(y, advanced):
     return y.permute(order), sorted(((where[d], i) for d, i in advanced), key=lambda e: e[0])
 
 
+def _scalar_tensors_as_ints(key):
+    """PyTorch indexes with a 0-d integer tensor as with an int when no other index is advanced: the
+    result is a view (x[t][0] = 5 and `for i in idx: x[i].zero_()` write into x). Under tt.compile the
+    index's value is then guarded, like `int(t)`. (With other advanced indices the result is a copy
+    anyway: `_next_to_the_others` keeps those gathers free of value guards.)"""
+    def scalar(k):
+        return isinstance(k, Tensor) and k._data.ndim == 0 and k._dtype.category == 1
+    if not any(map(scalar, key)) or any(isinstance(k, Tensor) and not scalar(k) for k in key):
+        return key
+    return tuple(k.__index__() if scalar(k) else k for k in key)
+
+
 def getitem(x, key):
-    key = _normalize(x, key)
+    key = _scalar_tensors_as_ints(_normalize(x, key))
     y, advanced = _basic(x, key)
     if not advanced:
         return y
