@@ -133,10 +133,14 @@ def _check_fits(arr: np.ndarray, dt) -> None:
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """`data` as a tensor of `dtype` on `device`, sharing its memory where it can (a tensor, or an array of
+    that dtype, already there), as torch.as_tensor."""
     if isinstance(data, Tensor):
-        return data if dtype is None else data.to(dtype)
+        out = data if dtype is None else data.to(dtype)
+        return out if device is None else out.to(device)
     if isinstance(data, np.ndarray) and (dtype is None or D.as_dtype(dtype).np == data.dtype):
-        return from_numpy(data)
+        out = from_numpy(data)
+        return out if device is None else out.to(device)
     return tensor(data, dtype=dtype, device=device)
 
 

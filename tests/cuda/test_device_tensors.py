@@ -235,3 +235,16 @@ def test_image_transforms_keep_a_cuda_tensor_on_its_device(fake_cuda):
         got = transform(image.cuda())
         assert got.is_cuda and got.dtype is want.dtype, transform
         np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
+
+
+def test_as_tensor_puts_tensors_and_arrays_on_the_device_asked_for(fake_cuda):
+    """torch.as_tensor(data, device=...): memory is shared only where data is already there."""
+    a = np.arange(3, dtype=np.float32)
+    on_cpu = tt.as_tensor(a, device="cpu")
+    on_cpu[0] = 7.0
+    assert a[0] == 7.0                                   # shared: already on the cpu
+    for data in (a, tt.from_numpy(a), [7.0, 1.0, 2.0]):
+        t = tt.as_tensor(data, device="cuda")
+        assert t.device.type == "cuda" and t.cpu().tolist() == [7.0, 1.0, 2.0]
+    c = tt.as_tensor(a, device="cuda")
+    assert tt.as_tensor(c, device="cuda") is c and tt.as_tensor(c, dtype=tt.float64, device="cpu").dtype is tt.float64
