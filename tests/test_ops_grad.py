@@ -171,14 +171,17 @@ def test_norm_gradient_at_a_zero_vector_is_zero_eager_and_compiled(p):
     want = [[0.0, 0.0], [(3 / n) ** (q - 1), (4 / n) ** (q - 1)], [0.0, 1.0]]      # (|x| / norm) ** (p - 1)
     (g,) = _grad(lambda x: x.norm(p, dim=1), rows)
     np.testing.assert_allclose(g, want, rtol=1e-14)
+    for g in _compiled_row_norm_grads(p, rows):
+        np.testing.assert_allclose(g, want, rtol=1e-14)
 
+
+def _compiled_row_norm_grads(p, rows) -> list:
+    """x.grad of x.norm(p, dim=1).sum() in a compiled step, from its traced call and from a cache hit."""
     def step(x):
         x.norm(p, dim=1).sum().backward()
         return x.grad
     f = tt.compile(step, backend="llvm")
-    for _ in range(2):                                                  # traced, then a cache hit
-        x = tt.tensor(rows, dtype=tt.float64, requires_grad=True)
-        np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-14)
+    return [f(tt.tensor(rows, dtype=tt.float64, requires_grad=True)).numpy() for _ in range(2)]
 
 
 @pytest.mark.parametrize("p", [-1.0, -2.5])
@@ -194,14 +197,8 @@ def test_negative_norm_is_zero_with_zero_gradient_at_a_zero_element(p):
     out.sum().backward()
     np.testing.assert_allclose(out.detach().numpy(), want_norm, rtol=1e-14)
     np.testing.assert_allclose(x.grad.numpy(), want_grad, rtol=1e-13)
-
-    def step(x):
-        x.norm(p, dim=1).sum().backward()
-        return x.grad
-    f = tt.compile(step, backend="llvm")
-    for _ in range(2):                                                  # traced, then a cache hit
-        x = tt.tensor(rows, dtype=tt.float64, requires_grad=True)
-        np.testing.assert_allclose(f(x).numpy(), want_grad, rtol=1e-13)
+    for g in _compiled_row_norm_grads(p, rows):
+        np.testing.assert_allclose(g, want_grad, rtol=1e-13)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in multiply")   # 0 * inf, masked by where
