@@ -503,7 +503,7 @@ def sum_to_shape(g, shape):
 def _wide(x):
     """A float16/bfloat16 tensor as float32: PyTorch computes mean, var, norm and softmax of halves in float and
     rounds once (a float16 mean of 1000 x 100.0 was inf: its sum overflowed before the division)."""
-    return apply(CAST, x, dtype=D.float32) if x._dtype in (D.float16, D.bfloat16) else x
+    return apply(CAST, x, dtype=D.float32) if x._dtype in _HALF else x
 
 
 def mean(x, dim=None, keepdim=False, *, dtype=None):
@@ -661,7 +661,7 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
-    if x._dtype in (D.float16, D.bfloat16):
+    if x._dtype in _HALF:
         return _cast(norm(_wide(x), p, dim, keepdim), x._dtype)
     if p in ("fro", 2, 2.0):
         return _root(sum(x * x, dim, keepdim), 2)
@@ -694,7 +694,7 @@ def softmax(x, dim, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
-    if x._dtype in (D.float16, D.bfloat16):
+    if x._dtype in _HALF:
         return _cast(softmax(_wide(x), dim), x._dtype)
     e = exp(x - _softmax_shift(x, dim))
     return e / sum(e, dim, keepdim=True)
@@ -704,7 +704,7 @@ def log_softmax(x, dim, dtype=None):
     if dtype is not None:
         x = _cast(x, D.as_dtype(dtype))
     x = _float_of(x)
-    if x._dtype in (D.float16, D.bfloat16):
+    if x._dtype in _HALF:
         return _cast(log_softmax(_wide(x), dim), x._dtype)
     shifted = x - _softmax_shift(x, dim)
     return shifted - log(sum(exp(shifted), dim, keepdim=True))

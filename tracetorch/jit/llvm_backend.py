@@ -160,9 +160,8 @@ class LLVMExecutable:
     def lines_of(self, error: Exception) -> list[str]:
         """The user's lines (in graph order) of the ops that can fail the run-time check `error` reports:
         those in its kernel (`error.failed_kernel`), else anywhere in the graph."""
-        groups = {g.name: g for g in self.lowered.groups}
-        group = group_of(getattr(error, "failed_kernel", ""), groups)
-        nodes = self.graph.nodes
+        candidates = [n for n in self.graph.nodes if can_fail(n, type(error))]
+        group = group_of(getattr(error, "failed_kernel", ""), {g.name: g for g in self.lowered.groups})
         if group is not None:          # its nodes, and the producers it recomputes instead of loading
             producers, loaded = self.graph.producers(), set(group.inputs)
             inside = set(map(id, group.nodes))
@@ -173,8 +172,8 @@ class LLVMExecutable:
                 if n is not None and id(n) not in inside:
                     inside.add(id(n))
                     stack.extend(n.inputs)
-            nodes = [n for n in nodes if id(n) in inside and can_fail(n, type(error))] or nodes
-        return list(dict.fromkeys(n.where for n in nodes if n.where and can_fail(n, type(error))))
+            candidates = [n for n in candidates if id(n) in inside] or candidates
+        return list(dict.fromkeys(n.where for n in candidates if n.where))
 
     # ------------------------------------------------------------ reports
     def explain(self) -> str:
